@@ -1,0 +1,82 @@
+"""Batch augmentations applied on the accelerator inside the training step.
+
+They act on whole batches so that no per-clip Python loop runs on the hot path, and draw from
+torch's global RNG so that accelerate's checkpoints (which save RNG states) make them resumable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio.functional as AF
+
+
+@dataclass(frozen=True)
+class MixupOutput:
+    waveforms: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    lam: torch.Tensor  # (B,) weight of the original clip; 1 where a clip was left unmixed
+
+
+def mixup(
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 10.0,
+    prob: float = 0.5,
+) -> MixupOutput:
+    """Waveform mixup with a partner drawn by rolling the batch, as AudioMAE mixes waveforms.
+
+    Each clip is mixed with probability ``prob`` using lam ~ Beta(alpha, alpha); labels are mixed with
+    the same weights (soft multi-hot targets for BCE). Mixing waveforms rather than log-mels keeps the
+    mixture physically meaningful: the log of a sum is not the sum of logs.
+    """
+    if waveforms.ndim != 2 or labels.ndim != 2 or len(waveforms) != len(labels):
+        raise ValueError(
+            f"mixup expects waveforms (B, S) and labels (B, C), got {tuple(waveforms.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"mixup prob must be in [0, 1], got {prob}")
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be positive, got {alpha}")
+    batch = len(waveforms)
+    if batch < 2 or prob == 0.0:
+        lam = torch.ones(batch, device=waveforms.device)
+        return MixupOutput(waveforms, lengths, labels, lam)
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    lam = beta.sample((batch,)).to(waveforms.device)
+    applied = torch.rand(batch, device=waveforms.device) < prob
+    lam = torch.where(applied, lam, torch.ones_like(lam))
+    partner = torch.roll(torch.arange(batch, device=waveforms.device), shifts=1)
+    w = lam.to(waveforms.dtype)[:, None]
+    mixed = w * waveforms + (1 - w) * waveforms[partner]
+    mixed_labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
+    mixed_lengths = torch.where(applied, torch.maximum(lengths, lengths[partner]), lengths)
+    return MixupOutput(mixed, mixed_lengths, mixed_labels, lam)
+
+
+def spec_augment(
+    features: torch.Tensor,
+    freq_mask_param: int = 48,
+    time_mask_param: int = 192,
+    num_freq_masks: int = 1,
+    num_time_masks: int = 1,
+    mask_value: float = 0.0,
+) -> torch.Tensor:
+    """SpecAugment on (B, T, F) features, independent masks per clip (torchaudio's iid masking).
+
+    ``mask_value`` is the value a masked cell takes. AudioMAE masks before normalisation, so a masked
+    cell ends at ``(0 - mean) / (2 * std)`` after it; pass that value to keep parity with its recipes.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"spec_augment expects (B, T, F) features, got shape {tuple(features.shape)}")
+    # torchaudio masks along (..., freq, time): view (B, T, F) as (B, 1, F, T) without copying.
+    spec = features.transpose(1, 2).unsqueeze(1)
+    for _ in range(num_freq_masks if freq_mask_param > 0 else 0):
+        spec = AF.mask_along_axis_iid(spec, min(freq_mask_param, spec.shape[2]), mask_value, axis=2)
+    for _ in range(num_time_masks if time_mask_param > 0 else 0):
+        spec = AF.mask_along_axis_iid(spec, min(time_mask_param, spec.shape[3]), mask_value, axis=3)
+    return spec.squeeze(1).transpose(1, 2)

@@ -1,0 +1,732 @@
+"""The embedded corpus: every recipe's default data set, generated from a seed.
+
+Nothing can be downloaded on a fresh machine, so the library ships a deterministic stand-in for
+AudioSet: 10 s, 16 kHz multi-label clips that mix one to four synthesized sound events
+(:mod:`hf_audiorep.data.synth`) over an acoustic-scene background, each with a caption.
+
+- :data:`EMBEDDED_ONTOLOGY` gives AudioSet-style class ids (``/hf/e/000``, clearly not real
+  MIDs), display names, parent families, and the held-out classes.
+- :func:`load_embedded_corpus` returns a ``datasets.DatasetDict`` with ``train``, ``validation``
+  and ``test`` splits (held-out classes never occur there; every other class has positives in
+  ``test``) and a ``heldout`` split of single-event clips of the held-out classes, for few-shot
+  and open-set evaluation. Audio is stored as 16-bit FLAC bytes in an ``Audio`` column, so it is
+  decoded by exactly the code path that serves Hub datasets.
+
+The corpus is cached on disk under a hash of its configuration and written atomically (a
+temporary directory renamed into place), so a crash never leaves half a cache behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .synth import BackgroundParams, SynthesizedEvent, render_background, synthesize
+
+__all__ = [
+    "CORPUS_VERSION",
+    "EMBEDDED_ONTOLOGY",
+    "SCENES",
+    "CaptionPhrases",
+    "EmbeddedOntology",
+    "OneOf",
+    "Scene",
+    "SoundFamily",
+    "corpus_cache_path",
+    "load_embedded_corpus",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever generation changes, so that old caches are not served for a new generator.
+CORPUS_VERSION = 1
+
+SPLITS = ("train", "validation", "test", "heldout")
+MAX_EVENTS = 4
+# Probabilities of 1, 2, 3 and 4 events in a clip of the main splits.
+_EVENT_COUNT_PROBS = (0.3, 0.35, 0.22, 0.13)
+# Event-to-background ratio (dB). Held-out clips are few-shot support/query examples, so their
+# single event is kept clearly audible.
+_SNR_DB = (-5.0, 20.0)
+_HELDOUT_SNR_DB = (0.0, 20.0)
+# Peak level of a finished clip (dBFS): peak-normalised to avoid clipping, at a random gain.
+_PEAK_DBFS = (-20.0, -1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# ontology
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionPhrases:
+    """How captions talk about a class: present-tense ``clauses`` ("a dog barks"), noun phrases
+    (``nouns``: "a barking dog"), and whether the recipe's repetitions can be counted ("twice")."""
+
+    clauses: tuple[str, ...]
+    nouns: tuple[str, ...]
+    countable: bool = False
+
+
+@dataclass(frozen=True)
+class SoundFamily:
+    """A parent node of the ontology (like AudioSet's top-level groups)."""
+
+    id: str
+    name: str
+    children: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EmbeddedOntology:
+    """AudioSet-style ontology of the embedded corpus.
+
+    ``names``, ``ids`` and ``recipes`` are indexed by class index (the label index used
+    everywhere); ``parent_of[i]`` is the index into ``families`` of class ``i``'s parent;
+    ``heldout`` holds the classes reserved for few-shot / open-set evaluation.
+    """
+
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+    recipes: tuple[str, ...]
+    families: tuple[SoundFamily, ...]
+    parent_of: tuple[int, ...]
+    heldout: frozenset[int]
+    phrases: tuple[CaptionPhrases, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def main_classes(self) -> tuple[int, ...]:
+        """Indices of the classes of the train/validation/test splits."""
+        return tuple(i for i in range(len(self)) if i not in self.heldout)
+
+    def index(self, name_or_id: str) -> int:
+        """Class index from a display name or an id."""
+        for table in (self.names, self.ids):
+            if name_or_id in table:
+                return table.index(name_or_id)
+        raise KeyError(f"{name_or_id!r} is neither a class name nor a class id of the embedded ontology")
+
+    def family_of(self, index: int) -> SoundFamily:
+        return self.families[self.parent_of[index]]
+
+
+@dataclass(frozen=True)
+class _ClassSpec:
+    name: str
+    recipe: str
+    phrases: CaptionPhrases
+    heldout: bool = False
+
+
+def _c(name, recipe, clauses, nouns, countable=False, heldout=False) -> _ClassSpec:
+    return _ClassSpec(name, recipe, CaptionPhrases(tuple(clauses), tuple(nouns), countable), heldout)
+
+
+# (family name, classes). One held-out class per family, so that few-shot evaluation covers every
+# kind of sound. Similar pairs across families are deliberate: flute / whistle / owl,
+# knock / bark / door, rain / fire / applause, engine / drill / vacuum / insect.
+_FAMILIES = (
+    ("Tonal and musical", (
+        _c("Bell", "bell", ["a bell rings", "a bell chimes", "a bell is struck"],
+           ["a ringing bell", "the chime of a bell"], countable=True),
+        _c("Flute", "flute", ["a flute plays a short melody", "someone plays the flute", "a flute plays"],
+           ["a flute melody", "flute playing"]),
+        _c("Plucked string", "plucked_string",
+           ["someone plucks a stringed instrument", "guitar strings are plucked", "a harp string is plucked"],
+           ["plucked strings", "a plucked string melody"]),
+        _c("Chord", "chord",
+           ["an organ plays a chord", "a keyboard chord sounds", "chords are played on a synth"],
+           ["a sustained chord", "organ chords"]),
+        _c("Whistle", "whistle",
+           ["someone whistles", "a person whistles a tune", "a whistled tune rises and falls"],
+           ["whistling", "a whistled tune"]),
+        _c("Marimba", "mallet", ["a marimba plays", "mallets strike a xylophone", "someone plays a marimba"],
+           ["marimba notes", "a xylophone melody"], heldout=True),
+    )),
+    ("Natural noise textures", (
+        _c("Rain", "rain",
+           ["rain falls", "rain patters", "rain pours down"], ["falling rain", "the patter of rain"]),
+        _c("Wind", "wind", ["wind blows", "wind gusts", "the wind howls"], ["gusting wind", "blowing wind"]),
+        _c("Stream", "stream", ["water trickles in a stream", "a brook babbles", "water flows"],
+           ["running water", "a babbling brook"]),
+        _c("Crackling fire", "crackling_fire",
+           ["a fire crackles", "logs crackle in a fire", "a campfire pops and crackles"],
+           ["a crackling fire", "crackling flames"]),
+        _c("Ocean waves", "ocean_waves",
+           ["waves crash on the shore", "ocean waves roll in", "surf washes ashore"],
+           ["crashing waves", "the roar of the surf"]),
+        _c("Applause", "applause", ["people applaud", "a crowd claps and cheers", "applause breaks out"],
+           ["applause", "a round of applause"], heldout=True),
+    )),
+    ("Impacts and impulses", (
+        _c("Knock", "knock",
+           ["someone knocks on a door", "a person knocks on wood", "someone raps on a door"],
+           ["knocking", "a knock at the door"], countable=True),
+        _c("Hand clap", "hand_clap", ["someone claps", "a person claps their hands", "hands clap"],
+           ["hand clapping", "clapping"], countable=True),
+        _c("Footsteps", "footsteps",
+           ["footsteps approach", "someone walks by", "a person walks across the floor"],
+           ["footsteps", "walking steps"]),
+        _c("Glass clink", "glass_clink", ["glasses clink", "a glass clinks", "glasses are tapped together"],
+           ["clinking glasses", "the clink of glass"], countable=True),
+        _c("Door slam", "door_slam", ["a door slams", "a door is slammed shut", "a door bangs shut"],
+           ["a slamming door", "a door slam"]),
+        _c("Keyboard typing", "keyboard_typing",
+           ["someone types on a keyboard", "keys clatter on a keyboard", "a person is typing"],
+           ["typing", "keyboard clicks"], heldout=True),
+    )),
+    ("Human voice", (
+        _c("Male speech", "male_speech", ["a man speaks", "a man talks", "a male voice is speaking"],
+           ["a man speaking", "male speech"]),
+        _c("Female speech", "female_speech",
+           ["a woman speaks", "a woman talks", "a female voice is speaking"],
+           ["a woman speaking", "female speech"]),
+        _c("Child speech", "child_speech", ["a child speaks", "a kid talks", "a young child is talking"],
+           ["a child speaking", "a child's voice"]),
+        _c("Whisper", "whisper", ["someone whispers", "a person whispers", "a voice whispers"],
+           ["whispering", "a whisper"]),
+        _c("Laughter", "laughter", ["someone laughs", "a person bursts out laughing", "laughter erupts"],
+           ["laughter", "someone laughing"]),
+        _c("Singing", "singing", ["someone sings", "a voice sings a melody", "a person is singing"],
+           ["singing", "a sung melody"], heldout=True),
+    )),
+    ("Animal calls", (
+        _c("Bird chirp", "bird_chirp", ["a bird chirps", "birds tweet", "a bird sings"],
+           ["chirping birds", "birdsong"]),
+        _c("Dog bark", "dog_bark", ["a dog barks", "a dog yaps", "a small dog barks"],
+           ["a barking dog", "dog barks"], countable=True),
+        _c("Cat meow", "cat_meow", ["a cat meows", "a cat mews", "a kitten meows"],
+           ["a meowing cat", "meowing"], countable=True),
+        _c("Frog croak", "frog_croak", ["a frog croaks", "frogs croak", "a toad croaks"],
+           ["croaking frogs", "croaking"], countable=True),
+        _c("Insect buzz", "insect_buzz", ["an insect buzzes", "a fly buzzes around", "a bee buzzes"],
+           ["a buzzing insect", "buzzing"]),
+        _c("Owl hoot", "owl_hoot", ["an owl hoots", "an owl calls", "an owl hoots in the dark"],
+           ["a hooting owl", "hooting"], countable=True, heldout=True),
+    )),
+    ("Machines and alarms", (
+        _c("Engine", "engine", ["an engine runs", "an engine idles", "a motor rumbles"],
+           ["an idling engine", "engine noise"]),
+        _c("Power drill", "power_drill",
+           ["a drill whirs", "a power drill is used", "someone runs a power drill"],
+           ["a whirring drill", "drilling"]),
+        _c("Siren", "siren", ["a siren wails", "an emergency siren sounds", "a siren blares"],
+           ["a wailing siren", "a siren"]),
+        _c("Clock tick", "clock_tick", ["a clock ticks", "a clock is ticking", "a wall clock ticks away"],
+           ["a ticking clock", "ticking"]),
+        _c("Vacuum cleaner", "vacuum_cleaner",
+           ["a vacuum cleaner runs", "someone vacuums", "a vacuum cleaner hums"],
+           ["a running vacuum cleaner", "vacuuming"]),
+        _c("Car horn", "car_horn", ["a car horn honks", "a driver honks the horn", "a horn beeps"],
+           ["a honking horn", "honking"], countable=True, heldout=True),
+    )),
+)
+
+
+def _build_ontology() -> EmbeddedOntology:
+    ids, names, recipes, parents, heldout, phrases, families = [], [], [], [], set(), [], []
+    for family_index, (family_name, members) in enumerate(_FAMILIES):
+        children = []
+        for spec in members:
+            index = len(names)
+            ids.append(f"/hf/e/{index:03d}")
+            names.append(spec.name)
+            recipes.append(spec.recipe)
+            parents.append(family_index)
+            phrases.append(spec.phrases)
+            children.append(index)
+            if spec.heldout:
+                heldout.add(index)
+        families.append(SoundFamily(f"/hf/f/{family_index:02d}", family_name, tuple(children)))
+    return EmbeddedOntology(tuple(ids), tuple(names), tuple(recipes), tuple(families), tuple(parents),
+                            frozenset(heldout), tuple(phrases))
+
+
+EMBEDDED_ONTOLOGY = _build_ontology()
+"""The ontology of the embedded corpus (36 classes in 6 families, 6 held out)."""
+
+
+# --------------------------------------------------------------------------------------------
+# acoustic scenes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A background parameter drawn from a few discrete values (a ``(low, high)`` pair is drawn
+    uniformly instead)."""
+
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An acoustic scene: a distribution over events (``weights`` by class name), a background
+    recipe (ranges of the fields of :class:`~hf_audiorep.data.synth.BackgroundParams`) and how
+    captions say where it is (``places``)."""
+
+    name: str
+    places: tuple[str, ...]
+    weights: tuple[tuple[str, float], ...]
+    background: tuple[tuple[str, tuple[float, float] | OneOf], ...]
+
+    def draw_background(self, rng: np.random.Generator) -> BackgroundParams:
+        values = {}
+        for field, spec in self.background:
+            if isinstance(spec, OneOf):
+                values[field] = spec.values[int(rng.integers(len(spec.values)))]
+            else:
+                values[field] = float(rng.uniform(*spec))
+        if "hum_harmonics" in values:
+            values["hum_harmonics"] = int(values["hum_harmonics"])
+        return BackgroundParams(**values)
+
+
+def _scene(name, places, weights, **background) -> Scene:
+    return Scene(name, tuple(places), tuple(weights.items()), tuple(background.items()))
+
+
+# Mains hum is 50 or 60 Hz depending on the country; fridges and transformers hum at twice that.
+_MAINS = OneOf((50.0, 60.0, 100.0, 120.0))
+_MAINS_ONLY = OneOf((50.0, 60.0))
+
+SCENES: tuple[Scene, ...] = (
+    _scene("park", ["in a park", "in a quiet park", "at a city park", "in the park"],
+           {"Bird chirp": 3, "Dog bark": 3, "Footsteps": 2, "Wind": 2, "Whistle": 2, "Child speech": 2,
+            "Laughter": 2, "Insect buzz": 2, "Male speech": 1, "Female speech": 1, "Bell": 1, "Hand clap": 1,
+            "Flute": 1, "Plucked string": 1, "Stream": 1, "Owl hoot": 1, "Applause": 1, "Singing": 1},
+           slope_db_per_octave=(-4, -2), low_hz=(40, 100), high_hz=(4000, 7000), babble_level=(0.0, 0.3),
+           swell_rate_hz=(0.1, 0.3), swell_depth=(0.0, 0.3)),
+    _scene("street", ["on a busy street", "in the street", "by a road with traffic", "on a city street"],
+           {"Engine": 3, "Car horn": 3, "Footsteps": 3, "Siren": 2, "Male speech": 2, "Female speech": 2,
+            "Dog bark": 1, "Door slam": 1, "Power drill": 1, "Bell": 1, "Whistle": 1, "Rain": 1, "Wind": 1,
+            "Hand clap": 1},
+           slope_db_per_octave=(-6, -4), low_hz=(30, 60), high_hz=(3000, 6000), hum_hz=(30, 60),
+           hum_harmonics=(6, 12), hum_level=(0.0, 0.3), babble_level=(0.1, 0.4), swell_rate_hz=(0.05, 0.2),
+           swell_depth=(0.3, 0.6)),
+    _scene("kitchen", ["in a kitchen", "in a busy kitchen", "in the kitchen at home"],
+           {"Glass clink": 3, "Clock tick": 2, "Stream": 2, "Female speech": 2, "Child speech": 2,
+            "Male speech": 1, "Laughter": 1, "Knock": 1, "Door slam": 1, "Cat meow": 1, "Crackling fire": 1,
+            "Vacuum cleaner": 1, "Chord": 1, "Singing": 1},
+           slope_db_per_octave=(-3, -1), low_hz=(80, 200), high_hz=(6000, 8000), hum_hz=_MAINS,
+           hum_harmonics=(3, 6), hum_level=(0.2, 0.6), babble_level=(0.0, 0.2)),
+    _scene("office", ["in an office", "in an open-plan office", "at the office"],
+           {"Keyboard typing": 3, "Male speech": 3, "Female speech": 3, "Whisper": 2, "Clock tick": 2,
+            "Knock": 2, "Footsteps": 2, "Door slam": 1, "Laughter": 1, "Glass clink": 1, "Vacuum cleaner": 1,
+            "Siren": 1, "Power drill": 1},
+           slope_db_per_octave=(-3, -2), low_hz=(60, 150), high_hz=(3000, 5000), hum_hz=_MAINS_ONLY,
+           hum_harmonics=(3, 8), hum_level=(0.05, 0.3), babble_level=(0.2, 0.5)),
+    _scene("forest", ["in a forest", "in the woods", "deep in a forest"],
+           {"Bird chirp": 3, "Wind": 2, "Stream": 2, "Frog croak": 2, "Insect buzz": 2, "Owl hoot": 2,
+            "Crackling fire": 1, "Footsteps": 1, "Dog bark": 1, "Rain": 1, "Whistle": 1, "Flute": 1},
+           slope_db_per_octave=(-2, 0), low_hz=(300, 800), high_hz=(6000, 8000), swell_rate_hz=(0.2, 0.6),
+           swell_depth=(0.3, 0.7)),
+    _scene("beach", ["on a beach", "at the seaside", "by the sea"],
+           {"Ocean waves": 3, "Wind": 2, "Bird chirp": 2, "Child speech": 2, "Laughter": 2, "Dog bark": 1,
+            "Footsteps": 1, "Male speech": 1, "Female speech": 1, "Plucked string": 1, "Whistle": 1,
+            "Hand clap": 1, "Applause": 1},
+           slope_db_per_octave=(-3, -1), low_hz=(50, 100), high_hz=(5000, 8000), swell_rate_hz=(0.08, 0.2),
+           swell_depth=(0.5, 0.8)),
+    _scene("construction site", ["at a construction site", "on a building site", "near construction work"],
+           {"Power drill": 3, "Engine": 2, "Knock": 2, "Door slam": 2, "Male speech": 2, "Whistle": 1,
+            "Siren": 1, "Footsteps": 1, "Car horn": 1, "Wind": 1},
+           slope_db_per_octave=(-5, -3), low_hz=(30, 60), high_hz=(4000, 7000), hum_hz=(40, 80),
+           hum_harmonics=(6, 12), hum_level=(0.2, 0.5), babble_level=(0.0, 0.1), swell_rate_hz=(0.1, 0.3),
+           swell_depth=(0.0, 0.3)),
+    _scene("home at night", ["at home at night", "in a quiet house at night", "in a bedroom at night"],
+           {"Clock tick": 3, "Cat meow": 2, "Rain": 2, "Whisper": 2, "Crackling fire": 2, "Dog bark": 1,
+            "Door slam": 1, "Footsteps": 1, "Frog croak": 1, "Insect buzz": 1, "Owl hoot": 1, "Knock": 1,
+            "Wind": 1},
+           slope_db_per_octave=(-6, -3), low_hz=(30, 80), high_hz=(2000, 4000), hum_hz=_MAINS,
+           hum_harmonics=(2, 5), hum_level=(0.1, 0.4)),
+    _scene("train station", ["in a train station", "on a railway platform", "in a busy station hall"],
+           {"Footsteps": 3, "Male speech": 3, "Female speech": 3, "Bell": 2, "Whistle": 2, "Engine": 2,
+            "Child speech": 1, "Siren": 1, "Door slam": 1, "Laughter": 1, "Chord": 1, "Hand clap": 1,
+            "Car horn": 1},
+           slope_db_per_octave=(-5, -3), low_hz=(30, 60), high_hz=(3000, 6000), hum_hz=(30, 60),
+           hum_harmonics=(4, 10), hum_level=(0.1, 0.3), babble_level=(0.4, 0.8), swell_rate_hz=(0.05, 0.1),
+           swell_depth=(0.2, 0.5)),
+    _scene("living room", ["in a living room", "in a cosy living room", "at home in the lounge"],
+           {"Chord": 2, "Plucked string": 2, "Singing": 2, "Laughter": 2, "Vacuum cleaner": 2, "Flute": 1,
+            "Applause": 1, "Male speech": 1, "Female speech": 1, "Child speech": 1, "Cat meow": 1,
+            "Dog bark": 1,
+            "Clock tick": 1, "Knock": 1, "Crackling fire": 1, "Bell": 1, "Marimba": 1, "Keyboard typing": 1},
+           slope_db_per_octave=(-4, -2), low_hz=(40, 100), high_hz=(3000, 6000), hum_hz=_MAINS_ONLY,
+           hum_harmonics=(2, 6), hum_level=(0.05, 0.2), babble_level=(0.0, 0.2)),
+)
+"""The acoustic scenes (the ``scene`` column); every class occurs in at least one."""
+
+# (scenes, classes) event weights, the scene-by-class table behind every draw.
+_SCENE_WEIGHTS = np.array(
+    [[dict(scene.weights).get(name, 0.0) for name in EMBEDDED_ONTOLOGY.names] for scene in SCENES]
+)
+
+
+def _check_tables() -> None:
+    # Fail at import time, not deep inside generation, if the tables are edited inconsistently.
+    known = set(EMBEDDED_ONTOLOGY.names)
+    for scene in SCENES:
+        unknown = {name for name, _ in scene.weights} - known
+        if unknown:
+            raise ValueError(f"scene {scene.name!r} weights unknown classes {sorted(unknown)}")
+    orphans = [EMBEDDED_ONTOLOGY.names[i] for i in np.flatnonzero(_SCENE_WEIGHTS.sum(axis=0) == 0)]
+    if orphans:
+        raise ValueError(f"classes {orphans} occur in no scene")
+
+
+_check_tables()
+
+
+# --------------------------------------------------------------------------------------------
+# clips
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Event:
+    label: int
+    onset_s: float
+    offset_s: float
+    snr_db: float
+    repetitions: int
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _class_schedule(classes: tuple[int, ...], num_clips: int, rng: np.random.Generator) -> list[list[int]]:
+    """Anchor classes of each clip: the classes are dealt round-robin from shuffled decks, so every
+    class is (nearly) equally frequent, and every class occurs in a split of at least
+    ``len(classes) / MAX_EVENTS`` clips (each clip then holds several anchors)."""
+    if num_clips == 0:
+        return []
+    decks = -(-num_clips // len(classes))
+    order = np.concatenate([rng.permutation(classes) for _ in range(decks)])
+    if num_clips >= len(classes):
+        return [[int(c)] for c in order[:num_clips]]
+    return [[int(c) for c in order[i : len(classes) : num_clips]] for i in range(num_clips)]
+
+
+def _draw_scene(anchor: int, rng: np.random.Generator) -> int:
+    # P(scene | class) is proportional to P(class | scene) with uniform scene priors.
+    weights = _SCENE_WEIGHTS[:, anchor] / _SCENE_WEIGHTS.sum(axis=1)
+    return int(rng.choice(len(SCENES), p=weights / weights.sum()))
+
+
+def _draw_classes(anchors: list[int], scene: int, allowed: np.ndarray, rng: np.random.Generator) -> list[int]:
+    count = max(len(anchors), int(rng.choice(np.arange(1, MAX_EVENTS + 1), p=_EVENT_COUNT_PROBS)))
+    chosen = list(anchors)
+    weights = _SCENE_WEIGHTS[scene] * allowed
+    weights[chosen] = 0.0
+    extra = min(count - len(chosen), int(np.count_nonzero(weights)))
+    if extra > 0:
+        picks = rng.choice(len(weights), size=extra, replace=False, p=weights / weights.sum())
+        chosen += [int(c) for c in picks]
+    return chosen
+
+
+def _active_power(x: np.ndarray, sample_rate: int) -> float:
+    """Mean power over the frames where the event is sounding (within 30 dB of its loudest 20 ms),
+    so that the SNR of a sparse event (a few knocks) is about the knocks, not the silence between."""
+    hop = max(1, sample_rate // 50)
+    m = -(-x.size // hop) * hop
+    frames = np.pad(x, (0, m - x.size)).reshape(-1, hop)
+    power = np.mean(frames * frames, axis=1)
+    active = power[power >= 1e-3 * power.max()]
+    return float(active.mean()) if active.size else 0.0
+
+
+def _render_clip(classes: list[int], scene: int, snr_range, clip_seconds: float, sample_rate: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[_Event]]:
+    n = int(round(clip_seconds * sample_rate))
+    mix = render_background(SCENES[scene].draw_background(rng), n, sample_rate, rng)
+    events = []
+    for label in classes:
+        event: SynthesizedEvent = synthesize(EMBEDDED_ONTOLOGY.recipes[label], rng, sample_rate, clip_seconds)
+        wave = event.waveform[:n]
+        start = int(rng.integers(0, n - wave.size + 1))
+        snr = float(rng.uniform(*snr_range))
+        power = _active_power(wave, sample_rate)
+        if power > 0:  # the background has unit power
+            mix[start : start + wave.size] += wave * np.float32(np.sqrt(10 ** (snr / 10) / power))
+        events.append(_Event(label, start / sample_rate, (start + wave.size) / sample_rate, snr, event.units))
+    peak = float(np.max(np.abs(mix)))
+    mix *= np.float32(10 ** (rng.uniform(*_PEAK_DBFS) / 20) / peak)
+    return mix, sorted(events, key=lambda e: (e.onset_s, e.label))
+
+
+def _flac_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
+    pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    # Level 0: the fastest encoder setting; FLAC's higher levels save only a few percent on noisy audio.
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16", compression_level=0.0)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# captions
+# --------------------------------------------------------------------------------------------
+
+_COUNTS = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
+_LOUD = ("loudly", "clearly", "prominently")
+_FAINT = ("in the distance", "faintly", "in the background", "quietly")
+_OVERLAP = (" while ", " as ", ", and at the same time ")
+_AFTER = (", then ", ", and then ", ", after which ", ". Later, ")
+
+
+def _clause(event: _Event, rng: np.random.Generator) -> str:
+    phrases = EMBEDDED_ONTOLOGY.phrases[event.label]
+    words = [_pick(rng, phrases.clauses)]
+    if phrases.countable and event.repetitions > 1:
+        words.append(_COUNTS.get(event.repetitions, "repeatedly"))
+    if event.snr_db >= 14:
+        words.append(_pick(rng, _LOUD))
+    elif event.snr_db <= 0:
+        words.append(_pick(rng, _FAINT))
+    return " ".join(words)
+
+
+def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.random.Generator) -> str:
+    """A sentence describing the events in temporal order, their overlap, loudness, repetitions
+    and the scene, e.g. "In a quiet park, a dog barks twice while rain falls, then a bell rings."."""
+    place = _pick(rng, scene.places)
+    if len(events) == 1 and rng.random() < 0.3:
+        noun = _pick(rng, EMBEDDED_ONTOLOGY.phrases[events[0].label].nouns)
+        return f"The sound of {noun} {place}."
+    body = _clause(events[0], rng)
+    for previous, event in zip(events[:-1], events[1:], strict=True):
+        overlaps = event.onset_s < previous.offset_s
+        body += _pick(rng, _OVERLAP if overlaps else _AFTER) + _clause(event, rng)
+    if events[0].onset_s > 0.4 * clip_seconds and rng.random() < 0.5:
+        body = "after a while, " + body
+    text = f"{place}, {body}" if rng.random() < 0.5 else f"{body} {place}"
+    return text[0].upper() + text[1:] + "."
+
+
+# --------------------------------------------------------------------------------------------
+# splits, dataset, cache
+# --------------------------------------------------------------------------------------------
+
+_SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
+
+
+def _split_rows(split: str, num_clips: int, config: dict) -> dict[str, list]:
+    seed, clip_seconds, sample_rate = config["seed"], config["clip_seconds"], config["sample_rate"]
+    code = _SPLIT_CODES[split]
+    heldout = split == "heldout"
+    classes = tuple(sorted(EMBEDDED_ONTOLOGY.heldout)) if heldout else EMBEDDED_ONTOLOGY.main_classes
+    allowed = np.zeros(len(EMBEDDED_ONTOLOGY))
+    allowed[list(classes)] = 1.0
+    schedule_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, 1 << 30)))
+    schedule = _class_schedule(classes, num_clips, schedule_rng)
+    rows: dict[str, list] = {key: [] for key in
+                             ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")}
+    for index, anchors in enumerate(schedule):
+        # One generator per clip, keyed by (seed, split, index): a clip does not change when the
+        # other splits' sizes do.
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, index)))
+        scene = _draw_scene(anchors[0], rng)
+        chosen = anchors if heldout else _draw_classes(anchors, scene, allowed, rng)
+        waveform, events = _render_clip(chosen, scene, _HELDOUT_SNR_DB if heldout else _SNR_DB, clip_seconds,
+                                        sample_rate, rng)
+        clip_id = f"{split}_{index:05d}"
+        labels = sorted({e.label for e in events})
+        rows["clip_id"].append(clip_id)
+        rows["audio"].append({"bytes": _flac_bytes(waveform, sample_rate), "path": f"{clip_id}.flac"})
+        rows["labels"].append(labels)
+        rows["label_names"].append([EMBEDDED_ONTOLOGY.names[i] for i in labels])
+        rows["caption"].append(_caption(events, SCENES[scene], clip_seconds, rng))
+        rows["scene"].append(SCENES[scene].name)
+        rows["events"].append([{"label": e.label, "onset_s": e.onset_s, "offset_s": e.offset_s,
+                                "snr_db": e.snr_db, "repetitions": e.repetitions} for e in events])
+    return rows
+
+
+def _features(sample_rate: int):
+    from datasets import Audio, ClassLabel, Features, List, Value
+
+    classes = ClassLabel(names=list(EMBEDDED_ONTOLOGY.names))
+    return Features({
+        "clip_id": Value("string"),
+        "audio": Audio(sampling_rate=sample_rate),
+        "labels": List(classes),
+        "label_names": List(Value("string")),
+        "caption": Value("string"),
+        "scene": Value("string"),
+        "events": List({"label": classes, "onset_s": Value("float32"), "offset_s": Value("float32"),
+                        "snr_db": Value("float32"), "repetitions": Value("int32")}),
+    })
+
+
+def _generate(config: dict):
+    from datasets import Dataset, DatasetDict, DatasetInfo
+
+    features = _features(config["sample_rate"])
+    description = (
+        "Embedded hf_audiorep corpus: procedurally synthesized multi-label sound events over acoustic-scene "
+        f"backgrounds, with captions. Generator version {CORPUS_VERSION}; configuration {json.dumps(config)}."
+    )
+    info = DatasetInfo(description=description, features=features)
+    splits = {}
+    for split in SPLITS:
+        rows = _split_rows(split, config[f"num_{split}"], config)
+        splits[split] = Dataset.from_dict(rows, features=features, info=info.copy(), split=split)
+    return DatasetDict(splits)
+
+
+def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> None:
+    def is_int(value):
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not is_int(sample_rate) or sample_rate < 16000:
+        raise ValueError(f"sample_rate must be an integer >= 16000 Hz, got {sample_rate!r}")
+    is_number = isinstance(clip_seconds, int | float | np.number) and not isinstance(clip_seconds, bool)
+    if not is_number or not 0.5 <= clip_seconds <= 60:
+        raise ValueError(f"clip_seconds must be a number in [0.5, 60], got {clip_seconds!r}")
+    minimum = -(-len(EMBEDDED_ONTOLOGY.main_classes) // MAX_EVENTS)
+    for name, value in counts.items():
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if name != "num_heldout" and 0 < value < minimum:
+            raise ValueError(
+                f"{name}={value} is too small for every one of the {len(EMBEDDED_ONTOLOGY.main_classes)} "
+                f"classes to occur in the split (at most {MAX_EVENTS} events per clip): "
+                f"use 0 or at least {minimum}"
+            )
+
+
+def _default_cache_root() -> Path:
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hf_audiorep" / "corpus"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hf_audiorep" / "corpus"
+
+
+def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate) -> dict:
+    return {"version": CORPUS_VERSION, "seed": int(seed), "num_train": int(num_train),
+            "num_validation": int(num_validation), "num_test": int(num_test), "num_heldout": int(num_heldout),
+            "clip_seconds": float(clip_seconds), "sample_rate": int(sample_rate)}
+
+
+def _config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def corpus_cache_path(seed: int = 0, num_train: int = 1600, num_validation: int = 200, num_test: int = 400,
+                      num_heldout: int = 240, clip_seconds: float = 10.0, sample_rate: int = 16000,
+                      cache_dir: str | os.PathLike | None = None) -> Path:
+    """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration."""
+    config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
+    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    return root / _config_hash(config)
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """Silences datasets' per-split "Saving the dataset" bars (four of them per corpus), restoring
+    the user's setting afterwards."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+_MARKER = "corpus.json"
+_STALE_SECONDS = 3600.0
+
+
+def _remove_stale_temporaries(root: Path, key: str) -> None:
+    """Deletes temporary directories of this configuration left by a crashed run (older than an
+    hour: a live run finishes in seconds, so they cannot belong to one)."""
+    for path in root.glob(f".tmp-{key}-*"):
+        try:
+            if time.time() - path.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: int = 200, num_test: int = 400,
+                         num_heldout: int = 240, clip_seconds: float = 10.0, sample_rate: int = 16000,
+                         cache_dir: str | os.PathLike | None = None):
+    """Generates (or loads from cache) the embedded corpus.
+
+    Args:
+        seed: everything is a deterministic function of it (and of the other arguments); each clip
+            depends only on ``(seed, split, index)``, so growing one split keeps the others.
+        num_train, num_validation, num_test: clips of the main splits (each 0 or >= 8, so that every
+            non-held-out class has a positive in every non-empty split).
+        num_heldout: single-event clips of the held-out classes (``EMBEDDED_ONTOLOGY.heldout``),
+            dealt evenly over those classes.
+        clip_seconds, sample_rate: clip length and rate (16-bit FLAC).
+        cache_dir: cache root; default ``$HF_HOME/hf_audiorep/corpus`` or
+            ``~/.cache/hf_audiorep/corpus``. Each configuration lives in a sub-directory named by a
+            hash of it, written atomically.
+
+    Returns:
+        ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``, ``heldout`` and
+        columns ``clip_id``, ``audio`` (``Audio(sampling_rate)``), ``labels`` (list of
+        ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``
+        and ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``).
+    """
+    from datasets import DatasetDict
+
+    counts = {"num_train": num_train, "num_validation": num_validation, "num_test": num_test,
+              "num_heldout": num_heldout}
+    _validate(seed, counts, clip_seconds, sample_rate)
+    config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
+    key = _config_hash(config)
+    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    final = root / key
+    if (final / _MARKER).is_file():
+        try:
+            return DatasetDict.load_from_disk(str(final))
+        except Exception as err:  # a damaged cache is regenerated, not fatal
+            logger.warning("embedded corpus cache %s is unreadable (%s); regenerating it", final, err)
+            shutil.rmtree(final, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root, key)
+    if final.exists():  # without its marker: not a finished cache
+        shutil.rmtree(final, ignore_errors=True)
+
+    start = time.perf_counter()
+    corpus = _generate(config)
+    tmp = root / f".tmp-{key}-{uuid.uuid4().hex}"
+    try:
+        with _quiet_progress_bars():
+            corpus.save_to_disk(str(tmp))
+        (tmp / _MARKER).write_text(json.dumps(config, indent=2))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same configuration first; its copy is identical.
+            if not (final / _MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - start
+    logger.info("generated the embedded corpus (%s) in %.1f s into %s", config, elapsed, final)
+    return DatasetDict.load_from_disk(str(final))

@@ -1,0 +1,344 @@
+"""Open an audio-tagging dataset from the Hub, a local folder or a ``datasets`` object.
+
+Every source comes back as an ``AudioSource``: a ``datasets`` Dataset or IterableDataset whose
+audio column is cast to ``Audio(decode=False)`` (so ``decode.decode_audio`` decodes it and a broken
+clip can be skipped), plus the label vocabulary and a ``LabelMapper`` that turns the label field of
+a record into class indices.
+
+Layouts understood:
+
+- ``agkphysics/AudioSet`` (Hub, Parquet): ``video_id``, ``audio`` (FLAC, 48/44.1 kHz),
+  ``labels`` (MIDs), ``human_labels``; configs ``balanced`` (splits train/test), ``unbalanced``
+  (train/test) and ``full`` (bal_train/unbal_train/eval). Locally: ``<root>/data/<bal_train|
+  unbal_train|eval>/*.parquet``.
+- ``confit/audioset-16khz-wds`` (Hub, WebDataset, 16 kHz): configs ``20k``/``500k``/``2m``, files
+  ``<config>/<train|test>/*.tar``. Each sample is ``<key>.wav`` (or ``.flac``) plus ``<key>.json``;
+  public scripts that read these shards take the JSON as ``{"id": video id, "label": [display
+  names], "label_id": [class indices]}``. The Hub card does not document the keys, so the mapper
+  accepts names, MIDs or indices under any of the usual keys and prefers names (see
+  ``ontology.LabelMapper``); the audio column is whichever column is an ``Audio`` feature.
+- local Parquet files or WebDataset ``.tar`` shards (a directory, optionally with split
+  sub-directories as above, or a glob), and audio folders (folder-per-label, or a ``metadata.csv``
+  with ``file_name`` and a labels column).
+- a ``datasets.Dataset``/``IterableDataset`` (or a ``DatasetDict``, indexed by ``split``) passed
+  directly, as the embedded corpus is; ``ClassLabel`` features give the vocabulary.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, is_mid, split_label_string
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
+_AUDIO_KEYS = ("audio", "flac", "wav", "mp3", "ogg", "opus", "m4a")
+_LABEL_COLUMNS = ("labels", "label", "json", "tags", "mids", "human_labels")
+
+
+@dataclass(frozen=True)
+class _HubLayout:
+    layout: str
+    label_column: str
+    default_config: str
+    split_aliases: dict[str, dict[str, str]]  # config -> {requested split: split of that config}
+
+
+HUB_LAYOUTS: dict[str, _HubLayout] = {
+    "agkphysics/AudioSet": _HubLayout(
+        "audioset-parquet",
+        "labels",
+        "balanced",
+        {
+            "balanced": {"bal_train": "train", "eval": "test", "validation": "test"},
+            "unbalanced": {"unbal_train": "train", "eval": "test", "validation": "test"},
+            "full": {"train": "bal_train", "test": "eval", "validation": "eval"},
+        },
+    ),
+    "confit/audioset-16khz-wds": _HubLayout(
+        "webdataset",
+        "json",
+        "20k",
+        {config: {"eval": "test", "validation": "test"} for config in ("20k", "500k", "2m")},
+    ),
+}
+
+# Local copies of the Hub layouts: which directory holds a split, per config.
+_LOCAL_SPLIT_DIRS = {
+    None: {"train": ("train", "bal_train"), "test": ("test", "eval"), "validation": ("validation", "eval")},
+    "balanced": {"train": ("bal_train",), "test": ("eval",), "validation": ("eval",)},
+    "unbalanced": {"train": ("unbal_train",), "test": ("eval",), "validation": ("eval",)},
+}
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """A dataset plus what the stream needs to turn its records into (waveform, multi-hot) pairs."""
+
+    dataset: Dataset | IterableDataset
+    audio_column: str
+    label_column: str | None
+    label_names: tuple[str, ...]
+    label_to_index: LabelMapper
+    layout: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def is_streaming(self) -> bool:
+        return isinstance(self.dataset, IterableDataset)
+
+
+def load_audio_source(
+    name_or_path,
+    split: str = "train",
+    *,
+    streaming: bool = False,
+    config_name: str | None = None,
+    label_column: str | None = None,
+    audio_column: str | None = None,
+    data_files=None,
+    label_names: Sequence[str] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> AudioSource:
+    """Open ``name_or_path`` (Hub id, local path or glob, or a ``datasets`` object) as an ``AudioSource``.
+
+    ``label_names`` fixes the vocabulary (and class order) when the labels are free strings that are
+    not AudioSet classes and the dataset cannot be scanned (streaming). ``config_name`` picks a Hub
+    config (``balanced``, ``unbalanced``, ``full``; ``20k``, ``500k``, ``2m``) or, for a local copy,
+    the matching sub-directory layout.
+    """
+    columns = {"audio_column": audio_column, "label_column": label_column, "label_names": label_names}
+    if isinstance(name_or_path, DatasetDict | IterableDatasetDict):
+        if split not in name_or_path:
+            raise ValueError(f"split {split!r} not in the dataset; it has {sorted(name_or_path)}")
+        name_or_path = name_or_path[split]
+    if isinstance(name_or_path, Dataset | IterableDataset):
+        return _make_source(name_or_path, "dataset", **columns)
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(
+            f"expected a Hub id, a local path or a datasets object, got {type(name_or_path).__name__}"
+        )
+
+    name = os.fspath(name_or_path)
+    common = {"streaming": streaming, "cache_dir": cache_dir}
+    if name in ("parquet", "webdataset", "audiofolder") and data_files is not None:
+        dataset = datasets.load_dataset(name, data_files=data_files, split=split, **common)
+        return _make_source(dataset, "audioset-parquet" if name == "parquet" else name, **columns)
+    if glob.has_magic(name) or os.path.exists(name):
+        return _load_local(name, split, config_name, columns, common)
+    return _load_hub(name, split, config_name, data_files, revision, columns, common)
+
+
+def _load_hub(name, split, config_name, data_files, revision, columns, common):
+    # The real Hub path: only load_dataset with the repo id, so datasets handles auth, retries and
+    # streaming. It is the same builder (parquet / webdataset) that the local layouts go through.
+    hub = HUB_LAYOUTS.get(name)
+    if hub is not None:
+        if config_name is None and data_files is None:
+            config_name = hub.default_config
+            logger.info("%s: using config %r (pass config_name to choose another)", name, config_name)
+        split = hub.split_aliases.get(config_name, {}).get(split, split)
+    dataset = datasets.load_dataset(
+        name, config_name, split=split, data_files=data_files, revision=revision, **common
+    )
+    if hub is None:
+        return _make_source(dataset, _layout_of_features(dataset), **columns)
+    label_column = columns["label_column"] or hub.label_column
+    # Known AudioSet repositories: no need to read records to recognise the vocabulary.
+    return _make_source(dataset, hub.layout, **{**columns, "label_column": label_column}, audioset=True)
+
+
+def _load_local(path, split, config_name, columns, common):
+    files = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else None
+    if files is None and os.path.isfile(path):
+        files = [path]
+    if files is None:
+        root = Path(path)
+        kind = _local_kind(root)
+        if kind == "audiofolder":
+            dataset = datasets.load_dataset("audiofolder", data_dir=str(root), split=split, **common)
+            return _make_source(dataset, "audiofolder", **columns)
+        files = _split_files(root, split, config_name, ".parquet" if kind == "parquet" else ".tar")
+    if not files:
+        raise ValueError(f"no files match {path!r}")
+    exts = {Path(f).suffix for f in files}
+    if exts == {".parquet"}:
+        builder, layout = "parquet", "audioset-parquet"
+    elif exts == {".tar"}:
+        builder, layout = "webdataset", "webdataset"
+    else:
+        raise ValueError(f"{path!r}: expected only .parquet or only .tar files, found {sorted(exts)}")
+    # One split named "train" holds exactly the files chosen above.
+    dataset = datasets.load_dataset(builder, data_files={"train": files}, split="train", **common)
+    return _make_source(dataset, layout, **columns)
+
+
+def _local_kind(root: Path) -> str:
+    if not root.is_dir():
+        raise ValueError(f"{root} is neither a directory nor a file")
+    has_audio = False
+    for _, _, filenames in os.walk(root):  # one walk, stopping at the first Parquet or tar file
+        for filename in filenames:
+            suffix = os.path.splitext(filename)[1].lower()
+            if suffix == ".parquet":
+                return "parquet"
+            if suffix == ".tar":
+                return "webdataset"
+            has_audio = has_audio or suffix in AUDIO_EXTENSIONS
+    if has_audio:
+        return "audiofolder"
+    raise ValueError(f"{root} holds no .parquet, .tar or audio files")
+
+
+def _split_files(root: Path, split: str, config_name: str | None, ext: str) -> list[str]:
+    """Files of ``split`` under ``root``, in the directory layouts of the Hub repositories."""
+    names = _LOCAL_SPLIT_DIRS.get(config_name, _LOCAL_SPLIT_DIRS[None]).get(split, ()) or (split,)
+    names = (split, *[n for n in names if n != split])
+    parents = ([root / config_name] if config_name else []) + [root / "data", root]
+    for parent in parents:
+        for name in names:
+            if (parent / name).is_dir():
+                found = sorted(str(p) for p in (parent / name).rglob(f"*{ext}"))
+                if found:
+                    return found
+    flat = sorted(str(p) for p in root.glob(f"*{ext}"))
+    if flat:
+        return flat  # no split directories: the files form one split
+    dirs = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
+    raise ValueError(f"no {ext} files for split {split!r} under {root}; its sub-directories are {dirs}")
+
+
+def _layout_of_features(dataset) -> str:
+    features = dataset.features or {}
+    return "webdataset" if "__key__" in features else "parquet"
+
+
+def _find_audio_column(dataset, audio_column: str | None) -> str:
+    features = dataset.features
+    if audio_column is not None:
+        if features is not None and audio_column not in features:
+            raise ValueError(f"audio_column {audio_column!r} not in the dataset columns {list(features)}")
+        return audio_column
+    if features is None:
+        raise ValueError("the dataset has unknown features: pass audio_column=")
+    audio_like = [c for c, f in features.items() if isinstance(f, Audio)]
+    for key in _AUDIO_KEYS:
+        if key in audio_like or (not audio_like and key in features):
+            return key
+    if audio_like:
+        return audio_like[0]
+    raise ValueError(f"no audio column found among {list(features)}: pass audio_column=")
+
+
+def _find_label_column(dataset, label_column: str | None) -> str | None:
+    features = dataset.features
+    if label_column is not None:
+        if features is not None and label_column not in features:
+            raise ValueError(f"label_column {label_column!r} not in the dataset columns {list(features)}")
+        return label_column
+    for key in _LABEL_COLUMNS:
+        if features is not None and key in features:
+            return key
+    logger.warning("no label column found; clips get all-zero targets (pass label_column= to choose one)")
+    return None
+
+
+def _class_label_of(feature) -> ClassLabel | None:
+    if isinstance(feature, ClassLabel):
+        return feature
+    inner = getattr(feature, "feature", None)  # List(ClassLabel) / Sequence(ClassLabel)
+    return inner if isinstance(inner, ClassLabel) else None
+
+
+def _sample_label_values(dataset, column: str, limit: int = 64) -> list:
+    if isinstance(dataset, Dataset):
+        return list(dataset[column])  # reads only that column: no audio is touched
+    return [record[column] for record in dataset.select_columns([column]).take(limit)]
+
+
+def _string_tokens(values) -> list[str] | None:
+    """Every string label in ``values`` (split like LabelMapper does), or None if any is not a string."""
+    tokens: list[str] = []
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if value is None:
+            continue
+        if isinstance(value, str):
+            tokens.extend([value] if value in AUDIOSET_ONTOLOGY.name_to_index else split_label_string(value))
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        else:
+            return None
+    return tokens
+
+
+def _vocabulary(dataset, layout: str, label_column: str | None, label_names, audioset_hint: bool) -> tuple:
+    """(label names, LabelMapper or None) for the label column of ``dataset``."""
+    audioset = (AUDIOSET_ONTOLOGY.names, AUDIOSET_ONTOLOGY.label_mapper())
+    if label_names is not None:
+        names = tuple(label_names)
+        if names == AUDIOSET_ONTOLOGY.names:
+            return audioset
+        return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+    if label_column is None:
+        return audioset if layout != "dataset" else ((), None)
+    feature = (dataset.features or {}).get(label_column)
+    class_label = _class_label_of(feature)
+    if class_label is not None:
+        names = tuple(class_label.names)
+        return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+    if audioset_hint:
+        return audioset
+    values = _sample_label_values(dataset, label_column)
+    if any(isinstance(v, dict) for v in values):
+        return audioset  # WebDataset JSON sidecars of the AudioSet layouts
+    tokens = _string_tokens(values)
+    if tokens is None:  # integer indices without a ClassLabel feature
+        if layout in ("audioset-parquet", "webdataset"):
+            return audioset
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(
+                f"integer labels in {label_column!r} without a ClassLabel feature: pass label_names="
+            )
+        flat = [int(i) for v in values if v is not None for i in (v if isinstance(v, list | tuple) else [v])]
+        names = tuple(str(i) for i in range(max(flat, default=-1) + 1))
+        return names, LabelMapper(max(len(names), 1))
+    lookup = AUDIOSET_ONTOLOGY.label_mapper().lookup
+    if all(t in lookup for t in tokens):
+        return audioset
+    if any(is_mid(t) for t in tokens):
+        unknown = sorted({t for t in tokens if t not in lookup})[:5]
+        raise ValueError(f"labels {unknown} in {label_column!r} are not AudioSet MIDs or class names")
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(
+            f"the labels in {label_column!r} are free strings (e.g. {tokens[:3]}) and a stream cannot be "
+            "scanned for its vocabulary: pass label_names="
+        )
+    names = tuple(sorted(set(tokens)))
+    return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+
+
+def _make_source(dataset, layout, audio_column, label_column, label_names, audioset=False) -> AudioSource:
+    audio_column = _find_audio_column(dataset, audio_column)
+    label_column = _find_label_column(dataset, label_column)
+    names, mapper = _vocabulary(dataset, layout, label_column, label_names, audioset)
+    if mapper is None:
+        raise ValueError("cannot tell the classes of a dataset without a label column: pass label_names=")
+    feature = (dataset.features or {}).get(audio_column)
+    if isinstance(feature, Audio) and feature.decode:
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    return AudioSource(dataset, audio_column, label_column, tuple(names), mapper, layout)

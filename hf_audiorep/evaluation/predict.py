@@ -1,0 +1,51 @@
+"""Run a classifier over a batch stream and score it, across any number of processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+
+from .metrics import TaggingScores, accuracy, mean_average_precision
+
+
+@torch.no_grad()
+def collect_predictions(model, batches, feature_extractor, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets of this process's share of ``batches`` (an AudioStream at evaluation)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, targets = [], []
+    for batch in batches:
+        waveforms = batch["waveforms"].to(device, non_blocking=True)
+        features, mask = feature_extractor.batch_features(waveforms, batch["lengths"].to(device))
+        out = model(input_values=features, attention_mask=mask)
+        logits.append(out.logits.float().cpu().numpy())
+        targets.append(batch["labels"].numpy())
+    model.train(was_training)
+    num_classes = getattr(model.config, "num_labels", 0)
+    if not logits:
+        return np.zeros((0, num_classes), np.float32), np.zeros((0, num_classes), np.float32)
+    return np.concatenate(logits), np.concatenate(targets)
+
+
+def evaluate_classifier(
+    model, batches, feature_extractor, accelerator=None, prefix: str = "eval_"
+) -> dict[str, float]:
+    """mAP (multi-label) or accuracy (single-label) over every process's share, gathered.
+
+    Each process evaluates its own shard; the arrays are gathered as objects because shards differ in
+    length at the tail, which tensor gathering would pad or drop.
+    """
+    device = accelerator.device if accelerator is not None else None
+    logits, targets = collect_predictions(model, batches, feature_extractor, device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        parts = gather_object([(logits, targets)])
+        logits = np.concatenate([p[0] for p in parts])
+        targets = np.concatenate([p[1] for p in parts])
+    if len(logits) == 0:
+        raise ValueError("the evaluation stream produced no clips")
+    if getattr(model.config, "problem_type", None) == "single_label_classification":
+        return {f"{prefix}accuracy": accuracy(logits, targets.argmax(axis=1)), f"{prefix}num_clips": len(logits)}
+    scores: TaggingScores = mean_average_precision(logits, targets)
+    return scores.as_dict(prefix)

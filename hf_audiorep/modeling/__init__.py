@@ -1,0 +1,14 @@
+"""Model code: torch + transformers only, single-dot imports, shippable as Hub remote code."""
+
+from ._fbank import AudioFbankFeatureExtractor, kaldi_fbank
+from .configuration_audiomae import AudioMAEConfig
+from .modeling_audiomae import AudioMAEForAudioClassification, AudioMAEModel, AudioMAEPreTrainedModel
+
+__all__ = [
+    "AudioFbankFeatureExtractor",
+    "AudioMAEConfig",
+    "AudioMAEForAudioClassification",
+    "AudioMAEModel",
+    "AudioMAEPreTrainedModel",
+    "kaldi_fbank",
+]

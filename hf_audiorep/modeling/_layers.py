@@ -1,0 +1,410 @@
+"""Building blocks shared by the spectrogram transformers of hf_audiorep.
+
+One attention, one block per normalisation style, one patch embedding, the MAE 2-D sin-cos
+positions and the patch masks used for pre-training (MAE random masking) and fine-tuning
+(AudioMAE's 2-D patch-out). Every model of the library builds on these, so their module and
+parameter names follow timm's ``vision_transformer`` (``norm1``, ``attn.qkv``, ``attn.proj``,
+``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``patch_embed.proj``): converting a timm or fairseq checkpoint
+is then a key rename, never a reshape.
+
+The blocks read these fields from the model config: ``hidden_size``, ``num_attention_heads``,
+``mlp_ratio``, ``qkv_bias``, ``layer_norm_eps``, ``hidden_act``, ``hidden_dropout_prob`` and
+``attention_probs_dropout_prob``. The attention keeps a reference to the config so that
+``model.set_attn_implementation(...)`` takes effect at run time.
+
+Spectrograms are ``(batch, frames, mel_bins)`` and are treated as an image of height ``frames``
+and width ``mel_bins`` (AudioMAE's layout). Patches are numbered row-major over the
+``(time, frequency)`` grid: patch ``t * grid_f + f``.
+
+Only torch and transformers are imported here, so the file can ship as Hub remote code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+
+__all__ = [
+    "Attention",
+    "DropPath",
+    "Mlp",
+    "PatchEmbed",
+    "PostLNBlock",
+    "PreLNBlock",
+    "drop_path",
+    "eager_attention_forward",
+    "frames_to_patch_mask",
+    "get_2d_sincos_pos_embed",
+    "patch_out_mask_2d",
+    "random_masking",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention; the reference the fused kernels are tested against.
+
+    ``query``/``key``/``value`` are ``(batch, heads, tokens, head_dim)``; ``attention_mask`` is
+    the additive float mask that ``create_bidirectional_mask`` builds for the eager backend.
+    Returns ``(batch, tokens, heads, head_dim)`` and the attention probabilities.
+    """
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    # Softmax in float32: with bf16 scores the normalisation of 500+ keys loses precision.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention with one fused ``qkv`` projection (timm layout).
+
+    The kernel is looked up per call through ``ALL_ATTENTION_FUNCTIONS`` from
+    ``config._attn_implementation`` ("sdpa" by default, "eager", "flash_attention_2",
+    "flex_attention", or any registered ``AttentionInterface``), so a model can switch kernels
+    after it is built. Key padding is expressed by ``attention_mask`` in the format the chosen
+    backend expects (build it with ``transformers.masking_utils.create_bidirectional_mask``).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        # Read by the SDPA / flash integrations: an encoder never uses a causal mask.
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, num_tokens, _ = hidden_states.shape
+        # (B, N, 3 * D) -> 3 x (B, heads, N, head_dim), in the channel order of timm's fused qkv.
+        qkv = self.qkv(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, num_tokens, -1)
+        return self.proj_drop(self.proj(attn_output)), attn_weights
+
+
+# --------------------------------------------------------------------------------------------
+# Feed-forward, stochastic depth, blocks
+# --------------------------------------------------------------------------------------------
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward network ``fc2(drop(act(fc1(x))))`` with width ``hidden * mlp_ratio``."""
+
+    def __init__(self, config):
+        super().__init__()
+        intermediate_size = int(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, config.hidden_size)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.drop(self.act(self.fc1(hidden_states)))
+        return self.drop(self.fc2(hidden_states))
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for whole samples with probability ``drop_prob``.
+
+    Survivors are scaled by ``1 / (1 - drop_prob)`` so the expected branch output is unchanged and
+    no rescaling is needed at evaluation time.
+    """
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    # One draw per sample, broadcast over tokens and channels.
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+    # Scale the (batch, 1, 1) draw, not the activations: one full-size multiply instead of two.
+    return hidden_states * keep.div_(keep_prob)
+
+
+class DropPath(nn.Module):
+    """Module form of :func:`drop_path` (per-sample stochastic depth)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PreLNBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm transformer block of timm's ViT (AudioMAE, BEATs-style encoders).
+
+    ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``.
+    The residual stream is never normalised inside the block, so the encoder needs a final norm.
+    """
+
+    def __init__(self, config, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.attn(self.norm1(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + self.drop_path(attn_output)
+        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+
+
+class PostLNBlock(GradientCheckpointingLayer):
+    """Post-LayerNorm block of data2vec 2.0 / EAT (``AltBlock`` with ``layer_norm_first=False``).
+
+    ``x = norm1(x + drop_path(attn(x)))``; ``x = norm2(x + drop_path(post_mlp_dropout(mlp(x))))``.
+    Each sub-layer's output is normalised after the residual sum, so the block output is already
+    normalised and the encoder has no final norm. Teachers that regress the FFN output (data2vec's
+    ``ffn_targets``) can record ``mlp`` with an ``OutputRecorder`` instead of a second return value.
+    """
+
+    def __init__(self, config, drop_path: float = 0.0, post_mlp_dropout: float = 0.0):
+        super().__init__()
+        self.attn = Attention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+        self.post_mlp_dropout = nn.Dropout(post_mlp_dropout)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.attn(hidden_states, attention_mask, **kwargs)
+        hidden_states = self.norm1(hidden_states + self.drop_path(attn_output))
+        ffn_output = self.post_mlp_dropout(self.mlp(hidden_states))
+        return self.norm2(hidden_states + self.drop_path(ffn_output))
+
+
+# --------------------------------------------------------------------------------------------
+# Patches and positions
+# --------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping square patches of a spectrogram, projected to ``hidden_size`` by a conv.
+
+    Input ``(batch, frames, mel_bins)`` (one channel) or ``(batch, channels, frames, mel_bins)``;
+    output ``(batch, grid_t * grid_f, hidden_size)`` with patches in row-major ``(t, f)`` order.
+    A (1, 1024, 128) AudioSet clip with 16x16 patches gives a 64 x 8 grid of 512 patches. Both
+    sides must already be multiples of ``patch_size``: a strided conv would silently drop the rest.
+    """
+
+    def __init__(self, patch_size: int, hidden_size: int, num_channels: int = 1):
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.proj = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def grid_shape(self, num_frames: int, num_bins: int) -> tuple[int, int]:
+        """``(grid_t, grid_f)`` for a ``num_frames x num_bins`` spectrogram."""
+        return num_frames // self.patch_size, num_bins // self.patch_size
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        if spectrogram.ndim == 3:
+            spectrogram = spectrogram.unsqueeze(1)
+        if spectrogram.ndim != 4 or spectrogram.shape[1] != self.num_channels:
+            raise ValueError(
+                f"PatchEmbed expects (batch, frames, bins) or (batch, {self.num_channels}, frames, bins), "
+                f"got shape {tuple(spectrogram.shape)}"
+            )
+        height, width = spectrogram.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"spectrogram size {height}x{width} is not a multiple of patch_size={self.patch_size}"
+            )
+        return self.proj(spectrogram).flatten(2).transpose(1, 2)
+
+
+def get_2d_sincos_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions of MAE / AudioMAE, as a float32 ``(grid_h * grid_w [+1], dim)``.
+
+    The first ``dim / 2`` channels encode the column (width, i.e. frequency) index and the last
+    ``dim / 2`` the row (height, i.e. time) index, in MAE's order; each half is
+    ``[sin(p * w_k), cos(p * w_k)]`` with ``w_k = 10000 ** (-k / (dim / 4))``. Rows are flattened
+    row-major, so the first ``n * grid_w`` rows equal the embedding of an ``n``-row grid: shorter
+    clips take a prefix. With ``cls_token`` an all-zero row is prepended for the CLS position.
+    """
+    if dim <= 0 or dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a dimension divisible by 4, got {dim}")
+    if grid_h <= 0 or grid_w <= 0:
+        raise ValueError(f"grid sizes must be positive, got {grid_h}x{grid_w}")
+    # float64 like MAE's numpy code, so float32 checkpoints match bit for bit after the final cast.
+    quarter = dim // 4
+    inv_freq = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    embedding = torch.cat([encode(cols), encode(rows)], dim=1)
+    if cls_token:
+        embedding = torch.cat([embedding.new_zeros(1, dim), embedding], dim=0)
+    return embedding.float()
+
+
+# --------------------------------------------------------------------------------------------
+# Patch masks
+# --------------------------------------------------------------------------------------------
+
+
+def _uniform_noise(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform noise drawn on the generator's device (where its state lives), then moved."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=source).to(device)
+
+
+def random_masking(
+    batch: int,
+    num_patches: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's per-sample random masking of ``int(num_patches * ratio)`` patches.
+
+    Returns ``(ids_keep, mask, ids_restore)``:
+
+    - ``ids_keep`` ``(batch, len_keep)`` long: indices of the visible patches (in shuffled order,
+      as MAE; gather the encoder input with it);
+    - ``mask`` ``(batch, num_patches)`` bool, True where a patch is masked (the loss positions);
+    - ``ids_restore`` ``(batch, num_patches)`` long: gathering ``cat([visible, mask_tokens], 1)``
+      with it puts every token back at its patch position (the decoder input).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    if batch <= 0 or num_patches <= 0:
+        raise ValueError(f"batch and num_patches must be positive, got {batch} and {num_patches}")
+    device = device if device is not None else (generator.device if generator is not None else "cpu")
+    len_keep = max(1, int(num_patches * (1.0 - ratio)))
+    noise = _uniform_noise((batch, num_patches), generator, device)
+    # The patches with the smallest noise are kept; argsort of the permutation inverts it.
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
+    mask[:, :len_keep] = False
+    mask = torch.gather(mask, 1, ids_restore)
+    return ids_keep, mask, ids_restore
+
+
+def patch_out_mask_2d(
+    batch: int,
+    grid_t: int,
+    grid_f: int,
+    mask_t_prob: float,
+    mask_f_prob: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AudioMAE's fine-tuning patch-out (``random_masking_2d``): drop whole time columns and
+    frequency rows of the patch grid.
+
+    Each clip drops its own random ``grid_t - keep_t`` time columns and ``grid_f - keep_f``
+    frequency rows, with ``keep_t = int(grid_t * (1 - mask_t_prob))`` (at least 1; same for f),
+    so every clip keeps the same number of patches and the batch stays rectangular.
+
+    Returns ``(ids_keep, mask)``: ``ids_keep`` ``(batch, keep_t * keep_f)`` long, indices of the
+    kept patches in the row-major ``(t, f)`` grid, ascending (the order does not change the
+    encoder's output, which is permutation-equivariant once positions are added); ``mask``
+    ``(batch, grid_t * grid_f)`` bool, True where a patch is dropped.
+    """
+    for name, prob in (("mask_t_prob", mask_t_prob), ("mask_f_prob", mask_f_prob)):
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {prob}")
+    if batch <= 0 or grid_t <= 0 or grid_f <= 0:
+        raise ValueError(f"batch and grid sizes must be positive, got {batch}, {grid_t}x{grid_f}")
+    device = device if device is not None else (generator.device if generator is not None else "cpu")
+    keep_t = max(1, int(grid_t * (1.0 - mask_t_prob)))
+    keep_f = max(1, int(grid_f * (1.0 - mask_f_prob)))
+    kept_t = torch.argsort(_uniform_noise((batch, grid_t), generator, device), dim=1)[:, :keep_t]
+    kept_f = torch.argsort(_uniform_noise((batch, grid_f), generator, device), dim=1)[:, :keep_f]
+    kept_t, kept_f = kept_t.sort(dim=1).values, kept_f.sort(dim=1).values
+    # Outer "product" of the kept columns and rows, as flat row-major indices.
+    ids_keep = (kept_t[:, :, None] * grid_f + kept_f[:, None, :]).reshape(batch, keep_t * keep_f)
+    mask = torch.ones(batch, grid_t * grid_f, dtype=torch.bool, device=device)
+    mask.scatter_(1, ids_keep, False)
+    return ids_keep, mask
+
+
+def frames_to_patch_mask(attention_mask: torch.Tensor, patch_size: int, grid_f: int) -> torch.Tensor:
+    """Frame-level ``attention_mask`` ``(batch, frames)`` -> patch-level mask ``(batch, grid_t * grid_f)``.
+
+    1 marks a real patch. A patch is padding only when ALL its frames are padding: a patch that
+    straddles the end of a clip still carries signal. Frames beyond a multiple of ``patch_size``
+    count as padding (the model zero-pads the spectrogram the same way). Dtype is long, as
+    transformers' 2-D attention masks.
+    """
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention_mask must be (batch, frames), got shape {tuple(attention_mask.shape)}")
+    batch, num_frames = attention_mask.shape
+    grid_t = -(-num_frames // patch_size)
+    frames = torch.zeros(batch, grid_t * patch_size, dtype=torch.bool, device=attention_mask.device)
+    frames[:, :num_frames] = attention_mask.bool()
+    real_columns = frames.view(batch, grid_t, patch_size).any(dim=-1)
+    return real_columns[:, :, None].expand(batch, grid_t, grid_f).reshape(batch, grid_t * grid_f).long()

@@ -1,0 +1,152 @@
+"""AudioMAE configuration: a ViT-B/16 over 1024 x 128 log-mel spectrograms (Huang et al., 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
+
+__all__ = ["AUDIOMAE_PRESETS", "AudioMAEConfig"]
+
+
+AUDIOMAE_PRESETS: dict[str, dict[str, Any]] = {
+    # ViT-B/16 of facebookresearch/AudioMAE (models_vit.vit_base_patch16): pre-LN, 12 x 768, 12
+    # heads, on a 64 x 8 grid of 16 x 16 patches of a 10.24 s, 128-bin clip. With a 527-class head
+    # it has 85,659,407 trainable parameters, as AudioMAE's fine-tuning log reports.
+    "audiomae-base": {},
+    # Same input geometry as the base model (so the feature extractor, the position grid and the
+    # patch-out fractions carry over unchanged), at 1/4 width and 1/3 depth: 1.93 M parameters with
+    # a 527-class head; a training step on 8 clips of 10 s takes about a second on 2 CPU cores.
+    # Shorter clips need no other preset, as max_length is only an upper bound.
+    "audiomae-tiny": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3},
+}
+
+_POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "num_mel_bins",
+                  "max_length", "num_channels")
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "mask_t_prob",
+                  "mask_f_prob", "classifier_dropout")
+_FLAGS = ("qkv_bias", "use_cls_pooling")
+
+
+class AudioMAEConfig(PreTrainedConfig):
+    r"""Configuration of [`AudioMAEModel`] and [`AudioMAEForAudioClassification`].
+
+    The defaults build the ViT-B/16 encoder that AudioMAE fine-tunes on AudioSet.
+
+    Args:
+        hidden_size (`int`, defaults to 768): width of the encoder.
+        num_hidden_layers (`int`, defaults to 12): number of pre-LN transformer blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads per block; must divide `hidden_size`.
+        mlp_ratio (`float`, defaults to 4.0): feed-forward width as a multiple of `hidden_size`.
+        hidden_act (`str`, defaults to `"gelu"`): feed-forward activation (exact GELU, as timm's `nn.GELU`).
+        qkv_bias (`bool`, defaults to `True`): bias in the fused query/key/value projection.
+        layer_norm_eps (`float`, defaults to 1e-6): epsilon of every LayerNorm (timm ViT value).
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on the embeddings, the attention output
+            projection and the feed-forward network.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.
+        drop_path_rate (`float`, defaults to 0.1): stochastic depth rate of the last block; it rises linearly
+            from 0 at the first block (AudioMAE fine-tuning uses 0.1).
+        patch_size (`int`, defaults to 16): side of the square, non-overlapping patches.
+        num_mel_bins (`int`, defaults to 128): mel bins of the input; a multiple of `patch_size`.
+        max_length (`int`, defaults to 1024): the longest input in frames (10.24 s at a 10 ms hop); a multiple
+            of `patch_size`. Shorter inputs are accepted and use the first rows of the position grid.
+        num_channels (`int`, defaults to 1): input channels of the patch embedding.
+        mask_t_prob (`float`, defaults to 0.2): fraction of time-patch columns dropped per clip by the
+            fine-tuning patch-out, in training mode only.
+        mask_f_prob (`float`, defaults to 0.2): fraction of frequency-patch rows dropped likewise.
+        use_cls_pooling (`bool`, defaults to `False`): pool with the normalised CLS token instead of
+            AudioMAE's `global_pool` (mean of the patch tokens, then `fc_norm`).
+        classifier_dropout (`float`, defaults to 0.0): dropout before the classification head.
+        initializer_range (`float`, defaults to 0.02): standard deviation of the CLS token initialisation.
+
+    Example:
+
+    ```python
+    >>> from hf_audiorep.modeling.configuration_audiomae import AudioMAEConfig
+    >>> config = AudioMAEConfig.from_preset("audiomae-base", num_labels=527,
+    ...                                     problem_type="multi_label_classification")
+    ```
+    """
+
+    model_type = "audiorep-audiomae"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float = 4.0
+    hidden_act: str = "gelu"
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.1
+    patch_size: int = 16
+    num_mel_bins: int = 128
+    max_length: int = 1024
+    num_channels: int = 1
+    mask_t_prob: float = 0.2
+    mask_f_prob: float = 0.2
+    use_cls_pooling: bool = False
+    classifier_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Reject hyperparameters that would fail deep inside torch, naming the offending field."""
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"AudioMAEConfig.{name} must be an int, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"AudioMAEConfig.{name} must be positive, got {value}")
+        for name in (*_PROBABILITIES, "mlp_ratio", "layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"AudioMAEConfig.{name} must be a number, got {value!r}")
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"AudioMAEConfig.{name} must be in [0, 1), got {value}")
+        for name in ("mlp_ratio", "layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"AudioMAEConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.initializer_range < 0:
+            raise ValueError(f"AudioMAEConfig.initializer_range must be >= 0, got {self.initializer_range}")
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"AudioMAEConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"AudioMAEConfig.hidden_act {self.hidden_act!r} is not in transformers' ACT2FN")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"AudioMAEConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_size % 4:
+            # Half the channels encode each grid axis as sin/cos pairs.
+            raise ValueError(
+                f"AudioMAEConfig.hidden_size ({self.hidden_size}) must be divisible by 4 for the 2-D sin-cos "
+                "position embedding"
+            )
+        for name in ("num_mel_bins", "max_length"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(
+                    f"AudioMAEConfig.{name} ({getattr(self, name)}) must be a multiple of patch_size "
+                    f"({self.patch_size})"
+                )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """``(time, frequency)`` patches of a ``max_length``-frame input: (64, 8) for AudioSet clips."""
+        return self.max_length // self.patch_size, self.num_mel_bins // self.patch_size
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> AudioMAEConfig:
+        """Build a named architecture (see `AUDIOMAE_PRESETS`); keyword arguments override its fields."""
+        if name not in AUDIOMAE_PRESETS:
+            raise ValueError(f"unknown AudioMAE preset {name!r}; available: {sorted(AUDIOMAE_PRESETS)}")
+        return cls(**{**AUDIOMAE_PRESETS[name], **overrides})

@@ -1,0 +1,33 @@
+"""The shared Accelerate training loop and its parts (optimizer groups, schedules, EMA, checkpoints)."""
+
+from .arguments import TrainingArguments
+from .checkpoint import (
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rotate_checkpoints,
+    save_checkpoint,
+)
+from .classification import AugmentationArguments, SupervisedClassificationStep
+from .ema import ModelEMA
+from .loop import BatchSource, TrainLoop
+from .optim import build_optimizer, build_param_groups, build_scheduler, default_layer_id, lr_multiplier
+
+__all__ = [
+    "AugmentationArguments",
+    "BatchSource",
+    "ModelEMA",
+    "SupervisedClassificationStep",
+    "TrainLoop",
+    "TrainingArguments",
+    "build_optimizer",
+    "build_param_groups",
+    "build_scheduler",
+    "default_layer_id",
+    "find_latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "lr_multiplier",
+    "rotate_checkpoints",
+    "save_checkpoint",
+]

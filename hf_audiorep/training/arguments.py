@@ -1,0 +1,151 @@
+"""Arguments of the shared training loop, parsed by every recipe with ``HfArgumentParser``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .optim import LR_SCHEDULERS
+
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainingArguments:
+    """What :class:`~hf_audiorep.training.TrainLoop` needs; recipes subclass it to change defaults.
+
+    Steps are optimizer steps (after gradient accumulation) everywhere: ``max_steps``, ``warmup_steps``,
+    ``logging_steps``, ``eval_steps`` and ``checkpointing_steps``.
+    """
+
+    output_dir: str = _help(
+        "where checkpoints, logs, the final model and train_results.json go", "outputs/run"
+    )
+    max_steps: int = _help("number of optimizer steps to train for", 1000)
+    per_device_batch_size: int = _help(
+        "clips per batch on each process (recipes build the stream with it)", 16
+    )
+    learning_rate: float = _help("peak learning rate (of the last layer when layer_decay < 1)", 1e-4)
+    min_learning_rate: float = _help("learning rate reached at max_steps by the cosine/linear schedule", 1e-6)
+    weight_decay: float = _help("AdamW weight decay; biases and 1-D parameters are exempt", 0.05)
+    adam_beta1: float = _help("AdamW beta1", 0.9)
+    adam_beta2: float = _help("AdamW beta2", 0.999)
+    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
+    layer_decay: float = _help(
+        "layer-wise lr decay in (0, 1]; layer i of L gets lr * layer_decay ** (L + 1 - i); 1 = off", 1.0
+    )
+    warmup_steps: int = _help("linear warmup steps (set this or warmup_ratio)", 0)
+    warmup_ratio: float = _help("linear warmup as a fraction of max_steps (set this or warmup_steps)", 0.0)
+    lr_scheduler: str = _help("learning-rate schedule after warmup: cosine | linear | constant", "cosine")
+    gradient_accumulation_steps: int = _help("micro-batches per optimizer step", 1)
+    max_grad_norm: float | None = _help("clip the global gradient norm to this; 0/None = no clipping", 1.0)
+    mixed_precision: str | None = _help(
+        "no | fp16 | bf16 | fp8; None takes accelerate's config / `accelerate launch --mixed_precision`", None
+    )
+    seed: int = _help("seed of python, numpy and torch RNGs (model init, dropout, augmentation)", 0)
+    logging_steps: int = _help("log loss, lr, grad norm and throughput every this many steps", 10)
+    eval_steps: int | None = _help("evaluate every this many steps; 0/None = only at the end", None)
+    checkpointing_steps: int | None = _help(
+        "save a resumable checkpoint every this many steps; 0/None = never", 500
+    )
+    save_total_limit: int | None = _help("keep at most this many checkpoints (oldest deleted); None = all", 2)
+    resume_from_checkpoint: str | None = _help(
+        "a checkpoint directory, or 'latest' for the newest complete one under output_dir/checkpoints "
+        "(a fresh start when there is none)",
+        None,
+    )
+    overwrite_output_dir: bool = _help(
+        "when not resuming, delete checkpoints an earlier run left in output_dir (default: refuse to run)",
+        False,
+    )
+    log_with: str | None = _help(
+        "experiment trackers: tensorboard | wandb | ... | all; None = no tracker", None
+    )
+    project_name: str = _help("tracker project / run name (the tensorboard sub-directory)", "hf_audiorep")
+    cpu: bool = _help(
+        "force CPU (needed for multi-process CPU runs with accelerate launch --multi_gpu)", False
+    )
+    disable_progress_bar: bool = _help("hide the tqdm progress bar", False)
+
+    def __post_init__(self):
+        # HfArgumentParser hands "None"/"none" through for optional strings typed on the command line.
+        for name in ("mixed_precision", "resume_from_checkpoint", "log_with"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none"):
+                setattr(self, name, None)
+        _positive(self, "max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps")
+        # On the command line None cannot be typed for an int/float, so 0 also means "off" for these.
+        for name in ("eval_steps", "checkpointing_steps", "max_grad_norm"):
+            if getattr(self, name) == 0:
+                setattr(self, name, None)
+        _positive(self, "eval_steps", "checkpointing_steps", "save_total_limit", optional=True)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate must be in [0, learning_rate={self.learning_rate}], "
+                f"got {self.min_learning_rate}"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.adam_epsilon > 0:
+            raise ValueError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1] (1 = off), got {self.layer_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps > 0 and self.warmup_ratio > 0:
+            raise ValueError(
+                f"set only one of warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio})"
+            )
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (0/None: no clipping), got {self.max_grad_norm}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}"
+            )
+        if not self.output_dir:
+            raise ValueError("output_dir must be a non-empty path")
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        return (self.adam_beta1, self.adam_beta2)
+
+    @property
+    def num_warmup_steps(self) -> int:
+        """Warmup length in optimizer steps, from ``warmup_steps`` or ``warmup_ratio``."""
+        if self.warmup_steps > 0:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * self.max_steps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_sanitized_dict(self) -> dict:
+        """The fields as tracker hyperparameters: TensorBoard's hparams accept only int/float/str/bool."""
+        return {
+            key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in self.to_dict().items()
+        }
+
+
+def _positive(args: TrainingArguments, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            none = " or None" if optional else ""
+            raise ValueError(f"{name} must be a positive integer{none}, got {value!r}")

@@ -1,0 +1,498 @@
+"""The Accelerate training loop every recipe of the library runs.
+
+The loop owns what is the same for every system: the ``Accelerator``, AdamW with weight-decay exemptions
+and layer decay, the warmup + cosine schedule, gradient accumulation and clipping, logging, periodic
+evaluation, atomic checkpoints with exact resume, and the final ``save_pretrained``. What differs between
+systems — how a batch becomes a loss — is the ``step_fn``.
+
+Data is not given to ``accelerator.prepare``: an :class:`~hf_audiorep.data.AudioStream` already yields only
+this rank's shard, and a prepared dataloader would shard it a second time (accelerate#3547). The loop moves
+each batch to ``accelerator.device`` itself, and the stream's own ``state_dict`` carries its position.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils.operations import ignorant_find_batch_size
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arguments import TrainingArguments
+from .checkpoint import (
+    checkpoints_root,
+    list_checkpoints,
+    load_checkpoint,
+    named_extra_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .optim import build_optimizer, build_param_groups, build_scheduler
+
+logger = get_logger(__name__)
+
+StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
+EvalFn = Callable[[nn.Module], Mapping[str, Any]]
+ParamGroupsFn = Callable[[nn.Module], Sequence[dict]]
+OptimizerStepHook = Callable[[nn.Module, int], None]
+
+TRAIN_RESULTS_NAME = "train_results.json"
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What the loop needs from ``train_batches`` (the contract of :class:`hf_audiorep.data.AudioStream`)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self): ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainLoop:
+    """Train ``model`` for ``args.max_steps`` optimizer steps on ``train_batches`` with ``step_fn``.
+
+    Args:
+        args: the run's :class:`TrainingArguments`.
+        model: the model to train (usually a ``PreTrainedModel``; a ``*ForPreTraining`` model for SSL).
+        train_batches: this rank's batches, with ``set_epoch``, ``__iter__``, ``state_dict`` and
+            ``load_state_dict`` (an :class:`~hf_audiorep.data.AudioStream`); ``state_dict()`` must be
+            JSON data.
+        step_fn: ``step_fn(model, batch) -> (loss, logs)``, called inside ``accelerator.accumulate`` and
+            ``accelerator.autocast`` with the *prepared* model (call it for the forward so that DDP syncs
+            gradients; read attributes such as ``config`` from ``loop.model``) and the batch already on
+            the device.
+            ``loss`` is a scalar tensor; ``logs`` maps names to floats or 0-d tensors, with the same keys on
+            every rank; they are averaged over steps and processes before logging.
+        eval_fn: ``eval_fn(model) -> dict`` called on every process with the unwrapped model in eval mode,
+            every ``args.eval_steps`` and at the end; it gathers across processes itself. Assignable later
+            (``loop.eval_fn = ...``).
+        param_groups_fn: ``model -> list of param-group dicts`` (``params`` and optionally ``weight_decay``,
+            ``lr_scale``); default :func:`~hf_audiorep.training.build_param_groups` with ``args.weight_decay``
+            and ``args.layer_decay``.
+        feature_extractor: saved next to the model at the end (``preprocessor_config.json``).
+        extra_state: objects with ``state_dict``/``load_state_dict`` (e.g. a
+            :class:`~hf_audiorep.training.ModelEMA`), as a ``{name: obj}`` dict or a list, checkpointed and
+            restored with the run. They must be identical on every rank (only the main process saves them).
+        on_optimizer_step: hooks ``hook(model, global_step)`` run after every optimizer step with the
+            unwrapped model, e.g. ``lambda model, step: ema.update(model)``; ``loop.on_optimizer_step`` is a
+            list and can be appended to.
+
+    The constructor seeds python/numpy/torch with ``args.seed`` plus the process index (dropout, masking
+    and augmentation then differ between ranks that see different clips). The model already exists by
+    then: seed its initialisation yourself (``transformers.set_seed(args.seed)``); DDP copies rank 0's
+    weights to every rank anyway.
+
+    After :meth:`run`, ``loop.model`` is the trained (unwrapped) model and ``loop.accelerator`` is still
+    usable, e.g. to evaluate a test split across processes.
+    """
+
+    _exit_hook_registered = False
+
+    def __init__(
+        self,
+        args: TrainingArguments,
+        model: nn.Module,
+        train_batches: BatchSource,
+        step_fn: StepFn,
+        eval_fn: EvalFn | None = None,
+        param_groups_fn: ParamGroupsFn | None = None,
+        feature_extractor=None,
+        extra_state: Mapping[str, Any] | Sequence[Any] | None = None,
+        on_optimizer_step: Sequence[OptimizerStepHook] | None = None,
+    ):
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(f"args must be a TrainingArguments, got {type(args).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        missing = [
+            m
+            for m in ("set_epoch", "state_dict", "load_state_dict", "__iter__")
+            if not hasattr(train_batches, m)
+        ]
+        if missing:
+            raise TypeError(
+                f"train_batches ({type(train_batches).__name__}) lacks {missing}; it must follow the "
+                "AudioStream contract: set_epoch(epoch), __iter__(), state_dict(), load_state_dict(state)"
+            )
+        if not callable(step_fn):
+            raise TypeError("step_fn must be callable: step_fn(model, batch) -> (loss, logs)")
+        if eval_fn is not None and not callable(eval_fn):
+            raise TypeError("eval_fn must be callable: eval_fn(model) -> dict of metrics")
+
+        self.args = args
+        self.train_batches = train_batches
+        self.step_fn = step_fn
+        self.eval_fn = eval_fn
+        self.feature_extractor = feature_extractor
+        self.extra_state = named_extra_state(extra_state)
+        self.on_optimizer_step: list[OptimizerStepHook] = list(on_optimizer_step or [])
+
+        output_dir = Path(args.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=args.log_with,
+            project_config=ProjectConfiguration(
+                project_dir=str(output_dir), logging_dir=str(output_dir / "runs")
+            ),
+            cpu=args.cpu,
+            # The schedule is written in optimizer steps; by default accelerate would step it once per
+            # process per optimizer step (it assumes a prepared, sharded dataloader).
+            step_scheduler_with_optimizer=False,
+        )
+        # Different streams of dropout / masking / augmentation per rank, as each rank sees different clips.
+        set_seed(args.seed, device_specific=True)
+
+        groups = (
+            param_groups_fn(model)
+            if param_groups_fn is not None
+            else build_param_groups(model, args.weight_decay, args.layer_decay)
+        )
+        optimizer = build_optimizer(
+            groups, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_epsilon
+        )
+        scheduler = build_scheduler(
+            optimizer,
+            max_steps=args.max_steps,
+            warmup_steps=args.num_warmup_steps,
+            schedule=args.lr_scheduler,
+            learning_rate=args.learning_rate,
+            min_learning_rate=args.min_learning_rate,
+        )
+        self.prepared_model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, optimizer, scheduler
+        )
+        self.model = model  # the user's module, unwrapped: what eval_fn, hooks and save_pretrained see
+
+        self.global_step = 0
+        self.epoch = 0
+        self.log_history: list[dict] = []
+        self.eval_history: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------- the run
+
+    def run(self) -> dict:
+        """Train to ``max_steps`` (resuming if asked), evaluate, save; returns the run summary."""
+        args, accelerator = self.args, self.accelerator
+        if accelerator.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+        if args.log_with is not None:
+            accelerator.init_trackers(args.project_name, config=args.to_sanitized_dict())
+
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        fresh_epoch = True
+        if checkpoint is not None:
+            restored = load_checkpoint(accelerator, checkpoint, self.extra_state)
+            self.global_step, self.epoch = restored["global_step"], restored["epoch"]
+            self.train_batches.load_state_dict(restored["data"])
+            fresh_epoch = False  # continue the interrupted epoch from the restored position
+            logger.info(f"resumed from {checkpoint} at step {self.global_step}, epoch {self.epoch}")
+        else:
+            self._clear_stale_checkpoints()
+
+        self.prepared_model.train()
+        window = _Window(accelerator.device)
+        run_totals = _Window(accelerator.device)
+        last_eval_step = None
+        progress = tqdm(
+            total=args.max_steps,
+            initial=self.global_step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=args.disable_progress_bar or not accelerator.is_local_main_process,
+        )
+        start = time.perf_counter()
+        while self.global_step < args.max_steps:
+            if fresh_epoch:
+                self.train_batches.set_epoch(self.epoch)
+            yielded = False
+            for batch in self.train_batches:
+                yielded = True
+                if not self._micro_step(batch, window, run_totals):
+                    continue
+                self.global_step += 1
+                for hook in self.on_optimizer_step:
+                    hook(self.model, self.global_step)
+                progress.update(1)
+                if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+                    self._log(window, progress)
+                    window = _Window(accelerator.device)
+                paused = time.perf_counter()
+                # Evaluate before checkpointing: eval may draw random numbers, and the checkpoint must hold
+                # the RNG state the next training step starts from.
+                if args.eval_steps and self.global_step % args.eval_steps == 0 and self.eval_fn is not None:
+                    self._evaluate()
+                    last_eval_step = self.global_step
+                if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
+                    save_checkpoint(
+                        accelerator,
+                        args.output_dir,
+                        self.global_step,
+                        self.epoch,
+                        self.train_batches.state_dict(),
+                        self.extra_state,
+                        args.save_total_limit,
+                    )
+                window.start += time.perf_counter() - paused  # throughput counts training time only
+                if self.global_step >= args.max_steps:
+                    break
+            else:
+                if fresh_epoch and not yielded:
+                    raise RuntimeError(
+                        f"train_batches yielded no batch in epoch {self.epoch} on rank "
+                        f"{accelerator.process_index}: the dataset is empty or smaller than one batch per "
+                        "process"
+                    )
+                self.epoch += 1
+                fresh_epoch = True
+        progress.close()
+        runtime = time.perf_counter() - start
+
+        if self.eval_fn is not None and last_eval_step != self.global_step:
+            self._evaluate()
+        summary = self._summary(run_totals, runtime, checkpoint)
+        self._save_final(summary)
+        return summary
+
+    def _clear_stale_checkpoints(self) -> None:
+        # A fresh run in a directory holding another run's checkpoints would mix the two: rotation would
+        # delete the new saves first (lower steps) and "latest" would pick the old run's.
+        root = checkpoints_root(self.args.output_dir)
+        stale = list_checkpoints(root)
+        if not stale:
+            if self.args.resume_from_checkpoint == "latest":
+                logger.info(f"no checkpoint under {root}; starting from scratch")
+            return
+        if not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"{root} holds checkpoints of an earlier run ({stale[-1].name}); pass "
+                "resume_from_checkpoint='latest' to continue it, overwrite_output_dir=True to discard them, "
+                "or another output_dir"
+            )
+        self.accelerator.wait_for_everyone()  # every rank has seen them before they go
+        if self.accelerator.is_main_process:
+            shutil.rmtree(root)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------- one micro-step
+
+    def _micro_step(self, batch, window: _Window, run_totals: _Window) -> bool:
+        """Forward/backward on one batch; returns True when it completed an optimizer step."""
+        accelerator = self.accelerator
+        batch = send_to_device(batch, accelerator.device, non_blocking=True)
+        with accelerator.accumulate(self.prepared_model):
+            with accelerator.autocast():
+                output = self.step_fn(self.prepared_model, batch)
+            loss, logs = self._check_step_output(output)
+            detached = loss.detach().float()
+            if not torch.isfinite(detached):
+                raise FloatingPointError(
+                    f"loss is {detached.item()} at optimizer step {self.global_step + 1} (epoch "
+                    f"{self.epoch}, rank {accelerator.process_index}); stopping instead of training on a "
+                    "non-finite loss. "
+                    "Lower the learning rate, check the inputs, or use bf16 instead of fp16."
+                )
+            accelerator.backward(loss)
+            clips = _batch_size(batch)
+            window.add_micro(detached, logs, clips)
+            run_totals.add_micro(detached, {}, clips)
+            if not accelerator.sync_gradients:
+                return False
+            max_norm = self.args.max_grad_norm if self.args.max_grad_norm is not None else math.inf
+            grad_norm = accelerator.clip_grad_norm_(self.prepared_model.parameters(), max_norm)
+            self.optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule in place
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            window.add_step(grad_norm)
+        return True
+
+    def _check_step_output(self, output) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        if not (isinstance(output, tuple) and len(output) == 2):
+            raise TypeError(f"step_fn must return (loss, logs), got {type(output).__name__}")
+        loss, logs = output
+        if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.is_floating_point():
+            raise TypeError(f"step_fn's loss must be a scalar float tensor, got {_describe(loss)}")
+        if not loss.requires_grad:
+            raise ValueError("step_fn's loss does not require grad: compute it from the model's outputs")
+        if logs is None:
+            logs = {}
+        if not isinstance(logs, Mapping):
+            raise TypeError(f"step_fn's logs must be a dict of name -> number, got {type(logs).__name__}")
+        return loss.reshape(()), logs
+
+    # ------------------------------------------------------------------------------------ logging / eval
+
+    def _log(self, window: _Window, progress) -> None:
+        metrics = window.reduce(self.accelerator)
+        if metrics is None:
+            return
+        metrics["lr"] = max(self.scheduler.get_last_lr())
+        metrics["clips_per_second"] = (
+            window.clips * self.accelerator.num_processes / max(window.elapsed(), 1e-9)
+        )
+        metrics["epoch"] = self.epoch
+        self.accelerator.log(metrics, step=self.global_step)
+        if self.accelerator.is_main_process:
+            self.log_history.append({"step": self.global_step, **metrics})
+            logger.info(f"step {self.global_step}: {json.dumps(_round(metrics))}")
+        progress.set_postfix(
+            loss=f"{metrics['loss']:.4f}",
+            lr=f"{metrics['lr']:.2e}",
+            clips_s=f"{metrics['clips_per_second']:.1f}",
+        )
+
+    def _evaluate(self) -> dict:
+        self.prepared_model.eval()
+        try:
+            metrics = self.eval_fn(self.model)
+        finally:
+            self.prepared_model.train()
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"eval_fn must return a dict of metrics, got {type(metrics).__name__}")
+        metrics = {k: v.item() if torch.is_tensor(v) and v.numel() == 1 else v for k, v in metrics.items()}
+        scalars = {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.accelerator.log(scalars, step=self.global_step)
+        self.eval_history.append({"step": self.global_step, **metrics})
+        logger.info(f"eval at step {self.global_step}: {json.dumps(_round(scalars))}")
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------- end
+
+    def _summary(self, run_totals: _Window, runtime: float, checkpoint: Path | None) -> dict:
+        accelerator = self.accelerator
+        totals = run_totals.reduce(accelerator)
+        clips = run_totals.clips * accelerator.num_processes
+        summary = {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "train_loss": totals["loss"] if totals else None,  # mean over the steps run by this invocation
+            "train_runtime": runtime,
+            "train_clips": clips,
+            "train_clips_per_second": clips / runtime if runtime > 0 else 0.0,
+            "world_size": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type),
+            "mixed_precision": accelerator.mixed_precision,
+            "resumed_from_checkpoint": str(checkpoint) if checkpoint is not None else None,
+        }
+        if self.eval_history:
+            summary.update({k: v for k, v in self.eval_history[-1].items() if k != "step"})
+        return summary
+
+    def _save_final(self, summary: dict) -> None:
+        accelerator = self.accelerator
+        output_dir = self.args.output_dir
+        accelerator.wait_for_everyone()
+        # Collective under FSDP/DeepSpeed (gathers the full weights), so every rank takes part.
+        state_dict = accelerator.get_state_dict(self.prepared_model)
+        unwrapped = accelerator.unwrap_model(self.prepared_model)
+        if hasattr(unwrapped, "save_pretrained"):
+            # transformers 5 always writes safetensors and saves on the main process only when told so.
+            unwrapped.save_pretrained(
+                output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict
+            )
+        else:
+            accelerator.save_model(unwrapped, output_dir, safe_serialization=True)
+        if accelerator.is_main_process:
+            if self.feature_extractor is not None:
+                self.feature_extractor.save_pretrained(output_dir)
+            with open(Path(output_dir) / TRAIN_RESULTS_NAME, "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+        accelerator.wait_for_everyone()
+        # Not accelerator.end_training(): that also destroys the process group, and recipes evaluate the
+        # test split with `loop.accelerator` after run(). Trackers are flushed here; the process group is
+        # torn down at interpreter exit.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        if not TrainLoop._exit_hook_registered:
+            atexit.register(_destroy_process_group)
+            TrainLoop._exit_hook_registered = True
+
+
+class _Window:
+    """Running sums over micro-steps, kept on the device so nothing syncs until they are logged."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.log_sums: dict[str, torch.Tensor] = {}
+        self.micro_steps = 0
+        self.clips = 0
+        self.grad_norm_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.grad_norm_steps = 0
+        self.start = time.perf_counter()
+
+    def add_micro(self, loss: torch.Tensor, logs: Mapping[str, Any], clips: int) -> None:
+        self.loss_sum += loss
+        for key, value in logs.items():
+            value = value.detach() if torch.is_tensor(value) else torch.as_tensor(value)
+            total = self.log_sums.get(key)
+            value = value.to(self.device, torch.float64).reshape(())
+            self.log_sums[key] = value if total is None else total + value
+        self.micro_steps += 1
+        self.clips += clips
+
+    def add_step(self, grad_norm) -> None:
+        if grad_norm is not None:  # DeepSpeed may not report one
+            self.grad_norm_sum += torch.as_tensor(grad_norm, device=self.device).detach().to(torch.float64)
+            self.grad_norm_steps += 1
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def reduce(self, accelerator: Accelerator) -> dict[str, float] | None:
+        """Means over this window's micro-steps on all processes (one collective)."""
+        if self.micro_steps == 0:
+            return None
+        keys = sorted(self.log_sums)
+        count = torch.tensor(float(self.micro_steps), device=self.device, dtype=torch.float64)
+        packed = torch.stack([self.loss_sum, count, *(self.log_sums[k] for k in keys)])
+        # float64 is not supported by every backend's all-reduce; the sums are small enough for float32.
+        packed = accelerator.reduce(packed.float(), reduction="sum").double().tolist()
+        loss_sum, total, *log_sums = packed
+        metrics = {key: value / total for key, value in zip(keys, log_sums, strict=True)}
+        metrics["loss"] = loss_sum / total
+        if self.grad_norm_steps:
+            # Gradients are all-reduced before clipping, so every rank holds the same norm.
+            metrics["grad_norm"] = self.grad_norm_sum.item() / self.grad_norm_steps
+        return metrics
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, Mapping) and torch.is_tensor(batch.get("waveforms")):
+        return int(batch["waveforms"].shape[0])
+    size = ignorant_find_batch_size(batch)
+    return int(size) if size is not None else 0
+
+
+def _describe(value) -> str:
+    if torch.is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
+
+
+def _round(metrics: Mapping[str, Any]) -> dict:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -1,0 +1,185 @@
+"""Optimizer parameter groups (weight-decay exemptions, layer-wise lr decay) and lr schedules.
+
+Layer-wise learning-rate decay follows BEiT / MAE fine-tuning: with ``L`` transformer layers, parameters
+are given a layer id in ``0 .. L + 1`` (0 = patch/position embeddings, ``i + 1`` = block ``i``,
+``L + 1`` = everything after the blocks: final norm, pooler, head) and the learning rate of layer id
+``k`` is scaled by ``layer_decay ** (L + 1 - k)``, so the head trains at the full rate and the
+embeddings at the smallest one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+# `.layers.3.`, `blocks.0.`, `.layer.11.` — the block index used by transformers, timm and BEiT-style code.
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|blocks|layer)\.(\d+)(?:\.|$)")
+# Parameter-name components that belong to the input embedding (layer id 0).
+_EMBEDDING_PARTS = re.compile(
+    r"(?:^|\.)(?:patch_embed\w*|cls_token|dist_token|pos_embed\w*|position_embed\w*|embeddings)(?:\.|$)"
+)
+
+
+def default_layer_id(param_name: str, num_layers: int) -> int:
+    """Layer id of a parameter of a transformers/timm-style encoder, from its name alone.
+
+    Embeddings (``patch_embed``, ``cls_token``, ``pos_embed``, ``embeddings.``) -> 0; the ``i``-th block
+    (``.layers.<i>.``, ``.blocks.<i>.``, ``.layer.<i>.``) -> ``i + 1``; anything else -> ``num_layers + 1``.
+    Models whose names do not fit (e.g. stacks of stacks) pass their own ``layer_id_fn``.
+    """
+    match = _LAYER_INDEX.search(param_name)
+    if match is not None:
+        return min(int(match.group(1)) + 1, num_layers + 1)
+    if _EMBEDDING_PARTS.search(param_name):
+        return 0
+    return num_layers + 1
+
+
+def _no_weight_decay_names(model: nn.Module) -> set[str]:
+    # timm convention: a model may list extra exemptions (position embeddings, class tokens).
+    hook = getattr(model, "no_weight_decay", None)
+    return set(hook()) if callable(hook) else set()
+
+
+def _is_exempt_from_weight_decay(name: str, param: torch.Tensor, extra: set[str]) -> bool:
+    # Decaying biases and normalisation gains only shrinks them toward 0, which is never the prior we
+    # want; 1-D covers LayerNorm/BatchNorm/RMSNorm weights and layer-scale vectors.
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return True
+    return name in extra or name.rsplit(".", 1)[-1] in extra
+
+
+def build_param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    num_layers: int | None = None,
+    layer_id_fn: Callable[[str], int] | None = None,
+) -> list[dict]:
+    """AdamW parameter groups with weight-decay exemptions and (optionally) layer-wise lr decay.
+
+    Args:
+        model: the model; only parameters with ``requires_grad`` are included (frozen teachers are skipped).
+        weight_decay: decay for matrices and convolution kernels; biases, 1-D parameters and names returned
+            by ``model.no_weight_decay()`` (if defined) get 0.
+        layer_decay: in ``(0, 1]``; 1 disables layer decay.
+        num_layers: number of blocks ``L``; default ``model.config.num_hidden_layers``.
+        layer_id_fn: ``param_name -> int`` in ``0 .. L + 1``; default :func:`default_layer_id`.
+
+    Returns:
+        A list of dicts with ``params``, ``weight_decay``, ``lr_scale`` (multiply the base learning rate
+        by it) and ``layer_id`` (0 for all when layer decay is off), ordered by layer id. Empty groups are
+        left out.
+    """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    use_layer_decay = layer_decay < 1.0
+    if num_layers is None:
+        num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if use_layer_decay and not isinstance(num_layers, int):
+        raise ValueError(
+            "layer_decay < 1 needs the number of layers: pass num_layers=..., or use a model whose "
+            "config has num_hidden_layers"
+        )
+    if use_layer_decay and layer_id_fn is None:
+        layer_id_fn = partial(default_layer_id, num_layers=num_layers)
+    exempt = _no_weight_decay_names(model)
+
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer_id = layer_id_fn(name) if use_layer_decay else 0
+        if use_layer_decay and not 0 <= layer_id <= num_layers + 1:
+            raise ValueError(f"layer_id_fn({name!r}) returned {layer_id}, outside 0..{num_layers + 1}")
+        no_decay = _is_exempt_from_weight_decay(name, param, exempt)
+        key = (layer_id, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - layer_id) if use_layer_decay else 1.0
+            groups[key] = {
+                "params": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": scale,
+                "layer_id": layer_id,
+            }
+        groups[key]["params"].append(param)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(
+    param_groups: Iterable[dict],
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; each group's lr is ``learning_rate * group.get("lr_scale", 1)``."""
+    groups = []
+    for group in param_groups:
+        group = dict(group)
+        group.setdefault("lr_scale", 1.0)
+        group.setdefault("weight_decay", weight_decay)
+        group["lr"] = learning_rate * group["lr_scale"]
+        groups.append(group)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def lr_multiplier(
+    step: int, max_steps: int, warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.0
+) -> float:
+    """Factor applied to each group's base lr before optimizer step ``step + 1`` (``step`` counts done steps).
+
+    Linear warmup from 0 over ``warmup_steps``, then ``cosine`` or ``linear`` decay to ``min_ratio``
+    (= min lr / lr) at ``max_steps``, or ``constant``.
+    """
+    if schedule not in LR_SCHEDULERS:
+        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULERS}")
+    if step < warmup_steps:
+        return step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    max_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    learning_rate: float | None = None,
+    min_learning_rate: float = 0.0,
+) -> LambdaLR:
+    """Warmup + decay schedule stepped once per optimizer step.
+
+    ``min_learning_rate`` is the floor of the unscaled (head) rate; layer-decayed groups keep their ratio,
+    as in MAE's ``lr_sched``.
+    """
+    if schedule not in LR_SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {schedule!r}; expected one of {LR_SCHEDULERS}")
+    if learning_rate is None:
+        learning_rate = max(group["lr"] for group in optimizer.param_groups)
+    min_ratio = min_learning_rate / learning_rate if learning_rate > 0 else 0.0
+
+    # A plain function (not a lambda object with state) so LambdaLR.state_dict() stores nothing for it:
+    # resuming restores only step counters and lrs, all plain numbers.
+    def factor(step: int) -> float:
+        return lr_multiplier(step, max_steps, warmup_steps, schedule, min_ratio)
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,195 @@
+"""Fine-tune any encoder of hf_audiorep for audio tagging or classification.
+
+Runs with no arguments on the embedded corpus (a tiny AudioMAE, a few CPU minutes):
+
+    accelerate launch recipes/finetune.py
+
+On AudioSet streamed from the Hub, starting from a saved model:
+
+    accelerate launch recipes/finetune.py --dataset agkphysics/AudioSet --dataset_config balanced \
+        --eval_split test --test_split test --streaming --model_name_or_path org/audiomae-base \
+        --max_steps 30000 --per_device_batch_size 32 --learning_rate 1.25e-4 --layer_decay 0.75 \
+        --mixed_precision bf16 --output_dir outputs/audiomae-as20k
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, HfArgumentParser, set_seed
+
+import hf_audiorep
+from hf_audiorep.data import AudioStream, load_audio_source, load_embedded_corpus
+from hf_audiorep.evaluation import evaluate_classifier
+from hf_audiorep.modeling import AudioFbankFeatureExtractor
+from hf_audiorep.training import (
+    AugmentationArguments,
+    SupervisedClassificationStep,
+    TrainingArguments,
+    TrainLoop,
+)
+
+logger = logging.getLogger("finetune")
+EMBEDDED = "embedded"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = None
+    """a saved model (directory or Hub id) to start from; when unset a fresh model is built from --preset"""
+    preset: str = "audiomae-tiny"
+    """architecture preset used when no checkpoint is given (e.g. audiomae-tiny, audiomae-base)"""
+    problem_type: str = "multi_label_classification"
+    """multi_label_classification (tagging, BCE) or single_label_classification (softmax, CE)"""
+    max_length: int | None = None
+    """frames the model sees (multiple of the patch size); default: the preset's (1024 = 10.24 s)"""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataArguments:
+    dataset: str = EMBEDDED
+    """'embedded' (the built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a local path"""
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_split: str | None = "test"
+    label_column: str | None = None
+    """column holding the labels (default: detected; e.g. 'scene' for scene classification on the corpus)"""
+    streaming: bool = False
+    clip_seconds: float = 10.0
+    shuffle_buffer: int = 1000
+    num_decode_threads: int = 4
+    corpus_seed: int = 0
+    num_train_clips: int | None = None
+    """embedded corpus only: number of training clips (default: the corpus default)"""
+    num_eval_clips: int | None = None
+    """embedded corpus only: number of validation clips"""
+    num_test_clips: int | None = None
+    """embedded corpus only: number of test clips"""
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """The shared loop's arguments, with defaults that fine-tune the tiny preset on the corpus in minutes."""
+
+    output_dir: str = "outputs/finetune"
+    max_steps: int = 600
+    per_device_batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 60
+    eval_steps: int | None = 200
+    checkpointing_steps: int | None = 200
+
+
+def _sources(data: DataArguments, model_args: ModelArguments) -> dict[str, object]:
+    splits = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
+    if data.dataset == EMBEDDED:
+        kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
+        for key, value in (("num_train", data.num_train_clips), ("num_validation", data.num_eval_clips),
+                           ("num_test", data.num_test_clips)):
+            if value is not None:
+                kwargs[key] = value
+        corpus = load_embedded_corpus(**kwargs)
+        return {
+            role: load_audio_source(corpus[split], label_column=data.label_column)
+            for role, split in splits.items()
+            if split
+        }
+    return {
+        role: load_audio_source(
+            data.dataset,
+            split=split,
+            streaming=data.streaming,
+            config_name=data.dataset_config,
+            label_column=data.label_column,
+        )
+        for role, split in splits.items()
+        if split
+    }
+
+
+def _model(model_args: ModelArguments, label_names: list[str]):
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    if model_args.model_name_or_path:
+        model = AutoModelForAudioClassification.from_pretrained(
+            model_args.model_name_or_path,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
+            problem_type=model_args.problem_type,
+            ignore_mismatched_sizes=True,  # a new label set replaces the checkpoint's head
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        feature_extractor = AutoFeatureExtractor.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+        return model, feature_extractor
+    overrides = {"max_length": model_args.max_length} if model_args.max_length else {}
+    config = hf_audiorep.config_from_preset(
+        model_args.preset,
+        **overrides,
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id=label2id,
+        problem_type=model_args.problem_type,
+    )
+    model = AutoModelForAudioClassification.from_config(config)
+    feature_extractor = AudioFbankFeatureExtractor(target_length=config.max_length)
+    return model, feature_extractor
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, FinetuneTrainingArguments))
+    model_args, data_args, aug_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if model_args.problem_type not in ("multi_label_classification", "single_label_classification"):
+        raise ValueError(f"--problem_type must be multi_label or single_label classification, got "
+                         f"{model_args.problem_type!r}")
+    # The process layout is needed before the loop exists, to shard the data once per rank.
+    state = PartialState(cpu=train_args.cpu)
+    sources = _sources(data_args, model_args)
+    label_names = list(sources["train"].label_names)
+    set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
+    model, feature_extractor = _model(model_args, label_names)
+
+    def stream(role: str, train: bool) -> AudioStream:
+        return AudioStream(
+            sources[role],
+            batch_size=train_args.per_device_batch_size,
+            sample_rate=feature_extractor.sampling_rate,
+            clip_seconds=data_args.clip_seconds,
+            train=train,
+            seed=train_args.seed,
+            rank=state.process_index,
+            world_size=state.num_processes,
+            shuffle_buffer=data_args.shuffle_buffer,
+            num_decode_threads=data_args.num_decode_threads,
+        )
+
+    step = SupervisedClassificationStep(
+        feature_extractor, aug_args, single_label=model_args.problem_type == "single_label_classification"
+    )
+    loop = TrainLoop(train_args, model, stream("train", train=True), step, feature_extractor=feature_extractor)
+    if "eval" in sources:
+        loop.eval_fn = lambda m: evaluate_classifier(m, stream("eval", False), feature_extractor, loop.accelerator)
+    summary = loop.run()
+
+    if "test" in sources:
+        test = evaluate_classifier(loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_")
+        summary.update(test)
+        if loop.accelerator.is_main_process:
+            dataset_name = data_args.dataset + (f"/{data_args.dataset_config}" if data_args.dataset_config else "")
+            results = {**test, "dataset": dataset_name, "split": data_args.test_split}
+            Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
+            logger.info("test: %s", json.dumps(test))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

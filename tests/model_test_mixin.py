@@ -1,0 +1,271 @@
+"""Checks every hf_audiorep model family must pass: the transformers v5 contract, exercised on tiny configs.
+
+A test module subclasses :class:`ModelTesterMixin` (its name starts with ``Test`` so pytest collects
+it) and provides:
+
+- ``model_classes``: the ``PreTrainedModel`` classes of the family (base model and heads);
+- ``get_config(**overrides)``: a tiny config (a few thousand parameters at most);
+- ``get_inputs(config)``: a batch ``{"input_values": ..., "attention_mask": ...}`` whose mask pads
+  at least one clip, so masking is exercised by every equivalence check;
+- ``expected_sequence_length(config, inputs)``: tokens in ``last_hidden_state`` (eval mode);
+- ``register_auto_classes()``: registers the family with the Auto classes (guarded with
+  ``exist_ok=True``) and returns ``{AutoModelClass: model_class}``;
+- ``invalid_config_values``: ``(field, value)`` pairs whose config must raise a ValueError that
+  names the field;
+- ``expected_non_persistent_buffers``: name suffixes of buffers that ``from_pretrained`` must
+  recompute (e.g. ``("pos_embed",)``, mel banks, windows).
+
+Optional: ``deterministic_overrides`` (config changes that remove randomness the gradient
+checkpointing check cannot replay; by default it relies on checkpointing's RNG replay) and
+``expected_num_hidden_states(config)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+
+ATOL = 1e-5
+
+
+def is_head(model_class) -> bool:
+    """A head takes ``labels`` and returns a loss; a base model does not."""
+    return "labels" in inspect.signature(model_class.forward).parameters
+
+
+def config_fields(config) -> dict[str, Any]:
+    """The config as saved, without where it was loaded from."""
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
+def main_output(outputs) -> torch.Tensor:
+    return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+
+
+def multi_hot_labels(batch_size: int, num_labels: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(batch_size, num_labels, generator=generator) < 0.4).float()
+    labels[:, 0] = 1.0  # every clip has at least one positive
+    return labels
+
+
+class ModelTesterMixin:
+    model_classes: tuple[type, ...] = ()
+    invalid_config_values: list[tuple[str, Any]] = []
+    expected_non_persistent_buffers: tuple[str, ...] = ()
+    deterministic_overrides: dict[str, Any] = {}
+
+    # ---- hooks the test class provides ---------------------------------------------------
+
+    def get_config(self, **overrides):
+        raise NotImplementedError
+
+    def get_inputs(self, config) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def expected_sequence_length(self, config, inputs) -> int:
+        raise NotImplementedError
+
+    def register_auto_classes(self) -> dict[type, type]:
+        raise NotImplementedError
+
+    def expected_num_hidden_states(self, config) -> int:
+        return config.num_hidden_layers + 1
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def build(self, model_class, config, seed: int = 0):
+        torch.manual_seed(seed)
+        return model_class(config).eval()
+
+    def loss_of(self, model, outputs) -> torch.Tensor:
+        if getattr(outputs, "loss", None) is not None:
+            return outputs.loss
+        return outputs.last_hidden_state.float().pow(2).mean() + outputs.pooler_output.float().pow(2).mean()
+
+    def forward_kwargs(self, model_class, config, inputs) -> dict[str, torch.Tensor]:
+        kwargs = dict(inputs)
+        if is_head(model_class):
+            kwargs["labels"] = multi_hot_labels(inputs["input_values"].shape[0], config.num_labels)
+        return kwargs
+
+    # ---- the checks -------------------------------------------------------------------------
+
+    def test_mixin_is_configured(self):
+        assert self.model_classes, "set model_classes"
+        assert self.invalid_config_values, "list invalid_config_values"
+        inputs = self.get_inputs(self.get_config())
+        mask = inputs.get("attention_mask")
+        assert mask is not None and not bool(mask.bool().all()), "get_inputs must pad at least one clip"
+
+    def test_default_attention_is_sdpa(self):
+        for model_class in self.model_classes:
+            model = self.build(model_class, self.get_config())
+            assert model.config._attn_implementation == "sdpa", model_class.__name__
+
+    def test_outputs_types_shapes_and_hidden_states(self):
+        config = self.get_config(problem_type="multi_label_classification")
+        inputs = self.get_inputs(config)
+        batch_size = inputs["input_values"].shape[0]
+        for model_class in self.model_classes:
+            model = self.build(model_class, config)
+            with torch.no_grad():
+                outputs = model(**inputs, output_hidden_states=True)
+            hidden_states = outputs.hidden_states
+            assert hidden_states is not None and len(hidden_states) == self.expected_num_hidden_states(config)
+            num_tokens = self.expected_sequence_length(config, inputs)
+            for state in hidden_states:
+                assert state.shape == (batch_size, num_tokens, config.hidden_size)
+            if is_head(model_class):
+                assert isinstance(outputs, SequenceClassifierOutput)
+                assert outputs.logits.shape == (batch_size, config.num_labels)
+                assert outputs.loss is None
+                # transformers loads a head checkpoint into the base class through this attribute.
+                assert isinstance(getattr(model, model_class.base_model_prefix), torch.nn.Module)
+            else:
+                assert isinstance(outputs, BaseModelOutputWithPooling)
+                assert outputs.last_hidden_state.shape == hidden_states[-1].shape
+                assert outputs.pooler_output.shape == (batch_size, config.hidden_size)
+            assert torch.isfinite(main_output(outputs)).all()
+            assert len(model(**inputs).to_tuple()) >= 1
+            assert model(**inputs, output_hidden_states=False).hidden_states is None
+
+    def test_save_load_round_trip(self, tmp_path):
+        config = self.get_config()
+        inputs = self.get_inputs(config)
+        for model_class in self.model_classes:
+            model = self.build(model_class, config)
+            path = tmp_path / model_class.__name__
+            model.save_pretrained(path)
+            loaded = model_class.from_pretrained(path).eval()
+            assert config_fields(loaded.config) == config_fields(model.config)
+            for name, tensor in model.state_dict().items():
+                torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+            with torch.no_grad():
+                torch.testing.assert_close(main_output(loaded(**inputs)), main_output(model(**inputs)),
+                                           rtol=0, atol=1e-6)
+
+    def test_auto_classes_round_trip(self, tmp_path):
+        mapping = self.register_auto_classes()
+        assert mapping, "register_auto_classes must return {AutoClass: model_class}"
+        config = self.get_config()
+        inputs = self.get_inputs(config)
+        for auto_class, model_class in mapping.items():
+            model = self.build(model_class, config)
+            path = tmp_path / auto_class.__name__
+            model.save_pretrained(path)
+            assert type(AutoConfig.from_pretrained(path)) is type(config)
+            loaded = auto_class.from_pretrained(path).eval()
+            assert type(loaded) is model_class
+            with torch.no_grad():
+                torch.testing.assert_close(main_output(loaded(**inputs)), main_output(model(**inputs)),
+                                           rtol=0, atol=1e-6)
+
+    def test_construction_on_meta_device(self):
+        config = self.get_config()
+        for model_class in self.model_classes:
+            with torch.device("meta"):
+                meta_model = model_class(config)
+            tensors = list(meta_model.parameters()) + list(meta_model.buffers())
+            assert tensors and all(t.is_meta for t in tensors)
+            real = self.build(model_class, config)
+            num_params = sum(p.numel() for p in real.parameters())
+            assert sum(p.numel() for p in meta_model.parameters()) == num_params
+
+    def test_non_persistent_buffers_recomputed_after_load(self, tmp_path):
+        config = self.get_config()
+        for model_class in self.model_classes:
+            fresh = self.build(model_class, config)
+            buffers = dict(fresh.named_non_persistent_buffers())
+            for suffix in self.expected_non_persistent_buffers:
+                assert any(name.endswith(suffix) for name in buffers), f"no non-persistent buffer {suffix}"
+            fresh.save_pretrained(tmp_path / model_class.__name__)
+            loaded = model_class.from_pretrained(tmp_path / model_class.__name__)
+            for name, value in loaded.named_non_persistent_buffers():
+                torch.testing.assert_close(value, buffers[name], rtol=0, atol=0, msg=name)
+
+    def test_sdpa_matches_eager(self):
+        config = self.get_config()
+        inputs = self.get_inputs(config)
+        # Without a mask SDPA takes its mask-free path (where a wrong `is_causal` would show).
+        unmasked = {k: v for k, v in inputs.items() if k != "attention_mask"}
+        for model_class in self.model_classes:
+            model = self.build(model_class, config)
+            with torch.no_grad():
+                sdpa = [main_output(model(**batch)) for batch in (inputs, unmasked)]
+                model.set_attn_implementation("eager")
+                assert model.config._attn_implementation == "eager"
+                eager = [main_output(model(**batch)) for batch in (inputs, unmasked)]
+            for fast, reference in zip(sdpa, eager, strict=True):
+                torch.testing.assert_close(fast, reference, rtol=0, atol=ATOL)
+
+    def test_batched_equals_one_by_one(self):
+        config = self.get_config()
+        inputs = self.get_inputs(config)
+        batch_size = inputs["input_values"].shape[0]
+        for model_class in self.model_classes:
+            model = self.build(model_class, config)
+            with torch.no_grad():
+                batched = main_output(model(**inputs))
+                for i in range(batch_size):
+                    single = main_output(model(**{k: v[i : i + 1] for k, v in inputs.items()}))
+                    torch.testing.assert_close(single, batched[i : i + 1], rtol=0, atol=ATOL)
+
+    def test_gradient_checkpointing_gives_the_same_gradients(self):
+        config = self.get_config(**self.deterministic_overrides)
+        inputs = self.get_inputs(config)
+        for model_class in self.model_classes:
+            model = self.build(model_class, config).train()
+            kwargs = self.forward_kwargs(model_class, config, inputs)
+            # Checkpointed blocks run their inner layers again in the backward pass: count the calls.
+            calls = [0]
+
+            def count(*_, calls=calls):
+                calls[0] += 1
+
+            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+            hooks = [m.register_forward_hook(count) for m in linears]
+            grads, num_calls = [], []
+            for checkpointing in (False, True):
+                if checkpointing:
+                    model.activation_checkpointing_enable()
+                    assert model.is_activation_checkpointing
+                model.zero_grad(set_to_none=True)
+                calls[0] = 0
+                torch.manual_seed(1234)  # same dropout / drop-path / patch-out draws in both runs
+                self.loss_of(model, model(**kwargs)).backward()
+                grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+                num_calls.append(calls[0])
+            for hook in hooks:
+                hook.remove()
+            assert num_calls[1] > num_calls[0], "activation checkpointing did not recompute anything"
+            plain, checkpointed = grads
+            assert plain.keys() == checkpointed.keys() and plain
+            assert any(g.abs().sum() > 0 for g in plain.values())
+            for name, grad in plain.items():
+                assert torch.isfinite(checkpointed[name]).all(), name
+                torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=ATOL, msg=name)
+
+    def test_invalid_config_values_name_the_field(self):
+        for field, value in self.invalid_config_values:
+            with pytest.raises(ValueError, match=field):
+                self.get_config(**{field: value})
+
+    def test_multi_label_loss_is_bce_with_logits(self):
+        config = self.get_config(problem_type="multi_label_classification")
+        inputs = self.get_inputs(config)
+        heads = [c for c in self.model_classes if is_head(c)]
+        assert heads, "no model class takes labels"
+        for model_class in heads:
+            model = self.build(model_class, config)
+            labels = multi_hot_labels(inputs["input_values"].shape[0], config.num_labels)
+            outputs = model(**inputs, labels=labels)
+            expected = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels)
+            torch.testing.assert_close(outputs.loss, expected)
+            outputs.loss.backward()
+            assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,129 @@
+"""End to end: the fine-tuning recipe on a tiny embedded corpus, then every way users load the result."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, pipeline
+
+import hf_audiorep
+from hf_audiorep import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--preset", "audiomae-tiny", "--max_length", "208", "--clip_seconds", "2.0",
+    "--num_train_clips", "48", "--num_eval_clips", "16", "--num_test_clips", "48",
+    "--per_device_batch_size", "8", "--warmup_steps", "2", "--logging_steps", "2",
+    "--num_decode_threads", "2", "--cpu", "true",
+]
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "recipes" / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model"
+    recipe = _load_recipe()
+    summary = recipe.main(TINY + ["--output_dir", str(out), "--max_steps", "6", "--eval_steps", "3",
+                                  "--checkpointing_steps", "3"])
+    return out, summary, recipe
+
+
+def test_recipe_trains_evaluates_and_saves(trained):
+    out, summary, _ = trained
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 < results["test_mAP"] <= 1.0
+    assert results["test_num_clips"] == 48 and results["dataset"] == "embedded"
+    assert "eval_mAP" in summary
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert len(config["id2label"]) == results["test_num_classes_evaluated"] or len(config["id2label"]) >= 30
+
+
+def test_recipe_resumes_from_latest_checkpoint(trained, tmp_path):
+    out, _, recipe = trained
+    summary = recipe.main(TINY + ["--output_dir", str(out), "--max_steps", "8", "--eval_steps", "100",
+                                  "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest"])
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["global_step"] == 8
+    assert summary["global_step"] == 8
+
+
+def test_auto_classes_and_pipeline_load_the_saved_model(trained):
+    out, _, _ = trained
+    model = AutoModelForAudioClassification.from_pretrained(out).eval()
+    assert isinstance(model, hf_audiorep.AudioMAEForAudioClassification)
+    encoder = AutoModel.from_pretrained(out).eval()
+    fe = AutoFeatureExtractor.from_pretrained(out)
+    assert isinstance(fe, hf_audiorep.AudioFbankFeatureExtractor) and fe.target_length == 208
+    wave = np.random.default_rng(0).normal(scale=0.1, size=32000).astype(np.float32)
+    inputs = fe(wave, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        pooled = encoder(**inputs).pooler_output
+        logits = model(**inputs).logits
+    assert pooled.shape == (1, model.config.hidden_size)
+    tagger = pipeline("audio-classification", model=str(out), function_to_apply="sigmoid")
+    preds = tagger(wave, top_k=5)
+    assert len(preds) == 5
+    expected = torch.sigmoid(logits[0]).sort(descending=True).values[:5]
+    np.testing.assert_allclose([p["score"] for p in preds], expected.numpy(), atol=1e-5)
+    # Without function_to_apply, transformers >= 5.23 picks sigmoid from the multi-label problem_type.
+    assert sum(p["score"] for p in tagger(wave, top_k=None)) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_pipeline_and_feature_extractor_bad_input(trained):
+    out, _, _ = trained
+    tagger = pipeline("audio-classification", model=str(out), function_to_apply="sigmoid")
+    fe = tagger.feature_extractor
+    rng = np.random.default_rng(1)
+    # int16 PCM is scaled to [-1, 1] and gives the same answer as the float clip
+    wave = rng.normal(scale=0.1, size=16000).astype(np.float32)
+    pcm = np.round(wave * 32767).astype(np.int16)
+    np.testing.assert_allclose(
+        [p["score"] for p in tagger(pcm)], [p["score"] for p in tagger(wave)], atol=2e-3
+    )
+    # another sampling rate given as a dict is resampled by the pipeline
+    assert len(tagger({"array": rng.normal(size=44100).astype(np.float32), "sampling_rate": 44100}, top_k=5)) == 5
+    with pytest.raises(ValueError, match="single channel"):
+        tagger(rng.normal(size=(2, 16000)).astype(np.float32))
+    with pytest.raises(ValueError, match="(?i)empty|samples"):
+        tagger(np.zeros(0, dtype=np.float32))
+    with pytest.raises(ValueError, match="(?i)nan"):
+        tagger(np.full(16000, np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="8000"):
+        fe(wave, sampling_rate=8000)
+    hour = np.zeros(16000 * 3600, dtype=np.float32)
+    assert fe(hour, sampling_rate=16000, return_tensors="pt")["input_values"].shape == (1, 208, 128)
+
+
+def test_cli_tag_and_info(trained, tmp_path, capsys):
+    out, _, _ = trained
+    wav = tmp_path / "clip.wav"
+    t = np.arange(16000 * 5) / 16000
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    stereo = tmp_path / "stereo48k.flac"
+    sf.write(stereo, np.stack([np.sin(2 * np.pi * 300 * t[:48000])] * 2, axis=1) * 0.2, 48000)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really audio")
+    status = cli.main(["tag", str(wav), str(stereo), str(broken), "--model", str(out), "--top_k", "3",
+                       "--json"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [Path(r["file"]).name for r in lines] == ["clip.wav", "stereo48k.flac"]
+    assert all(len(r["labels"]) == 3 and 0 < r["labels"][0]["score"] < 1 for r in lines)
+    assert "broken.wav" in captured.err and status == 1
+    assert cli.main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model_type"] == "audiorep-audiomae" and info["parameters"] > 0
