@@ -38,7 +38,14 @@ setup(
     extras_require={
         "train": ["peft>=0.21,<1", "tensorboard>=2.16"],
         "demo": ["gradio>=6.31,<7"],
-        "test": ["pytest>=9", "peft>=0.21,<1", "gradio>=6.31,<7", "tensorboard>=2.16", "ruff>=0.14"],
+        "test": [
+            "pytest>=9",
+            "timm>=1.0",
+            "peft>=0.21,<1",
+            "gradio>=6.31,<7",
+            "tensorboard>=2.16",
+            "ruff>=0.14",
+        ],
     },
     entry_points={"console_scripts": ["hf-audiorep=hf_audiorep.cli:main"]},
     classifiers=[

@@ -10,8 +10,9 @@ from pathlib import Path
 
 
 def _load(model_dir: str, device: str):
-    import hf_audiorep  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+
+    import hf_audiorep  # noqa: F401  (registers the Auto classes)
 
     config = AutoConfig.from_pretrained(model_dir)
     if not config.id2label or config.num_labels < 1:
@@ -47,8 +48,9 @@ def _cmd_tag(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    import hf_audiorep  # noqa: F401
     from transformers import AutoConfig
+
+    import hf_audiorep  # noqa: F401
 
     root = Path(args.model)
     config = AutoConfig.from_pretrained(root)

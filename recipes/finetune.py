@@ -24,10 +24,13 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, 
 
 import hf_audiorep
 from hf_audiorep.data import AudioStream, load_audio_source, load_embedded_corpus
+from hf_audiorep.data.semi_supervised import SemiSupervisedBatches, split_labeled
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.training import (
     AugmentationArguments,
+    ConsistencyArguments,
+    ConsistencyClassificationStep,
     SupervisedClassificationStep,
     TrainingArguments,
     TrainLoop,
@@ -53,7 +56,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = EMBEDDED
-    """'embedded' (the built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a local path"""
+    """'embedded' (built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a path"""
     dataset_config: str | None = None
     train_split: str = "train"
     eval_split: str | None = "validation"
@@ -71,6 +74,12 @@ class DataArguments:
     """embedded corpus only: number of validation clips"""
     num_test_clips: int | None = None
     """embedded corpus only: number of test clips"""
+    num_labeled_clips: int | None = None
+    """keep labels for the first N training clips only (a small labelled set, as AS-20K is for AudioSet)"""
+    unlabeled_dataset: str | None = None
+    """semi-supervised: 'train_remainder' (training clips past --num_labeled_clips), a Hub id or a path;
+    its labels are never used. Set --unlabeled_ratio too."""
+    unlabeled_split: str = "train"
 
 
 @dataclass
@@ -86,12 +95,38 @@ class FinetuneTrainingArguments(TrainingArguments):
     checkpointing_steps: int | None = 200
 
 
-def _sources(data: DataArguments, model_args: ModelArguments) -> dict[str, object]:
+def _sources(data: DataArguments) -> dict[str, object]:
+    sources = _split_sources(data)
+    if data.num_labeled_clips:
+        sources["train"], remainder = split_labeled(sources["train"], data.num_labeled_clips)
+        if data.unlabeled_dataset == "train_remainder":
+            sources["unlabeled"] = remainder
+    if data.unlabeled_dataset and data.unlabeled_dataset != "train_remainder":
+        sources["unlabeled"] = _load(data, data.unlabeled_dataset, data.unlabeled_split)
+    elif data.unlabeled_dataset == "train_remainder" and "unlabeled" not in sources:
+        raise ValueError("--unlabeled_dataset train_remainder needs --num_labeled_clips")
+    return sources
+
+
+def _load(data: DataArguments, name: str, split: str):
+    return load_audio_source(
+        name,
+        split=split,
+        streaming=data.streaming,
+        config_name=data.dataset_config,
+        label_column=data.label_column,
+    )
+
+
+def _split_sources(data: DataArguments) -> dict[str, object]:
     splits = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
     if data.dataset == EMBEDDED:
         kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
-        for key, value in (("num_train", data.num_train_clips), ("num_validation", data.num_eval_clips),
-                           ("num_test", data.num_test_clips)):
+        for key, value in (
+            ("num_train", data.num_train_clips),
+            ("num_validation", data.num_eval_clips),
+            ("num_test", data.num_test_clips),
+        ):
             if value is not None:
                 kwargs[key] = value
         corpus = load_embedded_corpus(**kwargs)
@@ -100,17 +135,7 @@ def _sources(data: DataArguments, model_args: ModelArguments) -> dict[str, objec
             for role, split in splits.items()
             if split
         }
-    return {
-        role: load_audio_source(
-            data.dataset,
-            split=split,
-            streaming=data.streaming,
-            config_name=data.dataset_config,
-            label_column=data.label_column,
-        )
-        for role, split in splits.items()
-        if split
-    }
+    return {role: _load(data, data.dataset, split) for role, split in splits.items() if split}
 
 
 def _model(model_args: ModelArguments, label_names: list[str]):
@@ -145,23 +170,33 @@ def _model(model_args: ModelArguments, label_names: list[str]):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, FinetuneTrainingArguments))
-    model_args, data_args, aug_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(
+        (
+            ModelArguments,
+            DataArguments,
+            AugmentationArguments,
+            ConsistencyArguments,
+            FinetuneTrainingArguments,
+        )
+    )
+    model_args, data_args, aug_args, cr_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if model_args.problem_type not in ("multi_label_classification", "single_label_classification"):
-        raise ValueError(f"--problem_type must be multi_label or single_label classification, got "
-                         f"{model_args.problem_type!r}")
+        raise ValueError(
+            f"--problem_type must be multi_label or single_label classification, got "
+            f"{model_args.problem_type!r}"
+        )
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
-    sources = _sources(data_args, model_args)
+    sources = _sources(data_args)
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names)
 
-    def stream(role: str, train: bool) -> AudioStream:
+    def stream(role: str, train: bool, batch_size: int | None = None) -> AudioStream:
         return AudioStream(
             sources[role],
-            batch_size=train_args.per_device_batch_size,
+            batch_size=batch_size or train_args.per_device_batch_size,
             sample_rate=feature_extractor.sampling_rate,
             clip_seconds=data_args.clip_seconds,
             train=train,
@@ -172,19 +207,33 @@ def main(argv: list[str] | None = None) -> dict:
             num_decode_threads=data_args.num_decode_threads,
         )
 
-    step = SupervisedClassificationStep(
-        feature_extractor, aug_args, single_label=model_args.problem_type == "single_label_classification"
-    )
-    loop = TrainLoop(train_args, model, stream("train", train=True), step, feature_extractor=feature_extractor)
+    single_label = model_args.problem_type == "single_label_classification"
+    train_batches = stream("train", train=True)
+    if cr_args.consistency_regularization:
+        step = ConsistencyClassificationStep(feature_extractor, aug_args, cr_args, single_label)
+        if cr_args.unlabeled_ratio > 0:
+            if "unlabeled" not in sources:
+                raise ValueError("--unlabeled_ratio > 0 needs --unlabeled_dataset")
+            unlabeled_batch = max(1, round(cr_args.unlabeled_ratio * train_args.per_device_batch_size))
+            train_batches = SemiSupervisedBatches(train_batches, stream("unlabeled", True, unlabeled_batch))
+    else:
+        step = SupervisedClassificationStep(feature_extractor, aug_args, single_label=single_label)
+    loop = TrainLoop(train_args, model, train_batches, step, feature_extractor=feature_extractor)
     if "eval" in sources:
-        loop.eval_fn = lambda m: evaluate_classifier(m, stream("eval", False), feature_extractor, loop.accelerator)
+        loop.eval_fn = lambda m: evaluate_classifier(
+            m, stream("eval", False), feature_extractor, loop.accelerator
+        )
     summary = loop.run()
 
     if "test" in sources:
-        test = evaluate_classifier(loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_")
+        test = evaluate_classifier(
+            loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_"
+        )
         summary.update(test)
         if loop.accelerator.is_main_process:
-            dataset_name = data_args.dataset + (f"/{data_args.dataset_config}" if data_args.dataset_config else "")
+            dataset_name = data_args.dataset + (
+                f"/{data_args.dataset_config}" if data_args.dataset_config else ""
+            )
             results = {**test, "dataset": dataset_name, "split": data_args.test_split}
             Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
             logger.info("test: %s", json.dumps(test))

@@ -16,10 +16,28 @@ from hf_audiorep import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--preset", "audiomae-tiny", "--max_length", "208", "--clip_seconds", "2.0",
-    "--num_train_clips", "48", "--num_eval_clips", "16", "--num_test_clips", "48",
-    "--per_device_batch_size", "8", "--warmup_steps", "2", "--logging_steps", "2",
-    "--num_decode_threads", "2", "--cpu", "true",
+    "--preset",
+    "audiomae-tiny",
+    "--max_length",
+    "208",
+    "--clip_seconds",
+    "2.0",
+    "--num_train_clips",
+    "48",
+    "--num_eval_clips",
+    "16",
+    "--num_test_clips",
+    "48",
+    "--per_device_batch_size",
+    "8",
+    "--warmup_steps",
+    "2",
+    "--logging_steps",
+    "2",
+    "--num_decode_threads",
+    "2",
+    "--cpu",
+    "true",
 ]
 
 
@@ -35,8 +53,10 @@ def _load_recipe():
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "model"
     recipe = _load_recipe()
-    summary = recipe.main(TINY + ["--output_dir", str(out), "--max_steps", "6", "--eval_steps", "3",
-                                  "--checkpointing_steps", "3"])
+    summary = recipe.main(
+        TINY
+        + ["--output_dir", str(out), "--max_steps", "6", "--eval_steps", "3", "--checkpointing_steps", "3"]
+    )
     return out, summary, recipe
 
 
@@ -54,8 +74,21 @@ def test_recipe_trains_evaluates_and_saves(trained):
 
 def test_recipe_resumes_from_latest_checkpoint(trained, tmp_path):
     out, _, recipe = trained
-    summary = recipe.main(TINY + ["--output_dir", str(out), "--max_steps", "8", "--eval_steps", "100",
-                                  "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest"])
+    summary = recipe.main(
+        TINY
+        + [
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "8",
+            "--eval_steps",
+            "100",
+            "--checkpointing_steps",
+            "3",
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["global_step"] == 8
     assert summary["global_step"] == 8
@@ -95,7 +128,10 @@ def test_pipeline_and_feature_extractor_bad_input(trained):
         [p["score"] for p in tagger(pcm)], [p["score"] for p in tagger(wave)], atol=2e-3
     )
     # another sampling rate given as a dict is resampled by the pipeline
-    assert len(tagger({"array": rng.normal(size=44100).astype(np.float32), "sampling_rate": 44100}, top_k=5)) == 5
+    assert (
+        len(tagger({"array": rng.normal(size=44100).astype(np.float32), "sampling_rate": 44100}, top_k=5))
+        == 5
+    )
     with pytest.raises(ValueError, match="single channel"):
         tagger(rng.normal(size=(2, 16000)).astype(np.float32))
     with pytest.raises(ValueError, match="(?i)empty|samples"):
@@ -117,8 +153,9 @@ def test_cli_tag_and_info(trained, tmp_path, capsys):
     sf.write(stereo, np.stack([np.sin(2 * np.pi * 300 * t[:48000])] * 2, axis=1) * 0.2, 48000)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really audio")
-    status = cli.main(["tag", str(wav), str(stereo), str(broken), "--model", str(out), "--top_k", "3",
-                       "--json"])
+    status = cli.main(
+        ["tag", str(wav), str(stereo), str(broken), "--model", str(out), "--top_k", "3", "--json"]
+    )
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [Path(r["file"]).name for r in lines] == ["clip.wav", "stereo48k.flac"]

@@ -80,3 +80,40 @@ def spec_augment(
     for _ in range(num_time_masks if time_mask_param > 0 else 0):
         spec = AF.mask_along_axis_iid(spec, min(time_mask_param, spec.shape[3]), mask_value, axis=3)
     return spec.squeeze(1).transpose(1, 2)
+
+
+def random_erasing(
+    features: torch.Tensor,
+    prob: float = 0.25,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    log_aspect: tuple[float, float] = (-1.2040, 1.2040),
+    mask_value: float = 0.0,
+) -> torch.Tensor:
+    """Random erasing of one rectangle per clip on (B, T, F) features, each clip independently.
+
+    The rectangle's area is a uniform fraction of the spectrogram and its aspect ratio log-uniform
+    (log(0.3)..log(3.3), torchvision's defaults). Written batched so that the k views of a
+    consistency-regularised step are erased independently without a Python loop per view.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"random_erasing expects (B, T, F) features, got shape {tuple(features.shape)}")
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"random erasing prob must be in [0, 1], got {prob}")
+    batch, frames, bins = features.shape
+    device = features.device
+    target = torch.empty(batch, device=device).uniform_(*area) * frames * bins
+    aspect = torch.exp(torch.empty(batch, device=device).uniform_(*log_aspect))
+    height = torch.sqrt(target * aspect).round().clamp(1, frames)  # along time
+    width = torch.sqrt(target / aspect).round().clamp(1, bins)  # along frequency
+    top = (torch.rand(batch, device=device) * (frames - height + 1)).floor()
+    left = (torch.rand(batch, device=device) * (bins - width + 1)).floor()
+    t = torch.arange(frames, device=device)[None, :, None]
+    f = torch.arange(bins, device=device)[None, None, :]
+    inside = (
+        (t >= top[:, None, None])
+        & (t < (top + height)[:, None, None])
+        & (f >= left[:, None, None])
+        & (f < (left + width)[:, None, None])
+    )
+    applied = (torch.rand(batch, device=device) < prob)[:, None, None]
+    return torch.where(inside & applied, torch.as_tensor(mask_value, dtype=features.dtype), features)

@@ -484,7 +484,7 @@ def _flac_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 _COUNTS = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
-_LOUD = ("loudly", "clearly", "prominently")
+_LOUD = ("loudly", "clearly", "close by")
 _FAINT = ("in the distance", "faintly", "in the background", "quietly")
 _OVERLAP = (" while ", " as ", ", and at the same time ")
 _AFTER = (", then ", ", and then ", ", after which ", ". Later, ")
@@ -574,8 +574,10 @@ def _features(sample_rate: int):
     })
 
 
-def _generate(config: dict):
-    from datasets import Dataset, DatasetDict, DatasetInfo
+def _write_corpus(config: dict, directory: Path) -> None:
+    """Generates the splits one at a time into ``directory`` (``<split>/`` each, in
+    ``Dataset.save_to_disk`` format), so that only one split is ever held in memory."""
+    from datasets import Dataset, DatasetInfo
 
     features = _features(config["sample_rate"])
     description = (
@@ -583,11 +585,30 @@ def _generate(config: dict):
         f"backgrounds, with captions. Generator version {CORPUS_VERSION}; configuration {json.dumps(config)}."
     )
     info = DatasetInfo(description=description, features=features)
-    splits = {}
+    written = []
     for split in SPLITS:
+        if config[f"num_{split}"] == 0:
+            continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
         rows = _split_rows(split, config[f"num_{split}"], config)
-        splits[split] = Dataset.from_dict(rows, features=features, info=info.copy(), split=split)
-    return DatasetDict(splits)
+        dataset = Dataset.from_dict(rows, features=features, info=info.copy(), split=split)
+        del rows
+        with _quiet_progress_bars():
+            dataset.save_to_disk(str(directory / split))
+        written.append(split)
+    # The same index file DatasetDict.save_to_disk writes, so that datasets.load_from_disk(path)
+    # also opens the cache; our own marker is written last, by the caller.
+    (directory / "dataset_dict.json").write_text(json.dumps({"splits": written}))
+
+
+def _read_corpus(directory: Path, config: dict):
+    from datasets import Dataset, DatasetDict
+
+    features = _features(config["sample_rate"])
+    return DatasetDict({
+        split: Dataset.load_from_disk(str(directory / split)) if config[f"num_{split}"]
+        else Dataset.from_dict({name: [] for name in features}, features=features, split=split)
+        for split in SPLITS
+    })
 
 
 def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> None:
@@ -675,8 +696,9 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
     """Generates (or loads from cache) the embedded corpus.
 
     Args:
-        seed: everything is a deterministic function of it (and of the other arguments); each clip
-            depends only on ``(seed, split, index)``, so growing one split keeps the others.
+        seed: everything is a deterministic function of it (and of the other arguments). A clip
+            depends on ``(seed, split, index)`` and its split's class schedule, so growing one split
+            keeps the others (and keeps a split's first clips once it holds every class).
         num_train, num_validation, num_test: clips of the main splits (each 0 or >= 8, so that every
             non-held-out class has a positive in every non-empty split).
         num_heldout: single-event clips of the held-out classes (``EMBEDDED_ONTOLOGY.heldout``),
@@ -692,8 +714,6 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
         ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``
         and ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``).
     """
-    from datasets import DatasetDict
-
     counts = {"num_train": num_train, "num_validation": num_validation, "num_test": num_test,
               "num_heldout": num_heldout}
     _validate(seed, counts, clip_seconds, sample_rate)
@@ -703,7 +723,7 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
     final = root / key
     if (final / _MARKER).is_file():
         try:
-            return DatasetDict.load_from_disk(str(final))
+            return _read_corpus(final, config)
         except Exception as err:  # a damaged cache is regenerated, not fatal
             logger.warning("embedded corpus cache %s is unreadable (%s); regenerating it", final, err)
             shutil.rmtree(final, ignore_errors=True)
@@ -713,11 +733,10 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
         shutil.rmtree(final, ignore_errors=True)
 
     start = time.perf_counter()
-    corpus = _generate(config)
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex}"
     try:
-        with _quiet_progress_bars():
-            corpus.save_to_disk(str(tmp))
+        tmp.mkdir()
+        _write_corpus(config, tmp)
         (tmp / _MARKER).write_text(json.dumps(config, indent=2))
         try:
             os.replace(tmp, final)
@@ -729,4 +748,4 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - start
     logger.info("generated the embedded corpus (%s) in %.1f s into %s", config, elapsed, final)
-    return DatasetDict.load_from_disk(str(final))
+    return _read_corpus(final, config)

@@ -165,8 +165,11 @@ def _random_spectrum(n: int, rng: np.random.Generator) -> np.ndarray:
     return values.view(np.complex64)
 
 
+@functools.lru_cache(maxsize=64)
 def _freqs(n: int, sample_rate: int) -> np.ndarray:
-    return np.fft.rfftfreq(n, 1.0 / sample_rate).astype(np.float32)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate).astype(np.float32)
+    freqs.flags.writeable = False  # shared between calls
+    return freqs
 
 
 def _lowpass(freqs, cutoff, order: int = 2):
@@ -535,8 +538,9 @@ def whistle(rng, sample_rate, max_seconds):
     cuts = np.sort(rng.uniform(0, seconds, 2 * (segments - 1)))
     envelope = _adsr(n, sample_rate, 0.03, 0.05, 0.9, 0.08)
     t = _time(n, sample_rate)
-    for a, b in cuts.reshape(-1, 2):  # short breaths between whistled phrases
-        envelope[(t >= a) & (t < a + min(b - a, 0.12))] *= 0.05
+    for a, b in cuts.reshape(-1, 2):  # short breaths between whistled phrases, with 15 ms fades
+        gap = min(b - a, 0.12)
+        envelope *= 1 - 0.95 * np.interp(t, [a - 0.015, a, a + gap, a + gap + 0.015], [0, 1, 1, 0])
     breath = _shaped_noise(n, sample_rate, rng, lambda f: _resonance(f, base, 0.5 * base))
     out = (tone + rng.uniform(0.02, 0.08) * breath) * envelope
     return SynthesizedEvent(_normalize(out), segments)

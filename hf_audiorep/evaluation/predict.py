@@ -46,6 +46,9 @@ def evaluate_classifier(
     if len(logits) == 0:
         raise ValueError("the evaluation stream produced no clips")
     if getattr(model.config, "problem_type", None) == "single_label_classification":
-        return {f"{prefix}accuracy": accuracy(logits, targets.argmax(axis=1)), f"{prefix}num_clips": len(logits)}
+        return {
+            f"{prefix}accuracy": accuracy(logits, targets.argmax(axis=1)),
+            f"{prefix}num_clips": len(logits),
+        }
     scores: TaggingScores = mean_average_precision(logits, targets)
     return scores.as_dict(prefix)

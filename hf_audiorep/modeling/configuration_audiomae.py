@@ -1,4 +1,10 @@
-"""AudioMAE configuration: a ViT-B/16 over 1024 x 128 log-mel spectrograms (Huang et al., 2022)."""
+"""AudioMAE configuration: a ViT-B/16 over 1024 x 128 log-mel spectrograms (Huang et al., 2022).
+
+One config serves both stages: the encoder fields, the fine-tuning fields (patch-out, stochastic depth,
+pooling) read by [`AudioMAEForAudioClassification`], and the masked-autoencoder fields (decoder size,
+mask ratio, normalised-pixel loss) read by [`AudioMAEForPreTraining`]. A pre-training checkpoint is
+therefore also a fine-tuning starting point, with nothing to edit.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +24,27 @@ AUDIOMAE_PRESETS: dict[str, dict[str, Any]] = {
     # Same input geometry as the base model (so the feature extractor, the position grid and the
     # patch-out fractions carry over unchanged), at 1/4 width and 1/3 depth: 1.93 M parameters with
     # a 527-class head; a training step on 8 clips of 10 s takes about a second on 2 CPU cores.
-    # Shorter clips need no other preset, as max_length is only an upper bound.
-    "audiomae-tiny": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3},
+    # Shorter clips need no other preset, as max_length is only an upper bound. The MAE decoder
+    # shrinks by the same 1/4 width (0.41 M parameters), to 2 blocks.
+    "audiomae-tiny": {
+        "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3,
+        "decoder_hidden_size": 128, "decoder_num_hidden_layers": 2, "decoder_num_attention_heads": 4,
+    },
 }
 
 _POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "num_mel_bins",
-                  "max_length", "num_channels")
+                  "max_length", "num_channels", "decoder_hidden_size", "decoder_num_hidden_layers",
+                  "decoder_num_attention_heads")
 _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "mask_t_prob",
-                  "mask_f_prob", "classifier_dropout")
-_FLAGS = ("qkv_bias", "use_cls_pooling")
+                  "mask_f_prob", "classifier_dropout", "mask_ratio")
+_FLAGS = ("qkv_bias", "use_cls_pooling", "norm_pix_loss")
 
 
 class AudioMAEConfig(PreTrainedConfig):
-    r"""Configuration of [`AudioMAEModel`] and [`AudioMAEForAudioClassification`].
+    r"""Configuration of [`AudioMAEModel`], [`AudioMAEForAudioClassification`] and [`AudioMAEForPreTraining`].
 
-    The defaults build the ViT-B/16 encoder that AudioMAE fine-tunes on AudioSet.
+    The defaults build the ViT-B/16 encoder that AudioMAE fine-tunes on AudioSet, and the 512-wide, 8-block
+    decoder it is pre-trained with.
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -46,7 +58,7 @@ class AudioMAEConfig(PreTrainedConfig):
             projection and the feed-forward network.
         attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.
         drop_path_rate (`float`, defaults to 0.1): stochastic depth rate of the last block; it rises linearly
-            from 0 at the first block (AudioMAE fine-tuning uses 0.1).
+            from 0 at the first block (AudioMAE fine-tuning uses 0.1). Pre-training does not use it.
         patch_size (`int`, defaults to 16): side of the square, non-overlapping patches.
         num_mel_bins (`int`, defaults to 128): mel bins of the input; a multiple of `patch_size`.
         max_length (`int`, defaults to 1024): the longest input in frames (10.24 s at a 10 ms hop); a multiple
@@ -58,7 +70,21 @@ class AudioMAEConfig(PreTrainedConfig):
         use_cls_pooling (`bool`, defaults to `False`): pool with the normalised CLS token instead of
             AudioMAE's `global_pool` (mean of the patch tokens, then `fc_norm`).
         classifier_dropout (`float`, defaults to 0.0): dropout before the classification head.
-        initializer_range (`float`, defaults to 0.02): standard deviation of the CLS token initialisation.
+        initializer_range (`float`, defaults to 0.02): standard deviation of the CLS token initialisation
+            (and of the MAE mask token).
+        decoder_hidden_size (`int`, defaults to 512): width of the MAE decoder of [`AudioMAEForPreTraining`].
+        decoder_num_hidden_layers (`int`, defaults to 8): pre-LN blocks of the decoder (AudioMAE's
+            `mae_vit_base_patch16_dec512d8b`).
+        decoder_num_attention_heads (`int`, defaults to 16): attention heads per decoder block; must divide
+            `decoder_hidden_size`.
+        mask_ratio (`float`, defaults to 0.8): fraction of the patches hidden from the encoder in pre-training
+            (AudioMAE: 0.8, random unstructured masking).
+        norm_pix_loss (`bool`, defaults to `True`): regress each patch normalised by its own mean and variance
+            (MAE's `norm_pix_loss`, used by AudioMAE) instead of the raw log-mel values.
+
+    Fine-tuning fields (`mask_t_prob`, `mask_f_prob`, `drop_path_rate`, `use_cls_pooling`'s head,
+    `classifier_dropout`) are not used by pre-training, and the decoder fields are not used by the encoder or
+    the classifier.
 
     Example:
 
@@ -90,6 +116,11 @@ class AudioMAEConfig(PreTrainedConfig):
     use_cls_pooling: bool = False
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    mask_ratio: float = 0.8
+    norm_pix_loss: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -126,12 +157,18 @@ class AudioMAEConfig(PreTrainedConfig):
                 f"AudioMAEConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        if self.hidden_size % 4:
-            # Half the channels encode each grid axis as sin/cos pairs.
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
             raise ValueError(
-                f"AudioMAEConfig.hidden_size ({self.hidden_size}) must be divisible by 4 for the 2-D sin-cos "
-                "position embedding"
+                f"AudioMAEConfig.decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
+                f"decoder_num_attention_heads ({self.decoder_num_attention_heads})"
             )
+        for name in ("hidden_size", "decoder_hidden_size"):
+            if getattr(self, name) % 4:
+                # Half the channels encode each grid axis as sin/cos pairs.
+                raise ValueError(
+                    f"AudioMAEConfig.{name} ({getattr(self, name)}) must be divisible by 4 for the 2-D sin-cos "
+                    "position embedding"
+                )
         for name in ("num_mel_bins", "max_length"):
             if getattr(self, name) % self.patch_size:
                 raise ValueError(

@@ -1,4 +1,5 @@
-"""AudioMAE encoder and audio classifier (Huang et al., "Masked Autoencoders that Listen", 2022).
+"""AudioMAE encoder, audio classifier and masked-autoencoder pre-training (Huang et al., "Masked
+Autoencoders that Listen", 2022).
 
 The encoder is timm's pre-LN ViT over 16 x 16 patches of a log-mel spectrogram, with fixed 2-D
 sin-cos positions and a CLS token. Fine-tuning follows facebookresearch/AudioMAE ``models_vit``:
@@ -10,9 +11,16 @@ Parameter names follow timm (``patch_embed.proj``, ``cls_token``, ``blocks.{i}.a
 keys (``head.*`` -> ``classifier.*``, everything else -> ``audiomae.*``). ``pos_embed`` is a
 non-persistent buffer: AudioMAE keeps it frozen (``requires_grad=False``) at its sin-cos value, so it
 is recomputed rather than stored.
+
+Pre-training (`AudioMAEForPreTraining`) is MAE's: the encoder sees a random 20 % of the patches, a light
+transformer decoder fills in mask tokens and predicts the pixels of every 16 x 16 patch, and the loss is
+the mean squared error on the masked patches against per-patch normalised targets. The encoder is the
+same `AudioMAEModel` under the same ``audiomae.`` prefix, so a pre-training checkpoint loads straight
+into `AudioMAEForAudioClassification` or `AutoModel`.
 """
 
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +28,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
@@ -32,10 +41,17 @@ from ._layers import (
     frames_to_patch_mask,
     get_2d_sincos_pos_embed,
     patch_out_mask_2d,
+    random_masking,
 )
 from .configuration_audiomae import AudioMAEConfig
 
-__all__ = ["AudioMAEForAudioClassification", "AudioMAEModel", "AudioMAEPreTrainedModel"]
+__all__ = [
+    "AudioMAEForAudioClassification",
+    "AudioMAEForPreTraining",
+    "AudioMAEForPreTrainingOutput",
+    "AudioMAEModel",
+    "AudioMAEPreTrainedModel",
+]
 
 _BLOCK_PARAM = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
@@ -80,6 +96,9 @@ class AudioMAEPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, AudioMAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
+            init.copy_(module.pos_embed, module.sincos_pos_embed())
+        elif isinstance(module, AudioMAEDecoder):
+            init.normal_(module.mask_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, module.sincos_pos_embed())
 
     def get_layer_id(self, param_name: str) -> int:
@@ -304,4 +323,273 @@ class AudioMAEForAudioClassification(AudioMAEPreTrainedModel):
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Masked-autoencoder pre-training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AudioMAEForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`AudioMAEForPreTraining`].
+
+    loss (`torch.FloatTensor` of shape `()`):
+        Mean squared error between predicted and target pixels, averaged over the masked patches that are
+        not padding (targets per-patch normalised when `config.norm_pix_loss`).
+    logits (`torch.FloatTensor` of shape `(batch, num_patches, patch_size**2 * num_channels)`):
+        The decoder's pixel predictions for every patch, in row-major `(t, f)` order (use
+        [`AudioMAEForPreTraining.unpatchify`] to view them as a spectrogram).
+    mask (`torch.BoolTensor` of shape `(batch, num_patches)`):
+        True where a patch was hidden from the encoder.
+    ids_restore (`torch.LongTensor` of shape `(batch, num_patches)`):
+        The permutation that puts `[visible patches, mask tokens]` back in patch order.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The encoder's hidden states (embeddings + one per block) over the CLS token and the visible patches.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        The encoder's attention weights, when the attention backend returns them.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class _DecoderConfig:
+    """The model config seen with the decoder's width and heads.
+
+    The shared blocks read their sizes from ``hidden_size`` and ``num_attention_heads``; every other field
+    (activation, eps, dropout, ``_attn_implementation``) is read live from the model config, so
+    ``model.set_attn_implementation(...)`` reaches the decoder blocks as well as the encoder's.
+    """
+
+    def __init__(self, config: AudioMAEConfig):
+        self._config = config
+        self.hidden_size = config.decoder_hidden_size
+        self.num_attention_heads = config.decoder_num_attention_heads
+
+    def __getattr__(self, name: str):
+        if name == "_config":  # not set yet (copy / unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
+
+class AudioMAEDecoder(nn.Module):
+    """MAE's light decoder: embed the visible latents, insert mask tokens, add fixed sin-cos positions,
+    run pre-LN blocks with GLOBAL attention over every patch, predict each patch's pixels.
+
+    AudioMAE's best pre-training used a Swin-style decoder with local 4 x 4 windows; this is the MAE
+    default (global attention) instead. It only shapes the pre-training signal, the encoder is identical,
+    and AudioMAE reports the local decoder is worth a fraction of a mAP point after fine-tuning.
+    """
+
+    def __init__(self, config: AudioMAEConfig):
+        super().__init__()
+        self.config = config
+        width = config.decoder_hidden_size
+        grid_t, grid_f = config.grid_size
+        self.embed = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("pos_embed", torch.zeros(1, 1 + grid_t * grid_f, width), persistent=False)
+        block_config = _DecoderConfig(config)
+        self.blocks = nn.ModuleList([PreLNBlock(block_config) for _ in range(config.decoder_num_hidden_layers)])
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.pred = nn.Linear(width, config.patch_size**2 * config.num_channels)
+
+    def sincos_pos_embed(self) -> torch.Tensor:
+        """Fixed decoder positions for the ``max_length`` grid, CLS row first: ``(1, 1 + N, decoder width)``."""
+        grid_t, grid_f = self.config.grid_size
+        embedding = get_2d_sincos_pos_embed(self.config.decoder_hidden_size, grid_t, grid_f, cls_token=True)
+        return embedding.unsqueeze(0).to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+
+    def forward(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, patch_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``latent`` ``(batch, 1 + visible, hidden)`` (CLS first) -> pixels ``(batch, num_patches, p*p*C)``.
+
+        ``patch_mask`` ``(batch, num_patches)``, 1 on real patches, keeps padding out of the attention, so
+        a clip's reconstruction does not depend on how much padding its batch needed.
+        """
+        hidden_states = self.embed(latent)
+        batch, num_visible, width = hidden_states.shape[0], hidden_states.shape[1] - 1, hidden_states.shape[2]
+        num_patches = ids_restore.shape[1]
+        mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch, num_patches - num_visible, width)
+        patches = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width))
+        hidden_states = torch.cat([hidden_states[:, :1], patches], dim=1)
+        # Row-major (t, f) positions: a shorter clip uses a prefix of the grid, as in the encoder.
+        hidden_states = hidden_states + self.pos_embed[:, : 1 + num_patches].to(hidden_states.dtype)
+
+        token_mask = None
+        if patch_mask is not None:
+            token_mask = torch.cat([patch_mask.new_ones(batch, 1), patch_mask], dim=1)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
+        )
+        for block in self.blocks:
+            hidden_states = block(hidden_states, attention_mask)
+        return self.pred(self.norm(hidden_states))[:, 1:]
+
+
+def _masking_from_noise(noise: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`random_masking` with caller-given noise ``(batch, num_patches)``: the same masks for the same noise,
+    whatever the batch, which makes batched and one-by-one runs comparable."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    num_patches = noise.shape[1]
+    len_keep = max(1, int(num_patches * (1.0 - ratio)))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones_like(noise, dtype=torch.bool)
+    mask[:, :len_keep] = False
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
+    """AudioMAE's masked-autoencoder pre-training: encoder on the visible patches, decoder on all of them.
+
+    ``forward(input_values, attention_mask=None, mask_ratio=None, generator=None, noise=None)``:
+
+    1. ``mask_ratio`` (default ``config.mask_ratio`` = 0.8) of the patches of each clip are hidden, chosen
+       at random per clip (`random_masking`; from ``generator`` if given, or from ``noise``, see below);
+    2. the encoder (`AudioMAEModel`, the ``audiomae`` attribute) runs on CLS + the visible 20 %, and its
+       output is layer-normalised by the encoder's final norm: ``norm`` with CLS pooling, ``fc_norm`` with
+       AudioMAE's global pool (so the norm trained here is the one the classifier starts from, as in the
+       timm port of AudioMAE's weights, and no encoder parameter is left without a gradient);
+    3. `AudioMAEDecoder` predicts the 16 x 16 pixels of every patch (global attention; AudioMAE's Swin-style
+       local decoder is not implemented);
+    4. the loss is the per-patch mean squared error, averaged over the masked patches, against targets
+       normalised per patch (``config.norm_pix_loss``). Patches made only of padding (``attention_mask``)
+       are left out of attention and of the loss.
+
+    Stochastic depth (``drop_path_rate``) is a fine-tuning setting: MAE pre-trains without it, so the
+    encoder's blocks here have none and the config keeps the value for the classifier that loads this
+    checkpoint.
+
+    ``noise`` ``(batch, num_patches)``: uniform noise that decides the mask (the lowest values are kept),
+    for reproducible masks independent of the batch composition (as ``ViTMAEForPreTraining``).
+    """
+
+    def __init__(self, config: AudioMAEConfig):
+        super().__init__(config)
+        self.audiomae = AudioMAEModel(config)
+        for block in self.audiomae.blocks:
+            block.drop_path.drop_prob = 0.0
+        self.decoder = AudioMAEDecoder(config)
+        self.post_init()
+
+    def get_layer_id(self, param_name: str) -> int:
+        """As the encoder's; the decoder sits with the head, after the last block."""
+        if param_name.startswith("decoder."):
+            return self.config.num_hidden_layers + 1
+        return super().get_layer_id(param_name)
+
+    def patchify(self, input_values: torch.Tensor) -> torch.Tensor:
+        """``(batch, frames, bins)`` (or ``(batch, C, frames, bins)``) -> ``(batch, num_patches, p*p*C)``.
+
+        Frames are zero-padded to a multiple of the patch size, as the encoder does. Each row holds one
+        patch's pixels in ``(time, frequency, channel)`` order, MAE's ``patchify``.
+        """
+        p = self.config.patch_size
+        if input_values.ndim == 3:
+            input_values = input_values.unsqueeze(1)
+        batch, channels, num_frames, num_bins = input_values.shape
+        pad = -num_frames % p
+        if pad:
+            input_values = nn.functional.pad(input_values, (0, 0, 0, pad))
+        grid_t, grid_f = (num_frames + pad) // p, num_bins // p
+        patches = input_values.reshape(batch, channels, grid_t, p, grid_f, p).permute(0, 2, 4, 3, 5, 1)
+        return patches.reshape(batch, grid_t * grid_f, p * p * channels)
+
+    def unpatchify(self, patches: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Inverse of `patchify`: ``(batch, num_patches, p*p*C)`` -> ``(batch, frames, bins)`` (C = 1) or
+        ``(batch, C, frames, bins)``, cropped to ``num_frames`` when given."""
+        config = self.config
+        p, channels = config.patch_size, config.num_channels
+        grid_f = config.num_mel_bins // p
+        batch, num_patches, _ = patches.shape
+        grid_t = num_patches // grid_f
+        pixels = patches.reshape(batch, grid_t, grid_f, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+        pixels = pixels.reshape(batch, channels, grid_t * p, grid_f * p)
+        if num_frames is not None:
+            pixels = pixels[:, :, :num_frames]
+        return pixels[:, 0] if channels == 1 else pixels
+
+    def reconstruction_loss(
+        self,
+        input_values: torch.Tensor,
+        pred: torch.Tensor,
+        mask: torch.Tensor,
+        patch_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MAE's loss: per-patch MSE against (normalised) pixels, averaged over masked, non-padding patches."""
+        # float32: the per-patch variance of bf16 log-mels is too coarse to normalise by.
+        target = self.patchify(input_values).float()
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)  # unbiased, as MAE
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        weights = mask.float()
+        if patch_mask is not None:
+            weights = weights * patch_mask.float()
+        # clamp: a batch with nothing masked (mask_ratio=0) gives a zero loss, not NaN.
+        return (per_patch * weights).sum() / weights.sum().clamp(min=1.0)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> AudioMAEForPreTrainingOutput:
+        r"""
+        mask_ratio (`float`, *optional*): fraction of patches to hide, in [0, 1); default `config.mask_ratio`.
+        generator (`torch.Generator`, *optional*): draws the random masks (for reproducible evaluation).
+        noise (`torch.FloatTensor` of shape `(batch, num_patches)`, *optional*): decides the masks instead
+            of random draws: per clip the lowest-noise patches are visible.
+        """
+        config = self.config
+        self.audiomae._check_inputs(input_values, attention_mask)
+        ratio = config.mask_ratio if mask_ratio is None else float(mask_ratio)
+        batch, num_frames = input_values.shape[0], input_values.shape[-2]
+        grid_f = config.num_mel_bins // config.patch_size
+        num_patches = -(-num_frames // config.patch_size) * grid_f
+        if noise is not None:
+            if tuple(noise.shape) != (batch, num_patches):
+                raise ValueError(
+                    f"noise must be (batch, num_patches) = {(batch, num_patches)}, got {tuple(noise.shape)}"
+                )
+            ids_keep, mask, ids_restore = _masking_from_noise(noise.to(input_values.device), ratio)
+        else:
+            ids_keep, mask, ids_restore = random_masking(
+                batch, num_patches, ratio, generator=generator, device=input_values.device
+            )
+
+        encoder_outputs: BaseModelOutputWithPooling = self.audiomae(
+            input_values, attention_mask=attention_mask, ids_keep=ids_keep, **kwargs
+        )
+        # With CLS pooling `norm` has already been applied; with the global pool the encoder ends without
+        # a norm and its `fc_norm` plays MAE's final encoder norm here.
+        latent = self.audiomae.fc_norm(encoder_outputs.last_hidden_state)
+        patch_mask = None
+        if attention_mask is not None:
+            patch_mask = frames_to_patch_mask(attention_mask, config.patch_size, grid_f)
+        logits = self.decoder(latent, ids_restore, patch_mask)
+        loss = self.reconstruction_loss(input_values, logits, mask, patch_mask)
+        return AudioMAEForPreTrainingOutput(
+            loss=loss,
+            logits=logits,
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
         )

@@ -9,6 +9,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .classification import AugmentationArguments, SupervisedClassificationStep
+from .consistency import ConsistencyArguments, ConsistencyClassificationStep, consistency_loss
 from .ema import ModelEMA
 from .loop import BatchSource, TrainLoop
 from .optim import build_optimizer, build_param_groups, build_scheduler, default_layer_id, lr_multiplier
@@ -16,6 +17,8 @@ from .optim import build_optimizer, build_param_groups, build_scheduler, default
 __all__ = [
     "AugmentationArguments",
     "BatchSource",
+    "ConsistencyArguments",
+    "ConsistencyClassificationStep",
     "ModelEMA",
     "SupervisedClassificationStep",
     "TrainLoop",
@@ -23,6 +26,7 @@ __all__ = [
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "consistency_loss",
     "default_layer_id",
     "find_latest_checkpoint",
     "list_checkpoints",

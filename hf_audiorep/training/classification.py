@@ -46,15 +46,18 @@ class SupervisedClassificationStep:
         fe = feature_extractor
         self.mask_value = (0.0 - fe.mean) / (fe.std_scale * fe.std) if fe.do_normalize else 0.0
 
-    def features(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, model, batch, augment_features: bool = True) -> tuple[torch.Tensor, ...]:
+        """Mixed-up (training) features, frame mask and labels of a batch; SpecAugment unless disabled."""
         waveforms, lengths, labels = batch["waveforms"], batch["lengths"], batch["labels"]
         if model.training and self.aug.mixup_prob > 0:
             mixed = mixup(waveforms, lengths, labels, alpha=self.aug.mixup_alpha, prob=self.aug.mixup_prob)
             waveforms, lengths, labels = mixed.waveforms, mixed.lengths, mixed.labels
         with torch.autocast(waveforms.device.type, enabled=False):
             features, mask = self.feature_extractor.batch_features(waveforms.float(), lengths)
-        if model.training and (self.aug.freq_mask or self.aug.time_mask):
-            features = spec_augment(features, self.aug.freq_mask, self.aug.time_mask, mask_value=self.mask_value)
+        if augment_features and model.training and (self.aug.freq_mask or self.aug.time_mask):
+            features = spec_augment(
+                features, self.aug.freq_mask, self.aug.time_mask, mask_value=self.mask_value
+            )
         return features, mask, labels
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
