@@ -18,6 +18,15 @@ it) and provides:
 Optional: ``deterministic_overrides`` (config changes that remove randomness the gradient
 checkpointing check cannot replay; by default it relies on checkpointing's RNG replay) and
 ``expected_num_hidden_states(config)``.
+
+Pre-training models (class name ending in ``ForPreTraining``, like transformers'
+``Wav2Vec2ForPreTraining``) return their own ``loss`` and a ``logits`` prediction, and usually draw
+random masks. A family that lists one also provides:
+
+- ``get_pretraining_inputs(config, inputs)``: the batch for the pre-training model, with whatever
+  makes its output a deterministic, per-clip function of the inputs (e.g. a ``noise`` tensor that
+  fixes the masks); every equivalence check then runs on it;
+- ``expected_pretraining_sequence_length(config, inputs)``: tokens per encoder hidden state.
 """
 
 from __future__ import annotations
@@ -36,6 +45,11 @@ ATOL = 1e-5
 def is_head(model_class) -> bool:
     """A head takes ``labels`` and returns a loss; a base model does not."""
     return "labels" in inspect.signature(model_class.forward).parameters
+
+
+def is_pretraining(model_class) -> bool:
+    """A pre-training model computes its own self-supervised loss (transformers' ``XForPreTraining``)."""
+    return model_class.__name__.endswith("ForPreTraining")
 
 
 def config_fields(config) -> dict[str, Any]:
@@ -77,6 +91,14 @@ class ModelTesterMixin:
     def expected_num_hidden_states(self, config) -> int:
         return config.num_hidden_layers + 1
 
+    def get_pretraining_inputs(self, config, inputs) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("a family with a *ForPreTraining model must define get_pretraining_inputs")
+
+    def expected_pretraining_sequence_length(self, config, inputs) -> int:
+        raise NotImplementedError(
+            "a family with a *ForPreTraining model must define expected_pretraining_sequence_length"
+        )
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def build(self, model_class, config, seed: int = 0):
@@ -88,8 +110,14 @@ class ModelTesterMixin:
             return outputs.loss
         return outputs.last_hidden_state.float().pow(2).mean() + outputs.pooler_output.float().pow(2).mean()
 
+    def model_inputs(self, model_class, config, inputs) -> dict[str, torch.Tensor]:
+        """The batch ``model_class`` runs on: ``inputs``, or its pre-training version."""
+        if is_pretraining(model_class):
+            return dict(self.get_pretraining_inputs(config, inputs))
+        return dict(inputs)
+
     def forward_kwargs(self, model_class, config, inputs) -> dict[str, torch.Tensor]:
-        kwargs = dict(inputs)
+        kwargs = self.model_inputs(model_class, config, inputs)
         if is_head(model_class):
             kwargs["labels"] = multi_hot_labels(inputs["input_values"].shape[0], config.num_labels)
         return kwargs
@@ -114,14 +142,23 @@ class ModelTesterMixin:
         batch_size = inputs["input_values"].shape[0]
         for model_class in self.model_classes:
             model = self.build(model_class, config)
+            model_inputs = self.model_inputs(model_class, config, inputs)
             with torch.no_grad():
-                outputs = model(**inputs, output_hidden_states=True)
+                outputs = model(**model_inputs, output_hidden_states=True)
             hidden_states = outputs.hidden_states
             assert hidden_states is not None and len(hidden_states) == self.expected_num_hidden_states(config)
-            num_tokens = self.expected_sequence_length(config, inputs)
+            if is_pretraining(model_class):
+                num_tokens = self.expected_pretraining_sequence_length(config, inputs)
+            else:
+                num_tokens = self.expected_sequence_length(config, inputs)
             for state in hidden_states:
                 assert state.shape == (batch_size, num_tokens, config.hidden_size)
-            if is_head(model_class):
+            if is_pretraining(model_class):
+                # The self-supervised loss needs no labels; the prediction is per clip.
+                assert outputs.loss is not None and outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
+                assert outputs.logits.shape[0] == batch_size
+                assert isinstance(getattr(model, model_class.base_model_prefix), torch.nn.Module)
+            elif is_head(model_class):
                 assert isinstance(outputs, SequenceClassifierOutput)
                 assert outputs.logits.shape == (batch_size, config.num_labels)
                 assert outputs.loss is None
@@ -132,8 +169,8 @@ class ModelTesterMixin:
                 assert outputs.last_hidden_state.shape == hidden_states[-1].shape
                 assert outputs.pooler_output.shape == (batch_size, config.hidden_size)
             assert torch.isfinite(main_output(outputs)).all()
-            assert len(model(**inputs).to_tuple()) >= 1
-            assert model(**inputs, output_hidden_states=False).hidden_states is None
+            assert len(model(**model_inputs).to_tuple()) >= 1
+            assert model(**model_inputs, output_hidden_states=False).hidden_states is None
 
     def test_save_load_round_trip(self, tmp_path):
         config = self.get_config()
@@ -146,9 +183,10 @@ class ModelTesterMixin:
             assert config_fields(loaded.config) == config_fields(model.config)
             for name, tensor in model.state_dict().items():
                 torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+            model_inputs = self.model_inputs(model_class, config, inputs)
             with torch.no_grad():
-                torch.testing.assert_close(main_output(loaded(**inputs)), main_output(model(**inputs)),
-                                           rtol=0, atol=1e-6)
+                torch.testing.assert_close(main_output(loaded(**model_inputs)),
+                                           main_output(model(**model_inputs)), rtol=0, atol=1e-6)
 
     def test_auto_classes_round_trip(self, tmp_path):
         mapping = self.register_auto_classes()
@@ -162,9 +200,10 @@ class ModelTesterMixin:
             assert type(AutoConfig.from_pretrained(path)) is type(config)
             loaded = auto_class.from_pretrained(path).eval()
             assert type(loaded) is model_class
+            model_inputs = self.model_inputs(model_class, config, inputs)
             with torch.no_grad():
-                torch.testing.assert_close(main_output(loaded(**inputs)), main_output(model(**inputs)),
-                                           rtol=0, atol=1e-6)
+                torch.testing.assert_close(main_output(loaded(**model_inputs)),
+                                           main_output(model(**model_inputs)), rtol=0, atol=1e-6)
 
     def test_construction_on_meta_device(self):
         config = self.get_config()
@@ -191,10 +230,10 @@ class ModelTesterMixin:
 
     def test_sdpa_matches_eager(self):
         config = self.get_config()
-        inputs = self.get_inputs(config)
-        # Without a mask SDPA takes its mask-free path (where a wrong `is_causal` would show).
-        unmasked = {k: v for k, v in inputs.items() if k != "attention_mask"}
         for model_class in self.model_classes:
+            inputs = self.model_inputs(model_class, config, self.get_inputs(config))
+            # Without a mask SDPA takes its mask-free path (where a wrong `is_causal` would show).
+            unmasked = {k: v for k, v in inputs.items() if k != "attention_mask"}
             model = self.build(model_class, config)
             with torch.no_grad():
                 sdpa = [main_output(model(**batch)) for batch in (inputs, unmasked)]
@@ -206,9 +245,9 @@ class ModelTesterMixin:
 
     def test_batched_equals_one_by_one(self):
         config = self.get_config()
-        inputs = self.get_inputs(config)
-        batch_size = inputs["input_values"].shape[0]
+        batch_size = self.get_inputs(config)["input_values"].shape[0]
         for model_class in self.model_classes:
+            inputs = self.model_inputs(model_class, config, self.get_inputs(config))
             model = self.build(model_class, config)
             with torch.no_grad():
                 batched = main_output(model(**inputs))

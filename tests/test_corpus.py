@@ -1,5 +1,6 @@
 """The embedded corpus: ontology, determinism, splits, captions, cache, decoding, learnability."""
 
+import inspect
 import io
 import os
 import re
@@ -205,8 +206,9 @@ def test_clips_of_one_class_differ(small):
 # ---------------------------------------------------------------------------- determinism and cache
 
 
-def test_same_seed_same_corpus_other_seed_differs(tmp_path):
+def test_same_seed_same_corpus_other_seed_differs(tmp_path, monkeypatch):
     first = load_embedded_corpus(**TINY, cache_dir=tmp_path / "a")
+    monkeypatch.setattr(corpus, "_CHUNK_CLIPS", 3)  # written in several Arrow chunks: same corpus
     again = load_embedded_corpus(**TINY, cache_dir=tmp_path / "b")
     other = load_embedded_corpus(**{**TINY, "seed": 1}, cache_dir=tmp_path / "c")
     for split in ("train", "test", "heldout"):
@@ -238,6 +240,11 @@ def test_second_load_is_a_fast_cache_hit(small, monkeypatch):
     assert list(again["test"]["caption"]) == list(dataset["test"]["caption"])
     assert _audio_bytes(again["train"]) == _audio_bytes(dataset["train"])
     assert corpus_cache_path(**{**SMALL, "seed": 1}, cache_dir=cache) != path
+
+
+def test_cache_path_takes_the_loader_defaults():
+    load, path = (inspect.signature(f).parameters for f in (load_embedded_corpus, corpus_cache_path))
+    assert {k: p.default for k, p in load.items()} == {k: p.default for k, p in path.items()}
 
 
 def test_default_cache_dir_follows_hf_home(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from model_test_mixin import ModelTesterMixin
-from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
+from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForPreTraining
 
 from hf_audiorep.modeling._layers import (
     PostLNBlock,
@@ -17,10 +17,15 @@ from hf_audiorep.modeling._layers import (
     random_masking,
 )
 from hf_audiorep.modeling.configuration_audiomae import AUDIOMAE_PRESETS, AudioMAEConfig
-from hf_audiorep.modeling.modeling_audiomae import AudioMAEForAudioClassification, AudioMAEModel
+from hf_audiorep.modeling.modeling_audiomae import (
+    AudioMAEForAudioClassification,
+    AudioMAEForPreTraining,
+    AudioMAEModel,
+)
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_length=64, num_mel_bins=32,
-            patch_size=16, num_labels=5)
+            patch_size=16, num_labels=5, decoder_hidden_size=16, decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=2, mask_ratio=0.5)
 
 
 def tiny_config(**overrides) -> AudioMAEConfig:
@@ -32,11 +37,13 @@ def register_audiomae() -> dict:
     AutoConfig.register("audiorep-audiomae", AudioMAEConfig, exist_ok=True)
     AutoModel.register(AudioMAEConfig, AudioMAEModel, exist_ok=True)
     AutoModelForAudioClassification.register(AudioMAEConfig, AudioMAEForAudioClassification, exist_ok=True)
-    return {AutoModel: AudioMAEModel, AutoModelForAudioClassification: AudioMAEForAudioClassification}
+    AutoModelForPreTraining.register(AudioMAEConfig, AudioMAEForPreTraining, exist_ok=True)
+    return {AutoModel: AudioMAEModel, AutoModelForAudioClassification: AudioMAEForAudioClassification,
+            AutoModelForPreTraining: AudioMAEForPreTraining}
 
 
 class _AudioMAETester(ModelTesterMixin):
-    model_classes = (AudioMAEModel, AudioMAEForAudioClassification)
+    model_classes = (AudioMAEModel, AudioMAEForAudioClassification, AudioMAEForPreTraining)
     expected_non_persistent_buffers = ("pos_embed",)
     invalid_config_values = [
         ("hidden_size", 30),  # not divisible by 2 heads... and not by 4
@@ -55,6 +62,10 @@ class _AudioMAETester(ModelTesterMixin):
         ("mlp_ratio", 0.0),
         ("layer_norm_eps", 0.0),
         ("hidden_act", "no-such-activation"),
+        ("decoder_hidden_size", 18),  # not divisible by 4
+        ("decoder_num_attention_heads", 3),
+        ("decoder_num_hidden_layers", 0),
+        ("mask_ratio", 1.0),
     ]
     pooling_overrides: dict = {}
 
@@ -76,6 +87,17 @@ class _AudioMAETester(ModelTesterMixin):
 
     def register_auto_classes(self):
         return register_audiomae()
+
+    def get_pretraining_inputs(self, config, inputs):
+        # Fixed noise fixes each clip's mask, whatever else is in the batch.
+        batch, num_frames = inputs["input_values"].shape[:2]
+        num_patches = math.ceil(num_frames / config.patch_size) * config.num_mel_bins // config.patch_size
+        noise = torch.rand(batch, num_patches, generator=torch.Generator().manual_seed(1))
+        return {**inputs, "noise": noise}
+
+    def expected_pretraining_sequence_length(self, config, inputs):
+        num_patches = self.expected_sequence_length(config, inputs) - 1
+        return 1 + int(num_patches * (1 - config.mask_ratio))
 
 
 class TestAudioMAEGlobalPool(_AudioMAETester):

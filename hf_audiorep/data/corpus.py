@@ -41,6 +41,8 @@ __all__ = [
     "SCENES",
     "CaptionPhrases",
     "EmbeddedOntology",
+    "MAX_EVENTS",
+    "SPLITS",
     "OneOf",
     "Scene",
     "SoundFamily",
@@ -93,8 +95,9 @@ class SoundFamily:
 class EmbeddedOntology:
     """AudioSet-style ontology of the embedded corpus.
 
-    ``names``, ``ids`` and ``recipes`` are indexed by class index (the label index used
-    everywhere); ``parent_of[i]`` is the index into ``families`` of class ``i``'s parent;
+    ``names``, ``ids``, ``recipes`` (the :mod:`~hf_audiorep.data.synth` recipe of each class) and
+    ``phrases`` (how captions word it) are indexed by class index, the label index used
+    everywhere; ``parent_of[i]`` is the index into ``families`` of class ``i``'s parent;
     ``heldout`` holds the classes reserved for few-shot / open-set evaluation.
     """
 
@@ -524,9 +527,11 @@ def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.ra
 # --------------------------------------------------------------------------------------------
 
 _SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
+_CHUNK_CLIPS = 256
 
 
-def _split_rows(split: str, num_clips: int, config: dict) -> dict[str, list]:
+def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: int | None = None):
+    """Columns of clips ``start`` to ``stop`` of a split of ``num_clips`` clips."""
     seed, clip_seconds, sample_rate = config["seed"], config["clip_seconds"], config["sample_rate"]
     code = _SPLIT_CODES[split]
     heldout = split == "heldout"
@@ -537,7 +542,8 @@ def _split_rows(split: str, num_clips: int, config: dict) -> dict[str, list]:
     schedule = _class_schedule(classes, num_clips, schedule_rng)
     rows: dict[str, list] = {key: [] for key in
                              ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")}
-    for index, anchors in enumerate(schedule):
+    for index in range(start, num_clips if stop is None else min(stop, num_clips)):
+        anchors = schedule[index]
         # One generator per clip, keyed by (seed, split, index): a clip does not change when the
         # other splits' sizes do.
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, index)))
@@ -577,7 +583,7 @@ def _features(sample_rate: int):
 def _write_corpus(config: dict, directory: Path) -> None:
     """Generates the splits one at a time into ``directory`` (``<split>/`` each, in
     ``Dataset.save_to_disk`` format), so that only one split is ever held in memory."""
-    from datasets import Dataset, DatasetInfo
+    from datasets import Dataset, DatasetInfo, concatenate_datasets
 
     features = _features(config["sample_rate"])
     description = (
@@ -587,11 +593,16 @@ def _write_corpus(config: dict, directory: Path) -> None:
     info = DatasetInfo(description=description, features=features)
     written = []
     for split in SPLITS:
-        if config[f"num_{split}"] == 0:
+        num_clips = config[f"num_{split}"]
+        if num_clips == 0:
             continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
-        rows = _split_rows(split, config[f"num_{split}"], config)
-        dataset = Dataset.from_dict(rows, features=features, info=info.copy(), split=split)
-        del rows
+        # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
+        chunks = [
+            Dataset.from_dict(_split_rows(split, num_clips, config, start, start + _CHUNK_CLIPS),
+                              features=features, info=info.copy(), split=split)
+            for start in range(0, num_clips, _CHUNK_CLIPS)
+        ]
+        dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
         with _quiet_progress_bars():
             dataset.save_to_disk(str(directory / split))
         written.append(split)
@@ -704,9 +715,9 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
         num_heldout: single-event clips of the held-out classes (``EMBEDDED_ONTOLOGY.heldout``),
             dealt evenly over those classes.
         clip_seconds, sample_rate: clip length and rate (16-bit FLAC).
-        cache_dir: cache root; default ``$HF_HOME/hf_audiorep/corpus`` or
-            ``~/.cache/hf_audiorep/corpus``. Each configuration lives in a sub-directory named by a
-            hash of it, written atomically.
+        cache_dir: cache root; default ``$HF_HOME/hf_audiorep/corpus``, else
+            ``${XDG_CACHE_HOME:-~/.cache}/hf_audiorep/corpus``. Each configuration lives in a
+            sub-directory named by a hash of it (:func:`corpus_cache_path`), written atomically.
 
     Returns:
         ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``, ``heldout`` and

@@ -2,12 +2,20 @@
 
 from ._fbank import AudioFbankFeatureExtractor, kaldi_fbank
 from .configuration_audiomae import AudioMAEConfig
-from .modeling_audiomae import AudioMAEForAudioClassification, AudioMAEModel, AudioMAEPreTrainedModel
+from .modeling_audiomae import (
+    AudioMAEForAudioClassification,
+    AudioMAEForPreTraining,
+    AudioMAEForPreTrainingOutput,
+    AudioMAEModel,
+    AudioMAEPreTrainedModel,
+)
 
 __all__ = [
     "AudioFbankFeatureExtractor",
     "AudioMAEConfig",
     "AudioMAEForAudioClassification",
+    "AudioMAEForPreTraining",
+    "AudioMAEForPreTrainingOutput",
     "AudioMAEModel",
     "AudioMAEPreTrainedModel",
     "kaldi_fbank",

@@ -25,7 +25,7 @@ AUDIOMAE_PRESETS: dict[str, dict[str, Any]] = {
     # patch-out fractions carry over unchanged), at 1/4 width and 1/3 depth: 1.93 M parameters with
     # a 527-class head; a training step on 8 clips of 10 s takes about a second on 2 CPU cores.
     # Shorter clips need no other preset, as max_length is only an upper bound. The MAE decoder
-    # shrinks by the same 1/4 width (0.41 M parameters), to 2 blocks.
+    # shrinks by the same 1/4 width (0.45 M parameters), to 2 blocks.
     "audiomae-tiny": {
         "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3,
         "decoder_hidden_size": 128, "decoder_num_hidden_layers": 2, "decoder_num_attention_heads": 4,
@@ -166,8 +166,8 @@ class AudioMAEConfig(PreTrainedConfig):
             if getattr(self, name) % 4:
                 # Half the channels encode each grid axis as sin/cos pairs.
                 raise ValueError(
-                    f"AudioMAEConfig.{name} ({getattr(self, name)}) must be divisible by 4 for the 2-D sin-cos "
-                    "position embedding"
+                    f"AudioMAEConfig.{name} ({getattr(self, name)}) must be divisible by 4 for the 2-D "
+                    "sin-cos position embedding"
                 )
         for name in ("num_mel_bins", "max_length"):
             if getattr(self, name) % self.patch_size:

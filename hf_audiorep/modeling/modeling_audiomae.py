@@ -28,9 +28,8 @@ from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -397,12 +396,14 @@ class AudioMAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.register_buffer("pos_embed", torch.zeros(1, 1 + grid_t * grid_f, width), persistent=False)
         block_config = _DecoderConfig(config)
-        self.blocks = nn.ModuleList([PreLNBlock(block_config) for _ in range(config.decoder_num_hidden_layers)])
+        self.blocks = nn.ModuleList(
+            [PreLNBlock(block_config) for _ in range(config.decoder_num_hidden_layers)]
+        )
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.pred = nn.Linear(width, config.patch_size**2 * config.num_channels)
 
     def sincos_pos_embed(self) -> torch.Tensor:
-        """Fixed decoder positions for the ``max_length`` grid, CLS row first: ``(1, 1 + N, decoder width)``."""
+        """Fixed decoder positions for the ``max_length`` grid, CLS row first: ``(1, 1 + N, width)``."""
         grid_t, grid_f = self.config.grid_size
         embedding = get_2d_sincos_pos_embed(self.config.decoder_hidden_size, grid_t, grid_f, cls_token=True)
         return embedding.unsqueeze(0).to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
@@ -527,7 +528,7 @@ class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
         mask: torch.Tensor,
         patch_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """MAE's loss: per-patch MSE against (normalised) pixels, averaged over masked, non-padding patches."""
+        """MAE's loss: per-patch MSE against (normalised) pixels, mean over masked, non-padding patches."""
         # float32: the per-patch variance of bf16 log-mels is too coarse to normalise by.
         target = self.patchify(input_values).float()
         if self.config.norm_pix_loss:

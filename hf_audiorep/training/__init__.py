@@ -13,12 +13,14 @@ from .consistency import ConsistencyArguments, ConsistencyClassificationStep, co
 from .ema import ModelEMA
 from .loop import BatchSource, TrainLoop
 from .optim import build_optimizer, build_param_groups, build_scheduler, default_layer_id, lr_multiplier
+from .pretraining import MaskedAutoencoderStep, evaluate_reconstruction
 
 __all__ = [
     "AugmentationArguments",
     "BatchSource",
     "ConsistencyArguments",
     "ConsistencyClassificationStep",
+    "MaskedAutoencoderStep",
     "ModelEMA",
     "SupervisedClassificationStep",
     "TrainLoop",
@@ -28,6 +30,7 @@ __all__ = [
     "build_scheduler",
     "consistency_loss",
     "default_layer_id",
+    "evaluate_reconstruction",
     "find_latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
