@@ -10,32 +10,41 @@ from transformers import (
     AutoFeatureExtractor,
     AutoModel,
     AutoModelForAudioClassification,
+    AutoModelForPreTraining,
 )
 
 from .modeling import (
     AudioFbankFeatureExtractor,
     AudioMAEConfig,
     AudioMAEForAudioClassification,
+    AudioMAEForPreTraining,
     AudioMAEModel,
 )
 from .modeling.configuration_audiomae import AUDIOMAE_PRESETS
 
 __version__ = "0.1.0.dev0"
 
-# (config, base model, classification head, feature extractor) per architecture.
+# (config, base model, classification head, pre-training model, feature extractor) per architecture.
 _ARCHITECTURES = [
-    (AudioMAEConfig, AudioMAEModel, AudioMAEForAudioClassification, AudioFbankFeatureExtractor),
+    (
+        AudioMAEConfig,
+        AudioMAEModel,
+        AudioMAEForAudioClassification,
+        AudioMAEForPreTraining,
+        AudioFbankFeatureExtractor,
+    ),
 ]
 #: every preset name of every architecture -> its config class
 PRESETS = {name: AudioMAEConfig for name in AUDIOMAE_PRESETS}
 
 
 def _register_auto_classes() -> None:
-    for config_cls, base_cls, head_cls, fe_cls in _ARCHITECTURES:
+    for config_cls, base_cls, head_cls, pretraining_cls, fe_cls in _ARCHITECTURES:
         # exist_ok: the package may be imported again (e.g. under remote code or importlib.reload).
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, base_cls, exist_ok=True)
         AutoModelForAudioClassification.register(config_cls, head_cls, exist_ok=True)
+        AutoModelForPreTraining.register(config_cls, pretraining_cls, exist_ok=True)
         AutoFeatureExtractor.register(config_cls, fe_cls, exist_ok=True)
 
 
@@ -52,6 +61,7 @@ __all__ = [
     "AudioFbankFeatureExtractor",
     "AudioMAEConfig",
     "AudioMAEForAudioClassification",
+    "AudioMAEForPreTraining",
     "AudioMAEModel",
     "PRESETS",
     "config_from_preset",

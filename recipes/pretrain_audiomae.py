@@ -1,6 +1,7 @@
 """Pre-train an AudioMAE encoder as a masked autoencoder (Huang et al., 2022); labels are ignored.
 
-Runs with no arguments on the embedded corpus (the tiny preset, a few CPU minutes):
+Runs with no arguments on the embedded corpus (the tiny preset, 120 steps of 8 clips: about 9 minutes on
+two busy CPU cores, reconstruction loss 1.7 -> 0.87):
 
     accelerate launch recipes/pretrain_audiomae.py
 
@@ -62,6 +63,8 @@ class DataArguments:
     """embedded corpus only: number of training clips (default: the corpus default)"""
     num_eval_clips: int | None = None
     """embedded corpus only: number of validation clips"""
+    num_test_clips: int | None = None
+    """embedded corpus only: test clips (unused here; match the fine-tuning run to share its cached corpus)"""
 
 
 @dataclass
@@ -69,14 +72,14 @@ class PretrainTrainingArguments(TrainingArguments):
     """The shared loop's arguments, with MAE's optimiser settings and defaults that run in CPU minutes."""
 
     output_dir: str = "outputs/pretrain-audiomae"
-    max_steps: int = 300
-    per_device_batch_size: int = 16
+    max_steps: int = 120
+    per_device_batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4  # AudioMAE AS-2M pre-training
     adam_beta2: float = 0.95  # MAE
-    warmup_steps: int = 30
-    eval_steps: int | None = 100
-    checkpointing_steps: int | None = 100
+    warmup_steps: int = 12
+    eval_steps: int | None = None  # the reconstruction loss on the validation split at the end only
+    checkpointing_steps: int | None = 60
 
 
 def _sources(data: DataArguments) -> dict[str, object]:
@@ -84,10 +87,8 @@ def _sources(data: DataArguments) -> dict[str, object]:
     splits = {role: split for role, split in splits.items() if split and split.lower() != "none"}
     if data.dataset == EMBEDDED:
         kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
-        # Splits this run never reads are not synthesised.
-        unread = [name for name in ("validation", "test", "heldout") if name not in splits.values()]
-        kwargs.update({f"num_{name}": 0 for name in unread})
-        for key, value in (("num_train", data.num_train_clips), ("num_validation", data.num_eval_clips)):
+        for key, value in (("num_train", data.num_train_clips), ("num_validation", data.num_eval_clips),
+                           ("num_test", data.num_test_clips)):
             if value is not None:
                 kwargs[key] = value
         corpus = load_embedded_corpus(**kwargs)

@@ -2,18 +2,27 @@
 
 Each converter reads safetensors only (never pickles), maps the reference key layout onto ours,
 infers the config from the tensor shapes, and is tested on state dicts with the reference layout.
+Converters are also command-line scripts (``python -m hf_audiorep.conversion.audiomae_timm``), so
+the package imports them lazily: an eager import would load the module twice under ``-m``.
 """
 
-from .audiomae_timm import (
-    convert_timm_audiomae_state_dict,
-    infer_timm_audiomae_config,
-    load_timm_audiomae,
-    read_safetensors_state_dict,
-)
+import importlib
 
-__all__ = [
-    "convert_timm_audiomae_state_dict",
-    "infer_timm_audiomae_config",
-    "load_timm_audiomae",
-    "read_safetensors_state_dict",
-]
+_EXPORTS = {
+    "convert_timm_audiomae_state_dict": ".audiomae_timm",
+    "infer_timm_audiomae_config": ".audiomae_timm",
+    "load_timm_audiomae": ".audiomae_timm",
+    "read_safetensors_state_dict": ".audiomae_timm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -328,11 +328,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..modeling._fbank import AudioFbankFeatureExtractor
 
-    state_dict = read_safetensors_state_dict(args.input)
-    config = None
-    if args.num_attention_heads is not None:
-        config = infer_timm_audiomae_config(state_dict, num_attention_heads=args.num_attention_heads)
-    model = load_timm_audiomae(state_dict, with_head=False if args.no_head else None, config=config)
+    try:
+        state_dict = read_safetensors_state_dict(args.input)
+        config = None
+        if args.num_attention_heads is not None:
+            config = infer_timm_audiomae_config(state_dict, num_attention_heads=args.num_attention_heads)
+        model = load_timm_audiomae(state_dict, with_head=False if args.no_head else None, config=config)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))  # a usage message and exit status 2, not a traceback
     model.save_pretrained(args.output_dir)
     # AudioMAE's front end: Kaldi fbank, 128 bins, 1024 frames, AudioSet mean/std (the extractor's defaults).
     AudioFbankFeatureExtractor(target_length=model.config.max_length).save_pretrained(args.output_dir)

@@ -382,9 +382,10 @@ class AudioMAEDecoder(nn.Module):
     """MAE's light decoder: embed the visible latents, insert mask tokens, add fixed sin-cos positions,
     run pre-LN blocks with GLOBAL attention over every patch, predict each patch's pixels.
 
-    AudioMAE's best pre-training used a Swin-style decoder with local 4 x 4 windows; this is the MAE
-    default (global attention) instead. It only shapes the pre-training signal, the encoder is identical,
-    and AudioMAE reports the local decoder is worth a fraction of a mAP point after fine-tuning.
+    AudioMAE's released pre-training used a Swin-style decoder with local 4 x 4 windows
+    (``decoder_mode=1``); this is MAE's default, global attention, instead. The decoder only shapes the
+    pre-training signal: the encoder, and so every checkpoint that fine-tuning or conversion touches, is
+    the same either way.
     """
 
     def __init__(self, config: AudioMAEConfig):
