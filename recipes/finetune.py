@@ -23,8 +23,8 @@ from accelerate import PartialState
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, HfArgumentParser, set_seed
 
 import hf_audiorep
-from hf_audiorep.data import AudioStream, load_audio_source, load_embedded_corpus
-from hf_audiorep.data.semi_supervised import SemiSupervisedBatches, split_labeled
+from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.training import (
@@ -37,7 +37,6 @@ from hf_audiorep.training import (
 )
 
 logger = logging.getLogger("finetune")
-EMBEDDED = "embedded"
 
 
 @dataclass
@@ -54,35 +53,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = EMBEDDED
-    """'embedded' (built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a path"""
-    dataset_config: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "validation"
-    test_split: str | None = "test"
-    label_column: str | None = None
-    """column holding the labels (default: detected; e.g. 'scene' for scene classification on the corpus)"""
-    streaming: bool = False
-    clip_seconds: float = 10.0
-    shuffle_buffer: int = 1000
-    num_decode_threads: int = 4
-    corpus_seed: int = 0
-    num_train_clips: int | None = None
-    """embedded corpus only: number of training clips (default: the corpus default)"""
-    num_eval_clips: int | None = None
-    """embedded corpus only: number of validation clips"""
-    num_test_clips: int | None = None
-    """embedded corpus only: number of test clips"""
-    num_labeled_clips: int | None = None
-    """keep labels for the first N training clips only (a small labelled set, as AS-20K is for AudioSet)"""
-    unlabeled_dataset: str | None = None
-    """semi-supervised: 'train_remainder' (training clips past --num_labeled_clips), a Hub id or a path;
-    its labels are never used. Set --unlabeled_ratio too."""
-    unlabeled_split: str = "train"
-
-
-@dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """The shared loop's arguments, with defaults that fine-tune the tiny preset on the corpus in minutes."""
 
@@ -93,49 +63,6 @@ class FinetuneTrainingArguments(TrainingArguments):
     warmup_steps: int = 60
     eval_steps: int | None = 200
     checkpointing_steps: int | None = 200
-
-
-def _sources(data: DataArguments) -> dict[str, object]:
-    sources = _split_sources(data)
-    if data.num_labeled_clips:
-        sources["train"], remainder = split_labeled(sources["train"], data.num_labeled_clips)
-        if data.unlabeled_dataset == "train_remainder":
-            sources["unlabeled"] = remainder
-    if data.unlabeled_dataset and data.unlabeled_dataset != "train_remainder":
-        sources["unlabeled"] = _load(data, data.unlabeled_dataset, data.unlabeled_split)
-    elif data.unlabeled_dataset == "train_remainder" and "unlabeled" not in sources:
-        raise ValueError("--unlabeled_dataset train_remainder needs --num_labeled_clips")
-    return sources
-
-
-def _load(data: DataArguments, name: str, split: str):
-    return load_audio_source(
-        name,
-        split=split,
-        streaming=data.streaming,
-        config_name=data.dataset_config,
-        label_column=data.label_column,
-    )
-
-
-def _split_sources(data: DataArguments) -> dict[str, object]:
-    splits = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
-    if data.dataset == EMBEDDED:
-        kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
-        for key, value in (
-            ("num_train", data.num_train_clips),
-            ("num_validation", data.num_eval_clips),
-            ("num_test", data.num_test_clips),
-        ):
-            if value is not None:
-                kwargs[key] = value
-        corpus = load_embedded_corpus(**kwargs)
-        return {
-            role: load_audio_source(corpus[split], label_column=data.label_column)
-            for role, split in splits.items()
-            if split
-        }
-    return {role: _load(data, data.dataset, split) for role, split in splits.items() if split}
 
 
 def _model(model_args: ModelArguments, label_names: list[str]):
@@ -188,24 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
-    sources = _sources(data_args)
+    sources = load_sources(data_args)
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names)
 
-    def stream(role: str, train: bool, batch_size: int | None = None) -> AudioStream:
-        return AudioStream(
-            sources[role],
-            batch_size=batch_size or train_args.per_device_batch_size,
-            sample_rate=feature_extractor.sampling_rate,
-            clip_seconds=data_args.clip_seconds,
-            train=train,
-            seed=train_args.seed,
-            rank=state.process_index,
-            world_size=state.num_processes,
-            shuffle_buffer=data_args.shuffle_buffer,
-            num_decode_threads=data_args.num_decode_threads,
-        )
+    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
 
     single_label = model_args.problem_type == "single_label_classification"
     train_batches = stream("train", train=True)

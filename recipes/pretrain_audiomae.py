@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
-from hf_audiorep.data import AudioStream, load_audio_source, load_embedded_corpus
+from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
 from hf_audiorep.training import MaskedAutoencoderStep, TrainingArguments, TrainLoop, evaluate_reconstruction
 
 logger = logging.getLogger("pretrain_audiomae")
-EMBEDDED = "embedded"
 
 
 @dataclass
@@ -47,27 +46,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = EMBEDDED
-    """'embedded' (built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a path"""
-    dataset_config: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "validation"
-    """split on which the reconstruction loss is reported; empty or None to skip"""
-    streaming: bool = False
-    clip_seconds: float = 10.0
-    shuffle_buffer: int = 1000
-    num_decode_threads: int = 4
-    corpus_seed: int = 0
-    num_train_clips: int | None = None
-    """embedded corpus only: number of training clips (default: the corpus default)"""
-    num_eval_clips: int | None = None
-    """embedded corpus only: number of validation clips"""
-    num_test_clips: int | None = None
-    """embedded corpus only: test clips (unused here; match the fine-tuning run to share its cached corpus)"""
-
-
-@dataclass
 class PretrainTrainingArguments(TrainingArguments):
     """The shared loop's arguments, with MAE's optimiser settings and defaults that run in CPU minutes."""
 
@@ -80,24 +58,6 @@ class PretrainTrainingArguments(TrainingArguments):
     warmup_steps: int = 12
     eval_steps: int | None = None  # the reconstruction loss on the validation split at the end only
     checkpointing_steps: int | None = 60
-
-
-def _sources(data: DataArguments) -> dict[str, object]:
-    splits = {"train": data.train_split, "eval": data.eval_split}
-    splits = {role: split for role, split in splits.items() if split and split.lower() != "none"}
-    if data.dataset == EMBEDDED:
-        kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
-        for key, value in (("num_train", data.num_train_clips), ("num_validation", data.num_eval_clips),
-                           ("num_test", data.num_test_clips)):
-            if value is not None:
-                kwargs[key] = value
-        corpus = load_embedded_corpus(**kwargs)
-        return {role: load_audio_source(corpus[split]) for role, split in splits.items()}
-    return {
-        role: load_audio_source(data.dataset, split=split, streaming=data.streaming,
-                                config_name=data.dataset_config)
-        for role, split in splits.items()
-    }
 
 
 def _model(model_args: ModelArguments) -> tuple[AudioMAEForPreTraining, AudioFbankFeatureExtractor]:
@@ -118,23 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
-    sources = _sources(data_args)
+    sources = load_sources(data_args, roles=("train", "eval"))
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args)
 
-    def stream(role: str, train: bool) -> AudioStream:
-        return AudioStream(
-            sources[role],
-            batch_size=train_args.per_device_batch_size,
-            sample_rate=feature_extractor.sampling_rate,
-            clip_seconds=data_args.clip_seconds,
-            train=train,
-            seed=train_args.seed,
-            rank=state.process_index,
-            world_size=state.num_processes,
-            shuffle_buffer=data_args.shuffle_buffer,
-            num_decode_threads=data_args.num_decode_threads,
-        )
+    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
 
     step = MaskedAutoencoderStep(feature_extractor)
     loop = TrainLoop(train_args, model, stream("train", True), step, feature_extractor=feature_extractor)

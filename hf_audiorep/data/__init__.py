@@ -1,9 +1,11 @@
 """Data: the embedded corpus, AudioSet and other sources, decoding, batching, augmentation."""
 
-from .augment import MixupOutput, mixup, spec_augment
+from .arguments import DataArguments, StreamFactory, load_sources
+from .augment import MixupOutput, mixup, random_erasing, spec_augment
 from .corpus import EMBEDDED_ONTOLOGY, load_embedded_corpus
 from .decode import CorruptAudioError, crop_or_pad, decode_audio
 from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, labels_to_multi_hot
+from .semi_supervised import SemiSupervisedBatches, split_labeled
 from .sources import AudioSource, load_audio_source
 from .stream import AudioStream
 
@@ -13,13 +15,19 @@ __all__ = [
     "AudioSource",
     "AudioStream",
     "CorruptAudioError",
+    "DataArguments",
     "LabelMapper",
     "MixupOutput",
+    "SemiSupervisedBatches",
+    "StreamFactory",
     "crop_or_pad",
     "decode_audio",
     "labels_to_multi_hot",
     "load_audio_source",
     "load_embedded_corpus",
+    "load_sources",
     "mixup",
+    "random_erasing",
     "spec_augment",
+    "split_labeled",
 ]
