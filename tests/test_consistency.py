@@ -206,3 +206,41 @@ def test_recipe_semi_supervised_consistency_run(tmp_path):
     )
     assert summary["global_step"] == 5
     assert 0 < summary["test_mAP"] <= 1
+
+
+def test_unlabelled_dataset_without_any_label_column(tmp_path):
+    """Any audio the loader reads can be the unlabelled set, labelled in another vocabulary or not at all."""
+    import io
+
+    import datasets
+    import numpy as np
+    import soundfile as sf
+
+    from hf_audiorep.data import AudioStream, DataArguments, load_sources
+
+    def flac(seed):
+        buf = io.BytesIO()
+        sf.write(buf, np.random.default_rng(seed).normal(scale=0.1, size=8000), 16000, format="FLAC")
+        return {"bytes": buf.getvalue(), "path": f"{seed}.flac"}
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    audio_only = datasets.Dataset.from_dict(
+        {"audio": [flac(i) for i in range(6)]}, features=datasets.Features({"audio": datasets.Audio()})
+    )
+    audio_only.to_parquet(str(folder / "train.parquet"))
+    data = DataArguments(
+        num_train_clips=16,
+        num_eval_clips=0,
+        num_test_clips=0,
+        eval_split="",
+        test_split="",
+        num_labeled_clips=8,
+        unlabeled_dataset=str(folder),
+        clip_seconds=1.0,
+    )
+    sources = load_sources(data)
+    assert sources["unlabeled"].label_column is None
+    assert sources["unlabeled"].label_names == sources["train"].label_names
+    batch = next(iter(AudioStream(sources["unlabeled"], batch_size=3, clip_seconds=0.5, train=True)))
+    assert batch["waveforms"].shape == (3, 8000) and not batch["labels"].any()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .corpus import load_embedded_corpus
-from .semi_supervised import split_labeled
+from .semi_supervised import as_unlabeled, split_labeled
 from .sources import AudioSource, load_audio_source
 from .stream import AudioStream
 
@@ -49,13 +49,13 @@ def _split_names(data: DataArguments, roles) -> dict[str, str]:
     return {role: names[role] for role in roles if names[role] and names[role].lower() != "none"}
 
 
-def _load(data: DataArguments, name: str, split: str) -> AudioSource:
+def _load(data: DataArguments, name: str, split: str, **kwargs) -> AudioSource:
     return load_audio_source(
         name,
         split=split,
         streaming=data.streaming,
         config_name=data.dataset_config,
-        label_column=data.label_column,
+        **{"label_column": data.label_column, **kwargs},
     )
 
 
@@ -80,11 +80,19 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
     if data.num_labeled_clips:
         sources["train"], remainder = split_labeled(sources["train"], data.num_labeled_clips)
         if data.unlabeled_dataset == "train_remainder":
-            sources["unlabeled"] = remainder
+            sources["unlabeled"] = as_unlabeled(remainder, sources["train"].label_names)
     if data.unlabeled_dataset == "train_remainder" and "unlabeled" not in sources:
         raise ValueError("--unlabeled_dataset train_remainder needs --num_labeled_clips")
     if data.unlabeled_dataset and data.unlabeled_dataset != "train_remainder":
-        sources["unlabeled"] = _load(data, data.unlabeled_dataset, data.unlabeled_split)
+        # Fixing the vocabulary keeps the loader from inspecting labels it will never read.
+        unlabeled = _load(
+            data,
+            data.unlabeled_dataset,
+            data.unlabeled_split,
+            label_column=None,
+            label_names=sources["train"].label_names,
+        )
+        sources["unlabeled"] = as_unlabeled(unlabeled, sources["train"].label_names)
     return sources
 
 

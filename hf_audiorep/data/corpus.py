@@ -144,100 +144,271 @@ def _c(name, recipe, clauses, nouns, countable=False, heldout=False) -> _ClassSp
 # kind of sound. Similar pairs across families are deliberate: flute / whistle / owl,
 # knock / bark / door, rain / fire / applause, engine / drill / vacuum / insect.
 _FAMILIES = (
-    ("Tonal and musical", (
-        _c("Bell", "bell", ["a bell rings", "a bell chimes", "a bell is struck"],
-           ["a ringing bell", "the chime of a bell"], countable=True),
-        _c("Flute", "flute", ["a flute plays a short melody", "someone plays the flute", "a flute plays"],
-           ["a flute melody", "flute playing"]),
-        _c("Plucked string", "plucked_string",
-           ["someone plucks a stringed instrument", "guitar strings are plucked", "a harp string is plucked"],
-           ["plucked strings", "a plucked string melody"]),
-        _c("Chord", "chord",
-           ["an organ plays a chord", "a keyboard chord sounds", "chords are played on a synth"],
-           ["a sustained chord", "organ chords"]),
-        _c("Whistle", "whistle",
-           ["someone whistles", "a person whistles a tune", "a whistled tune rises and falls"],
-           ["whistling", "a whistled tune"]),
-        _c("Marimba", "mallet", ["a marimba plays", "mallets strike a xylophone", "someone plays a marimba"],
-           ["marimba notes", "a xylophone melody"], heldout=True),
-    )),
-    ("Natural noise textures", (
-        _c("Rain", "rain",
-           ["rain falls", "rain patters", "rain pours down"], ["falling rain", "the patter of rain"]),
-        _c("Wind", "wind", ["wind blows", "wind gusts", "the wind howls"], ["gusting wind", "blowing wind"]),
-        _c("Stream", "stream", ["water trickles in a stream", "a brook babbles", "water flows"],
-           ["running water", "a babbling brook"]),
-        _c("Crackling fire", "crackling_fire",
-           ["a fire crackles", "logs crackle in a fire", "a campfire pops and crackles"],
-           ["a crackling fire", "crackling flames"]),
-        _c("Ocean waves", "ocean_waves",
-           ["waves crash on the shore", "ocean waves roll in", "surf washes ashore"],
-           ["crashing waves", "the roar of the surf"]),
-        _c("Applause", "applause", ["people applaud", "a crowd claps and cheers", "applause breaks out"],
-           ["applause", "a round of applause"], heldout=True),
-    )),
-    ("Impacts and impulses", (
-        _c("Knock", "knock",
-           ["someone knocks on a door", "a person knocks on wood", "someone raps on a door"],
-           ["knocking", "a knock at the door"], countable=True),
-        _c("Hand clap", "hand_clap", ["someone claps", "a person claps their hands", "hands clap"],
-           ["hand clapping", "clapping"], countable=True),
-        _c("Footsteps", "footsteps",
-           ["footsteps approach", "someone walks by", "a person walks across the floor"],
-           ["footsteps", "walking steps"]),
-        _c("Glass clink", "glass_clink", ["glasses clink", "a glass clinks", "glasses are tapped together"],
-           ["clinking glasses", "the clink of glass"], countable=True),
-        _c("Door slam", "door_slam", ["a door slams", "a door is slammed shut", "a door bangs shut"],
-           ["a slamming door", "a door slam"]),
-        _c("Keyboard typing", "keyboard_typing",
-           ["someone types on a keyboard", "keys clatter on a keyboard", "a person is typing"],
-           ["typing", "keyboard clicks"], heldout=True),
-    )),
-    ("Human voice", (
-        _c("Male speech", "male_speech", ["a man speaks", "a man talks", "a male voice is speaking"],
-           ["a man speaking", "male speech"]),
-        _c("Female speech", "female_speech",
-           ["a woman speaks", "a woman talks", "a female voice is speaking"],
-           ["a woman speaking", "female speech"]),
-        _c("Child speech", "child_speech", ["a child speaks", "a kid talks", "a young child is talking"],
-           ["a child speaking", "a child's voice"]),
-        _c("Whisper", "whisper", ["someone whispers", "a person whispers", "a voice whispers"],
-           ["whispering", "a whisper"]),
-        _c("Laughter", "laughter", ["someone laughs", "a person bursts out laughing", "laughter erupts"],
-           ["laughter", "someone laughing"]),
-        _c("Singing", "singing", ["someone sings", "a voice sings a melody", "a person is singing"],
-           ["singing", "a sung melody"], heldout=True),
-    )),
-    ("Animal calls", (
-        _c("Bird chirp", "bird_chirp", ["a bird chirps", "birds tweet", "a bird sings"],
-           ["chirping birds", "birdsong"]),
-        _c("Dog bark", "dog_bark", ["a dog barks", "a dog yaps", "a small dog barks"],
-           ["a barking dog", "dog barks"], countable=True),
-        _c("Cat meow", "cat_meow", ["a cat meows", "a cat mews", "a kitten meows"],
-           ["a meowing cat", "meowing"], countable=True),
-        _c("Frog croak", "frog_croak", ["a frog croaks", "frogs croak", "a toad croaks"],
-           ["croaking frogs", "croaking"], countable=True),
-        _c("Insect buzz", "insect_buzz", ["an insect buzzes", "a fly buzzes around", "a bee buzzes"],
-           ["a buzzing insect", "buzzing"]),
-        _c("Owl hoot", "owl_hoot", ["an owl hoots", "an owl calls", "an owl hoots in the dark"],
-           ["a hooting owl", "hooting"], countable=True, heldout=True),
-    )),
-    ("Machines and alarms", (
-        _c("Engine", "engine", ["an engine runs", "an engine idles", "a motor rumbles"],
-           ["an idling engine", "engine noise"]),
-        _c("Power drill", "power_drill",
-           ["a drill whirs", "a power drill is used", "someone runs a power drill"],
-           ["a whirring drill", "drilling"]),
-        _c("Siren", "siren", ["a siren wails", "an emergency siren sounds", "a siren blares"],
-           ["a wailing siren", "a siren"]),
-        _c("Clock tick", "clock_tick", ["a clock ticks", "a clock is ticking", "a wall clock ticks away"],
-           ["a ticking clock", "ticking"]),
-        _c("Vacuum cleaner", "vacuum_cleaner",
-           ["a vacuum cleaner runs", "someone vacuums", "a vacuum cleaner hums"],
-           ["a running vacuum cleaner", "vacuuming"]),
-        _c("Car horn", "car_horn", ["a car horn honks", "a driver honks the horn", "a horn beeps"],
-           ["a honking horn", "honking"], countable=True, heldout=True),
-    )),
+    (
+        "Tonal and musical",
+        (
+            _c(
+                "Bell",
+                "bell",
+                ["a bell rings", "a bell chimes", "a bell is struck"],
+                ["a ringing bell", "the chime of a bell"],
+                countable=True,
+            ),
+            _c(
+                "Flute",
+                "flute",
+                ["a flute plays a short melody", "someone plays the flute", "a flute plays"],
+                ["a flute melody", "flute playing"],
+            ),
+            _c(
+                "Plucked string",
+                "plucked_string",
+                [
+                    "someone plucks a stringed instrument",
+                    "guitar strings are plucked",
+                    "a harp string is plucked",
+                ],
+                ["plucked strings", "a plucked string melody"],
+            ),
+            _c(
+                "Chord",
+                "chord",
+                ["an organ plays a chord", "a keyboard chord sounds", "chords are played on a synth"],
+                ["a sustained chord", "organ chords"],
+            ),
+            _c(
+                "Whistle",
+                "whistle",
+                ["someone whistles", "a person whistles a tune", "a whistled tune rises and falls"],
+                ["whistling", "a whistled tune"],
+            ),
+            _c(
+                "Marimba",
+                "mallet",
+                ["a marimba plays", "mallets strike a xylophone", "someone plays a marimba"],
+                ["marimba notes", "a xylophone melody"],
+                heldout=True,
+            ),
+        ),
+    ),
+    (
+        "Natural noise textures",
+        (
+            _c(
+                "Rain",
+                "rain",
+                ["rain falls", "rain patters", "rain pours down"],
+                ["falling rain", "the patter of rain"],
+            ),
+            _c(
+                "Wind",
+                "wind",
+                ["wind blows", "wind gusts", "the wind howls"],
+                ["gusting wind", "blowing wind"],
+            ),
+            _c(
+                "Stream",
+                "stream",
+                ["water trickles in a stream", "a brook babbles", "water flows"],
+                ["running water", "a babbling brook"],
+            ),
+            _c(
+                "Crackling fire",
+                "crackling_fire",
+                ["a fire crackles", "logs crackle in a fire", "a campfire pops and crackles"],
+                ["a crackling fire", "crackling flames"],
+            ),
+            _c(
+                "Ocean waves",
+                "ocean_waves",
+                ["waves crash on the shore", "ocean waves roll in", "surf washes ashore"],
+                ["crashing waves", "the roar of the surf"],
+            ),
+            _c(
+                "Applause",
+                "applause",
+                ["people applaud", "a crowd claps and cheers", "applause breaks out"],
+                ["applause", "a round of applause"],
+                heldout=True,
+            ),
+        ),
+    ),
+    (
+        "Impacts and impulses",
+        (
+            _c(
+                "Knock",
+                "knock",
+                ["someone knocks on a door", "a person knocks on wood", "someone raps on a door"],
+                ["knocking", "a knock at the door"],
+                countable=True,
+            ),
+            _c(
+                "Hand clap",
+                "hand_clap",
+                ["someone claps", "a person claps their hands", "hands clap"],
+                ["hand clapping", "clapping"],
+                countable=True,
+            ),
+            _c(
+                "Footsteps",
+                "footsteps",
+                ["footsteps approach", "someone walks by", "a person walks across the floor"],
+                ["footsteps", "walking steps"],
+            ),
+            _c(
+                "Glass clink",
+                "glass_clink",
+                ["glasses clink", "a glass clinks", "glasses are tapped together"],
+                ["clinking glasses", "the clink of glass"],
+                countable=True,
+            ),
+            _c(
+                "Door slam",
+                "door_slam",
+                ["a door slams", "a door is slammed shut", "a door bangs shut"],
+                ["a slamming door", "a door slam"],
+            ),
+            _c(
+                "Keyboard typing",
+                "keyboard_typing",
+                ["someone types on a keyboard", "keys clatter on a keyboard", "a person is typing"],
+                ["typing", "keyboard clicks"],
+                heldout=True,
+            ),
+        ),
+    ),
+    (
+        "Human voice",
+        (
+            _c(
+                "Male speech",
+                "male_speech",
+                ["a man speaks", "a man talks", "a male voice is speaking"],
+                ["a man speaking", "male speech"],
+            ),
+            _c(
+                "Female speech",
+                "female_speech",
+                ["a woman speaks", "a woman talks", "a female voice is speaking"],
+                ["a woman speaking", "female speech"],
+            ),
+            _c(
+                "Child speech",
+                "child_speech",
+                ["a child speaks", "a kid talks", "a young child is talking"],
+                ["a child speaking", "a child's voice"],
+            ),
+            _c(
+                "Whisper",
+                "whisper",
+                ["someone whispers", "a person whispers", "a voice whispers"],
+                ["whispering", "a whisper"],
+            ),
+            _c(
+                "Laughter",
+                "laughter",
+                ["someone laughs", "a person bursts out laughing", "laughter erupts"],
+                ["laughter", "someone laughing"],
+            ),
+            _c(
+                "Singing",
+                "singing",
+                ["someone sings", "a voice sings a melody", "a person is singing"],
+                ["singing", "a sung melody"],
+                heldout=True,
+            ),
+        ),
+    ),
+    (
+        "Animal calls",
+        (
+            _c(
+                "Bird chirp",
+                "bird_chirp",
+                ["a bird chirps", "birds tweet", "a bird sings"],
+                ["chirping birds", "birdsong"],
+            ),
+            _c(
+                "Dog bark",
+                "dog_bark",
+                ["a dog barks", "a dog yaps", "a small dog barks"],
+                ["a barking dog", "dog barks"],
+                countable=True,
+            ),
+            _c(
+                "Cat meow",
+                "cat_meow",
+                ["a cat meows", "a cat mews", "a kitten meows"],
+                ["a meowing cat", "meowing"],
+                countable=True,
+            ),
+            _c(
+                "Frog croak",
+                "frog_croak",
+                ["a frog croaks", "frogs croak", "a toad croaks"],
+                ["croaking frogs", "croaking"],
+                countable=True,
+            ),
+            _c(
+                "Insect buzz",
+                "insect_buzz",
+                ["an insect buzzes", "a fly buzzes around", "a bee buzzes"],
+                ["a buzzing insect", "buzzing"],
+            ),
+            _c(
+                "Owl hoot",
+                "owl_hoot",
+                ["an owl hoots", "an owl calls", "an owl hoots in the dark"],
+                ["a hooting owl", "hooting"],
+                countable=True,
+                heldout=True,
+            ),
+        ),
+    ),
+    (
+        "Machines and alarms",
+        (
+            _c(
+                "Engine",
+                "engine",
+                ["an engine runs", "an engine idles", "a motor rumbles"],
+                ["an idling engine", "engine noise"],
+            ),
+            _c(
+                "Power drill",
+                "power_drill",
+                ["a drill whirs", "a power drill is used", "someone runs a power drill"],
+                ["a whirring drill", "drilling"],
+            ),
+            _c(
+                "Siren",
+                "siren",
+                ["a siren wails", "an emergency siren sounds", "a siren blares"],
+                ["a wailing siren", "a siren"],
+            ),
+            _c(
+                "Clock tick",
+                "clock_tick",
+                ["a clock ticks", "a clock is ticking", "a wall clock ticks away"],
+                ["a ticking clock", "ticking"],
+            ),
+            _c(
+                "Vacuum cleaner",
+                "vacuum_cleaner",
+                ["a vacuum cleaner runs", "someone vacuums", "a vacuum cleaner hums"],
+                ["a running vacuum cleaner", "vacuuming"],
+            ),
+            _c(
+                "Car horn",
+                "car_horn",
+                ["a car horn honks", "a driver honks the horn", "a horn beeps"],
+                ["a honking horn", "honking"],
+                countable=True,
+                heldout=True,
+            ),
+        ),
+    ),
 )
 
 
@@ -256,8 +427,15 @@ def _build_ontology() -> EmbeddedOntology:
             if spec.heldout:
                 heldout.add(index)
         families.append(SoundFamily(f"/hf/f/{family_index:02d}", family_name, tuple(children)))
-    return EmbeddedOntology(tuple(ids), tuple(names), tuple(recipes), tuple(families), tuple(parents),
-                            frozenset(heldout), tuple(phrases))
+    return EmbeddedOntology(
+        tuple(ids),
+        tuple(names),
+        tuple(recipes),
+        tuple(families),
+        tuple(parents),
+        frozenset(heldout),
+        tuple(phrases),
+    )
 
 
 EMBEDDED_ONTOLOGY = _build_ontology()
@@ -309,68 +487,274 @@ _MAINS = OneOf((50.0, 60.0, 100.0, 120.0))
 _MAINS_ONLY = OneOf((50.0, 60.0))
 
 SCENES: tuple[Scene, ...] = (
-    _scene("park", ["in a park", "in a quiet park", "at a city park", "in the park"],
-           {"Bird chirp": 3, "Dog bark": 3, "Footsteps": 2, "Wind": 2, "Whistle": 2, "Child speech": 2,
-            "Laughter": 2, "Insect buzz": 2, "Male speech": 1, "Female speech": 1, "Bell": 1, "Hand clap": 1,
-            "Flute": 1, "Plucked string": 1, "Stream": 1, "Owl hoot": 1, "Applause": 1, "Singing": 1},
-           slope_db_per_octave=(-4, -2), low_hz=(40, 100), high_hz=(4000, 7000), babble_level=(0.0, 0.3),
-           swell_rate_hz=(0.1, 0.3), swell_depth=(0.0, 0.3)),
-    _scene("street", ["on a busy street", "in the street", "by a road with traffic", "on a city street"],
-           {"Engine": 3, "Car horn": 3, "Footsteps": 3, "Siren": 2, "Male speech": 2, "Female speech": 2,
-            "Dog bark": 1, "Door slam": 1, "Power drill": 1, "Bell": 1, "Whistle": 1, "Rain": 1, "Wind": 1,
-            "Hand clap": 1},
-           slope_db_per_octave=(-6, -4), low_hz=(30, 60), high_hz=(3000, 6000), hum_hz=(30, 60),
-           hum_harmonics=(6, 12), hum_level=(0.0, 0.3), babble_level=(0.1, 0.4), swell_rate_hz=(0.05, 0.2),
-           swell_depth=(0.3, 0.6)),
-    _scene("kitchen", ["in a kitchen", "in a busy kitchen", "in the kitchen at home"],
-           {"Glass clink": 3, "Clock tick": 2, "Stream": 2, "Female speech": 2, "Child speech": 2,
-            "Male speech": 1, "Laughter": 1, "Knock": 1, "Door slam": 1, "Cat meow": 1, "Crackling fire": 1,
-            "Vacuum cleaner": 1, "Chord": 1, "Singing": 1},
-           slope_db_per_octave=(-3, -1), low_hz=(80, 200), high_hz=(6000, 8000), hum_hz=_MAINS,
-           hum_harmonics=(3, 6), hum_level=(0.2, 0.6), babble_level=(0.0, 0.2)),
-    _scene("office", ["in an office", "in an open-plan office", "at the office"],
-           {"Keyboard typing": 3, "Male speech": 3, "Female speech": 3, "Whisper": 2, "Clock tick": 2,
-            "Knock": 2, "Footsteps": 2, "Door slam": 1, "Laughter": 1, "Glass clink": 1, "Vacuum cleaner": 1,
-            "Siren": 1, "Power drill": 1},
-           slope_db_per_octave=(-3, -2), low_hz=(60, 150), high_hz=(3000, 5000), hum_hz=_MAINS_ONLY,
-           hum_harmonics=(3, 8), hum_level=(0.05, 0.3), babble_level=(0.2, 0.5)),
-    _scene("forest", ["in a forest", "in the woods", "deep in a forest"],
-           {"Bird chirp": 3, "Wind": 2, "Stream": 2, "Frog croak": 2, "Insect buzz": 2, "Owl hoot": 2,
-            "Crackling fire": 1, "Footsteps": 1, "Dog bark": 1, "Rain": 1, "Whistle": 1, "Flute": 1},
-           slope_db_per_octave=(-2, 0), low_hz=(300, 800), high_hz=(6000, 8000), swell_rate_hz=(0.2, 0.6),
-           swell_depth=(0.3, 0.7)),
-    _scene("beach", ["on a beach", "at the seaside", "by the sea"],
-           {"Ocean waves": 3, "Wind": 2, "Bird chirp": 2, "Child speech": 2, "Laughter": 2, "Dog bark": 1,
-            "Footsteps": 1, "Male speech": 1, "Female speech": 1, "Plucked string": 1, "Whistle": 1,
-            "Hand clap": 1, "Applause": 1},
-           slope_db_per_octave=(-3, -1), low_hz=(50, 100), high_hz=(5000, 8000), swell_rate_hz=(0.08, 0.2),
-           swell_depth=(0.5, 0.8)),
-    _scene("construction site", ["at a construction site", "on a building site", "near construction work"],
-           {"Power drill": 3, "Engine": 2, "Knock": 2, "Door slam": 2, "Male speech": 2, "Whistle": 1,
-            "Siren": 1, "Footsteps": 1, "Car horn": 1, "Wind": 1},
-           slope_db_per_octave=(-5, -3), low_hz=(30, 60), high_hz=(4000, 7000), hum_hz=(40, 80),
-           hum_harmonics=(6, 12), hum_level=(0.2, 0.5), babble_level=(0.0, 0.1), swell_rate_hz=(0.1, 0.3),
-           swell_depth=(0.0, 0.3)),
-    _scene("home at night", ["at home at night", "in a quiet house at night", "in a bedroom at night"],
-           {"Clock tick": 3, "Cat meow": 2, "Rain": 2, "Whisper": 2, "Crackling fire": 2, "Dog bark": 1,
-            "Door slam": 1, "Footsteps": 1, "Frog croak": 1, "Insect buzz": 1, "Owl hoot": 1, "Knock": 1,
-            "Wind": 1},
-           slope_db_per_octave=(-6, -3), low_hz=(30, 80), high_hz=(2000, 4000), hum_hz=_MAINS,
-           hum_harmonics=(2, 5), hum_level=(0.1, 0.4)),
-    _scene("train station", ["in a train station", "on a railway platform", "in a busy station hall"],
-           {"Footsteps": 3, "Male speech": 3, "Female speech": 3, "Bell": 2, "Whistle": 2, "Engine": 2,
-            "Child speech": 1, "Siren": 1, "Door slam": 1, "Laughter": 1, "Chord": 1, "Hand clap": 1,
-            "Car horn": 1},
-           slope_db_per_octave=(-5, -3), low_hz=(30, 60), high_hz=(3000, 6000), hum_hz=(30, 60),
-           hum_harmonics=(4, 10), hum_level=(0.1, 0.3), babble_level=(0.4, 0.8), swell_rate_hz=(0.05, 0.1),
-           swell_depth=(0.2, 0.5)),
-    _scene("living room", ["in a living room", "in a cosy living room", "at home in the lounge"],
-           {"Chord": 2, "Plucked string": 2, "Singing": 2, "Laughter": 2, "Vacuum cleaner": 2, "Flute": 1,
-            "Applause": 1, "Male speech": 1, "Female speech": 1, "Child speech": 1, "Cat meow": 1,
+    _scene(
+        "park",
+        ["in a park", "in a quiet park", "at a city park", "in the park"],
+        {
+            "Bird chirp": 3,
+            "Dog bark": 3,
+            "Footsteps": 2,
+            "Wind": 2,
+            "Whistle": 2,
+            "Child speech": 2,
+            "Laughter": 2,
+            "Insect buzz": 2,
+            "Male speech": 1,
+            "Female speech": 1,
+            "Bell": 1,
+            "Hand clap": 1,
+            "Flute": 1,
+            "Plucked string": 1,
+            "Stream": 1,
+            "Owl hoot": 1,
+            "Applause": 1,
+            "Singing": 1,
+        },
+        slope_db_per_octave=(-4, -2),
+        low_hz=(40, 100),
+        high_hz=(4000, 7000),
+        babble_level=(0.0, 0.3),
+        swell_rate_hz=(0.1, 0.3),
+        swell_depth=(0.0, 0.3),
+    ),
+    _scene(
+        "street",
+        ["on a busy street", "in the street", "by a road with traffic", "on a city street"],
+        {
+            "Engine": 3,
+            "Car horn": 3,
+            "Footsteps": 3,
+            "Siren": 2,
+            "Male speech": 2,
+            "Female speech": 2,
             "Dog bark": 1,
-            "Clock tick": 1, "Knock": 1, "Crackling fire": 1, "Bell": 1, "Marimba": 1, "Keyboard typing": 1},
-           slope_db_per_octave=(-4, -2), low_hz=(40, 100), high_hz=(3000, 6000), hum_hz=_MAINS_ONLY,
-           hum_harmonics=(2, 6), hum_level=(0.05, 0.2), babble_level=(0.0, 0.2)),
+            "Door slam": 1,
+            "Power drill": 1,
+            "Bell": 1,
+            "Whistle": 1,
+            "Rain": 1,
+            "Wind": 1,
+            "Hand clap": 1,
+        },
+        slope_db_per_octave=(-6, -4),
+        low_hz=(30, 60),
+        high_hz=(3000, 6000),
+        hum_hz=(30, 60),
+        hum_harmonics=(6, 12),
+        hum_level=(0.0, 0.3),
+        babble_level=(0.1, 0.4),
+        swell_rate_hz=(0.05, 0.2),
+        swell_depth=(0.3, 0.6),
+    ),
+    _scene(
+        "kitchen",
+        ["in a kitchen", "in a busy kitchen", "in the kitchen at home"],
+        {
+            "Glass clink": 3,
+            "Clock tick": 2,
+            "Stream": 2,
+            "Female speech": 2,
+            "Child speech": 2,
+            "Male speech": 1,
+            "Laughter": 1,
+            "Knock": 1,
+            "Door slam": 1,
+            "Cat meow": 1,
+            "Crackling fire": 1,
+            "Vacuum cleaner": 1,
+            "Chord": 1,
+            "Singing": 1,
+        },
+        slope_db_per_octave=(-3, -1),
+        low_hz=(80, 200),
+        high_hz=(6000, 8000),
+        hum_hz=_MAINS,
+        hum_harmonics=(3, 6),
+        hum_level=(0.2, 0.6),
+        babble_level=(0.0, 0.2),
+    ),
+    _scene(
+        "office",
+        ["in an office", "in an open-plan office", "at the office"],
+        {
+            "Keyboard typing": 3,
+            "Male speech": 3,
+            "Female speech": 3,
+            "Whisper": 2,
+            "Clock tick": 2,
+            "Knock": 2,
+            "Footsteps": 2,
+            "Door slam": 1,
+            "Laughter": 1,
+            "Glass clink": 1,
+            "Vacuum cleaner": 1,
+            "Siren": 1,
+            "Power drill": 1,
+        },
+        slope_db_per_octave=(-3, -2),
+        low_hz=(60, 150),
+        high_hz=(3000, 5000),
+        hum_hz=_MAINS_ONLY,
+        hum_harmonics=(3, 8),
+        hum_level=(0.05, 0.3),
+        babble_level=(0.2, 0.5),
+    ),
+    _scene(
+        "forest",
+        ["in a forest", "in the woods", "deep in a forest"],
+        {
+            "Bird chirp": 3,
+            "Wind": 2,
+            "Stream": 2,
+            "Frog croak": 2,
+            "Insect buzz": 2,
+            "Owl hoot": 2,
+            "Crackling fire": 1,
+            "Footsteps": 1,
+            "Dog bark": 1,
+            "Rain": 1,
+            "Whistle": 1,
+            "Flute": 1,
+        },
+        slope_db_per_octave=(-2, 0),
+        low_hz=(300, 800),
+        high_hz=(6000, 8000),
+        swell_rate_hz=(0.2, 0.6),
+        swell_depth=(0.3, 0.7),
+    ),
+    _scene(
+        "beach",
+        ["on a beach", "at the seaside", "by the sea"],
+        {
+            "Ocean waves": 3,
+            "Wind": 2,
+            "Bird chirp": 2,
+            "Child speech": 2,
+            "Laughter": 2,
+            "Dog bark": 1,
+            "Footsteps": 1,
+            "Male speech": 1,
+            "Female speech": 1,
+            "Plucked string": 1,
+            "Whistle": 1,
+            "Hand clap": 1,
+            "Applause": 1,
+        },
+        slope_db_per_octave=(-3, -1),
+        low_hz=(50, 100),
+        high_hz=(5000, 8000),
+        swell_rate_hz=(0.08, 0.2),
+        swell_depth=(0.5, 0.8),
+    ),
+    _scene(
+        "construction site",
+        ["at a construction site", "on a building site", "near construction work"],
+        {
+            "Power drill": 3,
+            "Engine": 2,
+            "Knock": 2,
+            "Door slam": 2,
+            "Male speech": 2,
+            "Whistle": 1,
+            "Siren": 1,
+            "Footsteps": 1,
+            "Car horn": 1,
+            "Wind": 1,
+        },
+        slope_db_per_octave=(-5, -3),
+        low_hz=(30, 60),
+        high_hz=(4000, 7000),
+        hum_hz=(40, 80),
+        hum_harmonics=(6, 12),
+        hum_level=(0.2, 0.5),
+        babble_level=(0.0, 0.1),
+        swell_rate_hz=(0.1, 0.3),
+        swell_depth=(0.0, 0.3),
+    ),
+    _scene(
+        "home at night",
+        ["at home at night", "in a quiet house at night", "in a bedroom at night"],
+        {
+            "Clock tick": 3,
+            "Cat meow": 2,
+            "Rain": 2,
+            "Whisper": 2,
+            "Crackling fire": 2,
+            "Dog bark": 1,
+            "Door slam": 1,
+            "Footsteps": 1,
+            "Frog croak": 1,
+            "Insect buzz": 1,
+            "Owl hoot": 1,
+            "Knock": 1,
+            "Wind": 1,
+        },
+        slope_db_per_octave=(-6, -3),
+        low_hz=(30, 80),
+        high_hz=(2000, 4000),
+        hum_hz=_MAINS,
+        hum_harmonics=(2, 5),
+        hum_level=(0.1, 0.4),
+    ),
+    _scene(
+        "train station",
+        ["in a train station", "on a railway platform", "in a busy station hall"],
+        {
+            "Footsteps": 3,
+            "Male speech": 3,
+            "Female speech": 3,
+            "Bell": 2,
+            "Whistle": 2,
+            "Engine": 2,
+            "Child speech": 1,
+            "Siren": 1,
+            "Door slam": 1,
+            "Laughter": 1,
+            "Chord": 1,
+            "Hand clap": 1,
+            "Car horn": 1,
+        },
+        slope_db_per_octave=(-5, -3),
+        low_hz=(30, 60),
+        high_hz=(3000, 6000),
+        hum_hz=(30, 60),
+        hum_harmonics=(4, 10),
+        hum_level=(0.1, 0.3),
+        babble_level=(0.4, 0.8),
+        swell_rate_hz=(0.05, 0.1),
+        swell_depth=(0.2, 0.5),
+    ),
+    _scene(
+        "living room",
+        ["in a living room", "in a cosy living room", "at home in the lounge"],
+        {
+            "Chord": 2,
+            "Plucked string": 2,
+            "Singing": 2,
+            "Laughter": 2,
+            "Vacuum cleaner": 2,
+            "Flute": 1,
+            "Applause": 1,
+            "Male speech": 1,
+            "Female speech": 1,
+            "Child speech": 1,
+            "Cat meow": 1,
+            "Dog bark": 1,
+            "Clock tick": 1,
+            "Knock": 1,
+            "Crackling fire": 1,
+            "Bell": 1,
+            "Marimba": 1,
+            "Keyboard typing": 1,
+        },
+        slope_db_per_octave=(-4, -2),
+        low_hz=(40, 100),
+        high_hz=(3000, 6000),
+        hum_hz=_MAINS_ONLY,
+        hum_harmonics=(2, 6),
+        hum_level=(0.05, 0.2),
+        babble_level=(0.0, 0.2),
+    ),
 )
 """The acoustic scenes (the ``scene`` column); every class occurs in at least one."""
 
@@ -455,8 +839,9 @@ def _active_power(x: np.ndarray, sample_rate: int) -> float:
     return float(active.mean()) if active.size else 0.0
 
 
-def _render_clip(classes: list[int], scene: int, snr_range, clip_seconds: float, sample_rate: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, list[_Event]]:
+def _render_clip(
+    classes: list[int], scene: int, snr_range, clip_seconds: float, sample_rate: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[_Event]]:
     n = int(round(clip_seconds * sample_rate))
     mix = render_background(SCENES[scene].draw_background(rng), n, sample_rate, rng)
     events = []
@@ -540,8 +925,9 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
     allowed[list(classes)] = 1.0
     schedule_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, 1 << 30)))
     schedule = _class_schedule(classes, num_clips, schedule_rng)
-    rows: dict[str, list] = {key: [] for key in
-                             ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")}
+    rows: dict[str, list] = {
+        key: [] for key in ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")
+    }
     for index in range(start, num_clips if stop is None else min(stop, num_clips)):
         anchors = schedule[index]
         # One generator per clip, keyed by (seed, split, index): a clip does not change when the
@@ -549,8 +935,9 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, index)))
         scene = _draw_scene(anchors[0], rng)
         chosen = anchors if heldout else _draw_classes(anchors, scene, allowed, rng)
-        waveform, events = _render_clip(chosen, scene, _HELDOUT_SNR_DB if heldout else _SNR_DB, clip_seconds,
-                                        sample_rate, rng)
+        waveform, events = _render_clip(
+            chosen, scene, _HELDOUT_SNR_DB if heldout else _SNR_DB, clip_seconds, sample_rate, rng
+        )
         clip_id = f"{split}_{index:05d}"
         labels = sorted({e.label for e in events})
         rows["clip_id"].append(clip_id)
@@ -559,8 +946,18 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
         rows["label_names"].append([EMBEDDED_ONTOLOGY.names[i] for i in labels])
         rows["caption"].append(_caption(events, SCENES[scene], clip_seconds, rng))
         rows["scene"].append(SCENES[scene].name)
-        rows["events"].append([{"label": e.label, "onset_s": e.onset_s, "offset_s": e.offset_s,
-                                "snr_db": e.snr_db, "repetitions": e.repetitions} for e in events])
+        rows["events"].append(
+            [
+                {
+                    "label": e.label,
+                    "onset_s": e.onset_s,
+                    "offset_s": e.offset_s,
+                    "snr_db": e.snr_db,
+                    "repetitions": e.repetitions,
+                }
+                for e in events
+            ]
+        )
     return rows
 
 
@@ -568,16 +965,25 @@ def _features(sample_rate: int):
     from datasets import Audio, ClassLabel, Features, List, Value
 
     classes = ClassLabel(names=list(EMBEDDED_ONTOLOGY.names))
-    return Features({
-        "clip_id": Value("string"),
-        "audio": Audio(sampling_rate=sample_rate),
-        "labels": List(classes),
-        "label_names": List(Value("string")),
-        "caption": Value("string"),
-        "scene": Value("string"),
-        "events": List({"label": classes, "onset_s": Value("float32"), "offset_s": Value("float32"),
-                        "snr_db": Value("float32"), "repetitions": Value("int32")}),
-    })
+    return Features(
+        {
+            "clip_id": Value("string"),
+            "audio": Audio(sampling_rate=sample_rate),
+            "labels": List(classes),
+            "label_names": List(Value("string")),
+            "caption": Value("string"),
+            "scene": Value("string"),
+            "events": List(
+                {
+                    "label": classes,
+                    "onset_s": Value("float32"),
+                    "offset_s": Value("float32"),
+                    "snr_db": Value("float32"),
+                    "repetitions": Value("int32"),
+                }
+            ),
+        }
+    )
 
 
 def _write_corpus(config: dict, directory: Path) -> None:
@@ -598,8 +1004,12 @@ def _write_corpus(config: dict, directory: Path) -> None:
             continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
         # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
         chunks = [
-            Dataset.from_dict(_split_rows(split, num_clips, config, start, start + _CHUNK_CLIPS),
-                              features=features, info=info.copy(), split=split)
+            Dataset.from_dict(
+                _split_rows(split, num_clips, config, start, start + _CHUNK_CLIPS),
+                features=features,
+                info=info.copy(),
+                split=split,
+            )
             for start in range(0, num_clips, _CHUNK_CLIPS)
         ]
         dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
@@ -615,11 +1025,14 @@ def _read_corpus(directory: Path, config: dict):
     from datasets import Dataset, DatasetDict
 
     features = _features(config["sample_rate"])
-    return DatasetDict({
-        split: Dataset.load_from_disk(str(directory / split)) if config[f"num_{split}"]
-        else Dataset.from_dict({name: [] for name in features}, features=features, split=split)
-        for split in SPLITS
-    })
+    return DatasetDict(
+        {
+            split: Dataset.load_from_disk(str(directory / split))
+            if config[f"num_{split}"]
+            else Dataset.from_dict({name: [] for name in features}, features=features, split=split)
+            for split in SPLITS
+        }
+    )
 
 
 def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> None:
@@ -653,18 +1066,32 @@ def _default_cache_root() -> Path:
 
 
 def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate) -> dict:
-    return {"version": CORPUS_VERSION, "seed": int(seed), "num_train": int(num_train),
-            "num_validation": int(num_validation), "num_test": int(num_test), "num_heldout": int(num_heldout),
-            "clip_seconds": float(clip_seconds), "sample_rate": int(sample_rate)}
+    return {
+        "version": CORPUS_VERSION,
+        "seed": int(seed),
+        "num_train": int(num_train),
+        "num_validation": int(num_validation),
+        "num_test": int(num_test),
+        "num_heldout": int(num_heldout),
+        "clip_seconds": float(clip_seconds),
+        "sample_rate": int(sample_rate),
+    }
 
 
 def _config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def corpus_cache_path(seed: int = 0, num_train: int = 1600, num_validation: int = 200, num_test: int = 400,
-                      num_heldout: int = 240, clip_seconds: float = 10.0, sample_rate: int = 16000,
-                      cache_dir: str | os.PathLike | None = None) -> Path:
+def corpus_cache_path(
+    seed: int = 0,
+    num_train: int = 1600,
+    num_validation: int = 200,
+    num_test: int = 400,
+    num_heldout: int = 240,
+    clip_seconds: float = 10.0,
+    sample_rate: int = 16000,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
     """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration."""
     config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
     root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
@@ -701,9 +1128,16 @@ def _remove_stale_temporaries(root: Path, key: str) -> None:
             pass
 
 
-def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: int = 200, num_test: int = 400,
-                         num_heldout: int = 240, clip_seconds: float = 10.0, sample_rate: int = 16000,
-                         cache_dir: str | os.PathLike | None = None):
+def load_embedded_corpus(
+    seed: int = 0,
+    num_train: int = 1600,
+    num_validation: int = 200,
+    num_test: int = 400,
+    num_heldout: int = 240,
+    clip_seconds: float = 10.0,
+    sample_rate: int = 16000,
+    cache_dir: str | os.PathLike | None = None,
+):
     """Generates (or loads from cache) the embedded corpus.
 
     Args:
@@ -725,8 +1159,12 @@ def load_embedded_corpus(seed: int = 0, num_train: int = 1600, num_validation: i
         ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``
         and ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``).
     """
-    counts = {"num_train": num_train, "num_validation": num_validation, "num_test": num_test,
-              "num_heldout": num_heldout}
+    counts = {
+        "num_train": num_train,
+        "num_validation": num_validation,
+        "num_test": num_test,
+        "num_heldout": num_heldout,
+    }
     _validate(seed, counts, clip_seconds, sample_rate)
     config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
     key = _config_hash(config)

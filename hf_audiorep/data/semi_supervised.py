@@ -7,6 +7,9 @@ training step downstream can use them, whatever the unlabelled source holds.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
+
+from .ontology import LabelMapper
 
 
 class SemiSupervisedBatches:
@@ -60,8 +63,6 @@ class SemiSupervisedBatches:
 def split_labeled(source, num_labeled: int):
     """(first ``num_labeled`` records, the rest) of an ``AudioSource``: a small labelled set and the
     remainder to use as unlabelled audio, as in the semi-supervised AudioSet setting."""
-    from dataclasses import replace
-
     if num_labeled <= 0:
         raise ValueError(f"num_labeled must be positive, got {num_labeled}")
     dataset = source.dataset
@@ -74,3 +75,10 @@ def split_labeled(source, num_labeled: int):
     else:  # a stream: the first records are the labelled set
         head, rest = dataset.take(num_labeled), dataset.skip(num_labeled)
     return replace(source, dataset=head), replace(source, dataset=rest)
+
+
+def as_unlabeled(source, label_names):
+    """The same audio with its labels hidden: no label column is read, whatever the dataset holds
+    (another vocabulary, free text, nothing), and targets are all-zero vectors of the run's size."""
+    names = tuple(label_names)
+    return replace(source, label_column=None, label_names=names, label_to_index=LabelMapper(len(names)))

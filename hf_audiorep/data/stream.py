@@ -95,8 +95,12 @@ class AudioStream:
                     f"source must be an AudioSource or a datasets object, got {type(source).__name__}"
                 )
             source = load_audio_source(source)
-        positive = {"batch_size": batch_size, "sample_rate": sample_rate, "world_size": world_size,
-                    "shuffle_buffer": shuffle_buffer}
+        positive = {
+            "batch_size": batch_size,
+            "sample_rate": sample_rate,
+            "world_size": world_size,
+            "shuffle_buffer": shuffle_buffer,
+        }
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -135,7 +139,9 @@ class AudioStream:
                     logger.warning(
                         "the stream has %d shards, not a multiple of world_size=%d: every rank reads every "
                         "shard and keeps 1 record in %d (correct, but each rank downloads everything)",
-                        dataset.num_shards, self.world_size, self.world_size,
+                        dataset.num_shards,
+                        self.world_size,
+                        self.world_size,
                     )
                 # Sharded once, here; the batches must not go through accelerator.prepare, which
                 # would shard the stream a second time.
@@ -196,8 +202,10 @@ class AudioStream:
             raise ValueError(f"not an AudioStream state: missing {sorted(missing)}")
         for key in ("seed", "world_size"):
             if key in state and state[key] != getattr(self, key):
-                message = (f"the state was saved with {key}={state[key]} but this stream has "
-                           f"{key}={getattr(self, key)}: the record order differs, so resuming is not exact")
+                message = (
+                    f"the state was saved with {key}={state[key]} but this stream has "
+                    f"{key}={getattr(self, key)}: the record order differs, so resuming is not exact"
+                )
                 if strict:
                     raise ValueError(message + " (pass strict=False to resume anyway)")
                 logger.warning(message)

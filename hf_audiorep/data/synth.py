@@ -313,8 +313,9 @@ def _repeat(unit: np.ndarray, onsets_s, n: int, sample_rate: int, rng: np.random
     return out
 
 
-def _noise_burst(n: int, sample_rate: int, rng: np.random.Generator, gain: Callable, tau: float,
-                 attack: float = 0.001) -> np.ndarray:
+def _noise_burst(
+    n: int, sample_rate: int, rng: np.random.Generator, gain: Callable, tau: float, attack: float = 0.001
+) -> np.ndarray:
     return _shaped_noise(n, sample_rate, rng, gain) * _exp_decay(n, sample_rate, tau, attack)
 
 
@@ -419,8 +420,17 @@ def _speech(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, vo
         accents = 2 ** (rng.normal(0, 2.0, centres.size) / 12)
         contour = _glide(n, sample_rate, centres, accents) * np.linspace(1.0, rng.uniform(0.8, 0.95), n)
         f0 = base * contour
-    out = _voice(rng, sample_rate, f0, envelope, centres, vowels, scale, rng.uniform(0.02, 0.15),
-                 1.0 if voiced else 1.8)
+    out = _voice(
+        rng,
+        sample_rate,
+        f0,
+        envelope,
+        centres,
+        vowels,
+        scale,
+        rng.uniform(0.02, 0.15),
+        1.0 if voiced else 1.8,
+    )
     out = out / (np.max(np.abs(out)) + 1e-8) + _consonants(n, sample_rate, onsets, rng, scale)
     return SynthesizedEvent(_normalize(out), onsets.size)
 
@@ -599,7 +609,7 @@ def wind(rng, sample_rate, max_seconds):
         shape = _resonance(freqs, centre, centre / q)
         if howl:  # a narrow whistling resonance when wind passes an edge
             shape = shape + 2 * _resonance(freqs, 1.5 * centre, centre / 15)
-        return shape * g ** 1.5
+        return shape * g**1.5
 
     noise = _shaped_noise(n, sample_rate, rng, lambda f: _lowpass(f, 3000.0))
     return SynthesizedEvent(_normalize(_time_varying_filter(noise, sample_rate, gain)))
@@ -653,7 +663,7 @@ def ocean_waves(rng, sample_rate, max_seconds):
 
     def gain(frame_times, freqs):
         s = _frame_curve(swell, frame_times, sample_rate)
-        return _lowpass(freqs, cut_lo + (cut_hi - cut_lo) * s ** 2, 1) * s
+        return _lowpass(freqs, cut_lo + (cut_hi - cut_lo) * s**2, 1) * s
 
     noise = _shaped_noise(n, sample_rate, rng, lambda f: _highpass(f, 60.0))
     return SynthesizedEvent(_normalize(_time_varying_filter(noise, sample_rate, gain)), crashes.size)
@@ -685,9 +695,14 @@ def knock(rng, sample_rate, max_seconds):
     f1 = rng.uniform(120, 400)
     tau = rng.uniform(0.01, 0.04)
     m = _samples(min(8 * tau, max_seconds), sample_rate)
-    unit = _decaying_partials(f1 * np.array([1.0, rng.uniform(1.8, 2.6), rng.uniform(3.5, 5.0)]),
-                              [1.0, rng.uniform(0.3, 0.8), rng.uniform(0.1, 0.4)], [tau, tau / 2, tau / 3],
-                              m, sample_rate, rng)
+    unit = _decaying_partials(
+        f1 * np.array([1.0, rng.uniform(1.8, 2.6), rng.uniform(3.5, 5.0)]),
+        [1.0, rng.uniform(0.3, 0.8), rng.uniform(0.1, 0.4)],
+        [tau, tau / 2, tau / 3],
+        m,
+        sample_rate,
+        rng,
+    )
     unit += rng.uniform(0.2, 0.6) * _noise_burst(m, sample_rate, rng, lambda f: _highpass(f, 2000.0), 0.002)
     n = _samples(min(onsets[-1] + m / sample_rate, max_seconds), sample_rate)
     return SynthesizedEvent(_normalize(_repeat(unit, onsets, n, sample_rate, rng)), onsets.size)
@@ -744,8 +759,9 @@ def door_slam(rng, sample_rate, max_seconds):
     thump_cut = rng.uniform(200, 600)
     thump = _noise_burst(n, sample_rate, rng, lambda f: _lowpass(f, thump_cut, 2), rng.uniform(0.03, 0.08))
     boom_f, boom_tau = rng.uniform(50, 140), rng.uniform(0.08, 0.3)
-    boom = _decaying_partials([boom_f, 2.3 * boom_f], [1.0, 0.3], [boom_tau, boom_tau / 2],
-                              n, sample_rate, rng)
+    boom = _decaying_partials(
+        [boom_f, 2.3 * boom_f], [1.0, 0.3], [boom_tau, boom_tau / 2], n, sample_rate, rng
+    )
     tail = _noise_burst(n, sample_rate, rng, lambda f: _lowpass(f, 2000.0), rng.uniform(0.1, 0.3), 0.01)
     out = thump + rng.uniform(0.5, 1.5) * boom + rng.uniform(0.05, 0.2) * tail
     m = _samples(0.03, sample_rate)
@@ -840,8 +856,16 @@ def bird_chirp(rng, sample_rate, max_seconds):
     count = int(rng.integers(2, 11))
     onsets = _fit_units(_onsets(rng, count, (0.08, 0.3), 0.3), 0.03, max_seconds)
     # A song reuses one to three syllable types, as real birds do.
-    types = [(rng.uniform(2000, 6500), rng.uniform(-1.2, 1.2), rng.uniform(0.03, 0.15),
-              rng.uniform(0, 0.3), rng.uniform(20, 60)) for _ in range(int(rng.integers(1, 4)))]
+    types = [
+        (
+            rng.uniform(2000, 6500),
+            rng.uniform(-1.2, 1.2),
+            rng.uniform(0.03, 0.15),
+            rng.uniform(0, 0.3),
+            rng.uniform(20, 60),
+        )
+        for _ in range(int(rng.integers(1, 4)))
+    ]
     seconds = min(onsets[-1] + 0.16, max_seconds)
     n = _samples(seconds, sample_rate)
     f0 = np.full(n, 1000.0, dtype=np.float32)
@@ -895,8 +919,12 @@ def cat_meow(rng, sample_rate, max_seconds):
         if m <= 0:
             continue
         start = rng.uniform(450, 700)
-        f0 = _glide(m, sample_rate, [0, 0.35 * length, length],
-                    [start, start * rng.uniform(1.2, 1.6), start * rng.uniform(0.7, 0.9)])
+        f0 = _glide(
+            m,
+            sample_rate,
+            [0, 0.35 * length, length],
+            [start, start * rng.uniform(1.2, 1.6), start * rng.uniform(0.7, 0.9)],
+        )
         env = _adsr(m, sample_rate, 0.05, 0.1, 0.8, 0.2)
         # "mi-a-ow": the mouth opens then rounds, so the formants glide i -> a -> u.
         formants = _VOWELS[[1, 0, 2]]
@@ -994,7 +1022,7 @@ def power_drill(rng, sample_rate, max_seconds):
     whine = _harmonic_tone(_nyquist_guard(f0 * gear, sample_rate / 1.1), [1.0], sample_rate, rng)
     grind_centre = rng.uniform(2000, 5000)
     grind = _shaped_noise(n, sample_rate, rng, lambda f: _resonance(f, grind_centre, grind_centre))
-    out = (motor / (np.std(motor) + 1e-8) + rng.uniform(0.3, 1.0) * whine + rng.uniform(0.1, 0.5) * grind)
+    out = motor / (np.std(motor) + 1e-8) + rng.uniform(0.3, 1.0) * whine + rng.uniform(0.1, 0.5) * grind
     return SynthesizedEvent(_normalize(out * envelope), onsets.size)
 
 
@@ -1058,8 +1086,9 @@ def car_horn(rng, sample_rate, max_seconds):
     f1 = rng.uniform(350, 450)
     f2 = f1 * rng.uniform(1.2, 1.3)  # two horns about a major third apart
     harmonics = _spectral_tilt(30, rng.uniform(0.7, 1.1))
-    tone = (_harmonic_tone(np.full(n, f1), harmonics, sample_rate, rng)
-            + _harmonic_tone(np.full(n, f2), harmonics, sample_rate, rng))
+    tone = _harmonic_tone(np.full(n, f1), harmonics, sample_rate, rng) + _harmonic_tone(
+        np.full(n, f2), harmonics, sample_rate, rng
+    )
     envelope = np.zeros(n, dtype=np.float32)
     for onset, length in zip(onsets, lengths, strict=False):
         m = min(_samples(length, sample_rate), n - int(onset * sample_rate))
@@ -1073,19 +1102,50 @@ def car_horn(rng, sample_rate, max_seconds):
 RECIPES: dict[str, Callable[[np.random.Generator, int, float], SynthesizedEvent]] = {
     fn.__name__: fn
     for fn in (
-        bell, flute, plucked_string, chord, whistle, mallet,
-        rain, wind, stream, crackling_fire, ocean_waves, applause,
-        knock, hand_clap, footsteps, glass_clink, door_slam, keyboard_typing,
-        male_speech, female_speech, child_speech, whisper, laughter, singing,
-        bird_chirp, dog_bark, cat_meow, frog_croak, insect_buzz, owl_hoot,
-        engine, power_drill, siren, clock_tick, vacuum_cleaner, car_horn,
+        bell,
+        flute,
+        plucked_string,
+        chord,
+        whistle,
+        mallet,
+        rain,
+        wind,
+        stream,
+        crackling_fire,
+        ocean_waves,
+        applause,
+        knock,
+        hand_clap,
+        footsteps,
+        glass_clink,
+        door_slam,
+        keyboard_typing,
+        male_speech,
+        female_speech,
+        child_speech,
+        whisper,
+        laughter,
+        singing,
+        bird_chirp,
+        dog_bark,
+        cat_meow,
+        frog_croak,
+        insect_buzz,
+        owl_hoot,
+        engine,
+        power_drill,
+        siren,
+        clock_tick,
+        vacuum_cleaner,
+        car_horn,
     )
 }
 """Recipe name -> ``recipe(rng, sample_rate, max_seconds) -> SynthesizedEvent``."""
 
 
-def synthesize(recipe: str, rng: np.random.Generator, sample_rate: int = 16000,
-               max_seconds: float = 10.0) -> SynthesizedEvent:
+def synthesize(
+    recipe: str, rng: np.random.Generator, sample_rate: int = 16000, max_seconds: float = 10.0
+) -> SynthesizedEvent:
     """Renders one random instance of ``recipe`` no longer than ``max_seconds``."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown sound recipe {recipe!r}; known recipes: {sorted(RECIPES)}")
@@ -1127,18 +1187,24 @@ class BackgroundParams:
     swell_depth: float = 0.0
 
 
-def render_background(params: BackgroundParams, num_samples: int, sample_rate: int,
-                      rng: np.random.Generator) -> np.ndarray:
+def render_background(
+    params: BackgroundParams, num_samples: int, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """Renders a background texture of unit RMS."""
     high = min(params.high_hz, _BAND_EDGE * sample_rate)
-    out = _shaped_noise(num_samples, sample_rate, rng, lambda f: _tilt(f, params.slope_db_per_octave)
-                        * _highpass(f, params.low_hz) * _lowpass(f, high, 3))
+    out = _shaped_noise(
+        num_samples,
+        sample_rate,
+        rng,
+        lambda f: _tilt(f, params.slope_db_per_octave) * _highpass(f, params.low_hz) * _lowpass(f, high, 3),
+    )
     if params.swell_depth > 0:
         out *= 1 - params.swell_depth * _smooth_random(num_samples, sample_rate, rng, params.swell_rate_hz)
     if params.babble_level > 0:
         # Long-term speech spectrum: a broad peak near 500 Hz falling ~6 dB/octave above it.
-        babble = _shaped_noise(num_samples, sample_rate, rng,
-                               lambda f: _resonance(f, 500.0, 800.0) + 0.3 * _lowpass(f, 3000.0))
+        babble = _shaped_noise(
+            num_samples, sample_rate, rng, lambda f: _resonance(f, 500.0, 800.0) + 0.3 * _lowpass(f, 3000.0)
+        )
         rhythm = sum(_smooth_random(num_samples, sample_rate, rng, rng.uniform(3, 6)) for _ in range(3))
         out += params.babble_level * babble * rhythm
     if params.hum_level > 0 and params.hum_hz > 0:
