@@ -82,6 +82,20 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    from .hub import prepare_repo, push_model
+
+    if args.dry_run is not None:
+        out = prepare_repo(args.model, args.dry_run, repo_id=args.repo_id)
+        for path in sorted(out.rglob("*")):
+            if path.is_file():
+                print(f"{path.relative_to(out)}  ({path.stat().st_size} bytes)")
+        return 0
+    commit = push_model(args.model, args.repo_id, private=args.private)
+    print(getattr(commit, "commit_url", commit))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-audiorep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a saved model directory")
     info.add_argument("model")
     info.set_defaults(func=_cmd_info)
+    push = sub.add_parser("push", help="publish a saved model directory to the Hub (with remote code)")
+    push.add_argument("model", help="a saved model directory")
+    push.add_argument("repo_id", help="the Hub repository, e.g. user/audiomae-as20k")
+    push.add_argument("--private", action="store_true")
+    push.add_argument(
+        "--dry_run", metavar="OUT_DIR", default=None, help="only build the upload folder in OUT_DIR"
+    )
+    push.set_defaults(func=_cmd_push)
     return parser
 
 

@@ -1,0 +1,322 @@
+"""Publishing a saved model to the Hugging Face Hub, usable with or without ``hf_audiorep`` installed.
+
+:func:`prepare_repo` builds the exact folder that gets uploaded: safetensors weights, ``config.json`` and
+``preprocessor_config.json`` with an ``auto_map`` for every head, the flat remote-code bundle of modeling
+files, and a model card. :func:`push_model` uploads that folder. Keeping the two apart lets the folder be
+inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+__all__ = ["prepare_repo", "push_model", "remote_code_files"]
+
+#: weight formats that execute pickled code on load; the Hub copy must be safetensors only.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_REQUIRED = ("model.safetensors", "config.json")
+
+
+def _architecture_for(model_type: str) -> tuple:
+    """The registration row (config, base, classification head, pre-training, feature extractor)."""
+    import hf_audiorep
+
+    for row in hf_audiorep._ARCHITECTURES:
+        if row[0].model_type == model_type:
+            return row
+    known = ", ".join(row[0].model_type for row in hf_audiorep._ARCHITECTURES)
+    raise ValueError(f"config.json has model_type {model_type!r}, which hf_audiorep does not know ({known})")
+
+
+def _module_file(cls: type) -> Path:
+    module = sys.modules[cls.__module__]
+    if getattr(module, "__file__", None) is None:
+        raise ValueError(f"{cls.__qualname__} is not defined in a file and cannot be shipped as remote code")
+    return Path(module.__file__)
+
+
+def _sibling_imports(path: Path) -> list[Path]:
+    """Files a module reaches through single-dot relative imports (the only kind remote code supports)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        if node.level > 1:
+            # transformers flattens the bundle into one folder, so a parent-package import cannot resolve.
+            raise ValueError(f"{path.name} uses a multi-dot relative import, which remote code cannot ship")
+        # `from .x import y` names module x; `from . import x, z` names modules x and z.
+        names = [node.module] if node.module else [alias.name for alias in node.names]
+        for name in names:
+            target = path.parent / f"{name.split('.')[0]}.py"
+            if not target.is_file():
+                raise ValueError(f"{path.name} imports .{name}, which is not a sibling module file")
+            found.append(target)
+    return found
+
+
+def remote_code_files(*classes: type) -> list[Path]:
+    """Every source file needed to import ``classes`` from a flat folder: their modules plus the transitive
+    closure of their single-dot relative imports, in a stable order."""
+    pending = [_module_file(cls) for cls in classes]
+    seen: dict[Path, None] = {}
+    while pending:
+        path = pending.pop(0)
+        if path in seen:
+            continue
+        seen[path] = None
+        pending.extend(_sibling_imports(path))
+    names = [p.name for p in seen]
+    if len(set(names)) != len(names):
+        raise ValueError(f"remote-code files would collide once flattened: {sorted(names)}")
+    return list(seen)
+
+
+def _auto_ref(cls: type) -> str:
+    # transformers' auto_map format: "<module file stem>.<ClassName>", resolved inside the repo folder.
+    return f"{_module_file(cls).stem}.{cls.__name__}"
+
+
+def _has_labels(config: dict, head_cls: type | None) -> bool:
+    if head_cls is not None and head_cls.__name__ in (config.get("architectures") or []):
+        return True
+    # Every config carries the generic LABEL_0/LABEL_1 pair by default; only real names mean a classifier.
+    labels = (config.get("id2label") or {}).values()
+    return any(label != f"LABEL_{i}" for i, label in enumerate(labels))
+
+
+def _split_dataset(dataset: str) -> tuple[str, str | None]:
+    """``finetune.py`` writes ``<hub id>[/<config>]``; Hub ids hold exactly one slash."""
+    parts = dataset.split("/")
+    if len(parts) > 2:
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return dataset, None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _usage(repo_id: str, base_name: str, fe_name: str, has_labels: bool) -> str:
+    with_lib = (
+        "```python\n"
+        "import hf_audiorep  # registers the classes; no remote code is run\n"
+        "from transformers import AutoFeatureExtractor, AutoModel\n\n"
+        f'feature_extractor = AutoFeatureExtractor.from_pretrained("{repo_id}")\n'
+        f'model = AutoModel.from_pretrained("{repo_id}")  # {base_name}\n'
+        "inputs = feature_extractor(waveform, sampling_rate=16000, return_tensors=\"pt\")\n"
+        "embedding = model(**inputs).pooler_output\n"
+        "```\n"
+    )
+    without_lib = (
+        "```python\n"
+        "from transformers import AutoFeatureExtractor, AutoModel\n\n"
+        f'feature_extractor = AutoFeatureExtractor.from_pretrained("{repo_id}", trust_remote_code=True)\n'
+        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)\n'
+        "```\n"
+    )
+    text = (
+        "## Usage\n\n"
+        f"With `hf_audiorep` installed ({fe_name} computes the log-mel input):\n\n{with_lib}\n"
+        "Without it, the modeling code shipped in this repository is used:\n\n"
+        f"{without_lib}"
+    )
+    if has_labels:
+        text += (
+            "\nTagging audio (multi-label, so scores are sigmoids, not a softmax):\n\n"
+            "```python\n"
+            "from transformers import pipeline\n\n"
+            f'tagger = pipeline("audio-classification", model="{repo_id}", function_to_apply="sigmoid")\n'
+            'tagger("clip.wav", top_k=5)\n'
+            "```\n"
+        )
+    return text
+
+
+def _model_card(
+    model_dir: Path,
+    config: dict,
+    row: tuple,
+    *,
+    repo_id: str,
+    license: str,
+    datasets: list[str] | None,
+    base_model: str | None,
+    training_command: str | None,
+) -> ModelCard:
+    _, base_cls, head_cls, _, fe_cls = row
+    model_type = config["model_type"]
+    has_labels = _has_labels(config, head_cls)
+    evaluation = _read_json(model_dir / "eval_results.json")
+    training = _read_json(model_dir / "train_results.json")
+    name = repo_id.split("/")[-1]
+
+    eval_results = None
+    lines = [f"# {name}", "", f"A `{model_type}` audio model trained with hf_audiorep.", ""]
+    if "test_mAP" in evaluation:
+        dataset_type, dataset_config = _split_dataset(str(evaluation.get("dataset", "unknown")))
+        split = evaluation.get("split", "test")
+        eval_results = [
+            EvalResult(
+                task_type="audio-classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_type.split("/")[-1],
+                dataset_config=dataset_config,
+                dataset_split=split,
+                metric_type="mAP",
+                metric_name="mAP",
+                metric_value=float(evaluation["test_mAP"]),
+            )
+        ]
+        if datasets is None and "/" in dataset_type:
+            datasets = [dataset_type]
+        clips = evaluation.get("test_num_clips", "an unknown number of")
+        lines += [
+            "## Evaluation",
+            "",
+            f"mAP {float(evaluation['test_mAP']):.4f} on the `{split}` split of `{dataset_type}`"
+            f"{f' ({dataset_config})' if dataset_config else ''}, measured on {clips} evaluation clips.",
+            "",
+        ]
+    # A command recorded by the run itself beats one typed by the publisher afterwards.
+    command = training.get("training_command") or training.get("command") or training_command
+    if command:
+        if isinstance(command, list):
+            command = " ".join(str(part) for part in command)
+        lines += ["## Training", "", "```bash", str(command), "```", ""]
+    lines.append(_usage(repo_id, base_cls.__name__, fe_cls.__name__, has_labels))
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="audio-classification" if has_labels else "feature-extraction",
+        license=license,
+        tags=["hf_audiorep", "audio", model_type],
+        datasets=datasets,
+        metrics=["mAP"] if eval_results else None,
+        base_model=base_model,
+        model_name=name,
+        eval_results=eval_results,
+    )
+    # Built from the YAML directly rather than ModelCard.from_template: no Jinja, no network, no placeholders.
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise ValueError(f"{model_dir} is not a directory")
+    missing = [name for name in _REQUIRED if not (model_dir / name).is_file()]
+    if missing:
+        pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        hint = (
+            f"; found pickled weights {pickled}, which are not published: re-save with "
+            "model.save_pretrained(dir) to get model.safetensors"
+            if pickled
+            else ""
+        )
+        raise ValueError(f"{model_dir} is missing {', '.join(missing)}{hint}")
+    if not (model_dir / "preprocessor_config.json").is_file():
+        raise ValueError(
+            f"{model_dir} is missing preprocessor_config.json; save the feature extractor next to the model"
+        )
+
+
+def prepare_repo(
+    model_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    repo_id: str,
+    license: str = "apache-2.0",
+    datasets: list[str] | None = None,
+    base_model: str | None = None,
+    training_command: str | None = None,
+) -> Path:
+    """Build the folder that :func:`push_model` uploads and return its path.
+
+    It holds ``model.safetensors``, ``config.json`` and ``preprocessor_config.json`` (both with an
+    ``auto_map`` naming every Auto class the architecture supports), the modeling source files copied
+    flat so ``trust_remote_code=True`` works without hf_audiorep, and a ``README.md`` model card. Pickled
+    weights (``.bin``/``.pt``) are never copied. ``out_dir`` must be empty or absent; when None a new
+    temporary directory is created and left for the caller to remove.
+    """
+    model_dir = Path(model_dir)
+    _check_model_dir(model_dir)
+    if out_dir is None:
+        out = Path(tempfile.mkdtemp(prefix="hf_audiorep_hub_"))
+    else:
+        out = Path(out_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"out_dir {out} exists and is not an empty directory")
+        out.mkdir(parents=True, exist_ok=True)
+
+    config = _read_json(model_dir / "config.json")
+    if "model_type" not in config:
+        raise ValueError(f"{model_dir / 'config.json'} has no model_type")
+    row = _architecture_for(config["model_type"])
+    config_cls, base_cls, head_cls, pretraining_cls, fe_cls = row
+
+    heads = {
+        "AutoConfig": config_cls,
+        "AutoModel": base_cls,
+        "AutoModelForAudioClassification": head_cls,
+        "AutoModelForPreTraining": pretraining_cls,
+    }
+    # transformers records only the class that was saved; every head is listed so any Auto class loads.
+    config["auto_map"] = {auto: _auto_ref(cls) for auto, cls in heads.items() if cls is not None}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    preprocessor = _read_json(model_dir / "preprocessor_config.json")
+    preprocessor["auto_map"] = {"AutoFeatureExtractor": _auto_ref(fe_cls)}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+
+    shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
+    for source in remote_code_files(*(cls for cls in row if cls is not None)):
+        shutil.copy2(source, out / source.name)
+
+    card = _model_card(
+        model_dir,
+        config,
+        row,
+        repo_id=repo_id,
+        license=license,
+        datasets=datasets,
+        base_model=base_model,
+        training_command=training_command,
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    **card_kwargs: Any,
+):
+    """Upload a saved model to ``repo_id`` (created if needed) and return the ``CommitInfo``.
+
+    ``card_kwargs`` (license, datasets, base_model, training_command) go to :func:`prepare_repo`.
+    """
+    with tempfile.TemporaryDirectory(prefix="hf_audiorep_push_") as tmp:
+        folder = prepare_repo(model_dir, Path(tmp) / "repo", repo_id=repo_id, **card_kwargs)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message or f"Upload {Path(model_dir).name} with hf_audiorep",
+        )
