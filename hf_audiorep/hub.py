@@ -116,7 +116,7 @@ def _usage(repo_id: str, base_name: str, fe_name: str, has_labels: bool) -> str:
         "from transformers import AutoFeatureExtractor, AutoModel\n\n"
         f'feature_extractor = AutoFeatureExtractor.from_pretrained("{repo_id}")\n'
         f'model = AutoModel.from_pretrained("{repo_id}")  # {base_name}\n'
-        "inputs = feature_extractor(waveform, sampling_rate=16000, return_tensors=\"pt\")\n"
+        'inputs = feature_extractor(waveform, sampling_rate=16000, return_tensors="pt")\n'
         "embedding = model(**inputs).pooler_output\n"
         "```\n"
     )
