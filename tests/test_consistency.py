@@ -1,11 +1,8 @@
 """Consistency regularization: the loss, its stop-gradient, the batched views, the semi-supervised path."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from recipe_utils import load_recipe
 
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForAudioClassification
@@ -157,11 +154,7 @@ def test_bad_consistency_arguments():
 
 
 def test_recipe_semi_supervised_consistency_run(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("finetune_recipe_cr", root / "recipes" / "finetune.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("finetune")
     summary = recipe.main(
         [
             "--preset",

@@ -127,7 +127,7 @@ def test_labels_events_and_scenes_are_consistent(small):
     scene_names = {s.name for s in SCENES}
     for split in ("train", "validation", "test"):
         for row in dataset[split]:
-            assert 1 <= len(row["labels"]) <= 4 and row["labels"] == sorted(set(row["labels"]))
+            assert len(row["labels"]) in range(1, 5) and row["labels"] == sorted(set(row["labels"]))
             assert row["labels"] == sorted({e["label"] for e in row["events"]})
             assert row["label_names"] == [ONTOLOGY.names[i] for i in row["labels"]]
             assert row["scene"] in scene_names

@@ -1,6 +1,5 @@
 """Hub publishing, offline: the upload folder, its remote code without hf_audiorep, and the mocked push."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import HfApi
+from recipe_utils import load_recipe, tiny_finetune_args
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import hf_audiorep
@@ -22,36 +22,7 @@ from hf_audiorep.hub import prepare_repo, push_model, remote_code_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELING = ROOT / "hf_audiorep" / "modeling"
-TINY = [
-    "--preset",
-    "audiomae-tiny",
-    "--max_length",
-    "208",
-    "--clip_seconds",
-    "2.0",
-    "--num_train_clips",
-    "16",
-    "--num_eval_clips",
-    "8",
-    "--num_test_clips",
-    "16",
-    "--per_device_batch_size",
-    "8",
-    "--warmup_steps",
-    "1",
-    "--logging_steps",
-    "1",
-    "--num_decode_threads",
-    "2",
-    "--cpu",
-    "true",
-    "--max_steps",
-    "2",
-    "--eval_steps",
-    "100",
-    "--checkpointing_steps",
-    "100",
-]
+TINY = tiny_finetune_args(max_steps=2, eval_steps=100, checkpointing_steps=100, logging_steps=1)
 EXPECTED_FILES = {
     "model.safetensors",
     "config.json",
@@ -64,18 +35,10 @@ EXPECTED_FILES = {
 }
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("finetune_recipe_hub", ROOT / "recipes" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("hubrun") / "model"
-    _load_recipe().main(TINY + ["--output_dir", str(out)])
+    load_recipe("finetune").main(TINY + ["--output_dir", str(out)])
     return out
 
 

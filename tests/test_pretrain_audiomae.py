@@ -1,13 +1,12 @@
 """AudioMAE masked-autoencoder pre-training: the objective, its step, and recipe -> fine-tuning recipe."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from recipe_utils import load_recipe
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
@@ -22,8 +21,16 @@ from hf_audiorep.modeling._layers import get_2d_sincos_pos_embed
 from hf_audiorep.training import MaskedAutoencoderStep, evaluate_reconstruction
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_length=64, num_mel_bins=32,
-            decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_length=64,
+    num_mel_bins=32,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+)
 
 
 def tiny_model(seed: int = 0, **overrides) -> AudioMAEForPreTraining:
@@ -75,8 +82,9 @@ def test_masks_follow_the_ratio_the_generator_and_the_noise():
     with torch.no_grad():
         first = model(x, generator=torch.Generator().manual_seed(3), output_hidden_states=True)
         again = model(x, generator=torch.Generator().manual_seed(3))
-        other = model(x, mask_ratio=0.25, generator=torch.Generator().manual_seed(4),
-                      output_hidden_states=True)
+        other = model(
+            x, mask_ratio=0.25, generator=torch.Generator().manual_seed(4), output_hidden_states=True
+        )
     assert torch.equal(first.mask, again.mask) and torch.equal(first.loss, again.loss)
     assert len({tuple(row.tolist()) for row in first.mask}) > 1, "each clip draws its own mask"
     assert first.hidden_states[-1].shape[1] == 1 + int(8 * (1 - 0.8)) and first.mask.sum() == 4 * 7
@@ -157,15 +165,19 @@ def test_base_decoder_has_mae_dec512d8b_size():
 def test_step_turns_waveforms_into_a_differentiable_loss():
     model = AudioMAEForPreTraining(AudioMAEConfig(**{**TINY, "num_mel_bins": 128, "max_length": 112})).train()
     feature_extractor = AudioFbankFeatureExtractor(target_length=112)
-    batch = {"waveforms": 0.1 * torch.randn(2, 16000), "lengths": torch.tensor([16000, 8000]),
-             "labels": torch.zeros(2, 5)}
+    batch = {
+        "waveforms": 0.1 * torch.randn(2, 16000),
+        "lengths": torch.tensor([16000, 8000]),
+        "labels": torch.zeros(2, 5),
+    }
     loss, logs = MaskedAutoencoderStep(feature_extractor)(model, batch)
     assert loss.ndim == 0 and loss.requires_grad and torch.isfinite(loss) and logs == {}
     loss.backward()
     assert all(p.grad is not None for p in model.parameters()), "every parameter takes part (DDP)"
     metrics = evaluate_reconstruction(model, [batch, batch], feature_extractor, seed=1)
     assert metrics["eval_num_clips"] == 4 and metrics == evaluate_reconstruction(
-        model, [batch, batch], feature_extractor, seed=1)
+        model, [batch, batch], feature_extractor, seed=1
+    )
     assert model.training, "evaluation restores training mode"
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskedAutoencoderStep(feature_extractor, mask_ratio=1.5)
@@ -176,26 +188,45 @@ def test_step_turns_waveforms_into_a_differentiable_loss():
 # ---- recipes: pre-train, then fine-tune from the result -------------------------------------
 
 RECIPE_TINY = [
-    "--preset", "audiomae-tiny", "--max_length", "208", "--clip_seconds", "2.0",
-    "--num_train_clips", "48", "--num_eval_clips", "16", "--num_test_clips", "48",
-    "--per_device_batch_size", "8", "--warmup_steps", "1", "--logging_steps", "1",
-    "--num_decode_threads", "2", "--cpu", "true",
+    "--preset",
+    "audiomae-tiny",
+    "--max_length",
+    "208",
+    "--clip_seconds",
+    "2.0",
+    "--num_train_clips",
+    "48",
+    "--num_eval_clips",
+    "16",
+    "--num_test_clips",
+    "48",
+    "--per_device_batch_size",
+    "8",
+    "--warmup_steps",
+    "1",
+    "--logging_steps",
+    "1",
+    "--num_decode_threads",
+    "2",
+    "--cpu",
+    "true",
 ]
-
-
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pretrain_recipe_output_fine_tunes_with_the_finetune_recipe(tmp_path):
     pretrained = tmp_path / "pretrained"
-    summary = _load_recipe("pretrain_audiomae").main(
-        RECIPE_TINY + ["--output_dir", str(pretrained), "--max_steps", "3", "--eval_steps", "3",
-                       "--checkpointing_steps", "0"]
+    summary = load_recipe("pretrain_audiomae").main(
+        RECIPE_TINY
+        + [
+            "--output_dir",
+            str(pretrained),
+            "--max_steps",
+            "3",
+            "--eval_steps",
+            "3",
+            "--checkpointing_steps",
+            "0",
+        ]
     )
     assert summary["global_step"] == 3 and math.isfinite(summary["eval_reconstruction_loss"])
     assert summary["eval_num_clips"] == 16
@@ -205,10 +236,24 @@ def test_pretrain_recipe_output_fine_tunes_with_the_finetune_recipe(tmp_path):
     model = AudioMAEForPreTraining.from_pretrained(pretrained)
 
     finetuned = tmp_path / "finetuned"
-    summary = _load_recipe("finetune").main(
-        RECIPE_TINY + ["--model_name_or_path", str(pretrained), "--output_dir", str(finetuned),
-                       "--max_steps", "2", "--eval_steps", "0", "--checkpointing_steps", "0",
-                       "--test_split", "", "--eval_split", ""]
+    summary = load_recipe("finetune").main(
+        RECIPE_TINY
+        + [
+            "--model_name_or_path",
+            str(pretrained),
+            "--output_dir",
+            str(finetuned),
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "0",
+            "--checkpointing_steps",
+            "0",
+            "--test_split",
+            "",
+            "--eval_split",
+            "",
+        ]
     )
     assert summary["global_step"] == 2
     classifier = AudioMAEForAudioClassification.from_pretrained(finetuned)

@@ -1,58 +1,25 @@
 """End to end: the fine-tuning recipe on a tiny embedded corpus, then every way users load the result."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from recipe_utils import load_recipe, tiny_finetune_args
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, pipeline
 
 import hf_audiorep
 from hf_audiorep import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "audiomae-tiny",
-    "--max_length",
-    "208",
-    "--clip_seconds",
-    "2.0",
-    "--num_train_clips",
-    "48",
-    "--num_eval_clips",
-    "16",
-    "--num_test_clips",
-    "48",
-    "--per_device_batch_size",
-    "8",
-    "--warmup_steps",
-    "2",
-    "--logging_steps",
-    "2",
-    "--num_decode_threads",
-    "2",
-    "--cpu",
-    "true",
-]
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "recipes" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+TINY = tiny_finetune_args()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "model"
-    recipe = _load_recipe()
+    recipe = load_recipe("finetune")
     summary = recipe.main(
         TINY
         + ["--output_dir", str(out), "--max_steps", "6", "--eval_steps", "3", "--checkpointing_steps", "3"]
