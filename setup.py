@@ -44,6 +44,7 @@ setup(
             "peft>=0.21,<1",
             "gradio>=6.31,<7",
             "tensorboard>=2.16",
+            "selenium>=4.51",
             "ruff>=0.14",
         ],
     },

@@ -19,8 +19,13 @@ from .modeling import (
     AudioMAEForAudioClassification,
     AudioMAEForPreTraining,
     AudioMAEModel,
+    CATConfig,
+    CATForAudioClassification,
+    CATForPreTraining,
+    CATModel,
 )
 from .modeling.configuration_audiomae import AUDIOMAE_PRESETS
+from .modeling.configuration_cat import CAT_PRESETS
 
 __version__ = "0.1.0.dev0"
 
@@ -33,9 +38,11 @@ _ARCHITECTURES = [
         AudioMAEForPreTraining,
         AudioFbankFeatureExtractor,
     ),
+    (CATConfig, CATModel, CATForAudioClassification, CATForPreTraining, AudioFbankFeatureExtractor),
 ]
 #: every preset name of every architecture -> its config class
 PRESETS = {name: AudioMAEConfig for name in AUDIOMAE_PRESETS}
+PRESETS.update({name: CATConfig for name in CAT_PRESETS})
 
 
 def _register_auto_classes() -> None:
@@ -63,6 +70,10 @@ __all__ = [
     "AudioMAEForAudioClassification",
     "AudioMAEForPreTraining",
     "AudioMAEModel",
+    "CATConfig",
+    "CATForAudioClassification",
+    "CATForPreTraining",
+    "CATModel",
     "PRESETS",
     "config_from_preset",
 ]

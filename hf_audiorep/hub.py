@@ -3,13 +3,15 @@
 :func:`prepare_repo` builds the exact folder that gets uploaded: safetensors weights, ``config.json`` and
 ``preprocessor_config.json`` with an ``auto_map`` for every head, the flat remote-code bundle of modeling
 files, and a model card. :func:`push_model` uploads that folder. Keeping the two apart lets the folder be
-inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network.
+inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network. :func:`push_run`
+is what a recipe's ``--push_to_hub`` calls once the run and its test evaluation are written.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -18,7 +20,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-__all__ = ["prepare_repo", "push_model", "remote_code_files"]
+__all__ = ["prepare_repo", "push_model", "push_run", "remote_code_files"]
+
+logger = logging.getLogger(__name__)
 
 #: weight formats that execute pickled code on load; the Hub copy must be safetensors only.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -145,6 +149,31 @@ def _usage(repo_id: str, base_name: str, fe_name: str, has_labels: bool) -> str:
     return text
 
 
+def _training_section(training: dict[str, Any], training_command: str | None) -> list[str]:
+    """The card's "Training" section: which recipe, with which command, for how long.
+
+    An explicit ``training_command`` (the publisher's word) wins over the one the run recorded in
+    ``train_results.json``; the recorded one is what a recipe's ``--push_to_hub`` publishes.
+    """
+    command = training_command or training.get("training_command") or training.get("command")
+    if isinstance(command, list):
+        command = " ".join(str(part) for part in command)
+    recipe = training.get("recipe")
+    if not command and not recipe:
+        return []
+    lines = ["## Training", ""]
+    if recipe:
+        lines += [f"Trained with hf_audiorep's `{recipe}` recipe (`recipes/{recipe}.py`).", ""]
+    if command:
+        lines += ["The command that produced this model:", "", "```bash", str(command), "```", ""]
+    steps, world = training.get("global_step"), training.get("world_size")
+    if steps is not None:
+        where = f" on {world} process{'es' if world != 1 else ''}" if world else ""
+        precision = training.get("mixed_precision")
+        lines += [f"{steps} optimizer steps{where}, mixed precision `{precision or 'no'}`.", ""]
+    return lines
+
+
 def _model_card(
     model_dir: Path,
     config: dict,
@@ -163,12 +192,20 @@ def _model_card(
     training = _read_json(model_dir / "train_results.json")
     name = repo_id.split("/")[-1]
 
-    eval_results = None
+    eval_results = []
     lines = [f"# {name}", "", f"A `{model_type}` audio model trained with hf_audiorep.", ""]
-    if "test_mAP" in evaluation:
-        dataset_type, dataset_config = _split_dataset(str(evaluation.get("dataset", "unknown")))
-        split = evaluation.get("split", "test")
-        eval_results = [
+    dataset_type, dataset_config = _split_dataset(str(evaluation.get("dataset", "unknown")))
+    split = evaluation.get("split", "test")
+    # Fine-tuned models record test_mAP; pre-trained encoders record the linear-probe mAP of their frozen
+    # embeddings (with the probe protocol), which the card must not present as a fine-tuned score.
+    for key, metric_name, clips_key in (
+        ("test_mAP", "mAP", "test_num_clips"),
+        ("probe_mAP", "linear-probe mAP", "probe_num_clips"),
+    ):
+        if key not in evaluation:
+            continue
+        value = float(evaluation[key])
+        eval_results.append(
             EvalResult(
                 task_type="audio-classification",
                 dataset_type=dataset_type,
@@ -176,26 +213,24 @@ def _model_card(
                 dataset_config=dataset_config,
                 dataset_split=split,
                 metric_type="mAP",
-                metric_name="mAP",
-                metric_value=float(evaluation["test_mAP"]),
+                metric_name=metric_name,
+                metric_value=value,
             )
-        ]
-        if datasets is None and "/" in dataset_type:
-            datasets = [dataset_type]
-        clips = evaluation.get("test_num_clips", "an unknown number of")
+        )
+        clips = evaluation.get(clips_key, "an unknown number of")
+        protocol = f" Protocol: {evaluation['protocol']}." if "protocol" in evaluation else ""
         lines += [
             "## Evaluation",
             "",
-            f"mAP {float(evaluation['test_mAP']):.4f} on the `{split}` split of `{dataset_type}`"
-            f"{f' ({dataset_config})' if dataset_config else ''}, measured on {clips} evaluation clips.",
+            f"{metric_name} {value:.4f} on the `{split}` split of `{dataset_type}`"
+            f"{f' ({dataset_config})' if dataset_config else ''}, measured on {clips} evaluation clips."
+            f"{protocol}",
             "",
         ]
-    # A command recorded by the run itself beats one typed by the publisher afterwards.
-    command = training.get("training_command") or training.get("command") or training_command
-    if command:
-        if isinstance(command, list):
-            command = " ".join(str(part) for part in command)
-        lines += ["## Training", "", "```bash", str(command), "```", ""]
+    if eval_results and datasets is None and "/" in dataset_type:
+        datasets = [dataset_type]
+    eval_results = eval_results or None
+    lines += _training_section(training, training_command)
     lines.append(_usage(repo_id, base_cls.__name__, fe_cls.__name__, has_labels))
 
     data = ModelCardData(
@@ -311,12 +346,44 @@ def push_model(
 
     ``card_kwargs`` (license, datasets, base_model, training_command) go to :func:`prepare_repo`.
     """
+    _check_model_dir(Path(model_dir))  # before any network call: a bad folder creates no empty repo
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, exist_ok=True, private=private)
+    # A bare name ("my-model") is created in the token's namespace; the card must show the full id.
+    resolved = getattr(url, "repo_id", None)
+    if isinstance(resolved, str) and resolved:
+        repo_id = resolved
     with tempfile.TemporaryDirectory(prefix="hf_audiorep_push_") as tmp:
         folder = prepare_repo(model_dir, Path(tmp) / "repo", repo_id=repo_id, **card_kwargs)
-        api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True, private=private)
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
             commit_message=commit_message or f"Upload {Path(model_dir).name} with hf_audiorep",
         )
+
+
+def push_run(args, **card_kwargs: Any):
+    """Publish a finished recipe run when ``args.push_to_hub`` is set; the last call of every recipe.
+
+    ``args`` is the run's :class:`~hf_audiorep.training.TrainingArguments`. It runs after the recipe wrote
+    ``eval_results.json``, so the card carries the test mAP, and only on the main process (the others return
+    None at once). The card's training command is the one the loop recorded in ``train_results.json``.
+    Returns the ``CommitInfo``, or None when nothing was pushed.
+    """
+    if not getattr(args, "push_to_hub", False):
+        return None
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    if not args.hub_model_id:
+        raise ValueError("push_to_hub is set but hub_model_id is empty")
+    commit = push_model(
+        args.output_dir,
+        args.hub_model_id,
+        private=args.hub_private_repo,
+        token=args.hub_token,
+        **card_kwargs,
+    )
+    logger.info("pushed %s to %s", args.output_dir, getattr(commit, "commit_url", args.hub_model_id))
+    return commit

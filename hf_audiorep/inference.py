@@ -24,8 +24,8 @@ class TaggingResult:
         return [(self.labels[i], float(self.clip_scores[i])) for i in order]
 
 
-def _window_seconds(feature_extractor) -> float:
-    # The model sees target_length frames; frames are frame_shift_ms apart.
+def model_window_seconds(feature_extractor) -> float:
+    """Seconds of audio one forward pass sees: ``target_length`` frames, ``frame_shift_ms`` apart."""
     shift = getattr(feature_extractor, "frame_shift_ms", 10.0) / 1000.0
     target = getattr(feature_extractor, "target_length", None)
     return float(target * shift) if target else 10.0
@@ -54,7 +54,7 @@ def tag_waveform(
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
         raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
-    window = window_seconds or _window_seconds(feature_extractor)
+    window = window_seconds or model_window_seconds(feature_extractor)
     hop = hop_seconds or window / 2
     win_n, hop_n = int(round(window * sampling_rate)), max(1, int(round(hop * sampling_rate)))
     n_windows = 1 if len(waveform) <= win_n else 1 + math.ceil((len(waveform) - win_n) / hop_n)
@@ -76,3 +76,36 @@ def tag_waveform(
         window_scores=window_scores,
         window_starts=np.asarray(starts, dtype=np.float64) / sampling_rate,
     )
+
+
+@torch.no_grad()
+def log_mel_spectrogram(feature_extractor, waveform: np.ndarray) -> np.ndarray:
+    """``(frames, mel_bins)`` log-mel of a whole mono clip, as the model's feature extractor computes it.
+
+    Unlike calling the feature extractor, nothing is cut to ``target_length``, padded or normalised: this
+    is the picture of the clip (the Space draws it), not a model input. Settings the extractor does not
+    have fall back to the Kaldi defaults the library's extractors use.
+    """
+    from .modeling._fbank import kaldi_fbank
+
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1:
+        raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
+    fe = feature_extractor
+    frame_ms = float(getattr(fe, "frame_length_ms", 25.0))
+    if waveform.size < int(frame_ms * fe.sampling_rate / 1000):
+        raise ValueError(f"the clip is shorter than one {frame_ms:g}-ms analysis frame")
+    scale = float(getattr(fe, "waveform_scale", 1.0))
+    fbank = kaldi_fbank(
+        torch.from_numpy(waveform * scale),
+        sample_rate=fe.sampling_rate,
+        num_mel_bins=int(getattr(fe, "num_mel_bins", 128)),
+        frame_length_ms=frame_ms,
+        frame_shift_ms=float(getattr(fe, "frame_shift_ms", 10.0)),
+        window_type=str(getattr(fe, "window_type", "hanning")),
+        preemphasis=float(getattr(fe, "preemphasis", 0.97)),
+        remove_dc_offset=bool(getattr(fe, "remove_dc_offset", True)),
+        low_freq=float(getattr(fe, "low_freq", 20.0)),
+        high_freq=float(getattr(fe, "high_freq", 0.0)),
+    )
+    return fbank.reshape(fbank.shape[-2], fbank.shape[-1]).numpy()

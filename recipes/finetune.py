@@ -26,6 +26,7 @@ import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
+from hf_audiorep.hub import push_run
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.training import (
     AugmentationArguments,
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             results = {**test, "dataset": dataset_name, "split": data_args.test_split}
             Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
             logger.info("test: %s", json.dumps(test))
+    push_run(train_args)  # after eval_results.json is written, so the card carries the test mAP
     return summary
 
 

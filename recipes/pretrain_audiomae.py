@@ -25,6 +25,7 @@ from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.hub import push_run
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
 from hf_audiorep.training import MaskedAutoencoderStep, TrainingArguments, TrainLoop, evaluate_reconstruction
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     summary = loop.run()
     logger.info("pre-trained model saved to %s", train_args.output_dir)
+    push_run(train_args)  # publishes output_dir when --push_to_hub is set
     return summary
 
 

@@ -4,11 +4,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 
-# FFmpeg shared libraries: torchcodec (and so datasets.Audio) cannot load without them.
-if ! ldconfig -p | grep -q 'libavcodec\.so\.'; then
+# System packages, installed only when missing (the checks take milliseconds):
+# - FFmpeg shared libraries: torchcodec (and so datasets.Audio) cannot load without them;
+# - headless Chromium and its WebDriver: tests/test_space_browser.py drives the Space in a real browser.
+missing=()
+# grep without -q reads all of ldconfig's output: an early exit would SIGPIPE it and, under pipefail, fail.
+ldconfig -p | grep 'libavcodec\.so\.' >/dev/null || missing+=(ffmpeg)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

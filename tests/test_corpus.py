@@ -154,8 +154,15 @@ def test_every_main_class_has_a_test_positive(small, tmp_path):
     assert {c for labels in dataset["test"]["labels"] for c in labels} == MAIN
     # Also in the smallest allowed split, where clips carry several guaranteed classes each.
     minimum = -(-len(MAIN) // corpus.MAX_EVENTS)
-    tiny = load_embedded_corpus(seed=3, num_train=0, num_validation=0, num_test=minimum, num_heldout=0,
-                                clip_seconds=1.0, cache_dir=tmp_path)
+    tiny = load_embedded_corpus(
+        seed=3,
+        num_train=0,
+        num_validation=0,
+        num_test=minimum,
+        num_heldout=0,
+        clip_seconds=1.0,
+        cache_dir=tmp_path,
+    )
     assert len(tiny["train"]) == 0 and len(tiny["heldout"]) == 0
     assert {c for labels in tiny["test"]["labels"] for c in labels} == MAIN
 
@@ -209,7 +216,8 @@ def test_clips_of_one_class_differ(small):
 def test_same_seed_same_corpus_other_seed_differs(tmp_path, monkeypatch):
     first = load_embedded_corpus(**TINY, cache_dir=tmp_path / "a")
     monkeypatch.setattr(corpus, "_CHUNK_CLIPS", 3)  # written in several Arrow chunks: same corpus
-    again = load_embedded_corpus(**TINY, cache_dir=tmp_path / "b")
+    # ... rendered by two worker processes: same corpus
+    again = load_embedded_corpus(**TINY, cache_dir=tmp_path / "b", num_proc=2)
     other = load_embedded_corpus(**{**TINY, "seed": 1}, cache_dir=tmp_path / "c")
     for split in ("train", "test", "heldout"):
         assert _audio_bytes(first[split]) == _audio_bytes(again[split])
@@ -244,7 +252,10 @@ def test_second_load_is_a_fast_cache_hit(small, monkeypatch):
 
 def test_cache_path_takes_the_loader_defaults():
     load, path = (inspect.signature(f).parameters for f in (load_embedded_corpus, corpus_cache_path))
-    assert {k: p.default for k, p in load.items()} == {k: p.default for k, p in path.items()}
+    # num_proc only decides how many processes render the clips: the corpus does not depend on it.
+    assert {k: p.default for k, p in load.items() if k != "num_proc"} == {
+        k: p.default for k, p in path.items()
+    }
 
 
 def test_default_cache_dir_follows_hf_home(tmp_path, monkeypatch):
@@ -288,6 +299,7 @@ def test_crash_leaves_no_cache_and_stale_temporaries_are_ignored(tmp_path, monke
         ({"num_train": 2.5}, "num_train"),
         ({"clip_seconds": 0.1}, "clip_seconds"),
         ({"sample_rate": 8000}, "sample_rate"),
+        ({"num_proc": 0}, "num_proc"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, message):
@@ -313,8 +325,15 @@ def test_learnable_but_not_trivial(tmp_path):
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
 
-    dataset = load_embedded_corpus(seed=0, num_train=240, num_validation=0, num_test=100, num_heldout=0,
-                                   clip_seconds=3.0, cache_dir=tmp_path)
+    dataset = load_embedded_corpus(
+        seed=0,
+        num_train=240,
+        num_validation=0,
+        num_test=100,
+        num_heldout=0,
+        clip_seconds=3.0,
+        cache_dir=tmp_path,
+    )
     classes = sorted(MAIN)
 
     def multi_hot(split):

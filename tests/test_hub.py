@@ -2,11 +2,13 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from unittest.mock import patch
+from types import SimpleNamespace
+from unittest.mock import MagicMock, patch
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import hf_audiorep
 from hf_audiorep import cli
-from hf_audiorep.hub import prepare_repo, push_model, remote_code_files
+from hf_audiorep.hub import prepare_repo, push_model, push_run, remote_code_files
+from hf_audiorep.training import TrainingArguments
+from hf_audiorep.training.loop import launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELING = ROOT / "hf_audiorep" / "modeling"
@@ -35,11 +39,40 @@ EXPECTED_FILES = {
 }
 
 
+PUSH_ARGS = ["--push_to_hub", "true", "--hub_model_id", "someone/tiny-pushed", "--hub_token", "hf_fake"]
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def pushed_run(tmp_path_factory):
+    """One tiny fine-tuning run, launched as `accelerate launch recipes/finetune.py ... --push_to_hub` would
+    be (sys.argv and accelerate's environment), with the Hub client mocked: what would be uploaded is kept."""
     out = tmp_path_factory.mktemp("hubrun") / "model"
-    load_recipe("finetune").main(TINY + ["--output_dir", str(out)])
-    return out
+    argv = TINY + ["--output_dir", str(out)] + PUSH_ARGS
+    sent = {}
+
+    def fake_upload(**kwargs):
+        folder = Path(kwargs["folder_path"])
+        sent.update(
+            files={p.name for p in folder.iterdir()},
+            readme=(folder / "README.md").read_text(),
+            config=json.loads((folder / "config.json").read_text()),
+            kwargs=kwargs,
+        )
+        return "commit-info"
+
+    api = MagicMock()
+    api.create_repo.return_value = SimpleNamespace(repo_id="someone/tiny-pushed")
+    api.upload_folder.side_effect = fake_upload
+    with pytest.MonkeyPatch.context() as mp, patch("hf_audiorep.hub.HfApi", return_value=api) as api_cls:
+        mp.setattr(sys, "argv", ["recipes/finetune.py", *argv])
+        mp.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` leaves in the environment
+        load_recipe("finetune").main(argv)
+    return SimpleNamespace(out=out, argv=argv, sent=sent, api_cls=api_cls, api=api)
+
+
+@pytest.fixture(scope="module")
+def trained(pushed_run):
+    return pushed_run.out
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +87,10 @@ def repo(trained, tmp_path_factory):
 
 
 def _front_matter(readme: Path) -> dict:
-    text = readme.read_text()
+    return _front_matter_text(readme.read_text())
+
+
+def _front_matter_text(text: str) -> dict:
     assert text.startswith("---\n")
     return yaml.safe_load(text.split("---\n")[1])
 
@@ -240,3 +276,91 @@ def test_refuses_pickled_weights_and_bad_dirs(trained, tmp_path):
     (unknown / "preprocessor_config.json").write_text("{}")
     with pytest.raises(ValueError, match="not-a-model"):
         prepare_repo(unknown, tmp_path / "o2", repo_id="someone/x")
+
+
+# ----------------------------------------------------------------------------- recipes' --push_to_hub
+
+
+def test_recipe_push_to_hub_uploads_card_with_command_and_map(pushed_run):
+    run = pushed_run
+    run.api_cls.assert_called_once_with(token="hf_fake")
+    run.api.create_repo.assert_called_once_with("someone/tiny-pushed", exist_ok=True, private=False)
+    run.api.upload_folder.assert_called_once()
+    assert run.sent["kwargs"]["repo_id"] == "someone/tiny-pushed"
+    assert run.sent["files"] == EXPECTED_FILES
+    assert "AutoModelForAudioClassification" in run.sent["config"]["auto_map"]
+
+    # The run recorded how it was launched, with the token masked ...
+    results = json.loads((run.out / "train_results.json").read_text())
+    masked = [("<redacted>" if a == "hf_fake" else a) for a in run.argv]
+    expected = "accelerate launch recipes/finetune.py " + shlex.join(masked)
+    assert results["training_command"] == expected and results["recipe"] == "finetune"
+    # ... and the card published it, with the test mAP the recipe wrote after training.
+    readme = run.sent["readme"]
+    assert expected in readme and "`finetune` recipe" in readme
+    assert "hf_fake" not in readme and "hf_fake" not in json.dumps(results)
+    evaluation = json.loads((run.out / "eval_results.json").read_text())
+    (metric,) = _front_matter_text(readme)["model-index"][0]["results"][0]["metrics"]
+    assert metric["type"] == "mAP" and metric["value"] == pytest.approx(evaluation["test_mAP"])
+    assert f"mAP {evaluation['test_mAP']:.4f}" in readme
+    assert 'pipeline("audio-classification", model="someone/tiny-pushed"' in readme
+
+
+def test_recorded_command_is_used_unless_the_publisher_gives_one(trained, tmp_path):
+    recorded = json.loads((trained / "train_results.json").read_text())["training_command"]
+    card = (prepare_repo(trained, tmp_path / "a", repo_id="someone/a") / "README.md").read_text()
+    assert recorded in card
+    card = (
+        prepare_repo(trained, tmp_path / "b", repo_id="someone/b", training_command="python my_script.py")
+        / "README.md"
+    ).read_text()
+    assert "python my_script.py" in card and recorded not in card
+
+
+def test_push_model_resolves_a_bare_repo_name_to_the_token_namespace(trained):
+    api = MagicMock()
+    api.create_repo.return_value = SimpleNamespace(repo_id="alice/bare-name")
+    seen = {}
+
+    def fake_upload(**kwargs):
+        seen.update(kwargs, readme=(Path(kwargs["folder_path"]) / "README.md").read_text())
+
+    api.upload_folder.side_effect = fake_upload
+    with patch("hf_audiorep.hub.HfApi", return_value=api):
+        push_model(trained, "bare-name")
+    api.create_repo.assert_called_once_with("bare-name", exist_ok=True, private=False)
+    assert seen["repo_id"] == "alice/bare-name"
+    assert 'from_pretrained("alice/bare-name"' in seen["readme"]
+
+
+def test_push_run_does_nothing_without_push_to_hub(trained):
+    with patch("hf_audiorep.hub.HfApi") as api_cls:
+        assert push_run(TrainingArguments(output_dir=str(trained))) is None
+    api_cls.assert_not_called()
+
+
+def test_hub_arguments_derive_validate_and_mask(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path / "audiomae-run"), push_to_hub=True, hub_token="hf_x")
+    assert args.hub_model_id == "audiomae-run"  # transformers' Trainer convention: the folder's name
+    assert args.to_dict()["hub_token"] == args.to_sanitized_dict()["hub_token"] == "<HUB_TOKEN>"
+    assert args.hub_token == "hf_x"  # the real value is still there for the push
+    assert TrainingArguments(output_dir=str(tmp_path / "x")).hub_model_id is None
+    with pytest.raises(ValueError, match=r"hub_model_id 'my run'.*derived from output_dir"):
+        TrainingArguments(output_dir=str(tmp_path / "my run"), push_to_hub=True)
+    with pytest.raises(ValueError, match=r"hub_model_id 'a/b/c' is not a valid"):
+        TrainingArguments(output_dir=str(tmp_path / "x"), hub_model_id="a/b/c")
+
+
+def test_launch_command_names_the_launcher_and_masks_secrets():
+    argv = ["recipes/finetune.py", "--hub_token", "hf_1", "--note", "two words", "--api_key=k"]
+    assert launch_command(argv, {}) == (
+        "python recipes/finetune.py --hub_token '<redacted>' --note 'two words' '--api_key=<redacted>'"
+    )
+    env = {"ACCELERATE_MIXED_PRECISION": "bf16", "WORLD_SIZE": "8"}
+    assert launch_command(["recipes/finetune.py", "--x", "1"], env) == (
+        "accelerate launch --num_processes 8 --mixed_precision bf16 recipes/finetune.py --x 1"
+    )
+    assert launch_command(["recipes/finetune.py"], {"ACCELERATE_USE_CPU": "True"}) == (
+        "accelerate launch recipes/finetune.py"
+    )
+    assert launch_command(["/venv/bin/hf-audiorep", "tag", "a.wav"], {}) == "/venv/bin/hf-audiorep tag a.wav"

@@ -517,3 +517,72 @@ def test_invalid_arguments(class_dataset):
         load_audio_source(class_dataset, label_column="missing")
     with pytest.raises(ValueError, match="split 'nope'"):
         load_audio_source(datasets.DatasetDict(train=class_dataset), split="nope")
+
+
+# ------------------------------------------------------------------------------- extra columns
+
+
+def _with_embeddings(dataset: Dataset, width: int = 3, fixed: bool = True) -> Dataset:
+    """Record i gets the embedding [i, i + 0.5, i + 1, ...], so a batch row names its record."""
+    rows = [[i + 0.5 * k for k in range(width)] for i in range(len(dataset))]
+    feature = List(Value("float32"), length=width if fixed else -1)
+    return dataset.add_column("rr_embedding", rows, feature=feature)
+
+
+def test_extra_columns_are_batched(class_dataset):
+    for fixed in (True, False):  # the width comes from the feature, or from the first record
+        dataset = _with_embeddings(class_dataset, fixed=fixed)
+        stream = _stream(load_audio_source(dataset), train=True, seed=3, extra_columns=("rr_embedding",))
+        assert stream.extra_dims == {"rr_embedding": 3}
+        batches = _collect(stream)
+        for batch in batches:
+            assert batch["rr_embedding"].shape == (2, 3) and batch["rr_embedding"].dtype == torch.float32
+            ids = [int(row.nonzero()[0]) for row in batch["labels"]]
+            expected = torch.tensor([[i + 0.5 * k for k in range(3)] for i in ids])
+            torch.testing.assert_close(batch["rr_embedding"], expected)
+    # a stream of the same records: same batches, width read from the first record
+    streamed = _with_embeddings(class_dataset, fixed=False).to_iterable_dataset(num_shards=1)
+    eval_batches = _collect(_stream(streamed, train=False, extra_columns=["rr_embedding"]))
+    assert torch.cat([b["rr_embedding"][:, 0] for b in eval_batches]).tolist() == list(range(11))
+
+
+def test_extra_column_with_bad_values_is_a_corrupt_record(class_dataset):
+    rows = [[float(i)] * 3 for i in range(len(class_dataset))]
+    rows[4] = [4.0, 4.0]  # wrong length
+    rows[7] = [float("nan")] * 3
+    dataset = class_dataset.add_column("rr_embedding", rows, feature=List(Value("float32")))
+    stream = _stream(load_audio_source(dataset), train=False, extra_columns=("rr_embedding",))
+    ids = _ids(_collect(stream))
+    assert ids == [i for i in range(11) if i not in (4, 7)]
+    assert stream.stats["skipped"] == 2
+    assert any("has shape (2,), expected (3,)" in e for e in stream.stats["errors"])
+    assert any("NaN" in e for e in stream.stats["errors"])
+
+
+def test_extra_columns_resume_exactly(class_dataset):
+    source = load_audio_source(_with_embeddings(class_dataset))
+    options = {"train": True, "seed": 5, "clip_seconds": 0.1, "extra_columns": ("rr_embedding",)}
+    make = lambda: _stream(source, **options)  # noqa: E731
+    reference = _collect(make())
+    partial = make()
+    iterator = iter(partial)
+    head = [{k: v.clone() for k, v in next(iterator).items()}]
+    state = partial.state_dict()
+    iterator.close()
+    assert set(state) == {"epoch", "examples_consumed", "seed", "rank", "world_size", "stats"}
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = _collect(resumed)
+    assert len(head + tail) == len(reference)
+    for got, want in zip(head + tail, reference, strict=True):
+        assert set(got) == {"waveforms", "lengths", "labels", "rr_embedding"}
+        for key in got:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+
+
+def test_missing_extra_column_names_it(class_dataset):
+    columns = r"'rr_embedding' is not in the dataset; its columns are \['audio', 'labels'\]"
+    with pytest.raises(ValueError, match=columns):
+        _stream(load_audio_source(class_dataset), extra_columns=("rr_embedding",))
+    with pytest.raises(ValueError, match="overwrite the batch key"):
+        _stream(load_audio_source(class_dataset), extra_columns=("labels",))

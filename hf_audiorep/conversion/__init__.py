@@ -9,6 +9,10 @@ the package imports them lazily: an eager import would load the module twice und
 import importlib
 
 _EXPORTS = {
+    "convert_cat_state_dict": ".eat",
+    "convert_eat_state_dict": ".eat",
+    "infer_eat_config": ".eat",
+    "load_eat_checkpoint": ".eat",
     "convert_timm_audiomae_state_dict": ".audiomae_timm",
     "infer_timm_audiomae_config": ".audiomae_timm",
     "load_timm_audiomae": ".audiomae_timm",

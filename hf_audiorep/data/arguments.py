@@ -129,7 +129,19 @@ class StreamFactory:
             world_size=state.num_processes,
         )
 
-    def __call__(self, role: str, train: bool, batch_size: int | None = None) -> AudioStream:
+    def __call__(
+        self,
+        role: str,
+        train: bool,
+        batch_size: int | None = None,
+        *,
+        extra_columns: tuple[str, ...] = (),
+        sharded: bool = True,
+    ) -> AudioStream:
+        """This process's stream of ``role``; ``sharded=False`` gives every process the whole split
+        (e.g. for a probe that each process fits identically); ``extra_columns`` are passed through
+        as ``(B, D)`` tensors (e.g. precomputed teacher embeddings)."""
+        extra = {"extra_columns": tuple(extra_columns)} if extra_columns else {}
         return AudioStream(
             self.sources[role],
             batch_size=batch_size or self.batch_size,
@@ -137,8 +149,9 @@ class StreamFactory:
             clip_seconds=self.data.clip_seconds,
             train=train,
             seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=self.rank if sharded else 0,
+            world_size=self.world_size if sharded else 1,
             shuffle_buffer=self.data.shuffle_buffer,
             num_decode_threads=self.data.num_decode_threads,
+            **extra,
         )

@@ -18,6 +18,7 @@ temporary directory renamed into place), so a crash never leaves half a cache be
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -912,7 +913,9 @@ def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.ra
 # --------------------------------------------------------------------------------------------
 
 _SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
-_CHUNK_CLIPS = 256
+_CHUNK_CLIPS = 128
+# Below this many clips, starting worker processes (each imports the library) costs more than it saves.
+_PARALLEL_MIN_CLIPS = 512
 
 
 def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: int | None = None):
@@ -986,10 +989,29 @@ def _features(sample_rate: int):
     )
 
 
-def _write_corpus(config: dict, directory: Path) -> None:
+def _generation_workers(num_proc: int | None, total_clips: int) -> int:
+    if num_proc is not None:
+        if num_proc < 1:
+            raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+        return num_proc
+    if total_clips < _PARALLEL_MIN_CLIPS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _split_rows_job(job: tuple) -> dict[str, list]:
+    return _split_rows(*job)
+
+
+def _write_corpus(config: dict, directory: Path, num_proc: int | None = None) -> None:
     """Generates the splits one at a time into ``directory`` (``<split>/`` each, in
-    ``Dataset.save_to_disk`` format), so that only one split is ever held in memory."""
+    ``Dataset.save_to_disk`` format), so that only one split is ever held in memory.
+
+    Clips are independent (one RNG per clip), so chunks of a split are rendered by ``num_proc`` worker
+    processes; the result is identical to a sequential run.
+    """
     from datasets import Dataset, DatasetInfo, concatenate_datasets
+    from tqdm.auto import tqdm
 
     features = _features(config["sample_rate"])
     description = (
@@ -997,25 +1019,37 @@ def _write_corpus(config: dict, directory: Path) -> None:
         f"backgrounds, with captions. Generator version {CORPUS_VERSION}; configuration {json.dumps(config)}."
     )
     info = DatasetInfo(description=description, features=features)
+    total = sum(config[f"num_{split}"] for split in SPLITS)
+    workers = _generation_workers(num_proc, total)
+    pool = None
+    if workers > 1:
+        # The platform's default start method (fork on Linux, as datasets' own num_proc uses): the workers
+        # only run numpy and soundfile, and spawn would re-import torch and transformers in each of them.
+        pool = concurrent.futures.ProcessPoolExecutor(workers)
     written = []
-    for split in SPLITS:
-        num_clips = config[f"num_{split}"]
-        if num_clips == 0:
-            continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
-        # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
-        chunks = [
-            Dataset.from_dict(
-                _split_rows(split, num_clips, config, start, start + _CHUNK_CLIPS),
-                features=features,
-                info=info.copy(),
-                split=split,
-            )
-            for start in range(0, num_clips, _CHUNK_CLIPS)
-        ]
-        dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
-        with _quiet_progress_bars():
-            dataset.save_to_disk(str(directory / split))
-        written.append(split)
+    progress = tqdm(total=total, desc="Generating the embedded corpus", unit="clip", disable=None)
+    try:
+        for split in SPLITS:
+            num_clips = config[f"num_{split}"]
+            if num_clips == 0:
+                continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
+            # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
+            jobs = [
+                (split, num_clips, config, start, start + _CHUNK_CLIPS)
+                for start in range(0, num_clips, _CHUNK_CLIPS)
+            ]
+            chunks = []
+            for rows in pool.map(_split_rows_job, jobs) if pool else map(_split_rows_job, jobs):
+                chunks.append(Dataset.from_dict(rows, features=features, info=info.copy(), split=split))
+                progress.update(len(rows["clip_id"]))
+            dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
+            with _quiet_progress_bars():
+                dataset.save_to_disk(str(directory / split))
+            written.append(split)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     # The same index file DatasetDict.save_to_disk writes, so that datasets.load_from_disk(path)
     # also opens the cache; our own marker is written last, by the caller.
     (directory / "dataset_dict.json").write_text(json.dumps({"splits": written}))
@@ -1137,6 +1171,7 @@ def load_embedded_corpus(
     clip_seconds: float = 10.0,
     sample_rate: int = 16000,
     cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
 ):
     """Generates (or loads from cache) the embedded corpus.
 
@@ -1152,6 +1187,8 @@ def load_embedded_corpus(
         cache_dir: cache root; default ``$HF_HOME/hf_audiorep/corpus``, else
             ``${XDG_CACHE_HOME:-~/.cache}/hf_audiorep/corpus``. Each configuration lives in a
             sub-directory named by a hash of it (:func:`corpus_cache_path`), written atomically.
+        num_proc: worker processes that render clips (default: one per CPU, at most 8, for corpora of
+            512 clips or more; 1 below). The corpus does not depend on it.
 
     Returns:
         ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``, ``heldout`` and
@@ -1185,7 +1222,7 @@ def load_embedded_corpus(
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex}"
     try:
         tmp.mkdir()
-        _write_corpus(config, tmp)
+        _write_corpus(config, tmp, num_proc)
         (tmp / _MARKER).write_text(json.dumps(config, indent=2))
         try:
             os.replace(tmp, final)

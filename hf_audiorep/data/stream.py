@@ -54,6 +54,9 @@ class _Chunk:
 class AudioStream:
     """Batches ``{"waveforms": (B, S) float32, "lengths": (B,) int64, "labels": (B, C) float32}``.
 
+    With ``extra_columns``, batches also carry ``batch[name]``: a ``(B, D)`` float32 tensor per column,
+    e.g. precomputed teacher embeddings (``training.rr_teacher.precompute_teacher_embeddings``).
+
     Args:
         source: an ``AudioSource`` (see ``load_audio_source``) or a ``datasets`` object, which is
             wrapped with ``load_audio_source``.
@@ -68,6 +71,9 @@ class AudioStream:
         num_decode_threads: decoding threads (0 decodes in the prefetch thread itself).
         drop_last: drop the last partial batch (default: ``train``). Map-style datasets then also
             drop the ragged tail of the permutation so every rank gets the same number of records.
+        extra_columns: dataset columns of fixed-length float lists to batch alongside the audio. Their
+            width ``D`` is the column feature's fixed length, else that of the first record. A record
+            whose value has another length, or a non-finite value, is skipped and counted as corrupt.
 
     Epochs: ``__iter__`` yields the rest of the current epoch and does not advance it; call
     ``set_epoch(e)`` before each epoch. ``set_epoch`` with the current epoch keeps the position, so
@@ -88,6 +94,7 @@ class AudioStream:
         shuffle_buffer: int = 1000,
         num_decode_threads: int = 4,
         drop_last: bool | None = None,
+        extra_columns: tuple[str, ...] | list[str] = (),
     ):
         if not isinstance(source, AudioSource):
             if not isinstance(source, Dataset | IterableDataset):
@@ -128,7 +135,9 @@ class AudioStream:
         self._active = None  # the iterator allowed to advance the position (the latest one)
         self.stats: dict = {"decoded": 0, "skipped": 0, "errors": []}
 
+        self.extra_columns = self._check_extra_columns(source, extra_columns)
         columns = [c for c in (source.audio_column, source.label_column) if c]
+        columns += [c for c in self.extra_columns if c not in columns]
         # No other column is read; no output format, so the audio stays {"bytes", "path"}.
         dataset = source.dataset.select_columns(columns).with_format(None)
         if isinstance(dataset, IterableDataset):
@@ -147,6 +156,46 @@ class AudioStream:
                 # would shard the stream a second time.
                 dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
         self._dataset = dataset
+        self.extra_dims = {name: self._column_width(source.dataset, name) for name in self.extra_columns}
+
+    @staticmethod
+    def _check_extra_columns(source: AudioSource, extra_columns) -> tuple[str, ...]:
+        if isinstance(extra_columns, str):
+            extra_columns = (extra_columns,)
+        names = tuple(extra_columns)
+        features = source.dataset.features
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"extra_columns must be column names, got {name!r}")
+            if name in ("waveforms", "lengths", "labels"):
+                raise ValueError(f"extra column {name!r} would overwrite the batch key of the same name")
+            if name == source.audio_column:
+                raise ValueError(f"extra column {name!r} is the audio column")
+            if features is not None and name not in features:
+                raise ValueError(
+                    f"extra column {name!r} is not in the dataset; its columns are {list(features)}"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"extra_columns has duplicates: {list(names)}")
+        return names
+
+    @staticmethod
+    def _column_width(dataset, name: str) -> int:
+        """Width of a column of float lists: the feature's fixed length, else the first record's."""
+        feature = (dataset.features or {}).get(name)
+        length = getattr(feature, "length", -1)
+        if isinstance(length, int) and length > 0:
+            return length
+        # Only this column is read: no audio is decoded; a stream reads its first record (one request).
+        column = dataset.select_columns([name])
+        first = column[0][name] if isinstance(column, Dataset) else next(iter(column))[name]
+        value = np.asarray(first, dtype=np.float32)
+        if value.ndim != 1 or value.size == 0:
+            raise ValueError(
+                f"extra column {name!r} must hold a non-empty list of floats per record; the first "
+                f"record has shape {value.shape}"
+            )
+        return int(value.size)
 
     # ----------------------------------------------------------------------------- properties
 
@@ -252,17 +301,33 @@ class AudioStream:
             wave, length = crop_or_pad(wave, self.num_samples, rng, self.train)
             column = self.source.label_column
             indices = self.source.label_to_index(record[column]) if column else []
-            return wave, length, labels_to_multi_hot(indices, self.num_classes)
+            extras = {name: self._extra_value(record[name], name) for name in self.extra_columns}
+            return wave, length, labels_to_multi_hot(indices, self.num_classes), extras
         except Exception as err:  # noqa: BLE001 - any per-record failure is a skipped record
             return f"record {position} of epoch {epoch}: {type(err).__name__}: {err}"
 
+    def _extra_value(self, value, name: str) -> np.ndarray:
+        if value is None:
+            raise ValueError(f"extra column {name!r} is missing")
+        array = np.asarray(value, dtype=np.float32)
+        if array.shape != (self.extra_dims[name],):
+            raise ValueError(
+                f"extra column {name!r} has shape {array.shape}, expected ({self.extra_dims[name]},)"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError(f"extra column {name!r} holds NaN or infinite values")
+        return array
+
     @staticmethod
     def _collate(examples: list) -> dict[str, torch.Tensor]:
-        return {
+        batch = {
             "waveforms": torch.from_numpy(np.stack([e[0] for e in examples])),
             "lengths": torch.tensor([e[1] for e in examples], dtype=torch.int64),
             "labels": torch.from_numpy(np.stack([e[2] for e in examples])),
         }
+        for name in examples[0][3]:
+            batch[name] = torch.from_numpy(np.stack([e[3][name] for e in examples]))
+        return batch
 
     def _produce(self, epoch: int, start: int, out: queue.Queue, stop: threading.Event) -> None:
         def put(item) -> bool:

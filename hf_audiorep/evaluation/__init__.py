@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from .linear_probe import extract_embeddings, linear_probe, linear_probe_encoder
 from .metrics import TaggingScores, accuracy, mean_average_precision
 from .predict import collect_predictions, evaluate_classifier
 
@@ -14,5 +15,8 @@ __all__ = [
     "accuracy",
     "collect_predictions",
     "evaluate_classifier",
+    "extract_embeddings",
+    "linear_probe",
+    "linear_probe_encoder",
     "mean_average_precision",
 ]

@@ -33,11 +33,13 @@ from transformers.utils import TransformersKwargs
 
 __all__ = [
     "Attention",
+    "ChannelLayerNorm",
     "DropPath",
     "Mlp",
     "PatchEmbed",
     "PostLNBlock",
     "PreLNBlock",
+    "check_spectrogram_inputs",
     "drop_path",
     "eager_attention_forward",
     "frames_to_patch_mask",
@@ -408,3 +410,69 @@ def frames_to_patch_mask(attention_mask: torch.Tensor, patch_size: int, grid_f: 
     frames[:, :num_frames] = attention_mask.bool()
     real_columns = frames.view(batch, grid_t, patch_size).any(dim=-1)
     return real_columns[:, :, None].expand(batch, grid_t, grid_f).reshape(batch, grid_t * grid_f).long()
+
+
+# --------------------------------------------------------------------------------------------
+# Conv-net helpers and input checks
+# --------------------------------------------------------------------------------------------
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW feature map (per time-frequency position).
+
+    ConvNeXt / ConvMAE normalise conv features this way. It subclasses ``nn.LayerNorm``, so its
+    parameters are ``weight`` / ``bias`` exactly as a LayerNorm applied to the permuted map, and the
+    generic LayerNorm initialisation applies.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.ndim != 4:
+            raise ValueError(
+                f"ChannelLayerNorm expects (batch, channels, H, W), got {tuple(hidden_states.shape)}"
+            )
+        return super().forward(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def check_spectrogram_inputs(
+    input_values,
+    attention_mask,
+    num_mel_bins: int,
+    max_length: int,
+    num_channels: int = 1,
+) -> None:
+    """Raise a clear TypeError / ValueError for inputs a spectrogram encoder cannot take.
+
+    ``input_values`` must be a tensor ``(batch, frames, num_mel_bins)`` (one channel) or
+    ``(batch, channels, frames, num_mel_bins)`` with at most ``max_length`` frames;
+    ``attention_mask``, when given, ``(batch, frames)``.
+    """
+    if not isinstance(input_values, torch.Tensor):
+        raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}")
+    if not input_values.is_floating_point():
+        raise TypeError(f"input_values must be a floating-point spectrogram, got dtype {input_values.dtype}")
+    single_channel = num_channels == 1
+    expected = "(batch, frames, num_mel_bins)"
+    if not single_channel:
+        expected = "(batch, channels, frames, num_mel_bins)"
+    if input_values.ndim != (3 if single_channel else 4) or (
+        not single_channel and input_values.shape[1] != num_channels
+    ):
+        raise ValueError(f"input_values must be {expected}, got shape {tuple(input_values.shape)}")
+    if input_values.shape[0] == 0 or input_values.shape[-2] == 0:
+        raise ValueError(f"input_values is empty: shape {tuple(input_values.shape)}")
+    num_frames, num_bins = input_values.shape[-2:]
+    if num_bins != num_mel_bins:
+        raise ValueError(f"input_values has {num_bins} mel bins but config.num_mel_bins is {num_mel_bins}")
+    if num_frames > max_length:
+        raise ValueError(
+            f"input_values has {num_frames} frames, more than config.max_length={max_length}; "
+            "crop the clip or build the model with a larger max_length"
+        )
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != (input_values.shape[0], num_frames):
+            raise ValueError(
+                f"attention_mask must be (batch, frames) = {(input_values.shape[0], num_frames)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )

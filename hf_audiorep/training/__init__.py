@@ -1,6 +1,7 @@
 """The shared Accelerate training loop and its parts (optimizer groups, schedules, EMA, checkpoints)."""
 
 from .arguments import TrainingArguments
+from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
 from .checkpoint import (
     find_latest_checkpoint,
     list_checkpoints,
@@ -14,20 +15,31 @@ from .ema import ModelEMA
 from .loop import BatchSource, TrainLoop
 from .optim import build_optimizer, build_param_groups, build_scheduler, default_layer_id, lr_multiplier
 from .pretraining import MaskedAutoencoderStep, evaluate_reconstruction
+from .rr_teacher import (
+    TEACHER_KINDS,
+    FrozenEmbeddingTeacher,
+    clap_input_features,
+    precompute_teacher_embeddings,
+)
 
 __all__ = [
+    "TEACHER_KINDS",
     "AugmentationArguments",
     "BatchSource",
+    "BootstrapPretrainingStep",
     "ConsistencyArguments",
     "ConsistencyClassificationStep",
+    "FrozenEmbeddingTeacher",
     "MaskedAutoencoderStep",
     "ModelEMA",
     "SupervisedClassificationStep",
     "TrainLoop",
     "TrainingArguments",
+    "build_ema_teacher",
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "clap_input_features",
     "consistency_loss",
     "default_layer_id",
     "evaluate_reconstruction",
@@ -35,6 +47,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "lr_multiplier",
+    "precompute_teacher_embeddings",
     "rotate_checkpoints",
     "save_checkpoint",
 ]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .optim import LR_SCHEDULERS
 
@@ -71,10 +74,29 @@ class TrainingArguments:
         "force CPU (needed for multi-process CPU runs with accelerate launch --multi_gpu)", False
     )
     disable_progress_bar: bool = _help("hide the tqdm progress bar", False)
+    push_to_hub: bool = _help(
+        "after training (and the recipe's test evaluation), publish output_dir to the Hub with "
+        "hf_audiorep.hub.push_model: safetensors weights, remote code, and a model card holding the test "
+        "mAP and the command that produced the model",
+        False,
+    )
+    hub_model_id: str | None = _help(
+        "Hub repository to push to, 'namespace/name' or 'name' (in the token's namespace); default with "
+        "--push_to_hub: the name of output_dir's folder, as transformers' Trainer does",
+        None,
+    )
+    hub_private_repo: bool = _help(
+        "create the Hub repository as private (an existing repository keeps its visibility)", False
+    )
+    hub_token: str | None = _help(
+        "Hub token with write access; default: the HF_TOKEN variable or the token saved by `hf auth login`. "
+        "Never written to logs, trackers or train_results.json",
+        None,
+    )
 
     def __post_init__(self):
         # HfArgumentParser hands "None"/"none" through for optional strings typed on the command line.
-        for name in ("mixed_precision", "resume_from_checkpoint", "log_with"):
+        for name in ("mixed_precision", "resume_from_checkpoint", "log_with", "hub_model_id", "hub_token"):
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("", "none"):
                 setattr(self, name, None)
@@ -118,6 +140,12 @@ class TrainingArguments:
             )
         if not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
+        derived = self.push_to_hub and self.hub_model_id is None
+        if derived:
+            # Resolved here rather than at push time, so a name the Hub would refuse fails before training.
+            self.hub_model_id = Path(self.output_dir).absolute().name
+        if self.hub_model_id is not None:
+            _check_repo_id(self.hub_model_id, derived)
 
     @property
     def adam_betas(self) -> tuple[float, float]:
@@ -131,7 +159,11 @@ class TrainingArguments:
         return math.ceil(self.warmup_ratio * self.max_steps)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict, with ``hub_token`` masked: this dict goes to trackers and logs."""
+        values = dataclasses.asdict(self)
+        if values.get("hub_token") is not None:
+            values["hub_token"] = "<HUB_TOKEN>"
+        return values
 
     def to_sanitized_dict(self) -> dict:
         """The fields as tracker hyperparameters: TensorBoard's hparams accept only int/float/str/bool."""
@@ -149,3 +181,11 @@ def _positive(args: TrainingArguments, *names: str, optional: bool = False) -> N
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             none = " or None" if optional else ""
             raise ValueError(f"{name} must be a positive integer{none}, got {value!r}")
+
+
+def _check_repo_id(repo_id: str, derived: bool) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        hint = " (derived from output_dir's folder name; pass --hub_model_id)" if derived else ""
+        raise ValueError(f"hub_model_id {repo_id!r} is not a valid Hub repository id{hint}: {err}") from None

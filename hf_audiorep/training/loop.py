@@ -16,7 +16,9 @@ import atexit
 import json
 import math
 import os
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +105,9 @@ class TrainLoop:
     """
 
     _exit_hook_registered = False
+    #: the command line written to train_results.json (and so to the model card); None = this process's
+    #: own (:func:`launch_command`). Set it when the run is started from Python rather than a shell.
+    training_command: str | None = None
 
     def __init__(
         self,
@@ -392,6 +397,9 @@ class TrainLoop:
             "distributed_type": str(accelerator.distributed_type),
             "mixed_precision": accelerator.mixed_precision,
             "resumed_from_checkpoint": str(checkpoint) if checkpoint is not None else None,
+            # Recorded by the run, so that a published model card states what really produced the weights.
+            "training_command": self.training_command or launch_command(),
+            "recipe": _recipe_name(),
         }
         if self.eval_history:
             summary.update({k: v for k, v in self.eval_history[-1].items() if k != "step"})
@@ -417,6 +425,12 @@ class TrainLoop:
             with open(Path(output_dir) / TRAIN_RESULTS_NAME, "w") as f:
                 json.dump(summary, f, indent=2, default=str)
         accelerator.wait_for_everyone()
+        if self.args.push_to_hub and accelerator.is_main_process:
+            # Not pushed from here: recipes write eval_results.json (the test mAP of the card) after run().
+            logger.info(
+                f"model saved to {output_dir}; it is pushed to {self.args.hub_model_id} when the recipe "
+                "calls hf_audiorep.hub.push_run(args) after its evaluation"
+            )
         # Not accelerator.end_training(): that also destroys the process group, and recipes evaluate the
         # test split with `loop.accelerator` after run(). Trackers are flushed here; the process group is
         # torn down at interpreter exit.
@@ -474,6 +488,63 @@ class _Window:
             # Gradients are all-reduced before clipping, so every rank holds the same norm.
             metrics["grad_norm"] = self.grad_norm_sum.item() / self.grad_norm_steps
         return metrics
+
+
+#: set in every process that `accelerate launch` starts, whatever the distributed backend
+_ACCELERATE_LAUNCH_VARS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_USE_CPU")
+_SECRET_OPTIONS = ("token", "password", "secret", "api_key")
+
+
+def _redact(argv: Sequence[str]) -> list[str]:
+    """Mask the values of options such as ``--hub_token`` so a card never publishes a credential."""
+    out, hide_next = [], False
+    for part in argv:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        name, eq, _ = part.partition("=")
+        if name.startswith("-") and any(word in name.lower() for word in _SECRET_OPTIONS):
+            if eq:
+                out.append(f"{name}=<redacted>")
+            else:
+                out.append(part)
+                hide_next = True
+            continue
+        out.append(part)
+    return out
+
+
+def launch_command(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The shell command that started this process, e.g. ``accelerate launch recipes/finetune.py --x 1``.
+
+    ``sys.argv`` holds the script and its arguments; how it was launched is read from the environment that
+    ``accelerate launch`` leaves (its own options survive only as their effects: the process count and the
+    mixed precision are written back, a config file is not). Secret-looking option values are masked.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv and argv[0] in ("", "-c"):
+        argv[:1] = ["-c", "<code>"]  # interactive or `python -c`: there is no script to name
+    if any(name in environ for name in _ACCELERATE_LAUNCH_VARS):
+        launcher = ["accelerate", "launch"]
+        world_size = int(environ.get("WORLD_SIZE", "1") or 1)
+        if world_size > 1:
+            launcher += ["--num_processes", str(world_size)]
+        precision = environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if precision and precision != "no":
+            launcher += ["--mixed_precision", precision]
+    elif argv and (argv[0].endswith(".py") or argv[0] == "-c"):
+        launcher = ["python"]
+    else:
+        launcher = []  # a console script (pytest, hf-audiorep): argv[0] is already the command
+    return shlex.join(launcher + _redact(argv)) if argv else ""
+
+
+def _recipe_name() -> str | None:
+    """``finetune`` for ``recipes/finetune.py``; None when the process was not started from a script."""
+    script = sys.argv[0] if sys.argv else ""
+    return Path(script).stem if script.endswith(".py") else None
 
 
 def _destroy_process_group() -> None:

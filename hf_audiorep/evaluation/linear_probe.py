@@ -1,0 +1,227 @@
+"""Linear probe: how linearly separable a frozen encoder's clip embeddings are on a labelled corpus.
+
+Every pre-training recipe ends with it (and can plot it against the pre-training step): embed the train
+and test clips with the frozen encoder's ``pooler_output``, standardise the features with the train
+statistics, fit an L2-regularised logistic regression (scikit-learn, one binary model per class for
+multi-label tagging, one multinomial model for single-label classification) and score the test clips
+with the library's mAP.
+
+The classifiers run with a single BLAS thread: each fit is a few hundred small matrix-vector products,
+which extra threads only slow down (measured: 0.92 s per class with 2 OpenBLAS threads against 0.04 s
+with one, for 1,600 x 768 features on a busy 2-core machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from .metrics import accuracy, mean_average_precision
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["extract_embeddings", "linear_probe", "linear_probe_encoder"]
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model,
+    batches: Iterable[dict],
+    feature_extractor,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled embeddings and targets of every clip in ``batches``.
+
+    Args:
+        model: a base encoder returning ``pooler_output``, or a model whose ``base_model`` is one (a
+            classification or pre-training head; the head itself is not used).
+        batches: the library's ``{"waveforms", "lengths", "labels"}`` batches, e.g. an
+            ``AudioStream(train=False)``.
+        feature_extractor: has ``batch_features(waveforms, lengths)`` (the in-step, on-device path).
+        device: where to run (default: the model's device).
+        max_batches: stop after this many batches.
+
+    Returns:
+        ``X`` ``(N, D)`` float32 and ``Y`` ``(N, C)`` numpy arrays. The model is in eval mode meanwhile and
+        gets its training mode back afterwards.
+    """
+    if not callable(getattr(feature_extractor, "batch_features", None)):
+        raise TypeError(
+            "feature_extractor must have batch_features(waveforms, lengths), got "
+            f"{type(feature_extractor).__name__}"
+        )
+    if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    encoder = getattr(model, "base_model", model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    features, targets = [], []
+    try:
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            waveforms = batch["waveforms"].to(device, non_blocking=True)
+            # The filterbank stays in float32 even when the caller runs under autocast.
+            with torch.autocast(device.type, enabled=False):
+                input_values, attention_mask = feature_extractor.batch_features(
+                    waveforms.float(), batch["lengths"].to(device)
+                )
+            outputs = encoder(input_values=input_values, attention_mask=attention_mask)
+            pooled = getattr(outputs, "pooler_output", None)
+            if pooled is None:
+                raise TypeError(
+                    f"{type(encoder).__name__} returned no pooler_output; a linear probe needs a pooled clip "
+                    "embedding"
+                )
+            features.append(pooled.float().cpu().numpy())
+            targets.append(
+                np.asarray(batch["labels"].cpu() if torch.is_tensor(batch["labels"]) else batch["labels"])
+            )
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("the batches produced no clips")
+    return np.concatenate(features).astype(np.float32, copy=False), np.concatenate(targets)
+
+
+def _check_split(name: str, X, Y, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    Y = np.asarray(Y)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"{name}_X must be a non-empty (clips, features) array, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name}_X contains NaN or infinite values")
+    if len(Y) != len(X):
+        raise ValueError(f"{name}_X has {len(X)} clips but {name}_Y has {len(Y)}")
+    if multi_label and Y.ndim != 2:
+        raise ValueError(
+            f"{name}_Y must be (clips, classes) multi-hot for multi_label=True, got shape {Y.shape}"
+        )
+    if not multi_label and Y.ndim not in (1, 2):
+        raise ValueError(
+            f"{name}_Y must be (clips,) class indices or (clips, classes) one-hot, got {Y.shape}"
+        )
+    return X, Y
+
+
+def linear_probe(
+    train_X,
+    train_Y,
+    test_X,
+    test_Y,
+    multi_label: bool = True,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> dict[str, float]:
+    """Fit a logistic-regression probe on ``train`` and score it on ``test``.
+
+    Args:
+        train_X, test_X: ``(N, D)`` embeddings; standardised with the train mean and variance.
+        train_Y, test_Y: ``(N, C)`` multi-hot targets (soft targets are rounded at 0.5); for
+            ``multi_label=False`` also ``(N,)`` class indices.
+        multi_label: one binary classifier per class (AudioSet tagging) if True, else one multinomial
+            classifier (scene classification).
+        C: inverse L2-regularisation strength (scikit-learn's ``C``).
+        max_iter: L-BFGS iterations per classifier.
+
+    Returns:
+        ``probe_mAP`` and ``probe_mAUC`` (macro over the test classes with a positive), ``probe_accuracy``
+        for single-label probes, and ``probe_num_train_clips``, ``probe_num_clips`` (test),
+        ``probe_num_classes`` and ``probe_num_classes_evaluated``. A class with no positive (or no negative)
+        in train gets a constant score, which scores chance AP on test.
+    """
+    if not C > 0:
+        raise ValueError(f"C must be positive, got {C!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
+    test_X, test_Y = _check_split("test", test_X, test_Y, multi_label)
+    if train_X.shape[1] != test_X.shape[1]:
+        raise ValueError(f"train_X has {train_X.shape[1]} features but test_X has {test_X.shape[1]}")
+    scaler = StandardScaler().fit(train_X)
+    train_X, test_X = scaler.transform(train_X), scaler.transform(test_X)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if multi_label:
+            scores, targets, extra = _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter)
+        else:
+            scores, targets, extra = _single_label(train_X, train_Y, test_X, test_Y, C, max_iter)
+    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if unconverged:
+        logger.warning(
+            "%d of the probe's logistic regressions did not converge in max_iter=%d iterations",
+            unconverged,
+            max_iter,
+        )
+    result = mean_average_precision(scores, targets)
+    return {
+        "probe_mAP": result.mAP,
+        "probe_mAUC": result.mAUC,
+        **extra,
+        "probe_num_train_clips": len(train_X),
+        "probe_num_clips": result.num_clips,
+        "probe_num_classes": int(targets.shape[1]),
+        "probe_num_classes_evaluated": result.num_classes_evaluated,
+    }
+
+
+def _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter):
+    if train_Y.shape[1] != test_Y.shape[1]:
+        raise ValueError(f"train_Y has {train_Y.shape[1]} classes but test_Y has {test_Y.shape[1]}")
+    train_Y = np.asarray(train_Y, dtype=np.float64) >= 0.5
+    scores = np.zeros((len(test_X), train_Y.shape[1]), dtype=np.float64)
+    for c in range(train_Y.shape[1]):
+        positives = int(train_Y[:, c].sum())
+        if 0 < positives < len(train_Y):
+            classifier = LogisticRegression(C=C, max_iter=max_iter).fit(train_X, train_Y[:, c])
+            scores[:, c] = classifier.decision_function(test_X)
+        # else: one label only in train; every test clip gets the same score (0), i.e. chance ranking
+    return scores, np.asarray(test_Y, dtype=np.float64), {}
+
+
+def _single_label(train_X, train_Y, test_X, test_Y, C, max_iter):
+    num_classes = max(
+        train_Y.shape[1] if train_Y.ndim == 2 else int(train_Y.max()) + 1,
+        test_Y.shape[1] if test_Y.ndim == 2 else int(test_Y.max()) + 1,
+    )
+    train_y = train_Y.argmax(axis=1) if train_Y.ndim == 2 else train_Y.astype(np.int64)
+    test_y = test_Y.argmax(axis=1) if test_Y.ndim == 2 else test_Y.astype(np.int64)
+    seen = np.unique(train_y)
+    scores = np.full((len(test_X), num_classes), -np.inf)
+    if len(seen) == 1:
+        scores[:, seen[0]] = 0.0
+    else:
+        classifier = LogisticRegression(C=C, max_iter=max_iter).fit(train_X, train_y)
+        scores[:, classifier.classes_] = classifier.predict_log_proba(test_X)
+    # Classes never seen in train are never predicted; a finite floor keeps the metrics defined.
+    scores[np.isneginf(scores)] = np.finfo(np.float32).min
+    targets = np.eye(num_classes)[test_y]
+    return scores, targets, {"probe_accuracy": accuracy(scores, test_y)}
+
+
+def linear_probe_encoder(
+    model,
+    train_batches: Iterable[dict],
+    test_batches: Iterable[dict],
+    feature_extractor,
+    device: str | torch.device | None = None,
+    multi_label: bool = True,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    max_train_batches: int | None = None,
+    max_test_batches: int | None = None,
+) -> dict[str, float]:
+    """`extract_embeddings` on both splits, then `linear_probe`: the probe mAP of a frozen encoder."""
+    train_X, train_Y = extract_embeddings(model, train_batches, feature_extractor, device, max_train_batches)
+    test_X, test_Y = extract_embeddings(model, test_batches, feature_extractor, device, max_test_batches)
+    return linear_probe(train_X, train_Y, test_X, test_Y, multi_label=multi_label, C=C, max_iter=max_iter)
