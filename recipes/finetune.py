@@ -51,6 +51,9 @@ class ModelArguments:
     max_length: int | None = None
     """frames the model sees (multiple of the patch size); default: the preset's (1024 = 10.24 s)"""
     trust_remote_code: bool = False
+    classifier_init_std: float | None = None
+    """std of the new head (AudioMAE models); AudioMAE's recipe on a pre-trained encoder: 2e-5. Default: the
+    config's (0.02; a near-zero head stalls training from scratch)"""
 
 
 @dataclass
@@ -69,6 +72,11 @@ class FinetuneTrainingArguments(TrainingArguments):
 def _model(model_args: ModelArguments, label_names: list[str]):
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
+    head = (
+        {}
+        if model_args.classifier_init_std is None
+        else {"classifier_init_std": model_args.classifier_init_std}
+    )
     if model_args.model_name_or_path:
         model = AutoModelForAudioClassification.from_pretrained(
             model_args.model_name_or_path,
@@ -78,6 +86,7 @@ def _model(model_args: ModelArguments, label_names: list[str]):
             problem_type=model_args.problem_type,
             ignore_mismatched_sizes=True,  # a new label set replaces the checkpoint's head
             trust_remote_code=model_args.trust_remote_code,
+            **head,
         )
         feature_extractor = AutoFeatureExtractor.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
@@ -91,6 +100,7 @@ def _model(model_args: ModelArguments, label_names: list[str]):
         id2label=id2label,
         label2id=label2id,
         problem_type=model_args.problem_type,
+        **head,
     )
     model = AutoModelForAudioClassification.from_config(config)
     feature_extractor = AudioFbankFeatureExtractor(target_length=config.max_length)

@@ -248,15 +248,20 @@ def main(argv: list[str] | None = None) -> dict:
     state = PartialState(cpu=train_args.cpu)
     sources = load_sources(data_args, roles=("train",))
 
+    # Every model of this recipe reads 16 kHz unless a checkpoint's feature extractor says otherwise.
+    sample_rate = AudioFbankFeatureExtractor().sampling_rate
+    if model_args.model_name_or_path:
+        sample_rate = AudioFbankFeatureExtractor.from_pretrained(model_args.model_name_or_path).sampling_rate
+    stream = StreamFactory.for_process(sources, data_args, train_args, sample_rate, state)
+    extra = (rr_args.rr_column,) if rr_args.rr_column else ()
+    train_batches = stream("train", train=True, extra_columns=extra)
+
     rr_teacher = _rr_teacher(rr_args, state.device)
     rr_dim = rr_teacher.embedding_dim if rr_teacher is not None else None
+    if rr_args.rr_column:
+        rr_dim = train_batches.extra_dims[rr_args.rr_column]  # the projector's size follows the column
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, rr_args, rr_dim, data_args.clip_seconds)
-    if rr_args.rr_column and not model.config.rr_embedding_dim:
-        raise ValueError("--rr_column needs a model with an RR projector (rr_embedding_dim > 0)")
-
-    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
-    extra = (rr_args.rr_column,) if rr_args.rr_column else ()
     teacher = build_ema_teacher(model)
     step = BootstrapPretrainingStep(
         feature_extractor, teacher, rr_teacher=rr_teacher, rr_column=rr_args.rr_column
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     loop = TrainLoop(
         train_args,
         model,
-        stream("train", train=True, extra_columns=extra),
+        train_batches,
         step,
         feature_extractor=feature_extractor,
         extra_state={"ema_teacher": teacher},

@@ -298,10 +298,16 @@ def test_layer_ids_for_layer_wise_lr_decay():
     assert set(ids) == {name for name, _ in model.named_parameters()}
 
 
-def test_head_starts_near_zero_and_backbone_is_xavier():
+def test_head_init_follows_classifier_init_std_and_backbone_is_xavier():
     torch.manual_seed(0)
     model = AudioMAEForAudioClassification(AudioMAEConfig.from_preset("audiomae-tiny", num_labels=50))
-    assert model.classifier.weight.std() < 1e-4 and torch.equal(model.classifier.bias, torch.zeros(50))
+    assert 0.015 < model.classifier.weight.std() < 0.025
+    assert torch.equal(model.classifier.bias, torch.zeros(50))
+    # AudioMAE's recipe on a pre-trained encoder (a near-zero head) is one option away.
+    near_zero = AudioMAEConfig.from_preset("audiomae-tiny", num_labels=50, classifier_init_std=2e-5)
+    assert AudioMAEForAudioClassification(near_zero).classifier.weight.std() < 1e-4
+    with pytest.raises(ValueError, match="classifier_init_std"):
+        AudioMAEConfig(classifier_init_std=-1.0)
     qkv = model.audiomae.blocks[0].attn.qkv.weight
     bound = math.sqrt(6 / sum(qkv.shape))
     assert qkv.abs().max() <= bound and qkv.abs().max() > 0.9 * bound

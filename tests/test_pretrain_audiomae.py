@@ -125,12 +125,18 @@ def test_encoder_checkpoint_loads_into_the_classifier_and_automodel(tmp_path):
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert any(k.startswith("decoder.") for k in saved) and not any("pos_embed" in k for k in saved)
 
-    classifier = AudioMAEForAudioClassification.from_pretrained(tmp_path, num_labels=3)
+    # AudioMAE's fine-tuning recipe: a near-zero new head on the pre-trained encoder.
+    classifier = AudioMAEForAudioClassification.from_pretrained(
+        tmp_path, num_labels=3, classifier_init_std=2e-5
+    )
     encoder_state = model.audiomae.state_dict()
     for name, tensor in classifier.audiomae.state_dict().items():
         torch.testing.assert_close(tensor, encoder_state[name], rtol=0, atol=0, msg=name)
     assert classifier.classifier.weight.shape == (3, 32) and classifier.classifier.weight.abs().max() < 1e-3
     assert classifier.audiomae.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    # By default a new head gets timm's std 0.02: the near-zero head stalls training from scratch.
+    default_head = AudioMAEForAudioClassification.from_pretrained(tmp_path, num_labels=3).classifier.weight
+    assert 0.005 < default_head.std() < 0.05
 
     AutoConfig.register("audiorep-audiomae", AudioMAEConfig, exist_ok=True)
     AutoModel.register(AudioMAEConfig, AudioMAEModel, exist_ok=True)

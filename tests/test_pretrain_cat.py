@@ -260,3 +260,32 @@ def test_recipe_with_an_rr_teacher_trains_the_projector(pretrained, tmp_path):
     assert saved["rr_projector.weight"].shape == (config["rr_embedding_dim"], config["hidden_size"])
     with pytest.raises(ValueError, match="not a CAT preset"):
         recipe.main(recipe_args(tmp_path / "bad", preset="audiomae-tiny", max_steps=1))
+
+
+def test_recipe_streams_a_parquet_dataset_with_precomputed_rr_targets(pretrained, tmp_path):
+    """--dataset <dir in the Hub's Parquet layout> --streaming with targets from a precomputed column."""
+    _, _, recipe = pretrained
+    from hf_audiorep.data import load_embedded_corpus
+    from hf_audiorep.training import precompute_teacher_embeddings
+
+    clips = load_embedded_corpus(num_train=16, num_validation=0, num_test=8, num_heldout=0, clip_seconds=2.0)
+    torch.manual_seed(0)
+    rr_config = AudioMAEConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, max_length=208, num_mel_bins=128
+    )
+    AudioMAEModel(rr_config).save_pretrained(tmp_path / "rr")
+    AudioFbankFeatureExtractor(target_length=208).save_pretrained(tmp_path / "rr")
+    teacher = FrozenEmbeddingTeacher.from_pretrained(str(tmp_path / "rr"))
+    train = precompute_teacher_embeddings(clips["train"], teacher, column="clap_embedding")
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    train.to_parquet(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+
+    args = recipe_args(tmp_path / "run", max_steps=2, eval_steps=0, checkpointing_steps=0, probe_dataset="")
+    summary = recipe.main(
+        args + ["--dataset", str(tmp_path / "hub"), "--streaming", "true", "--rr_column", "clap_embedding"]
+    )
+    assert summary["global_step"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["rr_embedding_dim"] == 8, "the projector follows the column's width"
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert saved["rr_projector.weight"].shape == (8, config["hidden_size"])

@@ -214,6 +214,11 @@ def _split_files(root: Path, split: str, config_name: str | None, ext: str) -> l
                 found = sorted(str(p) for p in (parent / name).rglob(f"*{ext}"))
                 if found:
                     return found
+            # What `Dataset.push_to_hub` writes: data/<split>-00000-of-00001.parquet (or <split>.parquet).
+            found = sorted(str(p) for p in parent.glob(f"{name}-*{ext}"))
+            found += [str(parent / f"{name}{ext}")] if (parent / f"{name}{ext}").is_file() else []
+            if found:
+                return found
     flat = sorted(str(p) for p in root.glob(f"*{ext}"))
     if flat:
         return flat  # no split directories: the files form one split

@@ -72,6 +72,10 @@ class AudioMAEConfig(PreTrainedConfig):
         classifier_dropout (`float`, defaults to 0.0): dropout before the classification head.
         initializer_range (`float`, defaults to 0.02): standard deviation of the CLS token initialisation
             (and of the MAE mask token).
+        classifier_init_std (`float`, defaults to 0.02): standard deviation of a new classification head.
+            AudioMAE's fine-tuning recipe uses 2e-5 on top of a *pre-trained* encoder; from scratch that
+            near-zero head stalls training (the encoder gets almost no gradient through `fc_norm` while
+            the head only learns the label prior; see docs/benchmarks.md), so the default is timm's 0.02.
         decoder_hidden_size (`int`, defaults to 512): width of the MAE decoder of [`AudioMAEForPreTraining`].
         decoder_num_hidden_layers (`int`, defaults to 8): pre-LN blocks of the decoder (AudioMAE's
             `mae_vit_base_patch16_dec512d8b`).
@@ -116,6 +120,7 @@ class AudioMAEConfig(PreTrainedConfig):
     use_cls_pooling: bool = False
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
+    classifier_init_std: float = 0.02
     decoder_hidden_size: int = 512
     decoder_num_hidden_layers: int = 8
     decoder_num_attention_heads: int = 16
@@ -134,7 +139,8 @@ class AudioMAEConfig(PreTrainedConfig):
                 raise TypeError(f"AudioMAEConfig.{name} must be an int, got {value!r}")
             if value <= 0:
                 raise ValueError(f"AudioMAEConfig.{name} must be positive, got {value}")
-        for name in (*_PROBABILITIES, "mlp_ratio", "layer_norm_eps", "initializer_range"):
+        numbers = ("mlp_ratio", "layer_norm_eps", "initializer_range", "classifier_init_std")
+        for name in (*_PROBABILITIES, *numbers):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"AudioMAEConfig.{name} must be a number, got {value!r}")
@@ -145,8 +151,9 @@ class AudioMAEConfig(PreTrainedConfig):
         for name in ("mlp_ratio", "layer_norm_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AudioMAEConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.initializer_range < 0:
-            raise ValueError(f"AudioMAEConfig.initializer_range must be >= 0, got {self.initializer_range}")
+        for name in ("initializer_range", "classifier_init_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AudioMAEConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in _FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"AudioMAEConfig.{name} must be a bool, got {getattr(self, name)!r}")

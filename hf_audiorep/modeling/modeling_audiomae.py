@@ -78,8 +78,9 @@ class AudioMAEPreTrainedModel(PreTrainedModel):
         """
         super()._init_weights(module)  # LayerNorm -> ones / zeros
         if module is getattr(self, "classifier", None):
-            # AudioMAE re-initialises the head with a tiny std so fine-tuning starts from ~0 logits.
-            init.trunc_normal_(module.weight, std=2e-5)
+            # AudioMAE fine-tunes a pre-trained encoder with a 2e-5 head; from scratch that stalls (see the
+            # config), hence the configurable std.
+            init.trunc_normal_(module.weight, std=self.config.classifier_init_std)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
