@@ -289,3 +289,36 @@ def test_recipe_streams_a_parquet_dataset_with_precomputed_rr_targets(pretrained
     assert config["rr_embedding_dim"] == 8, "the projector follows the column's width"
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert saved["rr_projector.weight"].shape == (8, config["hidden_size"])
+
+
+def test_recipe_runs_on_two_processes_with_accelerate_launch(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: DDP over the student, one EMA teacher
+    per rank kept identical by identical updates, each rank on its own shard."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(root / "recipes" / "pretrain_cat.py"),
+        *recipe_args(tmp_path / "ddp", max_steps=2, eval_steps=0, checkpointing_steps=2, probe_dataset=""),
+    ]  # fmt: skip
+    proc = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((tmp_path / "ddp" / "train_results.json").read_text())
+    assert results["world_size"] == 2 and results["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert results["global_step"] == 2 and results["train_clips"] == 2 * 2 * 4
+    assert results["training_command"].startswith("accelerate launch --num_processes 2")
+    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert len(state["ranks"]) == 2
