@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
             logger.info("test: %s", json.dumps(test))
     push_run(train_args)  # after eval_results.json is written, so the card carries the test mAP
+    loop.finish()
     return summary
 
 

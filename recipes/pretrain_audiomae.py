@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = loop.run()
     logger.info("pre-trained model saved to %s", train_args.output_dir)
     push_run(train_args)  # publishes output_dir when --push_to_hub is set
+    loop.finish()
     return summary
 
 

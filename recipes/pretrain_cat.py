@@ -293,8 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
         }
         Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
         logger.info("linear probe: %s", json.dumps(final))
-    logger.info("pre-trained model saved to %s", train_args.output_dir)
+    if loop.accelerator.is_main_process:
+        logger.info("pre-trained model saved to %s", train_args.output_dir)
     push_run(train_args)  # with --push_to_hub: after eval_results.json, so the card carries the probe mAP
+    loop.finish()
     return summary
 
 

@@ -405,6 +405,15 @@ class TrainLoop:
             summary.update({k: v for k, v in self.eval_history[-1].items() if k != "step"})
         return summary
 
+    def finish(self) -> None:
+        """End the run on every rank together: recipes call it last, after their own evaluation.
+
+        The process group is destroyed here, behind a barrier, instead of at interpreter exit, where a
+        rank that tears down its gloo/NCCL threads while a peer is still busy can abort the process.
+        """
+        self.accelerator.wait_for_everyone()
+        _destroy_process_group()
+
     def _save_final(self, summary: dict) -> None:
         accelerator = self.accelerator
         output_dir = self.args.output_dir
