@@ -21,6 +21,7 @@ Only torch and transformers are imported here, so the file can ship as Hub remot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -476,3 +477,39 @@ def check_spectrogram_inputs(
                 f"attention_mask must be (batch, frames) = {(input_values.shape[0], num_frames)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay
+# --------------------------------------------------------------------------------------------
+
+_BLOCK_PARAM = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+class LayerDecayMixin:
+    """Layer ids of a ViT-style ``PreTrainedModel`` for layer-wise lr decay (BEiT / MAE ``lr_decay``).
+
+    A parameter gets 0 when its name (without the ``base_model_prefix``) starts with one of
+    ``embedding_param_prefixes`` (what sits below the first block), ``i + 1`` inside ``blocks.i``, and
+    ``num_hidden_layers + 1`` otherwise (final norms, heads, decoders).
+    """
+
+    embedding_param_prefixes: tuple[str, ...] = ()
+
+    def get_layer_id(self, param_name: str) -> int:
+        name = param_name.removeprefix(f"{self.base_model_prefix}.")
+        if name.startswith(self.embedding_param_prefixes):
+            return 0
+        match = _BLOCK_PARAM.search(name)
+        if match:
+            return int(match.group(1)) + 1
+        return self.config.num_hidden_layers + 1
+
+    def layer_ids(self) -> dict[str, int]:
+        """``{parameter name: layer id}`` for every parameter, see `get_layer_id`."""
+        return {name: self.get_layer_id(name) for name, _ in self.named_parameters()}
+
+    @property
+    def num_layer_ids(self) -> int:
+        """Number of distinct layer ids (``num_hidden_layers + 2``)."""
+        return self.config.num_hidden_layers + 2

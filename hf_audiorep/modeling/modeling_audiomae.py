@@ -19,7 +19,6 @@ same `AudioMAEModel` under the same ``audiomae.`` prefix, so a pre-training chec
 into `AudioMAEForAudioClassification` or `AutoModel`.
 """
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from ._layers import (
     Attention,
+    LayerDecayMixin,
     PatchEmbed,
     PreLNBlock,
     frames_to_patch_mask,
@@ -52,12 +52,12 @@ __all__ = [
     "AudioMAEPreTrainedModel",
 ]
 
-_BLOCK_PARAM = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
-
-class AudioMAEPreTrainedModel(PreTrainedModel):
+class AudioMAEPreTrainedModel(LayerDecayMixin, PreTrainedModel):
     config: AudioMAEConfig
     base_model_prefix = "audiomae"
+    # Layer decay (AudioMAE's lr_decay): patch embedding, CLS token and positions sit below block 0.
+    embedding_param_prefixes = ("patch_embed.", "cls_token", "pos_embed")
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
@@ -100,30 +100,6 @@ class AudioMAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, AudioMAEDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, module.sincos_pos_embed())
-
-    def get_layer_id(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise learning-rate decay (AudioMAE ``lr_decay``).
-
-        0 for the patch embedding, CLS token and positions; ``i + 1`` for block ``i``;
-        ``num_hidden_layers + 1`` for the final norms and the head. Names may carry the
-        ``audiomae.`` prefix or not.
-        """
-        name = param_name.removeprefix(f"{self.base_model_prefix}.")
-        if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
-            return 0
-        match = _BLOCK_PARAM.search(name)
-        if match:
-            return int(match.group(1)) + 1
-        return self.config.num_hidden_layers + 1
-
-    def layer_ids(self) -> dict[str, int]:
-        """``{parameter name: layer id}`` for every parameter, see `get_layer_id`."""
-        return {name: self.get_layer_id(name) for name, _ in self.named_parameters()}
-
-    @property
-    def num_layer_ids(self) -> int:
-        """Number of distinct layer ids (``num_hidden_layers + 2``)."""
-        return self.config.num_hidden_layers + 2
 
 
 class AudioMAEModel(AudioMAEPreTrainedModel):
@@ -291,8 +267,13 @@ class AudioMAEForAudioClassification(AudioMAEPreTrainedModel):
         grid_t = -(-num_frames // config.patch_size)
         grid_f = config.num_mel_bins // config.patch_size
         ids_keep, _ = patch_out_mask_2d(
-            input_values.shape[0], grid_t, grid_f, config.mask_t_prob, config.mask_f_prob,
-            generator=generator, device=input_values.device,
+            input_values.shape[0],
+            grid_t,
+            grid_f,
+            config.mask_t_prob,
+            config.mask_f_prob,
+            generator=generator,
+            device=input_values.device,
         )
         return ids_keep
 

@@ -23,7 +23,6 @@ Only torch and transformers are imported here, so the file can ship as Hub remot
 """
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from ._layers import (
     Attention,
     ChannelLayerNorm,
+    LayerDecayMixin,
     Mlp,
     PatchEmbed,
     PostLNBlock,
@@ -67,7 +67,6 @@ __all__ = [
     "make_teacher_targets",
 ]
 
-_BLOCK_PARAM = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 # The reference builds its conv-stem LayerNorms with torch's default epsilon (the ViT blocks use 1e-6).
 _STEM_NORM_EPS = 1e-5
 # Std of the noise that stands in for hidden patches at the decoder input (data2vec's mask_noise_std).
@@ -385,9 +384,12 @@ class CATModelOutput(BaseModelOutputWithPooling):
     ffn_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class CATPreTrainedModel(PreTrainedModel):
+class CATPreTrainedModel(LayerDecayMixin, PreTrainedModel):
     config: CATConfig
     base_model_prefix = "cat"
+    # Layer decay: the stem, CLS token and embedding norm sit below block 0; head, decoder and RR projector
+    # above the last block.
+    embedding_param_prefixes = ("stem.", "patch_embed.", "cls_token", "pre_norm.")
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
@@ -438,30 +440,6 @@ class CATPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CATModel):
             init.normal_(module.cls_token, std=std)
             init.copy_(module.pos_embed, module.sincos_pos_embed())
-
-    def get_layer_id(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise learning-rate decay.
-
-        0 for the stem / patch embedding, the CLS token and the embedding norm; ``i + 1`` for block ``i``;
-        ``num_hidden_layers + 1`` for everything after the blocks (head, decoder, RR projector). Names may
-        carry the ``cat.`` prefix or not.
-        """
-        name = param_name.removeprefix(f"{self.base_model_prefix}.")
-        if name.startswith(("stem.", "patch_embed.", "cls_token", "pre_norm.")):
-            return 0
-        match = _BLOCK_PARAM.search(name)
-        if match:
-            return int(match.group(1)) + 1
-        return self.config.num_hidden_layers + 1
-
-    def layer_ids(self) -> dict[str, int]:
-        """``{parameter name: layer id}`` for every parameter, see `get_layer_id`."""
-        return {name: self.get_layer_id(name) for name, _ in self.named_parameters()}
-
-    @property
-    def num_layer_ids(self) -> int:
-        """Number of distinct layer ids (``num_hidden_layers + 2``)."""
-        return self.config.num_hidden_layers + 2
 
 
 # --------------------------------------------------------------------------------------------
