@@ -122,16 +122,30 @@ def test_step_loss_parts_fall_on_a_tiny_overfit_run():
     assert teacher.num_updates == 25
 
 
-def test_rr_gradient_reaches_the_projector_and_never_a_frozen_teacher(tmp_path):
-    # RR toward a frozen encoder computed on the fly: a tiny AudioMAE saved as users would save one.
+def save_tiny_rr_teacher(path, kind: str) -> None:
+    """A frozen RR teacher saved as users would save one: a tiny random ClapModel or hf_audiorep model."""
     torch.manual_seed(0)
+    if kind == "clap":
+        from test_rr_teacher import PROJECTION_DIM, TINY_HTSAT, TINY_ROBERTA, _clap_extractor
+        from transformers import ClapConfig, ClapModel
+
+        config = ClapConfig(text_config=TINY_ROBERTA, audio_config=TINY_HTSAT, projection_dim=PROJECTION_DIM)
+        ClapModel(config).save_pretrained(path)
+        _clap_extractor().save_pretrained(path)
+        return
     rr_config = AudioMAEConfig(
         hidden_size=8, num_hidden_layers=1, num_attention_heads=2, max_length=112, num_mel_bins=128
     )
-    AudioMAEModel(rr_config).save_pretrained(tmp_path / "rr")
-    AudioFbankFeatureExtractor(target_length=112).save_pretrained(tmp_path / "rr")
+    AudioMAEModel(rr_config).save_pretrained(path)
+    AudioFbankFeatureExtractor(target_length=112).save_pretrained(path)
+
+
+@pytest.mark.parametrize("kind", ["clap", "hf_audiorep"])
+def test_rr_gradient_reaches_the_projector_and_never_a_frozen_teacher(tmp_path, kind):
+    # RR toward a frozen encoder computed on the fly, with its own front end and sample rate (CLAP: 48 kHz).
+    save_tiny_rr_teacher(tmp_path / "rr", kind)
     rr_teacher = FrozenEmbeddingTeacher.from_pretrained(str(tmp_path / "rr"))
-    assert rr_teacher.embedding_dim == 8
+    assert rr_teacher.kind == kind and rr_teacher.embedding_dim == 8
 
     model = tiny_model(num_mel_bins=128, max_length=112)
     ema = build_ema_teacher(model)
