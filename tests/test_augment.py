@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_audiorep.data.augment import mixup, spec_augment
+from hf_audiorep.data.augment import mixup, roll_and_gain, spec_augment
 
 
 def test_mixup_mixes_waveforms_and_labels_with_the_same_weights():
@@ -46,3 +46,49 @@ def test_spec_augment_masks_independent_bands_per_clip():
     assert torch.equal(out[unmasked], feats[unmasked])
     with pytest.raises(ValueError, match="B, T, F"):
         spec_augment(feats[0])
+
+
+def test_roll_and_gain_rotates_within_the_real_samples_and_scales():
+    torch.manual_seed(0)
+    waveforms = torch.zeros(3, 12)
+    lengths = torch.tensor([12, 7, 1])
+    for i, n in enumerate(lengths.tolist()):
+        waveforms[i, :n] = torch.arange(1, n + 1, dtype=torch.float32)
+    out = roll_and_gain(waveforms, lengths)
+    assert out.shape == waveforms.shape
+    for i, n in enumerate(lengths.tolist()):
+        real = out[i, :n]
+        gain = real.abs().sum() / waveforms[i, :n].sum()
+        assert 0.5 <= gain <= 1.5
+        # The real samples are a rotation of the clip, scaled by one gain; the padding stays silent.
+        shift = int(torch.argmin((real / gain - 1).abs()))
+        torch.testing.assert_close(real / gain, torch.roll(waveforms[i, :n], shift), rtol=1e-5, atol=1e-5)
+        assert torch.equal(out[i, n:], torch.zeros(12 - n))
+    # Each clip draws its own shift and gain: copies of one clip come out different.
+    copies = roll_and_gain(waveforms[:1].repeat(8, 1), lengths[:1].repeat(8))
+    assert len({tuple(row.tolist()) for row in copies}) == 8
+    with pytest.raises(ValueError, match="lengths"):
+        roll_and_gain(waveforms, lengths[:2])
+    with pytest.raises(ValueError, match="gain_alpha"):
+        roll_and_gain(waveforms, lengths, gain_alpha=0)
+
+
+def test_step_rolls_training_clips_only_when_asked():
+    from torch import nn
+
+    from hf_audiorep.training import AugmentationArguments, SupervisedClassificationStep
+
+    class PassThrough:  # the batch's waveforms come back as one-bin "features"
+        mean, std, std_scale, do_normalize = 0.0, 1.0, 2.0, True
+
+        def batch_features(self, waveforms, lengths):
+            return waveforms.unsqueeze(-1), torch.ones_like(waveforms, dtype=torch.long)
+
+    batch = {"waveforms": torch.randn(4, 50), "lengths": torch.full((4,), 50), "labels": torch.zeros(4, 3)}
+    model = nn.Linear(1, 1)
+    no_mix = dict(mixup_prob=0.0, freq_mask=0, time_mask=0)
+    plain = SupervisedClassificationStep(PassThrough(), AugmentationArguments(**no_mix))
+    rolled = SupervisedClassificationStep(PassThrough(), AugmentationArguments(**no_mix, roll_mag_aug=True))
+    assert torch.equal(plain.features(model.train(), batch)[0][..., 0], batch["waveforms"])
+    assert not torch.allclose(rolled.features(model.train(), batch)[0][..., 0], batch["waveforms"])
+    assert torch.equal(rolled.features(model.eval(), batch)[0][..., 0], batch["waveforms"]), "eval: no roll"

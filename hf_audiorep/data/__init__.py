@@ -1,7 +1,7 @@
 """Data: the embedded corpus, AudioSet and other sources, decoding, batching, augmentation."""
 
 from .arguments import DataArguments, StreamFactory, load_sources
-from .augment import MixupOutput, mixup, random_erasing, spec_augment
+from .augment import MixupOutput, mixup, random_erasing, roll_and_gain, spec_augment
 from .corpus import EMBEDDED_ONTOLOGY, load_embedded_corpus
 from .decode import CorruptAudioError, crop_or_pad, decode_audio
 from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, labels_to_multi_hot
@@ -28,6 +28,7 @@ __all__ = [
     "load_sources",
     "mixup",
     "random_erasing",
+    "roll_and_gain",
     "spec_augment",
     "split_labeled",
 ]

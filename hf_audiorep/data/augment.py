@@ -58,6 +58,34 @@ def mixup(
     return MixupOutput(mixed, mixed_lengths, mixed_labels, lam)
 
 
+def roll_and_gain(waveforms: torch.Tensor, lengths: torch.Tensor, gain_alpha: float = 10.0) -> torch.Tensor:
+    """AudioMAE's ``roll_mag_aug``: rotate each clip in time by a random shift and scale it by
+    ``Beta(gain_alpha, gain_alpha) + 0.5`` (a gain in [0.5, 1.5] around 1).
+
+    The rotation wraps within each clip's real samples (``lengths``), so zero padding stays at the end
+    and no silence is rotated into the clip. Events move to new onsets while the clip keeps its labels.
+    """
+    if waveforms.ndim != 2 or lengths.shape != (len(waveforms),):
+        raise ValueError(
+            f"roll_and_gain expects waveforms (B, S) and lengths (B,), got {tuple(waveforms.shape)} and "
+            f"{tuple(lengths.shape)}"
+        )
+    if gain_alpha <= 0:
+        raise ValueError(f"gain_alpha must be positive, got {gain_alpha}")
+    batch, samples = waveforms.shape
+    device = waveforms.device
+    lengths = lengths.to(device).clamp(min=1, max=samples)
+    shifts = (torch.rand(batch, device=device) * lengths).long()
+    positions = torch.arange(samples, device=device).unsqueeze(0)
+    # Output sample t (< length) reads input sample (t - shift) mod length; padding reads itself.
+    source = torch.where(
+        positions < lengths[:, None], (positions - shifts[:, None]) % lengths[:, None], positions
+    )
+    beta = torch.distributions.Beta(torch.tensor(float(gain_alpha)), torch.tensor(float(gain_alpha)))
+    gain = (beta.sample((batch,)) + 0.5).to(device=device, dtype=waveforms.dtype)
+    return torch.gather(waveforms, 1, source) * gain[:, None]
+
+
 def spec_augment(
     features: torch.Tensor,
     freq_mask_param: int = 48,

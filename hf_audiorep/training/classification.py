@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import mixup, spec_augment
+from ..data.augment import mixup, roll_and_gain, spec_augment
 
 
 @dataclass
@@ -24,6 +24,9 @@ class AugmentationArguments:
     """SpecAugment: maximum width of the frequency mask, in mel bins (AudioMAE AS-20K: 48); 0 disables"""
     time_mask: int = 192
     """SpecAugment: maximum width of the time mask, in frames (AudioMAE AS-20K: 192); 0 disables"""
+    roll_mag_aug: bool = False
+    """AudioMAE's roll_mag_aug: rotate each training clip in time and scale it by a gain in [0.5, 1.5]
+    (before mixup); also on in EAT/CAT fine-tuning (roll_aug)"""
 
     def __post_init__(self):
         if not 0.0 <= self.mixup_prob <= 1.0:
@@ -49,6 +52,8 @@ class SupervisedClassificationStep:
     def features(self, model, batch, augment_features: bool = True) -> tuple[torch.Tensor, ...]:
         """Mixed-up (training) features, frame mask and labels of a batch; SpecAugment unless disabled."""
         waveforms, lengths, labels = batch["waveforms"], batch["lengths"], batch["labels"]
+        if model.training and self.aug.roll_mag_aug:
+            waveforms = roll_and_gain(waveforms, lengths)
         if model.training and self.aug.mixup_prob > 0:
             mixed = mixup(waveforms, lengths, labels, alpha=self.aug.mixup_alpha, prob=self.aug.mixup_prob)
             waveforms, lengths, labels = mixed.waveforms, mixed.lengths, mixed.labels
