@@ -63,6 +63,17 @@ _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 _AUDIOSET_CLASSES = 527
 
 
+def state_dict_from(path_or_state_dict) -> Mapping[str, torch.Tensor]:
+    """A converter's input as a state dict: given as one, or read with `read_safetensors_state_dict`."""
+    if isinstance(path_or_state_dict, Mapping):
+        return path_or_state_dict
+    if isinstance(path_or_state_dict, str | os.PathLike):
+        return read_safetensors_state_dict(path_or_state_dict)
+    raise TypeError(
+        f"expected a path to a .safetensors file or a state dict, got {type(path_or_state_dict).__name__}"
+    )
+
+
 def read_safetensors_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file (or of ``model.safetensors`` in a directory), on the CPU.
 
@@ -285,14 +296,7 @@ def load_timm_audiomae(
     ``False`` returns the encoder `AudioMAEModel` (any head is dropped), ``None`` picks by whether the
     checkpoint has a head. The model is returned in eval mode; every weight must load (strict).
     """
-    if isinstance(path_or_state_dict, Mapping):
-        state_dict = path_or_state_dict
-    elif isinstance(path_or_state_dict, str | os.PathLike):
-        state_dict = read_safetensors_state_dict(path_or_state_dict)
-    else:
-        raise TypeError(
-            f"expected a path to a .safetensors file or a state dict, got {type(path_or_state_dict).__name__}"
-        )
+    state_dict = state_dict_from(path_or_state_dict)
     config, converted = convert_timm_audiomae_state_dict(state_dict, config)
     has_head = "classifier.weight" in converted
     if with_head is None:

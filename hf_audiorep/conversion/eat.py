@@ -47,7 +47,7 @@ import torch
 from ..modeling._layers import get_2d_sincos_pos_embed
 from ..modeling.configuration_cat import CATConfig
 from ..modeling.modeling_cat import CATModel
-from .audiomae_timm import read_safetensors_state_dict
+from .audiomae_timm import state_dict_from
 
 __all__ = ["convert_cat_state_dict", "convert_eat_state_dict", "infer_eat_config", "load_eat_checkpoint"]
 
@@ -217,14 +217,7 @@ def load_eat_checkpoint(
     """`CATModel` (in eval mode) from an EAT/CAT checkpoint: a ``.safetensors`` file, a directory holding
     ``model.safetensors``, or a state dict. Every encoder weight must load (strict); the config is inferred
     from the shapes when not given (see `infer_eat_config`)."""
-    if isinstance(path_or_state_dict, Mapping):
-        state_dict = path_or_state_dict
-    elif isinstance(path_or_state_dict, str | os.PathLike):
-        state_dict = read_safetensors_state_dict(path_or_state_dict)
-    else:
-        raise TypeError(
-            f"expected a path to a .safetensors file or a state dict, got {type(path_or_state_dict).__name__}"
-        )
+    state_dict = state_dict_from(path_or_state_dict)
     converted = convert_eat_state_dict(state_dict)
     if config is None:
         config = infer_eat_config(state_dict)
