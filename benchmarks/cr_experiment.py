@@ -85,6 +85,11 @@ def run(config_args: list[str], seed: int, args, out: Path) -> dict:
         str(out),
         *config_args,
     ]
+    if args.model_name_or_path:
+        # Fine-tune a pre-trained encoder as AudioMAE does: near-zero head, layer-wise lr decay.
+        cmd += ["--model_name_or_path", args.model_name_or_path, "--classifier_init_std", "2e-5"]
+    if args.layer_decay != 1.0:
+        cmd += ["--layer_decay", str(args.layer_decay)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return json.loads((out / "eval_results.json").read_text())
@@ -95,6 +100,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--preset", default="audiomae-tiny")
+    parser.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="start every run from this pre-trained encoder (e.g. a recipes/pretrain_audiomae.py output)",
+    )
+    parser.add_argument("--layer_decay", type=float, default=1.0)
     parser.add_argument("--clip_seconds", type=float, default=3.0)
     parser.add_argument("--max_length", type=int, default=304, help="frames (multiple of 16)")
     parser.add_argument("--num_labeled", type=int, default=200)
@@ -104,7 +115,8 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=2.0, help="lambda for the CR runs")
     args = parser.parse_args()
     print(
-        f"labelled clips {args.num_labeled}, {args.clip_seconds} s, {args.preset}, batch {args.batch}, "
+        f"labelled clips {args.num_labeled}, {args.clip_seconds} s, "
+        f"{args.model_name_or_path or args.preset}, layer decay {args.layer_decay}, batch {args.batch}, "
         f"{args.max_steps} steps, lr {args.lr}, lambda {args.weight}, seeds {args.seeds}",
         flush=True,
     )

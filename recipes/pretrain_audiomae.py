@@ -1,7 +1,8 @@
 """Pre-train an AudioMAE encoder as a masked autoencoder (Huang et al., 2022); labels are ignored.
 
 Runs with no arguments on the embedded corpus (the tiny preset, 120 steps of 8 clips: about 9 minutes on
-two busy CPU cores, reconstruction loss 1.7 -> 0.87):
+two busy CPU cores, reconstruction loss 1.7 -> 0.87) and ends with the validation reconstruction loss and a
+linear-probe mAP of the frozen encoder on the corpus test split (`eval_results.json`):
 
     accelerate launch recipes/pretrain_audiomae.py
 
@@ -9,7 +10,8 @@ On AudioSet streamed from the Hub, at AudioMAE's size (ViT-B encoder, 512 x 8 de
 
     accelerate launch recipes/pretrain_audiomae.py --dataset agkphysics/AudioSet --dataset_config unbalanced \
         --streaming --preset audiomae-base --max_steps 130000 --per_device_batch_size 64 \
-        --learning_rate 4e-4 --warmup_steps 12000 --mixed_precision bf16 --output_dir outputs/audiomae-pt
+        --learning_rate 4e-4 --warmup_steps 12000 --mixed_precision bf16 --output_dir outputs/audiomae-pt \
+        --probe_dataset agkphysics/AudioSet --probe_dataset_config balanced
 
 The output directory holds an `AudioMAEForPreTraining` checkpoint and its `preprocessor_config.json`;
 fine-tune it with `recipes/finetune.py --model_name_or_path <output_dir>` (the decoder is dropped and a
@@ -27,7 +29,15 @@ from transformers import HfArgumentParser, set_seed
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.hub import push_run
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
-from hf_audiorep.training import MaskedAutoencoderStep, TrainingArguments, TrainLoop, evaluate_reconstruction
+from hf_audiorep.training import (
+    MaskedAutoencoderStep,
+    ProbeArguments,
+    TrainingArguments,
+    TrainLoop,
+    build_linear_probe,
+    evaluate_reconstruction,
+    write_probe_results,
+)
 
 logger = logging.getLogger("pretrain_audiomae")
 
@@ -57,7 +67,7 @@ class PretrainTrainingArguments(TrainingArguments):
     weight_decay: float = 1e-4  # AudioMAE AS-2M pre-training
     adam_beta2: float = 0.95  # MAE
     warmup_steps: int = 12
-    eval_steps: int | None = None  # the reconstruction loss on the validation split at the end only
+    eval_steps: int | None = None  # reconstruction loss and linear probe at the end only
     checkpointing_steps: int | None = 60
 
 
@@ -74,8 +84,8 @@ def _model(model_args: ModelArguments) -> tuple[AudioMAEForPreTraining, AudioFba
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainTrainingArguments))
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, ProbeArguments, DataArguments, PretrainTrainingArguments))
+    model_args, probe_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
@@ -87,13 +97,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     step = MaskedAutoencoderStep(feature_extractor)
     loop = TrainLoop(train_args, model, stream("train", True), step, feature_extractor=feature_extractor)
-    if "eval" in sources:
-        loop.eval_fn = lambda m: evaluate_reconstruction(
-            m, stream("eval", False), feature_extractor, loop.accelerator, seed=train_args.seed
-        )
+    probe = build_linear_probe(probe_args, data_args, train_args, feature_extractor.sampling_rate, state)
+
+    def evaluate(model) -> dict:
+        metrics = {}
+        if "eval" in sources:
+            metrics.update(
+                evaluate_reconstruction(
+                    model, stream("eval", False), feature_extractor, loop.accelerator, seed=train_args.seed
+                )
+            )
+        if probe is not None:
+            metrics.update(probe(model, feature_extractor))
+        return metrics
+
+    if "eval" in sources or probe is not None:
+        loop.eval_fn = evaluate
     summary = loop.run()
+    if probe is not None and loop.accelerator.is_main_process:
+        write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
     logger.info("pre-trained model saved to %s", train_args.output_dir)
-    push_run(train_args)  # publishes output_dir when --push_to_hub is set
+    push_run(train_args)  # with --push_to_hub: after eval_results.json, so the card carries the probe mAP
     loop.finish()
     return summary
 

@@ -30,27 +30,26 @@ on it gives the encoder; fine-tune with `recipes/finetune.py --model_name_or_pat
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
 import hf_audiorep
-from hf_audiorep.data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
-from hf_audiorep.evaluation import linear_probe_encoder
+from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.hub import push_run
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, CATForPreTraining
 from hf_audiorep.training import (
     BootstrapPretrainingStep,
     FrozenEmbeddingTeacher,
+    ProbeArguments,
     TrainingArguments,
     TrainLoop,
     build_ema_teacher,
+    build_linear_probe,
+    write_probe_results,
 )
 
 logger = logging.getLogger("pretrain_cat")
@@ -95,19 +94,6 @@ class RRArguments:
     """sum (fairseq parity: CLS and RR terms summed over student samples) | mean"""
     trust_remote_code: bool = False
     """allow remote code when loading --rr_teacher"""
-
-
-@dataclass
-class ProbeArguments:
-    probe_dataset: str | None = EMBEDDED
-    """labelled dataset of the linear probe run at every eval and at the end ('' to skip the probe)"""
-    probe_dataset_config: str | None = None
-    probe_train_split: str = "train"
-    probe_test_split: str = "test"
-    probe_train_clips: int = 800
-    """clips the probe is fitted on (the first N of --probe_train_split)"""
-    probe_test_clips: int | None = None
-    """clips the probe is scored on (default: the whole --probe_test_split)"""
 
 
 @dataclass
@@ -198,46 +184,6 @@ def _model(
     return CATForPreTraining(config), AudioFbankFeatureExtractor(target_length=config.max_length)
 
 
-def _probe(probe_args: ProbeArguments, data_args: DataArguments, train_args, sample_rate: int, state):
-    """``eval_fn(model) -> {"probe_mAP", ...}``: a linear probe on the frozen encoder, or None when off.
-
-    Every process fits the same probe on the whole (unsharded) probe splits: the result is identical on
-    all ranks without a gather, at the price of redundant work on multi-GPU runs.
-    """
-    if not probe_args.probe_dataset:
-        return None
-    probe_data = dataclasses.replace(
-        data_args,
-        dataset=probe_args.probe_dataset,
-        dataset_config=probe_args.probe_dataset_config,
-        train_split=probe_args.probe_train_split,
-        eval_split=None,
-        test_split=probe_args.probe_test_split,
-        num_labeled_clips=None,
-        unlabeled_dataset=None,
-        label_column=None if probe_args.probe_dataset != data_args.dataset else data_args.label_column,
-        # The probe reads the labelled corpus at its default size unless the run asked for another.
-        streaming=data_args.streaming and probe_args.probe_dataset != EMBEDDED,
-    )
-    sources = load_sources(probe_data, roles=("train", "test"))
-    stream = StreamFactory.for_process(sources, probe_data, train_args, sample_rate, state)
-    batch_size = train_args.per_device_batch_size
-
-    def clips(role: str, limit: int | None):
-        batches = stream(role, train=False, sharded=False)
-        return batches if limit is None else itertools.islice(batches, -(-limit // batch_size))
-
-    def evaluate(model, feature_extractor) -> dict:
-        return linear_probe_encoder(
-            model.base_model,
-            clips("train", probe_args.probe_train_clips),
-            clips("test", probe_args.probe_test_clips),
-            feature_extractor,
-        )
-
-    return evaluate
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser(
         (ModelArguments, RRArguments, ProbeArguments, CATDataArguments, CATPretrainTrainingArguments)
@@ -275,24 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
         extra_state={"ema_teacher": teacher},
         on_optimizer_step=[step.update_teacher],
     )
-    probe = _probe(probe_args, data_args, train_args, feature_extractor.sampling_rate, state)
+    probe = build_linear_probe(probe_args, data_args, train_args, feature_extractor.sampling_rate, state)
     if probe is not None:
         loop.eval_fn = lambda m: probe(m, feature_extractor)
     summary = loop.run()
 
     if probe is not None and loop.accelerator.is_main_process:
-        final = {k: v for k, v in summary.items() if k.startswith("probe_")}
-        results = {
-            **final,
-            "dataset": probe_args.probe_dataset
-            + (f"/{probe_args.probe_dataset_config}" if probe_args.probe_dataset_config else ""),
-            "split": probe_args.probe_test_split,
-            "protocol": f"linear probe (logistic regression) on {probe_args.probe_train_clips} "
-            f"{probe_args.probe_train_split} clips, frozen encoder",
-            "eval_history": loop.eval_history,
-        }
-        Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
-        logger.info("linear probe: %s", json.dumps(final))
+        write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
     if loop.accelerator.is_main_process:
         logger.info("pre-trained model saved to %s", train_args.output_dir)
     push_run(train_args)  # with --push_to_hub: after eval_results.json, so the card carries the probe mAP

@@ -232,10 +232,17 @@ def test_pretrain_recipe_output_fine_tunes_with_the_finetune_recipe(tmp_path):
             "3",
             "--checkpointing_steps",
             "0",
+            "--probe_train_clips",
+            "32",
         ]
     )
     assert summary["global_step"] == 3 and math.isfinite(summary["eval_reconstruction_loss"])
     assert summary["eval_num_clips"] == 16
+    # The frozen encoder is linear-probed at the eval: fitted on 32 train clips, scored on the test split.
+    results = json.loads((pretrained / "eval_results.json").read_text())
+    assert 0.0 < results["probe_mAP"] <= 1.0 and results["probe_mAP"] == summary["probe_mAP"]
+    assert results["split"] == "test" and "32 train clips, frozen encoder" in results["protocol"]
+    assert results["eval_history"][-1]["probe_mAP"] == results["probe_mAP"]
     config = json.loads((pretrained / "config.json").read_text())
     assert config["architectures"] == ["AudioMAEForPreTraining"] and config["max_length"] == 208
     assert (pretrained / "preprocessor_config.json").is_file()

@@ -15,6 +15,7 @@ from .ema import ModelEMA
 from .loop import BatchSource, TrainLoop
 from .optim import build_optimizer, build_param_groups, build_scheduler, default_layer_id, lr_multiplier
 from .pretraining import MaskedAutoencoderStep, evaluate_reconstruction
+from .probe import ProbeArguments, build_linear_probe, write_probe_results
 from .rr_teacher import (
     TEACHER_KINDS,
     FrozenEmbeddingTeacher,
@@ -32,10 +33,12 @@ __all__ = [
     "FrozenEmbeddingTeacher",
     "MaskedAutoencoderStep",
     "ModelEMA",
+    "ProbeArguments",
     "SupervisedClassificationStep",
     "TrainLoop",
     "TrainingArguments",
     "build_ema_teacher",
+    "build_linear_probe",
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
@@ -50,4 +53,5 @@ __all__ = [
     "precompute_teacher_embeddings",
     "rotate_checkpoints",
     "save_checkpoint",
+    "write_probe_results",
 ]
