@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
+import time
 
 import datasets
 import numpy as np
@@ -22,8 +24,9 @@ from datasets import Audio, ClassLabel, Dataset, Features, IterableDataset, List
 from hf_audiorep.data import sources as sources_module
 from hf_audiorep.data.decode import CorruptAudioError, crop_or_pad, decode_audio
 from hf_audiorep.data.ontology import AUDIOSET_ONTOLOGY, LabelMapper, labels_to_multi_hot
+from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.data.sources import load_audio_source
-from hf_audiorep.data.stream import AudioStream
+from hf_audiorep.data.stream import AudioStream, stop_prefetch_threads
 
 SR = 16000
 CLIP = 0.25  # seconds: 4000 samples at 16 kHz
@@ -488,6 +491,45 @@ def test_epoch_bookkeeping(class_dataset):
     iterator.close()  # stopping early leaves the position after the batch taken
     assert stream.state_dict()["examples_consumed"] == 2 and stream.state_dict()["epoch"] == 1
     assert len(_collect(stream)) == 4
+
+
+def _prefetch_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "audio-stream-prefetch" and t.is_alive()]
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_abandoned_iterators_are_stopped_at_exit(class_dataset):
+    """An iterator nobody closes keeps its prefetch thread; the exit hook stops and joins it, so no decoder
+    is still running while the interpreter tears down native libraries."""
+    assert _wait_until(lambda: not _prefetch_threads())
+    stream = _stream(load_audio_source(class_dataset), train=True, seed=1)
+    abandoned = iter(stream)
+    next(abandoned)
+    assert len(_prefetch_threads()) == 1
+    assert stop_prefetch_threads(timeout=10.0) == 0
+    assert not _prefetch_threads()
+    del abandoned
+
+
+def test_closing_semi_supervised_batches_stops_the_unlabelled_stream(class_dataset):
+    source = load_audio_source(class_dataset)
+    labeled = _stream(source, train=True, seed=1)
+    unlabeled = _stream(source, train=True, seed=2, batch_size=1)
+    batches = SemiSupervisedBatches(labeled, unlabeled)
+    iterator = iter(batches)
+    next(iterator)
+    next(iterator)
+    assert len(_prefetch_threads()) == 2
+    iterator.close()  # what a training loop does when it stops mid-epoch
+    assert _wait_until(lambda: not _prefetch_threads())
+    assert unlabeled.state_dict()["examples_consumed"] == 2  # its position is kept
+    assert batches.state_dict()["labeled"]["examples_consumed"] == 4
 
 
 # ------------------------------------------------------------------------------------- errors

@@ -43,13 +43,25 @@ class SemiSupervisedBatches:
         raise ValueError("the unlabelled stream produced no batch in a whole epoch")
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in self.labeled:
-            extra = self._next_unlabeled()
-            yield {
-                **batch,
-                "unlabeled_waveforms": extra["waveforms"],
-                "unlabeled_lengths": extra["lengths"],
-            }
+        try:
+            for batch in self.labeled:
+                extra = self._next_unlabeled()
+                yield {
+                    **batch,
+                    "unlabeled_waveforms": extra["waveforms"],
+                    "unlabeled_lengths": extra["lengths"],
+                }
+        except GeneratorExit:
+            # Training stopped mid-epoch: close the unlabelled iterator too, so its prefetch thread stops
+            # now rather than decoding on until the program exits. Its committed position is kept, so a
+            # new iteration (or a resumed run) continues the unlabelled stream where it was.
+            self.close_unlabeled()
+            raise
+
+    def close_unlabeled(self) -> None:
+        if self._unlabeled_iter is not None:
+            self._unlabeled_iter.close()
+            self._unlabeled_iter = None
 
     def state_dict(self) -> dict:
         return {"labeled": self.labeled.state_dict(), "unlabeled": self.unlabeled.state_dict()}

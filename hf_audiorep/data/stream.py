@@ -13,11 +13,13 @@ records all fail (wrong column, unreadable dataset) raises, because it would oth
 
 from __future__ import annotations
 
+import atexit
 import copy
 import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,32 @@ logger = logging.getLogger(__name__)
 # A stream whose first records all fail is misconfigured, not unlucky: raise after this many.
 ALL_FAILED_LIMIT = 32
 _KEPT_ERRORS = 5
+
+# Prefetch threads still running, with their stop flags. A stream iterator left open until the end of the
+# program (an abandoned generator, a cycled unlabelled stream) would otherwise leave its daemon thread
+# decoding while the interpreter finalises, and native decoders torn down under a live thread abort the
+# process ("terminate called without an active exception") after the run has finished.
+_LIVE_PRODUCERS: dict[threading.Thread, threading.Event] = {}
+_LIVE_LOCK = threading.Lock()
+# Long enough for a decode in flight to finish; a stuck reader must not hang the exit forever.
+_EXIT_JOIN_SECONDS = 10.0
+
+
+def stop_prefetch_threads(timeout: float = _EXIT_JOIN_SECONDS) -> int:
+    """Stop every running prefetch thread and wait for them (at most ``timeout`` s in all).
+
+    Runs at interpreter exit; returns how many threads were still alive when it gave up waiting."""
+    with _LIVE_LOCK:
+        producers = list(_LIVE_PRODUCERS.items())
+    for _, stop in producers:
+        stop.set()
+    deadline = time.monotonic() + timeout
+    for thread, _ in producers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread, _ in producers)
+
+
+atexit.register(stop_prefetch_threads)
 
 
 @dataclass
@@ -397,6 +425,8 @@ class AudioStream:
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
+            with _LIVE_LOCK:
+                _LIVE_PRODUCERS.pop(threading.current_thread(), None)
 
     def _all_failed_message(self, count: int, errors: list[str]) -> str:
         return (
@@ -428,6 +458,8 @@ class AudioStream:
         producer = threading.Thread(
             target=self._produce, args=(epoch, start, out, stop), name="audio-stream-prefetch", daemon=True
         )
+        with _LIVE_LOCK:
+            _LIVE_PRODUCERS[producer] = stop
         producer.start()
         try:
             while True:
