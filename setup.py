@@ -30,6 +30,7 @@ setup(
         "huggingface-hub>=2.4,<3",
         "safetensors>=0.8",
         "soundfile>=0.13",
+        "filetype>=1.2",  # names what an unreadable upload is (an image, a PDF...) in error messages
         "numpy>=1.26",
         "evaluate>=0.4.6",
         "scikit-learn>=1.6",

@@ -159,8 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast")
     parser.add_argument("--model", choices=("both", "ours", "ast"), default="both")
     parser.add_argument("--preset", default="audiomae-base", help="AudioMAE preset; AST gets the same size")
-    parser.add_argument("--patch-out", action=argparse.BooleanOptionalAction, default=True,
-                        help="AudioMAE's 2-D patch-out during training (default: on, as it fine-tunes)")
+    parser.add_argument(
+        "--patch-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="AudioMAE's 2-D patch-out during training (default: on, as it fine-tunes)",
+    )
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
     args.batch = args.batch or (64 if on_cuda else 2)
@@ -174,17 +178,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     names = ("ours", "ast") if args.model == "both" else (args.model,)
-    print(f"device={args.device} dtype={args.dtype} batch={args.batch} steps={args.steps} "
-          f"warmup={args.warmup} preset={args.preset} patch_out={args.patch_out} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"device={args.device} dtype={args.dtype} batch={args.batch} steps={args.steps} "
+        f"warmup={args.warmup} preset={args.preset} patch_out={args.patch_out} torch={torch.__version__} "
+        f"threads={torch.get_num_threads()}"
+    )
     results = [run_isolated(name, args) for name in names]
     memory_keys = ("peak_cuda_allocated_mib", "peak_rss_mib", "step_rss_growth_mib")
     memory_keys = [k for k in memory_keys if k in results[0]]
     header = ["model", "params", "tokens/clip", "clips/s", "s/step", *memory_keys]
     print(" | ".join(header))
     for r in results:
-        row = [r["model"], f"{r['parameters']:,}", str(r["tokens_per_clip"]), f"{r['clips_per_s']:.2f}",
-               f"{r['s_per_step']:.3f}", *(f"{r[k]:.0f}" for k in memory_keys)]
+        row = [
+            r["model"],
+            f"{r['parameters']:,}",
+            str(r["tokens_per_clip"]),
+            f"{r['clips_per_s']:.2f}",
+            f"{r['s_per_step']:.3f}",
+            *(f"{r[k]:.0f}" for k in memory_keys),
+        ]
         print(" | ".join(row))
     if len(results) == 2:
         print(f"clips/s ratio ours/ast: {results[0]['clips_per_s'] / results[1]['clips_per_s']:.2f}x")

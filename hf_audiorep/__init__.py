@@ -64,6 +64,10 @@ def config_from_preset(name: str, **overrides):
 
 _register_auto_classes()
 
+from .pipelines import register_pipeline  # noqa: E402  (needs the registered classes above)
+
+register_pipeline()
+
 __all__ = [
     "AudioFbankFeatureExtractor",
     "AudioMAEConfig",

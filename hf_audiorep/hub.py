@@ -4,7 +4,9 @@
 ``preprocessor_config.json`` with an ``auto_map`` for every head, the flat remote-code bundle of modeling
 files, and a model card. :func:`push_model` uploads that folder. Keeping the two apart lets the folder be
 inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network. :func:`push_run`
-is what a recipe's ``--push_to_hub`` calls once the run and its test evaluation are written.
+is what a recipe's ``--push_to_hub`` calls once the run and its test evaluation are written. A Hub that
+cannot be reached (no network, offline mode, a bad token) raises ``hub_errors.HubUnreachableError``, whose
+one-line message names the repository and what to check.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .hub_errors import HubUnreachableError, translate_hub_errors
 
 __all__ = ["prepare_repo", "push_model", "push_run", "remote_code_files"]
 
@@ -348,18 +352,21 @@ def push_model(
     """
     _check_model_dir(Path(model_dir))  # before any network call: a bad folder creates no empty repo
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, exist_ok=True, private=private)
+    # No network, offline mode or a bad token come out as one HubUnreachableError naming the repo.
+    with translate_hub_errors(repo_id, repo_type="model", upload=True):
+        url = api.create_repo(repo_id, exist_ok=True, private=private)
     # A bare name ("my-model") is created in the token's namespace; the card must show the full id.
     resolved = getattr(url, "repo_id", None)
     if isinstance(resolved, str) and resolved:
         repo_id = resolved
     with tempfile.TemporaryDirectory(prefix="hf_audiorep_push_") as tmp:
         folder = prepare_repo(model_dir, Path(tmp) / "repo", repo_id=repo_id, **card_kwargs)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=commit_message or f"Upload {Path(model_dir).name} with hf_audiorep",
-        )
+        with translate_hub_errors(repo_id, repo_type="model", upload=True):
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                commit_message=commit_message or f"Upload {Path(model_dir).name} with hf_audiorep",
+            )
 
 
 def push_run(args, **card_kwargs: Any):
@@ -378,12 +385,20 @@ def push_run(args, **card_kwargs: Any):
         return None
     if not args.hub_model_id:
         raise ValueError("push_to_hub is set but hub_model_id is empty")
-    commit = push_model(
-        args.output_dir,
-        args.hub_model_id,
-        private=args.hub_private_repo,
-        token=args.hub_token,
-        **card_kwargs,
-    )
+    try:
+        commit = push_model(
+            args.output_dir,
+            args.hub_model_id,
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            **card_kwargs,
+        )
+    except HubUnreachableError as err:
+        # The run itself is complete and saved: say so, and how to publish it once the Hub is reachable.
+        raise HubUnreachableError(
+            f"{err}. The run is saved in {args.output_dir}; publish it later with "
+            f"`hf-audiorep push {args.output_dir} {args.hub_model_id}`",
+            err.repo_id,
+        ) from err
     logger.info("pushed %s to %s", args.output_dir, getattr(commit, "commit_url", args.hub_model_id))
     return commit

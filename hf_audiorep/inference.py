@@ -1,27 +1,99 @@
-"""Tag audio of any length with a classification model: sliding windows, sigmoid scores.
+"""Tag audio of any length with a classification model: sliding windows, scored as the model was trained.
 
-Shared by the ``hf-audiorep tag`` command and the Space so both report the same numbers.
+Shared by the ``hf-audiorep tag`` command, the audio-classification pipeline and the Space, so all three
+report the same numbers. A multi-label model (``problem_type`` ``multi_label_classification``) gets
+independent sigmoids, and a label's clip score is its highest window score ("the sound occurs somewhere");
+a single-label model gets a softmax per window, averaged over windows, so the clip's scores sum to 1.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .data.audio_file import ArrayReader, AudioFile, iter_windows, window_count
+
+#: a clip whose peak is below this is reported as silent (16-bit dither sits near -90 dBFS)
+SILENCE_DBFS = -60.0
+#: shortest clip worth tagging: a few analysis frames
+MIN_SECONDS = 0.1
+
 
 @dataclass
 class TaggingResult:
     labels: list[str]  # every class, in model order
-    clip_scores: np.ndarray  # (C,) max over windows: "the sound occurs somewhere in the clip"
+    clip_scores: np.ndarray  # (C,) sigmoid: max over windows; softmax: mean over windows
     window_scores: np.ndarray  # (W, C) per window
     window_starts: np.ndarray  # (W,) seconds
+    activation: str = "sigmoid"  # "sigmoid" (multi-label), "softmax" (single-label) or "none" (raw logits)
+    seconds: float = 0.0  # audio scored
+    peak: float = 0.0  # largest absolute sample scored
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         order = np.argsort(-self.clip_scores)[:k]
         return [(self.labels[i], float(self.clip_scores[i])) for i in order]
+
+    def describe_scoring(self) -> str:
+        """One sentence on what the scores are, for the CLI and the Space."""
+        if self.activation == "softmax":
+            return "Scores are softmax probabilities (single-label model: exactly one class is present)."
+        if self.activation == "sigmoid":
+            return "Scores are sigmoids (multi-label model: labels are independent)."
+        return "Scores are raw logits."
+
+    def silence_notice(self) -> str | None:
+        """A notice when the scored audio is silent: the scores then mean little."""
+        if self.peak > 0.0 and 20 * math.log10(self.peak) >= SILENCE_DBFS:
+            return None
+        level = "-inf" if self.peak == 0.0 else f"{20 * math.log10(self.peak):.0f}"
+        return (
+            f"the clip is silent (peak {level} dBFS): the scores are the model's answer to silence "
+            "and mean little"
+        )
+
+
+def label_names(config) -> list[str] | None:
+    """The class names of a classification config, or None for an encoder (no names, or only the
+    ``LABEL_0, LABEL_1`` placeholders every config carries by default)."""
+    id2label = getattr(config, "id2label", None) or {}
+    if not id2label or all(name == f"LABEL_{i}" for i, name in id2label.items()):
+        return None
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def activation_for(config) -> str:
+    """How a model's logits become scores: as it was trained (``config.problem_type``)."""
+    if getattr(config, "problem_type", None) == "single_label_classification":
+        return "softmax"
+    if getattr(config, "problem_type", None) == "regression":
+        return "none"
+    # Tagging (BCE) is the library's default, and an unset problem_type with several labels is read
+    # by transformers as multi-label when the labels are multi-hot.
+    return "sigmoid"
+
+
+def describe_duration(num_samples: int, sampling_rate: int) -> str:
+    """``"3.2 s"``, ``"40 ms"`` or ``"1 sample (0.06 ms)"``: never "lasts 0 ms"."""
+    seconds = num_samples / sampling_rate
+    if seconds >= 1.0:
+        return f"{seconds:.1f} s"
+    if seconds >= 0.001:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{num_samples} sample{'s' if num_samples != 1 else ''} ({seconds * 1000:.2f} ms)"
+
+
+def check_taggable(num_samples: int, sampling_rate: int) -> None:
+    """Raise ``ValueError`` naming the length when a clip is too short to tag."""
+    if num_samples < MIN_SECONDS * sampling_rate:
+        raise ValueError(
+            f"the clip lasts {describe_duration(num_samples, sampling_rate)}, too short to tag: at least "
+            f"{MIN_SECONDS:g} s of audio is needed"
+        )
 
 
 def model_window_seconds(feature_extractor) -> float:
@@ -31,7 +103,78 @@ def model_window_seconds(feature_extractor) -> float:
     return float(target * shift) if target else 10.0
 
 
+def _apply(activation: str, logits: torch.Tensor) -> torch.Tensor:
+    if activation == "softmax":
+        return logits.softmax(-1)
+    if activation == "sigmoid":
+        return logits.sigmoid()
+    if activation == "none":
+        return logits
+    raise ValueError(f"activation must be 'sigmoid', 'softmax' or 'none', got {activation!r}")
+
+
 @torch.no_grad()
+def tag_windows(
+    model,
+    feature_extractor,
+    windows: Iterable[tuple[float, np.ndarray]],
+    activation: str | None = None,
+    batch_size: int = 8,
+    progress=None,
+) -> TaggingResult:
+    """Score ``(start seconds, mono window)`` pairs (at the feature extractor's rate) in batches.
+
+    ``activation`` defaults to the model's (:func:`activation_for`); ``progress`` is an optional tqdm-like
+    bar advanced once per window. Only one batch of windows is in memory at a time.
+    """
+    activation = activation or activation_for(model.config)
+    sampling_rate = feature_extractor.sampling_rate
+    device = next(model.parameters()).device
+    starts, outputs, pending = [], [], []
+    end, peak = 0.0, 0.0
+
+    def flush():
+        inputs = feature_extractor([w for w in pending], sampling_rate=sampling_rate, return_tensors="pt")
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+        outputs.append(_apply(activation, logits).cpu().numpy())
+        if progress is not None:
+            progress.update(len(pending))
+        pending.clear()
+
+    for start, window in windows:
+        starts.append(start)
+        end = max(end, start + len(window) / sampling_rate)  # windows overlap and cover the clip
+        if window.size:
+            peak = max(peak, float(np.max(np.abs(window))))
+        pending.append(window)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    if not starts:
+        raise ValueError("no audio to tag")
+    window_scores = np.concatenate(outputs)
+    names = label_names(model.config) or [f"LABEL_{i}" for i in range(window_scores.shape[1])]
+    clip = window_scores.mean(axis=0) if activation == "softmax" else window_scores.max(axis=0)
+    return TaggingResult(
+        labels=names,
+        clip_scores=clip,
+        window_scores=window_scores,
+        window_starts=np.asarray(starts, dtype=np.float64),
+        activation=activation,
+        seconds=end,
+        peak=peak,
+    )
+
+
+def _hop(feature_extractor, window_seconds, hop_seconds) -> tuple[float, float]:
+    window = window_seconds or model_window_seconds(feature_extractor)
+    hop = hop_seconds or window / 2
+    if hop <= 0 or hop > window:
+        raise ValueError(f"hop_seconds must be in (0, window = {window:g} s], got {hop:g}")
+    return window, hop
+
+
 def tag_waveform(
     model,
     feature_extractor,
@@ -40,11 +183,13 @@ def tag_waveform(
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
     batch_size: int = 8,
+    activation: str | None = None,
 ) -> TaggingResult:
     """Score a mono waveform already at ``feature_extractor.sampling_rate``.
 
-    Clips longer than the model's window are cut into windows (hop = half a window by default) so
-    nothing past the first 10 s is silently dropped, as a plain feature-extractor call would do.
+    Clips longer than the model's window are cut into windows (hop = half a window by default, the last
+    window aligned to the end) so nothing past the first window is silently dropped, as a plain
+    feature-extractor call would do.
     """
     if sampling_rate != feature_extractor.sampling_rate:
         raise ValueError(
@@ -54,28 +199,63 @@ def tag_waveform(
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
         raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
-    window = window_seconds or model_window_seconds(feature_extractor)
-    hop = hop_seconds or window / 2
-    win_n, hop_n = int(round(window * sampling_rate)), max(1, int(round(hop * sampling_rate)))
-    n_windows = 1 if len(waveform) <= win_n else 1 + math.ceil((len(waveform) - win_n) / hop_n)
-    starts = [min(i * hop_n, max(0, len(waveform) - win_n)) for i in range(n_windows)]
-    device = next(model.parameters()).device
-    outputs = []
-    for i in range(0, n_windows, batch_size):
-        chunk = [waveform[s : s + win_n] for s in starts[i : i + batch_size]]
-        inputs = feature_extractor(chunk, sampling_rate=sampling_rate, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        logits = model(**inputs).logits.float()
-        outputs.append(torch.sigmoid(logits).cpu().numpy())
-    window_scores = np.concatenate(outputs)
-    id2label = model.config.id2label
-    labels = [id2label[i] for i in range(len(id2label))]
-    return TaggingResult(
-        labels=labels,
-        clip_scores=window_scores.max(axis=0),
-        window_scores=window_scores,
-        window_starts=np.asarray(starts, dtype=np.float64) / sampling_rate,
-    )
+    check_taggable(len(waveform), sampling_rate)
+    window, hop = _hop(feature_extractor, window_seconds, hop_seconds)
+    windows = iter_windows(ArrayReader(waveform, sampling_rate), sampling_rate, window, hop)
+    return tag_windows(model, feature_extractor, windows, activation, batch_size)
+
+
+def tag_file(
+    model,
+    feature_extractor,
+    path: str | os.PathLike,
+    max_seconds: float | None = None,
+    hop_seconds: float | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    activation: str | None = None,
+) -> tuple[TaggingResult, float | None]:
+    """Score an audio file of any length in bounded memory: windows are decoded, resampled and scored as
+    they stream from the decoder. Only the first ``max_seconds`` are read when given. ``progress`` shows a
+    bar (on a terminal). Returns the result and the file's declared duration (None when unknown).
+    Raises ``FileNotFoundError`` or ``CorruptAudioError`` (a ``ValueError``) naming the problem."""
+    from tqdm.auto import tqdm
+
+    window, hop = _hop(feature_extractor, None, hop_seconds)
+    sampling_rate = feature_extractor.sampling_rate
+    with AudioFile(path) as audio:
+        duration = audio.duration
+        expected = None
+        if duration is not None:
+            scored = duration if max_seconds is None else min(duration, max_seconds)
+            expected = window_count(
+                round(scored * audio.sample_rate),
+                round(window * audio.sample_rate),
+                max(1, round(hop * audio.sample_rate)),
+            )
+        windows = iter_windows(audio, sampling_rate, window, hop, max_seconds)
+        first = next(windows, None)
+        if first is None:
+            raise ValueError(f"{os.fspath(path)} holds no samples")
+        if expected in (None, 1):
+            # One window (or an unknown length): the clip must be long enough to tag at all.
+            check_taggable(len(first[1]), sampling_rate)
+
+        def chained():
+            yield first
+            yield from windows
+
+        # disable=None: a bar on a terminal only, never in logs or pipes; none for a few windows.
+        show = progress and (expected is None or expected >= 8)
+        with tqdm(
+            total=expected,
+            unit="window",
+            desc=os.path.basename(os.fspath(path)),
+            disable=None if show else True,
+            leave=False,
+        ) as bar:
+            result = tag_windows(model, feature_extractor, chained(), activation, batch_size, bar)
+    return result, duration
 
 
 @torch.no_grad()

@@ -14,20 +14,29 @@ On AudioSet streamed from the Hub, starting from a saved model:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, HfArgumentParser, set_seed
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModelForAudioClassification,
+    set_seed,
+)
 
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.data.augment import scaled_mask_widths
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
-from hf_audiorep.modeling import AudioFbankFeatureExtractor
+from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.inference import model_window_seconds
+from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, CATConfig
 from hf_audiorep.training import (
     AugmentationArguments,
     ConsistencyArguments,
@@ -36,8 +45,13 @@ from hf_audiorep.training import (
     TrainingArguments,
     TrainLoop,
 )
+from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("finetune")
+
+# Architectures whose positions are fixed sin-cos computed from config.max_length (no learned table), so a
+# pre-trained model of these takes another input length; a prefix of the grid is the shorter input's.
+_RESIZABLE_INPUT = (AudioMAEConfig.model_type, CATConfig.model_type)
 
 
 @dataclass
@@ -48,9 +62,16 @@ class ModelArguments:
     """architecture preset used when no checkpoint is given (e.g. audiomae-tiny, audiomae-base)"""
     problem_type: str = "multi_label_classification"
     """multi_label_classification (tagging, BCE) or single_label_classification (softmax, CE)"""
-    max_length: int | None = None
-    """frames the model sees (multiple of the patch size); default: the preset's (1024 = 10.24 s)"""
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "frames the model sees (a multiple of the patch size); default: the preset's (1024 = "
+            "10.24 s), or the saved model's with --model_name_or_path (AudioMAE and CAT models take another)"
+        },
+    )
     trust_remote_code: bool = False
+    """allow the repository's own modeling code when --model_name_or_path is an architecture this library
+    does not know"""
     classifier_init_std: float | None = None
     """std of the new head (AudioMAE models); AudioMAE's recipe on a pre-trained encoder: 2e-5. Default: the
     config's (0.02; a near-zero head stalls training from scratch)"""
@@ -69,7 +90,64 @@ class FinetuneTrainingArguments(TrainingArguments):
     checkpointing_steps: int | None = 200
 
 
-def _model(model_args: ModelArguments, label_names: list[str]):
+@dataclass
+class FinetuneAugmentationArguments(AugmentationArguments):
+    """The shared augmentation arguments, with SpecAugment widths that default to the model's input size."""
+
+    freq_mask: int | None = field(
+        default=None,
+        metadata={
+            "help": "SpecAugment: maximum width of the frequency mask, in mel bins; default: 48 per 128 bins "
+            "(AudioMAE AS-20K), scaled to the model's bins; 0 disables"
+        },
+    )
+    time_mask: int | None = field(
+        default=None,
+        metadata={
+            "help": "SpecAugment: maximum width of the time mask, in frames; default: 192 per 1024 frames "
+            "(AudioMAE AS-20K on 10-s clips), scaled to the model's input frames; 0 disables"
+        },
+    )
+
+    def __post_init__(self):
+        self.for_input(1024, 128)  # validates every field, explicit widths included
+
+    def for_input(self, num_frames: int, num_mel_bins: int) -> AugmentationArguments:
+        """What the training step uses: unset widths scaled to the input, explicit ones as given."""
+        freq, time = scaled_mask_widths(num_frames, num_mel_bins)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(AugmentationArguments)}
+        values["freq_mask"] = freq if self.freq_mask is None else self.freq_mask
+        values["time_mask"] = time if self.time_mask is None else self.time_mask
+        return AugmentationArguments(**values)
+
+
+def _pretrained_feature_extractor(model_args: ModelArguments):
+    """The saved model's feature extractor, with --max_length applied where the architecture allows it."""
+    feature_extractor = AutoFeatureExtractor.from_pretrained(
+        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    if model_args.max_length:
+        _check_max_length(model_args)
+        feature_extractor.target_length = model_args.max_length
+    return feature_extractor
+
+
+def _check_max_length(model_args: ModelArguments) -> None:
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    if config.model_type not in _RESIZABLE_INPUT:
+        raise ValueError(
+            f"--max_length cannot be changed for a pre-trained {config.model_type!r} model: only "
+            f"{' and '.join(_RESIZABLE_INPUT)} models compute their positions from max_length. Omit "
+            "--max_length to keep the saved model's input length"
+        )
+    length, patch = model_args.max_length, config.patch_size
+    if length <= 0 or length % patch:
+        raise ValueError(f"--max_length must be a positive multiple of the patch size {patch}, got {length}")
+
+
+def _model(model_args: ModelArguments, label_names: list[str], feature_extractor=None):
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     head = (
@@ -78,6 +156,9 @@ def _model(model_args: ModelArguments, label_names: list[str]):
         else {"classifier_init_std": model_args.classifier_init_std}
     )
     if model_args.model_name_or_path:
+        if feature_extractor is None:
+            feature_extractor = _pretrained_feature_extractor(model_args)
+        length = {"max_length": model_args.max_length} if model_args.max_length else {}
         model = AutoModelForAudioClassification.from_pretrained(
             model_args.model_name_or_path,
             num_labels=len(label_names),
@@ -86,10 +167,8 @@ def _model(model_args: ModelArguments, label_names: list[str]):
             problem_type=model_args.problem_type,
             ignore_mismatched_sizes=True,  # a new label set replaces the checkpoint's head
             trust_remote_code=model_args.trust_remote_code,
+            **length,
             **head,
-        )
-        feature_extractor = AutoFeatureExtractor.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
         )
         return model, feature_extractor
     overrides = {"max_length": model_args.max_length} if model_args.max_length else {}
@@ -107,12 +186,35 @@ def _model(model_args: ModelArguments, label_names: list[str]):
     return model, feature_extractor
 
 
+def _resolve_clip_seconds(data_args: DataArguments, saved_extractor, model_name: str | None) -> None:
+    # A saved model was trained on clips of its window: longer clips would be generated (the corpus) or
+    # decoded and then cropped away by the feature extractor.
+    explicit = data_args.clip_seconds is not None
+    window = model_window_seconds(saved_extractor) if saved_extractor is not None else None
+    seconds = data_args.resolve_clip_seconds(window)
+    if window is not None and not explicit:
+        logger.info("clips of %g s: the window of %s (--clip_seconds sets another)", seconds, model_name)
+
+
+def _augmentation(aug_args: FinetuneAugmentationArguments, feature_extractor) -> AugmentationArguments:
+    frames = feature_extractor.target_length or 1024
+    resolved = aug_args.for_input(frames, feature_extractor.num_mel_bins)
+    logger.info(
+        "SpecAugment masks up to %d of %d frames and %d of %d mel bins",
+        resolved.time_mask,
+        frames,
+        resolved.freq_mask,
+        feature_extractor.num_mel_bins,
+    )
+    return resolved
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(
+    parser = RecipeArgumentParser(
         (
             ModelArguments,
             DataArguments,
-            AugmentationArguments,
+            FinetuneAugmentationArguments,
             ConsistencyArguments,
             FinetuneTrainingArguments,
         )
@@ -126,10 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
+    saved_extractor = _pretrained_feature_extractor(model_args) if model_args.model_name_or_path else None
+    _resolve_clip_seconds(data_args, saved_extractor, model_args.model_name_or_path)
     sources = load_sources(data_args)
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
-    model, feature_extractor = _model(model_args, label_names)
+    model, feature_extractor = _model(model_args, label_names, saved_extractor)
+    aug_args = _augmentation(aug_args, feature_extractor)
 
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
 
@@ -169,4 +274,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)  # an unreachable Hub: one line from rank 0 and exit status 2, not a traceback per rank

@@ -24,10 +24,11 @@ import logging
 from dataclasses import dataclass
 
 from accelerate import PartialState
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.hub import push_run
+from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
 from hf_audiorep.training import (
     MaskedAutoencoderStep,
@@ -38,6 +39,7 @@ from hf_audiorep.training import (
     evaluate_reconstruction,
     write_probe_results,
 )
+from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("pretrain_audiomae")
 
@@ -84,7 +86,7 @@ def _model(model_args: ModelArguments) -> tuple[AudioMAEForPreTraining, AudioFba
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, ProbeArguments, DataArguments, PretrainTrainingArguments))
+    parser = RecipeArgumentParser((ModelArguments, ProbeArguments, DataArguments, PretrainTrainingArguments))
     model_args, probe_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The process layout is needed before the loop exists, to shard the data once per rank.
@@ -123,4 +125,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)  # an unreachable Hub: one line from rank 0 and exit status 2, not a traceback per rank

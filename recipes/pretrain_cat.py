@@ -35,11 +35,12 @@ import math
 from dataclasses import dataclass
 
 from accelerate import PartialState
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.hub import push_run
+from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, CATForPreTraining
 from hf_audiorep.training import (
     BootstrapPretrainingStep,
@@ -51,6 +52,7 @@ from hf_audiorep.training import (
     build_linear_probe,
     write_probe_results,
 )
+from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("pretrain_cat")
 
@@ -185,7 +187,7 @@ def _model(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(
+    parser = RecipeArgumentParser(
         (ModelArguments, RRArguments, ProbeArguments, CATDataArguments, CATPretrainTrainingArguments)
     )
     model_args, rr_args, probe_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
@@ -236,4 +238,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)  # an unreachable Hub: one line from rank 0 and exit status 2, not a traceback per rank

@@ -185,8 +185,9 @@ class ModelTesterMixin:
                 torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
             model_inputs = self.model_inputs(model_class, config, inputs)
             with torch.no_grad():
-                torch.testing.assert_close(main_output(loaded(**model_inputs)),
-                                           main_output(model(**model_inputs)), rtol=0, atol=1e-6)
+                torch.testing.assert_close(
+                    main_output(loaded(**model_inputs)), main_output(model(**model_inputs)), rtol=0, atol=1e-6
+                )
 
     def test_auto_classes_round_trip(self, tmp_path):
         mapping = self.register_auto_classes()
@@ -202,8 +203,9 @@ class ModelTesterMixin:
             assert type(loaded) is model_class
             model_inputs = self.model_inputs(model_class, config, inputs)
             with torch.no_grad():
-                torch.testing.assert_close(main_output(loaded(**model_inputs)),
-                                           main_output(model(**model_inputs)), rtol=0, atol=1e-6)
+                torch.testing.assert_close(
+                    main_output(loaded(**model_inputs)), main_output(model(**model_inputs)), rtol=0, atol=1e-6
+                )
 
     def test_construction_on_meta_device(self):
         config = self.get_config()
@@ -227,6 +229,20 @@ class ModelTesterMixin:
             loaded = model_class.from_pretrained(tmp_path / model_class.__name__)
             for name, value in loaded.named_non_persistent_buffers():
                 torch.testing.assert_close(value, buffers[name], rtol=0, atol=0, msg=name)
+
+    def test_built_without_weight_init_then_loaded_computes_like_the_original(self):
+        """Non-persistent buffers (sin-cos positions) are right from construction: a model built under
+        ``no_init_weights`` and given a state dict (which never holds them) must not use zero positions."""
+        from transformers.initialization import no_init_weights
+
+        config = self.get_config()
+        for model_class in self.model_classes:
+            original = self.build(model_class, config)
+            with no_init_weights():
+                bare = model_class(config)
+            bare.load_state_dict(original.state_dict())
+            for name, value in original.named_non_persistent_buffers():
+                torch.testing.assert_close(dict(bare.named_non_persistent_buffers())[name], value, msg=name)
 
     def test_sdpa_matches_eager(self):
         config = self.get_config()

@@ -92,3 +92,13 @@ def test_step_rolls_training_clips_only_when_asked():
     assert torch.equal(plain.features(model.train(), batch)[0][..., 0], batch["waveforms"])
     assert not torch.allclose(rolled.features(model.train(), batch)[0][..., 0], batch["waveforms"])
     assert torch.equal(rolled.features(model.eval(), batch)[0][..., 0], batch["waveforms"]), "eval: no roll"
+
+
+def test_mask_widths_scale_with_the_input():
+    from hf_audiorep.data.augment import scaled_mask_widths
+
+    assert scaled_mask_widths(1024, 128) == (48, 192)  # AudioMAE's AS-20K widths on 10.24-s clips
+    assert scaled_mask_widths(208, 128) == (48, 39)  # a 2-s clip: 39 frames, not all 208
+    assert scaled_mask_widths(400, 64) == (24, 75)
+    with pytest.raises(ValueError, match="positive"):
+        scaled_mask_widths(0, 128)

@@ -32,9 +32,17 @@ ATOL = 1e-5
 def timm_audiomae(embed_dim=128, depth=2, num_heads=2, num_classes=7, global_pool="avg", seed=0, **kwargs):
     """timm's AudioMAE layout with random weights (norms and biases too, so a swapped key shows)."""
     torch.manual_seed(seed)
-    model = VisionTransformer(img_size=(1024, 128), patch_size=16, in_chans=1, num_classes=num_classes,
-                              global_pool=global_pool, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                              **kwargs)
+    model = VisionTransformer(
+        img_size=(1024, 128),
+        patch_size=16,
+        in_chans=1,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        **kwargs,
+    )
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 1:
@@ -90,8 +98,9 @@ def test_backbone_without_head_and_cls_pooling_with_a_given_config(spectrograms)
         load_timm_audiomae(backbone.state_dict(), with_head=True)
 
     token = timm_audiomae(embed_dim=64, num_heads=2, global_pool="token", seed=1)
-    config = AudioMAEConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_labels=7,
-                            use_cls_pooling=True)
+    config = AudioMAEConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_labels=7, use_cls_pooling=True
+    )
     model = load_timm_audiomae(token.state_dict(), config=config)
     features, pooled, logits = timm_outputs(token, spectrograms)
     with torch.no_grad():
@@ -105,12 +114,27 @@ def test_backbone_without_head_and_cls_pooling_with_a_given_config(spectrograms)
 
 def test_full_size_audiomae_layout_on_the_meta_device():
     with torch.device("meta"):
-        reference = VisionTransformer(img_size=(1024, 128), patch_size=16, in_chans=1, num_classes=527,
-                                      global_pool="avg", weight_init="skip")
+        reference = VisionTransformer(
+            img_size=(1024, 128),
+            patch_size=16,
+            in_chans=1,
+            num_classes=527,
+            global_pool="avg",
+            weight_init="skip",
+        )
     config, converted = convert_timm_audiomae_state_dict(reference.state_dict())
     base = AudioMAEConfig.from_preset("audiomae-base", num_labels=527)
-    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size",
-                  "max_length", "num_mel_bins", "use_cls_pooling", "num_labels"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "mlp_ratio",
+        "patch_size",
+        "max_length",
+        "num_mel_bins",
+        "use_cls_pooling",
+        "num_labels",
+    ):
         assert getattr(config, field) == getattr(base, field), field
     assert config.problem_type == "multi_label_classification" and config.id2label[0] == "Speech"
     with torch.device("meta"):
@@ -163,12 +187,21 @@ def test_unsupported_layouts_and_mismatched_configs_raise():
         convert_timm_audiomae_state_dict(timm_audiomae(init_values=1e-5).state_dict())
     state_dict = timm_audiomae().state_dict()
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        convert_timm_audiomae_state_dict(state_dict, AudioMAEConfig(hidden_size=128, num_hidden_layers=3,
-                                                                    num_attention_heads=2, num_labels=7))
+        convert_timm_audiomae_state_dict(
+            state_dict,
+            AudioMAEConfig(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, num_labels=7),
+        )
     with pytest.raises(ValueError, match="use_cls_pooling"):
-        convert_timm_audiomae_state_dict(state_dict, AudioMAEConfig(hidden_size=128, num_hidden_layers=2,
-                                                                    num_attention_heads=2, num_labels=7,
-                                                                    use_cls_pooling=True))
+        convert_timm_audiomae_state_dict(
+            state_dict,
+            AudioMAEConfig(
+                hidden_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_labels=7,
+                use_cls_pooling=True,
+            ),
+        )
     with pytest.raises(ValueError, match="patch_embed"):
         convert_timm_audiomae_state_dict({"cls_token": torch.zeros(1, 1, 8)})
 
@@ -185,7 +218,8 @@ def test_command_line_writes_a_loadable_model_directory(tmp_path, spectrograms):
     assert feature_extractor.target_length == 1024 and feature_extractor.mean == pytest.approx(-4.2677393)
     model = AudioMAEForAudioClassification.from_pretrained(out).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(spectrograms).logits, timm_outputs(reference, spectrograms)[2],
-                                   rtol=0, atol=ATOL)
+        torch.testing.assert_close(
+            model(spectrograms).logits, timm_outputs(reference, spectrograms)[2], rtol=0, atol=ATOL
+        )
     audiomae_timm.main([str(path), str(tmp_path / "encoder"), "--no-head"])
     assert type(AudioMAEModel.from_pretrained(tmp_path / "encoder")) is AudioMAEModel

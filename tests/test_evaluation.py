@@ -61,3 +61,79 @@ def test_accuracy():
     assert accuracy(logits, [0, 1, 1]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="labels"):
         accuracy(logits, [0, 1])
+
+
+class _Classifier(torch.nn.Module):
+    """Returns fixed logits, one row per clip in order, for a given number of classes."""
+
+    def __init__(self, logits, labels=None):
+        super().__init__()
+        self.logits = torch.as_tensor(logits, dtype=torch.float32)
+        self.position = 0
+        names = labels or [f"c{i}" for i in range(self.logits.shape[1])]
+        self.config = type("Config", (), {})()
+        self.config.problem_type = "single_label_classification"
+        self.config.num_labels = len(names)
+        self.config.id2label = dict(enumerate(names))
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_values, attention_mask=None):
+        batch = len(input_values)
+        out = self.logits[self.position : self.position + batch]
+        self.position += batch
+        return type("Output", (), {"logits": out})()
+
+
+class _Features:
+    def batch_features(self, waveforms, lengths):
+        return waveforms.unsqueeze(-1), torch.ones_like(waveforms, dtype=torch.long)
+
+
+def _batches(class_indices, num_classes, batch_size=2):
+    targets = torch.nn.functional.one_hot(torch.as_tensor(class_indices), num_classes).float()
+    return [
+        {"waveforms": torch.zeros(len(t), 4), "lengths": torch.full((len(t),), 4), "labels": t}
+        for t in targets.split(batch_size)
+    ]
+
+
+def test_classification_scores_f1_recall_and_never_predicted():
+    from sklearn.metrics import f1_score
+
+    from hf_audiorep.evaluation.metrics import classification_scores
+
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 0, 0])  # class 2 never predicted; class 3 has no clip
+    logits = np.eye(4)[predicted]
+    scores = classification_scores(logits, labels)
+    assert scores.accuracy == pytest.approx(3 / 6)
+    assert scores.macro_f1 == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert scores.per_class_recall == [pytest.approx(0.5), pytest.approx(2 / 3), 0.0, None]
+    assert scores.never_predicted == [2]
+    assert scores.as_dict("test_", ["a", "b", "c", "d"])["test_never_predicted"] == ["c"]
+    with pytest.raises(ValueError, match="labels"):
+        classification_scores(logits, labels[:3])
+
+
+def test_evaluate_classifier_single_label_reports_f1_recall_and_warns(caplog):
+    from hf_audiorep.evaluation import evaluate_classifier
+
+    labels = [0, 0, 1, 1, 2, 2]
+    logits = np.eye(3)[[0, 0, 1, 0, 1, 1]]  # "dog" (class 2) is never predicted
+    model = _Classifier(logits, ["bird", "cat", "dog"])
+    with caplog.at_level("WARNING", logger="hf_audiorep.evaluation.predict"):
+        results = evaluate_classifier(model, _batches(labels, 3), _Features(), prefix="test_")
+    assert results["test_accuracy"] == pytest.approx(3 / 6) and results["test_num_clips"] == 6
+    assert 0 < results["test_macro_f1"] < 1
+    assert results["test_per_class_recall"] == {"bird": 1.0, "cat": 0.5, "dog": 0.0}
+    assert results["test_never_predicted"] == ["dog"]
+    assert "never predicted 1 of the classes that have clips: dog" in caplog.text
+
+
+def test_targets_narrower_than_the_logits_are_an_error_not_a_score():
+    from hf_audiorep.evaluation import evaluate_classifier
+
+    # The model knows 3 classes; the split was read with a vocabulary of its own 2 labels.
+    model = _Classifier(np.eye(3)[[0, 1, 1, 0]])
+    with pytest.raises(ValueError, match="model outputs 3 classes but the evaluation targets have 2"):
+        evaluate_classifier(model, _batches([0, 1, 1, 0], 2), _Features())

@@ -540,3 +540,15 @@ def test_matches_transformers_ast_feature_extractor(extractor):
     assert ours.shape == ast_out.shape == (3, 1024, 128)
     assert np.abs(ours - ast_out).max() <= PARITY_ATOL
 
+
+def test_read_only_arrays_are_accepted_without_a_warning():
+    import warnings
+
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    read_only = np.frombuffer(wave.tobytes(), dtype=np.float32)
+    assert not read_only.flags.writeable
+    fe = AudioFbankFeatureExtractor(target_length=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable" would raise here
+        out = fe(read_only, sampling_rate=16000, return_tensors="pt")["input_values"]
+    np.testing.assert_array_equal(out, fe(wave, sampling_rate=16000, return_tensors="pt")["input_values"])

@@ -243,8 +243,10 @@ def test_push_model_uploads_the_prepared_folder(trained):
 def test_cli_push_dry_run(trained, tmp_path, capsys):
     out = tmp_path / "dry"
     assert cli.main(["push", str(trained), "someone/dry", "--dry_run", str(out)]) == 0
-    printed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
-    assert printed == EXPECTED_FILES == {p.name for p in out.iterdir()}
+    *files, last = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in files} == EXPECTED_FILES == {p.name for p in out.iterdir()}
+    # A dry run must not leave the user wondering whether anything was published.
+    assert last == f"dry run: nothing was uploaded; the folder that would be uploaded is {out}"
 
 
 def test_refuses_pickled_weights_and_bad_dirs(trained, tmp_path):

@@ -23,9 +23,19 @@ from hf_audiorep.modeling.modeling_audiomae import (
     AudioMAEModel,
 )
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_length=64, num_mel_bins=32,
-            patch_size=16, num_labels=5, decoder_hidden_size=16, decoder_num_hidden_layers=2,
-            decoder_num_attention_heads=2, mask_ratio=0.5)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_length=64,
+    num_mel_bins=32,
+    patch_size=16,
+    num_labels=5,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=2,
+    mask_ratio=0.5,
+)
 
 
 def tiny_config(**overrides) -> AudioMAEConfig:
@@ -38,8 +48,11 @@ def register_audiomae() -> dict:
     AutoModel.register(AudioMAEConfig, AudioMAEModel, exist_ok=True)
     AutoModelForAudioClassification.register(AudioMAEConfig, AudioMAEForAudioClassification, exist_ok=True)
     AutoModelForPreTraining.register(AudioMAEConfig, AudioMAEForPreTraining, exist_ok=True)
-    return {AutoModel: AudioMAEModel, AutoModelForAudioClassification: AudioMAEForAudioClassification,
-            AutoModelForPreTraining: AudioMAEForPreTraining}
+    return {
+        AutoModel: AudioMAEModel,
+        AutoModelForAudioClassification: AudioMAEForAudioClassification,
+        AutoModelForPreTraining: AudioMAEForPreTraining,
+    }
 
 
 class _AudioMAETester(ModelTesterMixin):
@@ -152,8 +165,12 @@ def test_sincos_pos_embed_follows_mae_formula():
             for k in range(quarter):
                 omega = 1.0 / 10000 ** (k / quarter)
                 # MAE order: the column (width) index fills the first half, the row index the second.
-                expected = [math.sin(w * omega), math.cos(w * omega),
-                            math.sin(h * omega), math.cos(h * omega)]
+                expected = [
+                    math.sin(w * omega),
+                    math.cos(w * omega),
+                    math.sin(h * omega),
+                    math.cos(h * omega),
+                ]
                 got = [row[k], row[quarter + k], row[2 * quarter + k], row[3 * quarter + k]]
                 assert [float(g) for g in got] == pytest.approx(expected, abs=1e-6)
 
@@ -254,8 +271,9 @@ def test_padding_with_attention_mask_does_not_change_the_output(use_cls_pooling)
         masked = model.audiomae(padded, attention_mask=attention_mask).pooler_output
         unmasked = model.audiomae(padded).pooler_output
         torch.testing.assert_close(masked, alone, rtol=0, atol=1e-5)
-        torch.testing.assert_close(model(padded, attention_mask=attention_mask).logits, model(clip).logits,
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            model(padded, attention_mask=attention_mask).logits, model(clip).logits, rtol=0, atol=1e-5
+        )
     assert (unmasked - alone).abs().max() > 1e-3, "without the mask the padding must change the output"
 
 
@@ -276,11 +294,19 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_parameter_names_are_timm_names_under_the_prefix():
     model = AudioMAEForAudioClassification(tiny_config(num_hidden_layers=1))
-    timm_names = {name.replace("audiomae.", "", 1).replace("classifier.", "head.")
-                  for name in model.state_dict()}
+    timm_names = {
+        name.replace("audiomae.", "", 1).replace("classifier.", "head.") for name in model.state_dict()
+    }
     block = {"norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"}
-    expected = {"cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    expected = {
+        "cls_token",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     expected |= {f"blocks.0.{part}.{kind}" for part in block for kind in ("weight", "bias")}
     assert timm_names == expected
     cls_model = AudioMAEModel(tiny_config(use_cls_pooling=True))
@@ -333,6 +359,7 @@ def test_presets_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="audiomae-base"):
         AudioMAEConfig.from_preset("audiomae-huge")
     tiny.save_pretrained(tmp_path)
+
     def fields(config):
         return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
 

@@ -131,3 +131,86 @@ def test_cli_tag_and_info(trained, tmp_path, capsys):
     assert cli.main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model_type"] == "audiorep-audiomae" and info["parameters"] > 0
+
+
+def _two_class_folder(root):
+    """train/ and test/ folders of 1-s tones, one sub-folder per label."""
+    t = np.arange(16000) / 16000
+    for split in ("train", "test"):
+        for label, freq in (("low", 300.0), ("high", 2000.0)):
+            (root / split / label).mkdir(parents=True)
+            for k in range(2):
+                sf.write(root / split / label / f"{k}.wav", (0.3 * np.sin(2 * np.pi * freq * t)), 16000)
+    return root
+
+
+def _finetune_saved_model(recipe, saved, tmp_path, monkeypatch, *extra):
+    """Fine-tunes ``saved`` for one step on a tiny folder; returns the clip lengths its streams used."""
+    from hf_audiorep.data import arguments
+
+    clip_seconds, real_stream = [], arguments.AudioStream
+
+    def recording_stream(*args, **kwargs):
+        clip_seconds.append(kwargs["clip_seconds"])
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(arguments, "AudioStream", recording_stream)
+    out = tmp_path / "tuned"
+    options = ["--model_name_or_path", str(saved), "--dataset", str(_two_class_folder(tmp_path / "data"))]
+    options += ["--max_steps", "1", "--per_device_batch_size", "4", "--num_decode_threads", "1"]
+    recipe.main(options + ["--cpu", "true", "--output_dir", str(out), *extra])
+    return out, clip_seconds
+
+
+def test_finetuning_a_saved_model_uses_its_window(trained, tmp_path, monkeypatch):
+    saved, _, recipe = trained  # a 208-frame model: a 2.08-s window
+    out, clip_seconds = _finetune_saved_model(recipe, saved, tmp_path, monkeypatch)
+    assert clip_seconds and all(c == pytest.approx(2.08) for c in clip_seconds)
+    assert AutoFeatureExtractor.from_pretrained(out).target_length == 208
+
+
+def test_max_length_resizes_a_saved_model(trained, tmp_path, monkeypatch):
+    saved, _, recipe = trained
+    out, clip_seconds = _finetune_saved_model(recipe, saved, tmp_path, monkeypatch, "--max_length", "128")
+    assert clip_seconds and all(c == pytest.approx(1.28) for c in clip_seconds)
+    assert AutoFeatureExtractor.from_pretrained(out).target_length == 128
+    assert json.loads((out / "config.json").read_text())["max_length"] == 128
+
+
+def test_max_length_errors_for_a_saved_model(trained, tmp_path, monkeypatch):
+    saved, _, recipe = trained
+    with pytest.raises(ValueError, match="positive multiple of the patch size 16, got 100"):
+        _finetune_saved_model(recipe, saved, tmp_path / "a", monkeypatch, "--max_length", "100")
+    # An architecture with learned positions cannot take another length.
+    monkeypatch.setattr(recipe, "_RESIZABLE_INPUT", ())
+    with pytest.raises(ValueError, match="cannot be changed for a pre-trained 'audiorep-audiomae' model"):
+        _finetune_saved_model(recipe, saved, tmp_path / "b", monkeypatch, "--max_length", "128")
+
+
+def test_spec_augment_defaults_scale_to_the_input_and_explicit_values_stay():
+    recipe = load_recipe("finetune")
+    default = recipe.FinetuneAugmentationArguments()
+    assert (default.for_input(208, 128).time_mask, default.for_input(208, 128).freq_mask) == (39, 48)
+    assert default.for_input(1024, 128).time_mask == 192
+    explicit = recipe.FinetuneAugmentationArguments(time_mask=150, freq_mask=0)
+    assert (explicit.for_input(208, 128).time_mask, explicit.for_input(208, 128).freq_mask) == (150, 0)
+    with pytest.raises(ValueError, match="time_mask must be >= 0"):
+        recipe.FinetuneAugmentationArguments(time_mask=-1)
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "pretrain_audiomae", "pretrain_cat"])
+def test_every_recipe_option_has_help(recipe, capsys):
+    """`recipes/<name>.py --help` documents every option (HfArgumentParser alone showed only a few)."""
+    module = load_recipe(recipe)
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    blocks = text.split("\n  --")[1:]
+    assert len(blocks) > 40
+
+    def is_syntax(word):  # option names, metavars (PRESET, [CPU]) and separators: not help text
+        word = word.strip(",[]")
+        return not word or word.startswith("-") or word.replace("_", "").isupper()
+
+    undocumented = [b.split()[0] for b in blocks if all(is_syntax(w) for w in ("--" + b).split())]
+    assert not undocumented, undocumented

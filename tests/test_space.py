@@ -13,19 +13,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
+from tagger_utils import save_tiny_tagger, write_clip
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-import hf_audiorep
-from hf_audiorep.data.corpus import EMBEDDED_ONTOLOGY
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.inference import log_mel_spectrogram, tag_waveform
-from hf_audiorep.modeling import AudioFbankFeatureExtractor
 
 SPACE = Path(__file__).resolve().parents[1] / "spaces" / "audio-tagger"
-#: frames the tiny test model sees: a 2.08-s window, so a few seconds of audio already need sliding windows
-MAX_LENGTH = 208
 
 
 def load_app():
@@ -35,33 +30,6 @@ def load_app():
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
-
-
-def save_tiny_tagger(directory: Path) -> Path:
-    """A random-weight audiomae-tiny tagger over the embedded ontology, saved with its feature extractor."""
-    names = EMBEDDED_ONTOLOGY.names
-    config = hf_audiorep.config_from_preset(
-        "audiomae-tiny",
-        max_length=MAX_LENGTH,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-        problem_type="multi_label_classification",
-    )
-    torch.manual_seed(0)
-    AutoModelForAudioClassification.from_config(config).save_pretrained(directory)
-    AudioFbankFeatureExtractor(target_length=MAX_LENGTH).save_pretrained(directory)
-    return directory
-
-
-def write_clip(path: Path, seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0):
-    """A tone over noise: audible, deterministic, different per seed."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    mono = 0.3 * np.sin(2 * np.pi * (300 + 200 * seed) * t) + 0.05 * rng.standard_normal(t.size)
-    data = mono if channels == 1 else np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1)
-    sf.write(path, data.astype(np.float32), sample_rate, subtype="PCM_16")
-    return path
 
 
 def free_port() -> int:
@@ -329,3 +297,44 @@ def test_space_front_matter_and_requirements_match_the_ci_pins():
     assert space and all(ci[name] == version for name, version in space.items())
     assert "hf_audiorep" in (SPACE / "requirements.txt").read_text().split()
     assert "ffmpeg" in (SPACE / "packages.txt").read_text().split()
+
+
+# ------------------------------------------------------------------------ started the documented way
+
+
+def test_the_documented_start_command_serves_the_app(model_dir, tmp_path):
+    """`python spaces/audio-tagger/app.py --model DIR` (README), as a process, answering a real client."""
+    import subprocess
+    import time
+
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env["HF_AUDIOREP_EXAMPLES_DIR"] = str(tmp_path / "examples")
+    command = [sys.executable, str(SPACE / "app.py"), "--model", str(model_dir)]
+    command += ["--server_name", "127.0.0.1", "--server_port", str(port), "--max_megabytes", "2.5"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"the app exited:\n{server.stdout.read()}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start listening within 120 s")
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
+        clip = write_clip(tmp_path / "clip.wav", 3.0, seed=2)
+        labels, _, message = client.predict(handle_file(str(clip)), str(model_dir), 3, api_name="/predict")
+        assert len(labels["confidences"]) == 3 and "Tagged 3.0 s" in message
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_top_label_is_not_a_headline(app, model_dir):
+    demo = app.build_demo([str(model_dir)], examples=False)
+    label = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "labels")
+    assert label["props"]["show_heading"] is False

@@ -13,7 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest
 from PIL import Image
-from test_space import free_port, load_app, save_tiny_tagger, write_clip
+from tagger_utils import save_tiny_tagger, write_clip
+from test_space import free_port, load_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

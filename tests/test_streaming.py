@@ -91,8 +91,12 @@ def parquet_root(tmp_path_factory):
     """agkphysics/AudioSet layout: data/bal_train/{00,01}.parquet (5 records each) + data/eval."""
     root = tmp_path_factory.mktemp("agkphysics")
     features = Features(
-        {"video_id": Value("string"), "audio": Audio(), "labels": List(Value("string")),
-         "human_labels": List(Value("string"))}
+        {
+            "video_id": Value("string"),
+            "audio": Audio(),
+            "labels": List(Value("string")),
+            "human_labels": List(Value("string")),
+        }
     )
     for split, shards in (("bal_train", [range(0, 5), range(5, 10)]), ("eval", [range(0, 2)])):
         (root / "data" / split).mkdir(parents=True)
@@ -356,8 +360,9 @@ def test_hub_ids_go_through_load_dataset(monkeypatch, parquet_root, wds_root):
             builder, files = "parquet", sorted((parquet_root / "data" / "bal_train").glob("*.parquet"))
         else:
             builder, files = "webdataset", sorted((wds_root / "20k" / "train").glob("*.tar"))
-        return real_load_dataset(builder, data_files={"train": [str(f) for f in files]}, split="train",
-                                 streaming=True)
+        return real_load_dataset(
+            builder, data_files={"train": [str(f) for f in files]}, split="train", streaming=True
+        )
 
     monkeypatch.setattr(sources_module.datasets, "load_dataset", fake_load_dataset)
     source = load_audio_source("agkphysics/AudioSet", split="train", streaming=True)
@@ -628,3 +633,26 @@ def test_missing_extra_column_names_it(class_dataset):
         _stream(load_audio_source(class_dataset), extra_columns=("rr_embedding",))
     with pytest.raises(ValueError, match="overwrite the batch key"):
         _stream(load_audio_source(class_dataset), extra_columns=("labels",))
+
+
+def test_closing_semi_supervised_batches_over_plain_iterables():
+    """Any batch source may be a plain iterable (a list iterator has no close()); closing mid-epoch must not
+    raise, as it did ("'list_iterator' object has no attribute 'close'", logged during the CR tests)."""
+
+    class Batches:
+        epoch = 0
+
+        def __init__(self, items):
+            self.items = items
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            return iter(self.items)
+
+    batch = {"waveforms": torch.zeros(2, 4), "lengths": torch.full((2,), 4), "labels": torch.zeros(2, 3)}
+    iterator = iter(SemiSupervisedBatches(Batches([batch, batch]), Batches([batch])))
+    first = next(iterator)
+    assert first["unlabeled_waveforms"].shape == (2, 4)
+    iterator.close()  # a training loop stopping mid-epoch

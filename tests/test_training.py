@@ -417,3 +417,40 @@ def test_two_process_cpu_run_shards_data_and_resumes_exactly(tmp_path):
     first_epoch = [set(r["indices"][:24]) for r in ranks]
     assert not first_epoch[0] & first_epoch[1]
     assert first_epoch[0] | first_epoch[1] == set(range(48))
+
+
+@pytest.mark.parametrize("preset", ["cat-small", "audiomae-tiny"])
+def test_layer_decay_uses_the_models_own_layer_ids(preset):
+    """CAT's conv stem and pre-block norm sit below block 0 (the lowest rate), and a pre-training decoder's
+    `layers.N` / `blocks.N` sit with the head; a name pattern got both wrong."""
+    from transformers import AutoModelForPreTraining
+
+    import hf_audiorep
+
+    model = AutoModelForPreTraining.from_config(hf_audiorep.config_from_preset(preset))
+    groups = build_param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    group_of = {id(p): g for g in groups for p in g["params"]}
+    top = model.config.num_hidden_layers + 1
+    for name, param in model.named_parameters():
+        assert group_of[id(param)]["layer_id"] == model.get_layer_id(name), name
+        if name.startswith(("cat.stem.", "cat.pre_norm.", "audiomae.patch_embed.")):
+            assert group_of[id(param)]["layer_id"] == 0, name
+        if name.startswith("decoder."):
+            assert group_of[id(param)]["layer_id"] == top, name
+    lowest = min(g["lr_scale"] for g in groups)
+    stem = [p for n, p in model.named_parameters() if n.startswith(("cat.stem.", "audiomae.patch_embed."))]
+    assert all(group_of[id(p)]["lr_scale"] == lowest for p in stem)
+
+
+def test_one_log_line_per_checkpoint(tmp_path, caplog):
+    """accelerate's five INFO lines per save ("Model weights saved in ...", ...) are held back; ours stays."""
+    import logging
+
+    args = _args(tmp_path, max_steps=4, checkpointing_steps=2)
+    with caplog.at_level(logging.INFO):
+        _loop(args).run()
+    from_accelerate = [r for r in caplog.records if r.name.startswith("accelerate") and "saved" in r.message]
+    assert not from_accelerate, [r.message for r in from_accelerate]
+    ours = [r for r in caplog.records if "saved checkpoint" in r.getMessage()]
+    assert len(ours) == 2
+    assert logging.getLogger("accelerate.checkpointing").level == logging.NOTSET  # restored afterwards

@@ -54,8 +54,15 @@ logger = logging.getLogger(__name__)
 _BLOCK_KEY = re.compile(
     r"^blocks\.(\d+)\.(?:norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(?:weight|bias)$"
 )
-_ENCODER_KEYS = {"cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias",
-                 "fc_norm.weight", "fc_norm.bias"}
+_ENCODER_KEYS = {
+    "cls_token",
+    "patch_embed.proj.weight",
+    "patch_embed.proj.bias",
+    "norm.weight",
+    "norm.bias",
+    "fc_norm.weight",
+    "fc_norm.bias",
+}
 _HEAD_KEYS = {"head.weight", "head.bias"}
 # timm's ViTs use 64-channel heads (S, B, L); the head count is not visible in the weights.
 _TIMM_HEAD_DIM = 64
@@ -167,8 +174,11 @@ def infer_timm_audiomae_config(state_dict: Mapping[str, torch.Tensor], **overrid
         if num_labels == _AUDIOSET_CLASSES:
             from ..data.ontology import AUDIOSET_ONTOLOGY  # deferred: pulls in `datasets`
 
-            fields.update(id2label=AUDIOSET_ONTOLOGY.id2label, label2id=AUDIOSET_ONTOLOGY.label2id,
-                          problem_type="multi_label_classification")
+            fields.update(
+                id2label=AUDIOSET_ONTOLOGY.id2label,
+                label2id=AUDIOSET_ONTOLOGY.label2id,
+                problem_type="multi_label_classification",
+            )
     return AudioMAEConfig(**{**fields, **overrides})
 
 
@@ -252,7 +262,8 @@ def convert_timm_audiomae_state_dict(
     unknown = sorted(
         key
         for key in state_dict
-        if key not in _ENCODER_KEYS | _HEAD_KEYS | {"pos_embed"} and not _BLOCK_KEY.match(key)
+        if key not in _ENCODER_KEYS | _HEAD_KEYS | {"pos_embed"}
+        and not _BLOCK_KEY.match(key)
         and key not in decoder_keys
     )
     if unknown:
@@ -325,8 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("input", help="model.safetensors of a timm AudioMAE (or a directory holding one)")
     parser.add_argument("output_dir", help="where the model and preprocessor_config.json are written")
     parser.add_argument("--no-head", action="store_true", help="save the encoder only (AudioMAEModel)")
-    parser.add_argument("--num-attention-heads", type=int, default=None,
-                        help="heads per block, when the width is not a multiple of 64")
+    parser.add_argument(
+        "--num-attention-heads",
+        type=int,
+        default=None,
+        help="heads per block, when the width is not a multiple of 64",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -344,8 +359,13 @@ def main(argv: list[str] | None = None) -> None:
     # AudioMAE's front end: Kaldi fbank, 128 bins, 1024 frames, AudioSet mean/std (the extractor's defaults).
     AudioFbankFeatureExtractor(target_length=model.config.max_length).save_pretrained(args.output_dir)
     num_params = sum(p.numel() for p in model.parameters())
-    logger.info("wrote %s (%s, %.2f M parameters) to %s", type(model).__name__, model.config.model_type,
-                num_params / 1e6, args.output_dir)
+    logger.info(
+        "wrote %s (%s, %.2f M parameters) to %s",
+        type(model).__name__,
+        model.config.model_type,
+        num_params / 1e6,
+        args.output_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,17 @@ _ENCODER_RENAMES = {
     "patch_embed.3.bias": "stem.token_proj.bias",
 }
 _POSITIONS = "fixed_positional_encoder.positions"
-_DROPPED_PREFIXES = ("decoder.", "_ema", "ema.", "clap_proj.", "recon_proj.", "cls_proj.", "shared_decoder.",
-                     "fc_norm.", "head.")
+_DROPPED_PREFIXES = (
+    "decoder.",
+    "_ema",
+    "ema.",
+    "clap_proj.",
+    "recon_proj.",
+    "cls_proj.",
+    "shared_decoder.",
+    "fc_norm.",
+    "head.",
+)
 _DROPPED_KEYS = {"center", "encoder_mask", "alibi_scale"}
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from .corpus import load_embedded_corpus
 from .semi_supervised import as_unlabeled, split_labeled
-from .sources import AudioSource, load_audio_source
+from .sources import AudioSource, SplitNotFoundError, labels_outside_vocabulary, load_audio_source
 from .stream import AudioStream
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 ROLES = ("train", "eval", "test")
+#: --eval_split's default: the 'validation' split when the dataset has one, else no periodic evaluation
+AUTO_EVAL_SPLIT = "auto"
+#: clip length when neither --clip_seconds nor a pre-trained model's window gives one
+DEFAULT_CLIP_SECONDS = 10.0
 
 
 @dataclass
@@ -18,18 +25,37 @@ class DataArguments:
     dataset: str = EMBEDDED
     """'embedded' (built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a path"""
     dataset_config: str | None = None
+    """Hub config (agkphysics/AudioSet: balanced, unbalanced, full;
+    confit/audioset-16khz-wds: 20k, 500k, 2m)"""
     train_split: str = "train"
-    eval_split: str | None = "validation"
-    """split evaluated during training; empty to skip"""
+    """split trained on"""
+    eval_split: str | None = field(
+        default=AUTO_EVAL_SPLIT,
+        metadata={
+            "help": "split evaluated during training; 'auto' (default): 'validation' when the dataset has "
+            "one, else no evaluation during training; 'none' to skip"
+        },
+    )
     test_split: str | None = "test"
     """split evaluated at the end; empty to skip"""
     label_column: str | None = None
     """column holding the labels (default: detected; e.g. 'scene' for scene classification on the corpus)"""
     streaming: bool = False
-    clip_seconds: float = 10.0
+    """stream the dataset (Hub or local) instead of downloading or preparing it first"""
+    clip_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds per clip (longer clips are cropped, shorter ones padded; also the embedded "
+            "corpus's clip length); default: the window of --model_name_or_path when fine-tuning a saved "
+            f"model, else {DEFAULT_CLIP_SECONDS:g}"
+        },
+    )
     shuffle_buffer: int = 1000
+    """records in the shuffle buffer of a streamed dataset"""
     num_decode_threads: int = 4
+    """threads decoding and resampling clips ahead of the training step"""
     corpus_seed: int = 0
+    """embedded corpus only: the seed it is synthesised from (another seed, another corpus)"""
     num_train_clips: int | None = None
     """embedded corpus only: number of training clips (default: the corpus default)"""
     num_eval_clips: int | None = None
@@ -42,10 +68,23 @@ class DataArguments:
     """semi-supervised: 'train_remainder' (training clips past --num_labeled_clips), a Hub id or a path;
     its labels are never used"""
     unlabeled_split: str = "train"
+    """split of --unlabeled_dataset read as unlabelled audio"""
+
+    def resolve_clip_seconds(self, window_seconds: float | None = None) -> float:
+        """Fills an unset ``clip_seconds``: ``window_seconds`` (the window of the pre-trained model a run
+        starts from, whose clips it was trained on) or 10 s; an explicit value is kept."""
+        if self.clip_seconds is None:
+            self.clip_seconds = window_seconds or DEFAULT_CLIP_SECONDS
+        return self.clip_seconds
+
+
+def _clip_seconds(data: DataArguments) -> float:
+    return data.clip_seconds if data.clip_seconds is not None else DEFAULT_CLIP_SECONDS
 
 
 def _split_names(data: DataArguments, roles) -> dict[str, str]:
-    names = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
+    eval_split = "validation" if data.eval_split == AUTO_EVAL_SPLIT else data.eval_split
+    names = {"train": data.train_split, "eval": eval_split, "test": data.test_split}
     return {role: names[role] for role in roles if names[role] and names[role].lower() != "none"}
 
 
@@ -63,20 +102,9 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
     """The sources of a run by role (train / eval / test, and 'unlabeled' for semi-supervised runs)."""
     splits = _split_names(data, roles)
     if data.dataset == EMBEDDED:
-        kwargs = {"seed": data.corpus_seed, "clip_seconds": data.clip_seconds}
-        sizes = (
-            ("num_train", data.num_train_clips),
-            ("num_validation", data.num_eval_clips),
-            ("num_test", data.num_test_clips),
-        )
-        kwargs.update({key: value for key, value in sizes if value is not None})
-        corpus = load_embedded_corpus(**kwargs)
-        sources = {
-            role: load_audio_source(corpus[split], label_column=data.label_column)
-            for role, split in splits.items()
-        }
+        sources = _embedded_sources(data, splits)
     else:
-        sources = {role: _load(data, data.dataset, split) for role, split in splits.items()}
+        sources = _dataset_sources(data, splits)
     if data.num_labeled_clips:
         sources["train"], remainder = split_labeled(sources["train"], data.num_labeled_clips)
         if data.unlabeled_dataset == "train_remainder":
@@ -94,6 +122,69 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
         )
         sources["unlabeled"] = as_unlabeled(unlabeled, sources["train"].label_names)
     return sources
+
+
+def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, AudioSource]:
+    kwargs = {"seed": data.corpus_seed, "clip_seconds": _clip_seconds(data)}
+    sizes = (
+        ("num_train", data.num_train_clips),
+        ("num_validation", data.num_eval_clips),
+        ("num_test", data.num_test_clips),
+    )
+    kwargs.update({key: value for key, value in sizes if value is not None})
+    corpus = load_embedded_corpus(**kwargs)
+    if data.eval_split == AUTO_EVAL_SPLIT and "eval" in splits and len(corpus[splits["eval"]]) == 0:
+        logger.info("the corpus has no validation clips (--num_eval_clips 0): no evaluation during training")
+        del splits["eval"]
+    return {
+        role: load_audio_source(corpus[split], label_column=data.label_column)
+        for role, split in splits.items()
+    }
+
+
+def _dataset_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, AudioSource]:
+    """The splits of a Hub or local dataset, all with the train split's label vocabulary.
+
+    Each split would otherwise build its own from the labels it contains, and a test split lacking a
+    class would be scored against shifted columns.
+    """
+    sources = {"train": _load(data, data.dataset, splits["train"])} if "train" in splits else {}
+    vocabulary = sources["train"].label_names if sources else None
+    for role, split in splits.items():
+        if role == "train":
+            continue
+        try:
+            source = _load(data, data.dataset, split, label_names=vocabulary)
+        except SplitNotFoundError as err:
+            if role != "eval" or data.eval_split != AUTO_EVAL_SPLIT:
+                hint = f"--{role}_split names another split; --{role}_split none skips it"
+                raise SplitNotFoundError(f"{err}. {hint}") from err
+            logger.info(
+                "%s has no %r split: no evaluation during training (--eval_split names another split; "
+                "--eval_split none skips it)",
+                data.dataset,
+                split,
+            )
+            continue
+        if vocabulary is not None:
+            _check_vocabulary(data, role, split, source)
+        sources[role] = source
+    return sources
+
+
+def _check_vocabulary(data: DataArguments, role: str, split: str, source: AudioSource) -> None:
+    try:
+        unknown = labels_outside_vocabulary(source)
+    except ValueError as err:
+        raise ValueError(f"the {role} split {split!r} of {data.dataset}: {err}") from err
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ValueError(
+            f"the {role} split {split!r} of {data.dataset} has labels that the train split "
+            f"{data.train_split!r} does not: {shown}. The model learns the train split's "
+            f"{source.num_classes} classes only: add clips of these labels to {data.train_split!r}, or "
+            f"remove them from {split!r}"
+        )
 
 
 class StreamFactory:
@@ -146,7 +237,7 @@ class StreamFactory:
             self.sources[role],
             batch_size=batch_size or self.batch_size,
             sample_rate=self.sample_rate,
-            clip_seconds=self.data.clip_seconds,
+            clip_seconds=_clip_seconds(self.data),
             train=train,
             seed=self.seed,
             rank=self.rank if sharded else 0,

@@ -86,6 +86,24 @@ def roll_and_gain(waveforms: torch.Tensor, lengths: torch.Tensor, gain_alpha: fl
     return torch.gather(waveforms, 1, source) * gain[:, None]
 
 
+# AudioMAE's AS-20K SpecAugment widths and the input they were chosen for (10.24-s clips, 128 mel bins).
+AUDIOMAE_FREQ_MASK, AUDIOMAE_TIME_MASK = 48, 192
+AUDIOMAE_NUM_MEL_BINS, AUDIOMAE_NUM_FRAMES = 128, 1024
+
+
+def scaled_mask_widths(num_frames: int, num_mel_bins: int) -> tuple[int, int]:
+    """``(freq_mask, time_mask)``: AudioMAE's widths scaled to an input of ``num_frames`` x ``num_mel_bins``.
+
+    The widths are fractions of the input in AudioMAE (192 of 1024 frames), so a shorter clip needs a
+    narrower mask: 192 frames would hide all of a 2-s clip.
+    """
+    if num_frames <= 0 or num_mel_bins <= 0:
+        raise ValueError(f"num_frames and num_mel_bins must be positive, got {num_frames} and {num_mel_bins}")
+    freq = max(1, round(AUDIOMAE_FREQ_MASK * num_mel_bins / AUDIOMAE_NUM_MEL_BINS))
+    time = max(1, round(AUDIOMAE_TIME_MASK * num_frames / AUDIOMAE_NUM_FRAMES))
+    return freq, time
+
+
 def spec_augment(
     features: torch.Tensor,
     freq_mask_param: int = 48,

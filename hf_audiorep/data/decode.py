@@ -19,6 +19,18 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from ..modeling._fbank import _integer_to_unit_scale
+from .formats import undecodable_message
+
+# Every extension the decoder opens: libsndfile's formats (RAW needs a header it lacks), then FFmpeg's.
+AUDIO_EXTENSIONS: tuple[str, ...] = tuple(
+    sorted(
+        {f".{name.lower()}" for name in sf.available_formats() if name != "RAW"}
+        | {".aif", ".aifc", ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}  # aliases and the usual ones
+        | {".m4a", ".m4b", ".aac", ".ac3", ".amr", ".mka", ".mp4", ".webm", ".wma", ".wv", ".3gp"}
+    )
+)
+
 
 class CorruptAudioError(ValueError):
     """A clip that cannot be decoded, is empty, or holds NaN/infinite samples."""
@@ -42,21 +54,53 @@ def _from_decoder(decoder) -> tuple[np.ndarray, int]:
     return data.mean(dim=0).numpy().astype(np.float32, copy=False), int(samples.sample_rate)
 
 
+def check_audio_path(path) -> str:
+    """``path`` as a string, or the error a user should see: no such file, a directory, an empty file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise CorruptAudioError(f"{path} is empty (0 bytes)")
+    return path
+
+
+def undecodable(source, what: str, error: BaseException) -> CorruptAudioError:
+    """The error for ``source`` (bytes or a path) that no decoder could read: names what it is instead."""
+    if isinstance(source, bytes):
+        head = source[:8192]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(8192)
+    # LibsndfileError.error_string is the reason alone, without the repr of the BytesIO.
+    reason = getattr(error, "error_string", None) or str(error)
+    return CorruptAudioError(undecodable_message(what, head, reason))
+
+
 def _read_encoded(source, what: str) -> tuple[np.ndarray, int]:
     """Decode encoded audio (bytes or a path) with soundfile, else torchcodec."""
+    if isinstance(source, bytes):
+        if not source:
+            raise CorruptAudioError(f"{what} is empty (0 bytes)")
+    else:
+        source = check_audio_path(source)
     try:
         return _read_soundfile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as sf_error:  # noqa: BLE001 - libsndfile raises several types for bad input
         try:
             return _read_torchcodec(source)
         except Exception:  # noqa: BLE001 - torchcodec missing, or the data really is broken
-            # LibsndfileError.error_string is the reason alone, without the repr of the BytesIO.
-            reason = getattr(sf_error, "error_string", None) or str(sf_error)
-            raise CorruptAudioError(f"cannot decode {what}: {reason}") from sf_error
+            raise undecodable(source, what, sf_error) from sf_error
 
 
 def _to_mono(array, what: str) -> np.ndarray:
-    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
+    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+    integer_scale = _integer_to_unit_scale(array.dtype)
+    array = array.astype(np.float32, copy=False)
+    if integer_scale is not None:  # int16 PCM and the like: to [-1, 1), as the feature extractor does
+        offset, scale = integer_scale
+        array = (array - offset) / scale
     if array.ndim == 2:
         # datasets/torchcodec arrays are channels-first; soundfile's are channels-last. Channels are
         # the short axis in every real clip, so average over that one.
@@ -68,9 +112,9 @@ def _to_mono(array, what: str) -> np.ndarray:
 
 def _read_any(audio, sampling_rate: int | None) -> tuple[np.ndarray, int]:
     if isinstance(audio, bytes | bytearray | memoryview):
-        return _read_encoded(bytes(audio), "audio bytes")
+        return _read_encoded(bytes(audio), "the audio bytes")
     if isinstance(audio, str | os.PathLike):
-        return _read_encoded(os.fspath(audio), f"audio file {os.fspath(audio)!r}")
+        return _read_encoded(os.fspath(audio), os.fspath(audio))
     if isinstance(audio, Mapping):
         if audio.get("array") is not None:
             sr = audio.get("sampling_rate") or sampling_rate
@@ -78,9 +122,10 @@ def _read_any(audio, sampling_rate: int | None) -> tuple[np.ndarray, int]:
                 raise ValueError("a decoded audio dict needs a 'sampling_rate'")
             return _to_mono(audio["array"], "audio array"), int(sr)
         if audio.get("bytes") is not None:
-            return _read_encoded(bytes(audio["bytes"]), f"audio bytes of {audio.get('path') or 'a record'!r}")
+            what = f"the audio bytes of {audio.get('path') or 'a record'}"
+            return _read_encoded(bytes(audio["bytes"]), what)
         if audio.get("path"):
-            return _read_encoded(audio["path"], f"audio file {audio['path']!r}")
+            return _read_encoded(audio["path"], str(audio["path"]))
         raise CorruptAudioError("the audio value has neither 'array', 'bytes' nor 'path'")
     if hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as datasets decodes Audio
         try:

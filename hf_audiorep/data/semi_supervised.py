@@ -60,7 +60,11 @@ class SemiSupervisedBatches:
 
     def close_unlabeled(self) -> None:
         if self._unlabeled_iter is not None:
-            self._unlabeled_iter.close()
+            # A generator (AudioStream) is closed so its prefetch thread stops; a plain iterator (a list
+            # of batches in tests, any iterable source) has nothing to close.
+            close = getattr(self._unlabeled_iter, "close", None)
+            if close is not None:
+                close()
             self._unlabeled_iter = None
 
     def state_dict(self) -> dict:

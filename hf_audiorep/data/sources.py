@@ -27,22 +27,44 @@ Layouts understood:
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets.data_files import DataFilesDict, get_data_patterns
+from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 
+from ..hub_errors import check_hub_reachable, translate_hub_errors
+from .decode import AUDIO_EXTENSIONS
 from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, is_mid, split_label_string
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 _AUDIO_KEYS = ("audio", "flac", "wav", "mp3", "ogg", "opus", "m4a")
 _LABEL_COLUMNS = ("labels", "label", "json", "tags", "mids", "human_labels")
+# How datasets says a split is missing: 'Unknown split "x"' (prepared data), 'Bad split: x' (streaming).
+_MISSING_SPLIT = re.compile(r"^(Unknown split|Bad split)")
+
+
+class SplitNotFoundError(ValueError):
+    """The dataset has no split of the requested name (the message lists the splits it has)."""
+
+
+class _AudioFolder(AudioFolder):
+    """datasets' audiofolder (folder-per-label or metadata files, split folders), reading every extension
+    the decoder opens: its own list lacks .oga, .m4a and .aac, whose files it skips without a word."""
+
+    EXTENSIONS = list(AUDIO_EXTENSIONS)
+
+
+# Part of the cache key: a cache prepared with another extension list holds other files.
+_AUDIO_FOLDER_HASH = hashlib.sha256(" ".join(AUDIO_EXTENSIONS).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -151,11 +173,20 @@ def _load_hub(name, split, config_name, data_files, revision, columns, common):
             config_name = hub.default_config
             logger.info("%s: using config %r (pass config_name to choose another)", name, config_name)
         split = hub.split_aliases.get(config_name, {}).get(split, split)
-    dataset = datasets.load_dataset(
-        name, config_name, split=split, data_files=data_files, revision=revision, **common
-    )
-    if hub is None:
-        return _make_source(dataset, _layout_of_features(dataset), **columns)
+    # One request without retries first: with no network, datasets would retry for minutes before failing.
+    check_hub_reachable(name, revision=revision)
+    # No network, offline mode, a bad token or a missing repo: one HubUnreachableError naming the repo.
+    with translate_hub_errors(name):
+        try:
+            dataset = datasets.load_dataset(
+                name, config_name, split=split, data_files=data_files, revision=revision, **common
+            )
+        except ValueError as err:
+            if _MISSING_SPLIT.match(str(err)):
+                raise SplitNotFoundError(f"{name}: {err}") from err
+            raise
+        if hub is None:  # may read the first records of a stream to find its label vocabulary
+            return _make_source(dataset, _layout_of_features(dataset), **columns)
     label_column = columns["label_column"] or hub.label_column
     # Known AudioSet repositories: no need to read records to recognise the vocabulary.
     return _make_source(dataset, hub.layout, **{**columns, "label_column": label_column}, audioset=True)
@@ -169,8 +200,7 @@ def _load_local(path, split, config_name, columns, common):
         root = Path(path)
         kind = _local_kind(root)
         if kind == "audiofolder":
-            dataset = datasets.load_dataset("audiofolder", data_dir=str(root), split=split, **common)
-            return _make_source(dataset, "audiofolder", **columns)
+            return _make_source(_load_audio_folder(root, split, common), "audiofolder", **columns)
         files = _split_files(root, split, config_name, ".parquet" if kind == "parquet" else ".tar")
     if not files:
         raise ValueError(f"no files match {path!r}")
@@ -184,6 +214,49 @@ def _load_local(path, split, config_name, columns, common):
     # One split named "train" holds exactly the files chosen above.
     dataset = datasets.load_dataset(builder, data_files={"train": files}, split="train", **common)
     return _make_source(dataset, layout, **columns)
+
+
+def _load_audio_folder(root: Path, split: str, common: dict):
+    """``split`` of an audio folder, as ``load_dataset("audiofolder", data_dir=root)`` reads it, with
+    every file the decoder opens (see ``_AudioFolder``)."""
+    base = root.resolve().as_posix()
+    data_files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
+    if split not in data_files:
+        raise SplitNotFoundError(
+            f"{root} has no {split!r} split; it has {sorted(map(str, data_files))} (splits are sub-folders "
+            "such as train/, validation/ and test/; without them every file belongs to 'train')"
+        )
+    _log_skipped_files(root, split, data_files[split])
+    builder = _AudioFolder(
+        cache_dir=common["cache_dir"],
+        data_files=data_files,
+        dataset_name="audiofolder",
+        hash=_AUDIO_FOLDER_HASH,
+    )
+    if common["streaming"]:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
+
+
+def _log_skipped_files(root: Path, split: str, files) -> None:
+    """Says how many files of ``split`` are neither audio nor metadata, which the folder loader skips."""
+    metadata = set(AudioFolder.METADATA_FILENAMES)
+    skipped = [
+        f
+        for f in files
+        if os.path.splitext(f)[1].lower() not in AUDIO_EXTENSIONS and Path(f).name not in metadata
+    ]
+    if skipped:
+        examples = ", ".join(Path(f).name for f in skipped[:3])
+        logger.warning(
+            "%s: skipped %d file(s) of split %r that are not audio (e.g. %s); audio extensions read: %s",
+            root,
+            len(skipped),
+            split,
+            examples,
+            " ".join(AUDIO_EXTENSIONS),
+        )
 
 
 def _local_kind(root: Path) -> str:
@@ -223,7 +296,9 @@ def _split_files(root: Path, split: str, config_name: str | None, ext: str) -> l
     if flat:
         return flat  # no split directories: the files form one split
     dirs = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
-    raise ValueError(f"no {ext} files for split {split!r} under {root}; its sub-directories are {dirs}")
+    raise SplitNotFoundError(
+        f"no {ext} files for split {split!r} under {root}; its sub-directories are {dirs}"
+    )
 
 
 def _layout_of_features(dataset) -> str:
@@ -335,6 +410,54 @@ def _vocabulary(dataset, layout: str, label_column: str | None, label_names, aud
         )
     names = tuple(sorted(set(tokens)))
     return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+
+
+def labels_outside_vocabulary(source: AudioSource) -> list[str]:
+    """The labels in ``source`` that its vocabulary (``label_names``) does not hold, sorted.
+
+    For a split opened with another split's ``label_names``: a label the model was not trained on would
+    otherwise be skipped clip by clip, or (as indices of a different ClassLabel) scored as another class.
+    A stream cannot be scanned, so for one only its ClassLabel names are checked; its stream skips and
+    counts a clip with an unknown label.
+    """
+    if source.label_column is None:
+        return []
+    class_label = _class_label_of((source.dataset.features or {}).get(source.label_column))
+    if class_label is not None:
+        return _class_label_outside(tuple(class_label.names), source.label_names)
+    if source.is_streaming:
+        return []
+    unknown: set[str] = set()
+    for value in _sample_label_values(source.dataset, source.label_column):
+        unknown |= _unknown_labels(source.label_to_index, value)
+    return sorted(unknown)
+
+
+def _class_label_outside(names: tuple[str, ...], vocabulary: tuple[str, ...]) -> list[str]:
+    unknown = sorted(set(names) - set(vocabulary))
+    if not unknown and names != vocabulary[: len(names)]:
+        # The stored integers index `names`; read as indices of `vocabulary` they would name other classes.
+        raise ValueError(
+            f"the split's ClassLabel orders its classes {list(names)[:5]}... unlike the vocabulary "
+            f"{list(vocabulary)[:5]}...: its class indices would be read as other classes"
+        )
+    return unknown
+
+
+def _unknown_labels(mapper: LabelMapper, value) -> set[str]:
+    """The parts of one record's label field that ``mapper`` cannot map (empty if it maps)."""
+    try:
+        mapper(value)
+        return set()
+    except ValueError:
+        pass
+    if isinstance(value, str):
+        value = value.strip()
+        tokens = [value] if value in mapper.lookup else split_label_string(value)
+        return {t for t in tokens if t not in mapper.lookup} or {value}
+    if isinstance(value, list | tuple):
+        return set().union(*(_unknown_labels(mapper, item) for item in value))
+    return {repr(value)}  # an out-of-range index, or a JSON sidecar naming no known class
 
 
 def _make_source(dataset, layout, audio_column, label_column, label_names, audioset=False) -> AudioSource:

@@ -30,6 +30,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from ..hub_errors import translate_hub_errors
 from .decode import crop_or_pad, decode_audio
 from .ontology import labels_to_multi_hot
 from .sources import AudioSource, load_audio_source
@@ -316,7 +317,10 @@ class AudioStream:
         # set_epoch(e > 0) it would skip into a different order. Skipping the first records here,
         # before decoding, costs the same reads and keeps the order exact.
         self._dataset.set_epoch(epoch)
-        yield from itertools.islice(self._dataset, start, None)
+        # A stream opens its remote files only here: a Hub that cannot be reached must say so in one line,
+        # not as a traceback from inside datasets' reader.
+        with translate_hub_errors(None):
+            yield from itertools.islice(self._dataset, start, None)
 
     # ---------------------------------------------------------------------------- decoding
 

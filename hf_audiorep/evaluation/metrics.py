@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,51 @@ def accuracy(logits, labels) -> float:
     if len(labels) != len(logits):
         raise ValueError(f"{len(logits)} predictions but {len(labels)} labels")
     return float((logits.argmax(axis=1) == labels).mean())
+
+
+@dataclass(frozen=True)
+class ClassificationScores:
+    """Single-label scores. Accuracy alone hides a class the model never predicts when it is rare."""
+
+    accuracy: float
+    macro_f1: float
+    num_clips: int
+    per_class_recall: list[float | None]  # None for a class with no clip in the set
+    never_predicted: list[int]  # classes with clips in the set that the model never predicted
+
+    def as_dict(self, prefix: str = "", label_names=None) -> dict:
+        """Flat metrics, with ``per_class_recall`` and ``never_predicted`` keyed by label name."""
+        names = (
+            label_names if label_names is not None else [str(c) for c in range(len(self.per_class_recall))]
+        )
+        return {
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}macro_f1": self.macro_f1,
+            f"{prefix}num_clips": self.num_clips,
+            f"{prefix}per_class_recall": {names[c]: r for c, r in enumerate(self.per_class_recall)},
+            f"{prefix}never_predicted": [names[c] for c in self.never_predicted],
+        }
+
+
+def classification_scores(logits, labels) -> ClassificationScores:
+    """Accuracy, macro-F1 and per-class recall of top-1 predictions (labels are class indices).
+
+    Macro-F1 averages the classes present in the labels or the predictions (scikit-learn's default): a
+    class predicted but absent counts as F1 0, a class absent from both does not count.
+    """
+    logits = _as_2d("logits", logits)
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(logits)} predictions but {len(labels)} labels")
+    num_classes = logits.shape[1]
+    predicted = logits.argmax(axis=1)
+    classes = np.arange(num_classes)
+    recall = recall_score(labels, predicted, labels=classes, average=None, zero_division=0)
+    present = np.isin(classes, labels)
+    return ClassificationScores(
+        accuracy=float((predicted == labels).mean()),
+        macro_f1=float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        num_clips=len(labels),
+        per_class_recall=[float(r) if p else None for r, p in zip(recall, present, strict=True)],
+        never_predicted=[int(c) for c in classes[present & ~np.isin(classes, predicted)]],
+    )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from .metrics import TaggingScores, accuracy, mean_average_precision
+from .metrics import TaggingScores, classification_scores, mean_average_precision
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -20,6 +24,7 @@ def collect_predictions(model, batches, feature_extractor, device=None) -> tuple
         waveforms = batch["waveforms"].to(device, non_blocking=True)
         features, mask = feature_extractor.batch_features(waveforms, batch["lengths"].to(device))
         out = model(input_values=features, attention_mask=mask)
+        _check_columns(out.logits, batch["labels"])
         logits.append(out.logits.float().cpu().numpy())
         targets.append(batch["labels"].numpy())
     model.train(was_training)
@@ -29,10 +34,21 @@ def collect_predictions(model, batches, feature_extractor, device=None) -> tuple
     return np.concatenate(logits), np.concatenate(targets)
 
 
+def _check_columns(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    # Scoring (B, C) logits against targets of another width would give a number, and a wrong one.
+    if logits.shape[-1] != targets.shape[-1]:
+        raise ValueError(
+            f"the model outputs {logits.shape[-1]} classes but the evaluation targets have "
+            f"{targets.shape[-1]}: the evaluation split was read with another label vocabulary than the "
+            "model's (load every split with the train split's label_names)"
+        )
+
+
 def evaluate_classifier(
     model, batches, feature_extractor, accelerator=None, prefix: str = "eval_"
 ) -> dict[str, float]:
-    """mAP (multi-label) or accuracy (single-label) over every process's share, gathered.
+    """mAP (multi-label), or accuracy, macro-F1 and per-class recall (single-label) over every process's
+    share, gathered. A single-label evaluation warns, naming them, of classes it never predicted.
 
     Each process evaluates its own shard; the arrays are gathered as objects because shards differ in
     length at the tail, which tensor gathering would pad or drop.
@@ -46,9 +62,22 @@ def evaluate_classifier(
     if len(logits) == 0:
         raise ValueError("the evaluation stream produced no clips")
     if getattr(model.config, "problem_type", None) == "single_label_classification":
-        return {
-            f"{prefix}accuracy": accuracy(logits, targets.argmax(axis=1)),
-            f"{prefix}num_clips": len(logits),
-        }
+        return _single_label_results(model, logits, targets, accelerator, prefix)
     scores: TaggingScores = mean_average_precision(logits, targets)
     return scores.as_dict(prefix)
+
+
+def _single_label_results(model, logits, targets, accelerator, prefix: str) -> dict:
+    scores = classification_scores(logits, targets.argmax(axis=1))
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label.get(c, c)) for c in range(logits.shape[1])]
+    results = scores.as_dict(prefix, names)
+    missed = results[f"{prefix}never_predicted"]
+    if missed and (accelerator is None or accelerator.is_main_process):
+        logger.warning(
+            "%s: the model never predicted %d of the classes that have clips: %s",
+            prefix.rstrip("_") or "evaluation",
+            len(missed),
+            ", ".join(missed),
+        )
+    return results

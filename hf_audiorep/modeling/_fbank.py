@@ -925,6 +925,10 @@ class AudioFbankFeatureExtractor(SequenceFeatureExtractor):
                 )
             if not clip.dtype.isnative or any(stride < 0 for stride in clip.strides):
                 clip = np.ascontiguousarray(clip, dtype=clip.dtype.newbyteorder("="))
+            elif not clip.flags.writeable:
+                # Read-only arrays (np.frombuffer, memory maps, ffmpeg pipes) would make torch warn on every
+                # call; one copy of one clip is cheaper than the noise.
+                clip = clip.copy()
             clip = torch.from_numpy(clip)  # a view, strides and all: no copy on CPU
         return self._to_unit_float(clip.to(device))
 

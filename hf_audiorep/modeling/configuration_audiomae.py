@@ -27,16 +27,36 @@ AUDIOMAE_PRESETS: dict[str, dict[str, Any]] = {
     # Shorter clips need no other preset, as max_length is only an upper bound. The MAE decoder
     # shrinks by the same 1/4 width (0.45 M parameters), to 2 blocks.
     "audiomae-tiny": {
-        "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3,
-        "decoder_hidden_size": 128, "decoder_num_hidden_layers": 2, "decoder_num_attention_heads": 4,
+        "hidden_size": 192,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 3,
+        "decoder_hidden_size": 128,
+        "decoder_num_hidden_layers": 2,
+        "decoder_num_attention_heads": 4,
     },
 }
 
-_POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "num_mel_bins",
-                  "max_length", "num_channels", "decoder_hidden_size", "decoder_num_hidden_layers",
-                  "decoder_num_attention_heads")
-_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "mask_t_prob",
-                  "mask_f_prob", "classifier_dropout", "mask_ratio")
+_POSITIVE_INTS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "patch_size",
+    "num_mel_bins",
+    "max_length",
+    "num_channels",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+)
+_PROBABILITIES = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "drop_path_rate",
+    "mask_t_prob",
+    "mask_f_prob",
+    "classifier_dropout",
+    "mask_ratio",
+)
 _FLAGS = ("qkv_bias", "use_cls_pooling", "norm_pix_loss")
 
 

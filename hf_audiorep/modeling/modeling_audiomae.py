@@ -58,6 +58,9 @@ class AudioMAEPreTrainedModel(LayerDecayMixin, PreTrainedModel):
     base_model_prefix = "audiomae"
     # Layer decay (AudioMAE's lr_decay): patch embedding, CLS token and positions sit below block 0.
     embedding_param_prefixes = ("patch_embed.", "cls_token", "pos_embed")
+    # A pre-training checkpoint carries its decoder (and CAT's RR projector); loading it as an encoder or a
+    # classifier drops them by design, which is not worth an "UNEXPECTED" report on every load.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
@@ -130,6 +133,9 @@ class AudioMAEModel(AudioMAEPreTrainedModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         num_positions = 1 + grid_t * grid_f
         self.register_buffer("pos_embed", torch.zeros(1, num_positions, config.hidden_size), persistent=False)
+        # Filled now as well as in _init_weights: a model built without weight init and given a state dict
+        # (which never holds this buffer) must not compute with all-zero positions.
+        self.pos_embed.copy_(self.sincos_pos_embed())
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
         # Stochastic depth grows linearly with depth, as in timm (plain Python: no tensor on the meta device).
         depth = config.num_hidden_layers
@@ -324,7 +330,9 @@ class AudioMAEForPreTrainingOutput(ModelOutput):
         The decoder's pixel predictions for every patch, in row-major `(t, f)` order (use
         [`AudioMAEForPreTraining.unpatchify`] to view them as a spectrogram).
     mask (`torch.BoolTensor` of shape `(batch, num_patches)`):
-        True where a patch was hidden from the encoder.
+        True where a patch was hidden from the encoder. Boolean, unlike ViTMAE's 0/1 float mask, because it
+        indexes patches (`logits[mask]`) wherever it is used; compare two of them with `torch.equal`, not by
+        subtraction (transformers' output-equivalence checks subtract, so they skip this field).
     ids_restore (`torch.LongTensor` of shape `(batch, num_patches)`):
         The permutation that puts `[visible patches, mask tokens]` back in patch order.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
@@ -378,6 +386,7 @@ class AudioMAEDecoder(nn.Module):
         self.embed = nn.Linear(config.hidden_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.register_buffer("pos_embed", torch.zeros(1, 1 + grid_t * grid_f, width), persistent=False)
+        self.pos_embed.copy_(self.sincos_pos_embed())  # as the encoder's: correct without weight init
         block_config = _DecoderConfig(config)
         self.blocks = nn.ModuleList(
             [PreLNBlock(block_config) for _ in range(config.decoder_num_hidden_layers)]

@@ -390,6 +390,9 @@ class CATPreTrainedModel(LayerDecayMixin, PreTrainedModel):
     # Layer decay: the stem, CLS token and embedding norm sit below block 0; head, decoder and RR projector
     # above the last block.
     embedding_param_prefixes = ("stem.", "patch_embed.", "cls_token", "pre_norm.")
+    # A pre-training checkpoint carries its decoder (and CAT's RR projector); loading it as an encoder or a
+    # classifier drops them by design, which is not worth an "UNEXPECTED" report on every load.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^rr_projector\."]
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
@@ -506,6 +509,9 @@ class CATModel(CATPreTrainedModel):
         self.register_buffer(
             "pos_embed", torch.zeros(1, grid_t * grid_f, config.hidden_size), persistent=False
         )
+        # Filled now as well as in _init_weights: a model built without weight init and given a state dict
+        # (which never holds this buffer) must not compute with all-zero positions.
+        self.pos_embed.copy_(self.sincos_pos_embed())
         self.pre_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         depth = config.num_hidden_layers
@@ -746,6 +752,8 @@ class CATForPreTrainingOutput(ModelOutput):
     predictions (`torch.FloatTensor` of shape `(B*C, num_patches, hidden)`): the decoder's output on
         every patch.
     mask (`torch.BoolTensor` of shape `(B*C, num_patches)`): True on the patches hidden from the student.
+        Boolean, not ViTMAE's 0/1 float, because it indexes patches wherever it is used; compare two with
+        `torch.equal`, not by subtraction.
     student_cls (`torch.FloatTensor` of shape `(B*C, hidden)`): the student's final CLS tokens.
     hidden_states, attentions (*optional*): the student encoder's, on request.
     """

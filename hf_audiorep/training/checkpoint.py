@@ -21,10 +21,12 @@ accelerate's ``register_for_checkpointing`` objects are read with ``weights_only
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,23 @@ def load_extra_state(directory: Path, name: str, obj) -> None:
 # --------------------------------------------------------------------------------------- save / load a run
 
 
+@contextmanager
+def _quiet_accelerate_io():
+    """accelerate logs one INFO line per file it saves or loads (five per checkpoint), which floods a CPU
+    run's console; our own single line says the same. At DEBUG verbosity they are kept."""
+    loggers = [logging.getLogger(name) for name in ("accelerate.accelerator", "accelerate.checkpointing")]
+    levels = [lg.level for lg in loggers]
+    quiet = not logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+    try:
+        for lg in loggers:
+            if quiet:
+                lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: str | os.PathLike,
@@ -203,7 +222,8 @@ def save_checkpoint(
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a leftover from a crash at this very step
         tmp_dir.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp_dir))  # safe_serialization=True: weights as safetensors
+    with _quiet_accelerate_io():
+        accelerator.save_state(str(tmp_dir))  # safe_serialization=True: weights as safetensors
     if accelerator.is_main_process:
         for name, obj in (extra_state or {}).items():
             save_extra_state(tmp_dir, name, obj)
@@ -245,7 +265,8 @@ def load_checkpoint(
             f"run has {accelerator.num_processes}: each rank's data position cannot be mapped onto a "
             "different world size"
         )
-    accelerator.load_state(str(checkpoint))
+    with _quiet_accelerate_io():
+        accelerator.load_state(str(checkpoint))
     _check_rng_restored(checkpoint, accelerator.process_index)
     for name, obj in (extra_state or {}).items():
         load_extra_state(checkpoint, name, obj)

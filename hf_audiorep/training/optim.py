@@ -72,7 +72,8 @@ def build_param_groups(
             by ``model.no_weight_decay()`` (if defined) get 0.
         layer_decay: in ``(0, 1]``; 1 disables layer decay.
         num_layers: number of blocks ``L``; default ``model.config.num_hidden_layers``.
-        layer_id_fn: ``param_name -> int`` in ``0 .. L + 1``; default :func:`default_layer_id`.
+        layer_id_fn: ``param_name -> int`` in ``0 .. L + 1``; default the model's ``get_layer_id`` when it has
+            one (every model of the library), else :func:`default_layer_id` (names of transformers/timm ViTs).
 
     Returns:
         A list of dicts with ``params``, ``weight_decay``, ``lr_scale`` (multiply the base learning rate
@@ -92,7 +93,9 @@ def build_param_groups(
             "config has num_hidden_layers"
         )
     if use_layer_decay and layer_id_fn is None:
-        layer_id_fn = partial(default_layer_id, num_layers=num_layers)
+        # The model knows its own layers (a conv stem below block 0, a decoder beside the head); a name
+        # pattern would put CAT's stem at the head's full rate and read a decoder's `layers.N` as blocks.
+        layer_id_fn = getattr(model, "get_layer_id", None) or partial(default_layer_id, num_layers=num_layers)
     exempt = _no_weight_decay_names(model)
 
     groups: dict[tuple[int, bool], dict] = {}

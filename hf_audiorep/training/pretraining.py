@@ -44,8 +44,10 @@ class MaskedAutoencoderStep:
         input_values, attention_mask = _features(self.feature_extractor, batch)
         outputs = model(input_values=input_values, attention_mask=attention_mask, mask_ratio=self.mask_ratio)
         if getattr(outputs, "loss", None) is None:
-            raise TypeError(f"{type(model).__name__} returned no loss: MaskedAutoencoderStep needs an "
-                            "XForPreTraining model")
+            raise TypeError(
+                f"{type(model).__name__} returned no loss: MaskedAutoencoderStep needs an "
+                "XForPreTraining model"
+            )
         return outputs.loss, {}
 
 

@@ -27,8 +27,11 @@ class ProbeArguments:
     probe_dataset: str | None = EMBEDDED
     """labelled dataset of the linear probe run at every eval and at the end ('' to skip the probe)"""
     probe_dataset_config: str | None = None
+    """Hub config of --probe_dataset"""
     probe_train_split: str = "train"
+    """split the probe is fitted on"""
     probe_test_split: str = "test"
+    """split the probe is scored on"""
     probe_train_clips: int = 800
     """clips the probe is fitted on (the first N of --probe_train_split)"""
     probe_test_clips: int | None = None

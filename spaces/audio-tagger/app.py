@@ -36,9 +36,13 @@ if _HERE not in sys.path:
 
 from figures import render_figure  # noqa: E402
 
-from hf_audiorep.data.decode import CorruptAudioError, decode_audio  # noqa: E402
+from hf_audiorep.data.audio_file import read_head  # noqa: E402
+from hf_audiorep.data.decode import CorruptAudioError  # noqa: E402
 from hf_audiorep.inference import (  # noqa: E402
+    MIN_SECONDS,
     TaggingResult,
+    describe_duration,
+    label_names,
     log_mel_spectrogram,
     model_window_seconds,
     tag_waveform,
@@ -60,10 +64,6 @@ DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_MAX_MEGABYTES = 20.0
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
-#: shorter than this there is nothing to tag (a few analysis frames)
-MIN_SECONDS = 0.1
-#: a clip whose peak is below this is reported as silent (16-bit dither sits near -90 dBFS)
-SILENCE_DBFS = -60.0
 
 NO_MODEL_MESSAGE = (
     "No model is configured, so nothing can be tagged. Set the environment variable `HF_AUDIOREP_MODEL` "
@@ -149,8 +149,7 @@ def _load_cached(model_id: str):
         trust_remote_code = True
     model = AutoModelForAudioClassification.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    labels = model.config.id2label or {}
-    if not labels or all(name == f"LABEL_{i}" for i, name in labels.items()):
+    if label_names(model.config) is None:
         raise ValueError(f"{model_id} has no label names (id2label): it is an encoder, not a tagger")
     return model.eval(), feature_extractor
 
@@ -170,7 +169,7 @@ class UploadError(ValueError):
 
 def _read_upload(path, sampling_rate: int, settings: TaggerSettings) -> tuple[np.ndarray, list[str]]:
     """Decode an uploaded file to mono at ``sampling_rate``, cut to ``settings.max_seconds``; returns the
-    waveform and the notices for the user (cut, silent). Raises UploadError for what cannot be tagged."""
+    waveform and the notices for the user (cut). Raises UploadError for what cannot be tagged."""
     if path is None or (isinstance(path, str) and not path.strip()):
         raise UploadError("Upload or record a clip first.")
     if isinstance(path, Mapping):  # a FileData-like dict, as some API clients send it
@@ -189,33 +188,26 @@ def _read_upload(path, sampling_rate: int, settings: TaggerSettings) -> tuple[np
             "Cut or compress the clip and upload it again."
         )
     try:
-        waveform = decode_audio(str(file), sampling_rate)
+        # Only what will be scored is decoded: an hour-long upload costs its first max_seconds.
+        waveform, seconds = read_head(str(file), sampling_rate, settings.max_seconds)
     except CorruptAudioError as err:
         # The decoder's reason without the server-side temporary path it names.
-        reason = str(err).replace(str(file), "the upload")
+        reason = str(err).replace(f"cannot decode {file}: ", "").replace(str(file), "the upload")
         raise UploadError(
-            f"This file could not be read as audio ({reason}). Upload a WAV, FLAC, OGG, MP3 or M4A clip."
+            f"This file could not be read as audio: {reason}. Upload a WAV, FLAC, OGG, MP3 or M4A clip."
         ) from None
     except (OSError, RuntimeError) as err:
         raise UploadError(f"This file could not be read as audio: {err}") from None
-    seconds = len(waveform) / sampling_rate
-    if seconds < MIN_SECONDS:
+    if len(waveform) < MIN_SECONDS * sampling_rate:
         raise UploadError(
-            f"The clip lasts {seconds * 1000:.0f} ms; upload at least {MIN_SECONDS:g} s of audio."
+            f"The clip lasts {describe_duration(len(waveform), sampling_rate)}; "
+            f"upload at least {MIN_SECONDS:g} s of audio."
         )
     notices = []
     if seconds > settings.max_seconds:
-        waveform = waveform[: int(settings.max_seconds * sampling_rate)]
         notices.append(
             f"The clip lasts {seconds:.1f} s; only its first {settings.max_seconds:g} s were tagged "
             "(the limit is `HF_AUDIOREP_MAX_SECONDS`)."
-        )
-    peak = float(np.max(np.abs(waveform)))
-    if peak == 0.0 or 20 * math.log10(peak) < SILENCE_DBFS:
-        level = "-inf" if peak == 0.0 else f"{20 * math.log10(peak):.0f}"
-        notices.append(
-            f"The clip is silent (peak {level} dBFS): the scores below are the model's answer to silence "
-            "and mean little."
         )
     return waveform, notices
 
@@ -282,13 +274,15 @@ def predict(
     figure = _figure(result, log_mel_spectrogram(feature_extractor, waveform), seconds, window, top_k)
     windows = len(result.window_starts)
     if windows > 1:
-        how = (
-            f"in {windows} overlapping windows of {window:.2f} s; a label's score is its highest window "
-            "score"
+        how = f"in {windows} overlapping windows of {window:.2f} s; a label's score is its " + (
+            "mean window probability" if result.activation == "softmax" else "highest window score"
         )
     else:
         how = f"in one pass (the model's window is {model_window_seconds(feature_extractor):.2f} s)"
-    summary = f"Tagged {seconds:.1f} s with `{model_id}` {how}. Scores are sigmoids: labels are independent."
+    summary = f"Tagged {seconds:.1f} s with `{model_id}` {how}. {result.describe_scoring()}"
+    silent = result.silence_notice()
+    if silent:
+        notices.append(f"{silent[0].upper()}{silent[1:]}.")
     message = "\n\n".join([summary] + [f"⚠️ {notice}" for notice in notices])
     return dict(result.top(top_k)), figure, message
 
@@ -311,8 +305,8 @@ def build_demo(
     """The Space's page. ``model_ids`` None reads ``HF_AUDIOREP_MODELS`` / ``HF_AUDIOREP_MODEL``.
 
     ``examples`` synthesises a few example clips (about a second, cached on disk). Pass
-    ``max_file_size=f"{max_megabytes}mb"`` to ``launch`` as well, so oversized files are refused before
-    they are uploaded (``main`` does).
+    ``max_file_size=int(max_megabytes * 1e6)`` (bytes) to ``launch`` as well, so oversized files are
+    refused before they are uploaded (``main`` does).
     """
     settings = TaggerSettings(
         model_ids=tuple(configured_model_ids(model_ids)), max_seconds=max_seconds, max_megabytes=max_megabytes
@@ -343,7 +337,10 @@ def build_demo(
                 top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="labels shown")
                 run = gr.Button("Tag", variant="primary")
             with gr.Column(scale=3):
-                labels = gr.Label(num_top_classes=MAX_TOP_K, label="labels", elem_id="labels")
+                # No headline in large type: a top score of 15 % must not read as the answer.
+                labels = gr.Label(
+                    num_top_classes=MAX_TOP_K, label="labels", elem_id="labels", show_heading=False
+                )
                 status = gr.Markdown(elem_id="status")
         figure = gr.Image(type="pil", label="spectrogram and scores over time", interactive=False)
         if examples and settings.model_ids:
@@ -388,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_grad_enabled(False)
     demo = build_demo(args.model, args.max_seconds, args.max_megabytes, examples=not args.no_examples)
     demo.launch(
-        server_name=args.server_name, server_port=args.server_port, max_file_size=f"{args.max_megabytes}mb"
+        server_name=args.server_name,
+        server_port=args.server_port,
+        # In bytes: gradio's size strings take whole numbers only ("20.0mb" is refused at start-up).
+        max_file_size=int(args.max_megabytes * 1e6),
     )
 
 

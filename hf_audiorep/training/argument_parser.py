@@ -1,0 +1,64 @@
+"""The recipes' command-line parser: transformers' ``HfArgumentParser`` with a help line for every option.
+
+``HfArgumentParser`` shows ``field(metadata={"help": ...})`` and nothing else, while the library's argument
+dataclasses document each field with the docstring under it (as transformers' own configs do), which kept
+``recipes/* --help`` silent about most options. :class:`RecipeArgumentParser` reads those docstrings, for
+the dataclass and every dataclass it inherits from, and uses them as the help where no metadata help is set.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+
+from transformers import HfArgumentParser
+
+
+@functools.cache
+def _docstrings_of(cls: type) -> dict[str, str]:
+    """``{field name: docstring}`` of the annotated attributes declared in ``cls`` itself."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # defined in an interactive session: no source to read
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The help of every field of the dataclass ``cls``: its docstring, else the help its parent class gave
+    it (a subclass that only changes a default, ``max_steps: int = 600``, keeps the parent's words)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            inherited = {
+                f.name: f.metadata["help"] for f in dataclasses.fields(klass) if "help" in f.metadata
+            }
+            docs.update(inherited)
+            docs.update(_docstrings_of(klass))
+    return docs
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` that takes each field's docstring as its ``--help`` text."""
+
+    def _add_dataclass_arguments(self, dtype):
+        docs = field_docstrings(dtype)
+        for field in dataclasses.fields(dtype):
+            if "help" not in field.metadata and field.name in docs:
+                # Field.metadata is a read-only mapping; the Field object itself is ours to update.
+                field.metadata = {**field.metadata, "help": docs[field.name]}
+        super()._add_dataclass_arguments(dtype)

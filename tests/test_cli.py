@@ -1,0 +1,162 @@
+"""``hf-audiorep tag`` and ``info`` as a user runs them: long files in bounded memory with a cap, scores as
+the model was trained, notices, and an encoder described as one."""
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from tagger_utils import write_clip
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+import hf_audiorep
+from hf_audiorep.data.audio_file import ArrayReader, AudioFile, iter_windows, read_head, window_count
+from hf_audiorep.data.decode import decode_audio
+from hf_audiorep.inference import describe_duration, tag_file, tag_waveform
+
+
+def hf_audiorep_cli(*args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hf_audiorep.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def _load(model_dir):
+    return AutoModelForAudioClassification.from_pretrained(
+        model_dir
+    ).eval(), AutoFeatureExtractor.from_pretrained(model_dir)
+
+
+def test_streamed_windows_equal_the_in_memory_windows(tmp_path):
+    clip = write_clip(tmp_path / "c.wav", 7.3)  # 16 kHz: no resampling, so the two must match exactly
+    wave = decode_audio(str(clip), 16000)
+    with AudioFile(clip) as audio:
+        streamed = list(iter_windows(audio, 16000, 2.08, 1.04))
+    in_memory = list(iter_windows(ArrayReader(wave, 16000), 16000, 2.08, 1.04))
+    assert len(streamed) == len(in_memory) == window_count(len(wave), 33280, 16640)
+    for (s1, w1), (s2, w2) in zip(streamed, in_memory, strict=True):
+        assert s1 == s2 and np.array_equal(w1, w2)
+    assert streamed[-1][0] == pytest.approx(7.3 - 2.08)  # the tail gets a window aligned to the end
+
+
+def test_tag_file_matches_tag_waveform(tagger_dir, tmp_path):
+    model, fe = _load(tagger_dir)
+    clip = write_clip(tmp_path / "c.flac", 5.5, sample_rate=16000, seed=4)
+    streamed, duration = tag_file(model, fe, clip)
+    whole = tag_waveform(model, fe, decode_audio(str(clip), 16000), 16000)
+    assert duration == pytest.approx(5.5)
+    np.testing.assert_allclose(streamed.window_scores, whole.window_scores, atol=1e-6)
+    np.testing.assert_array_equal(streamed.window_starts, whole.window_starts)
+    assert streamed.seconds == pytest.approx(5.5)
+
+
+@pytest.mark.slow
+def test_an_hour_long_file_streams_in_bounded_memory(hour_long_flac):
+    # numpy allocations are traced: decoding the hour at once would hold 115 MB at 8 kHz and 230 MB at 16 kHz.
+    tracemalloc.start()
+    try:
+        with AudioFile(hour_long_flac) as audio:
+            count = sum(1 for _ in iter_windows(audio, 16000, 2.08, 1.04))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == window_count(3600 * 8000, round(2.08 * 8000), round(1.04 * 8000))
+    assert peak < 16e6, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_the_space_reads_only_the_head_of_a_long_upload(hour_long_flac):
+    tracemalloc.start()
+    try:
+        wave, duration = read_head(hour_long_flac, 16000, 5.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert wave.shape == (80000,) and duration == pytest.approx(3600.0)
+    assert peak < 8e6, f"peak {peak / 1e6:.1f} MB"
+    np.testing.assert_allclose(
+        wave[:-200], decode_audio(str(hour_long_flac), 16000)[: 80000 - 200], atol=1e-5
+    )
+
+
+def test_cli_caps_a_long_file_and_says_so(tagger_dir, hour_long_flac):
+    run = hf_audiorep_cli("tag", hour_long_flac, "--model", tagger_dir, "--max_seconds", 30, "--json")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record["seconds"] == pytest.approx(30.0, abs=0.01)
+    assert record["windows"] == window_count(30 * 8000, round(2.08 * 8000), round(1.04 * 8000))
+    assert any("only the first 30 s of 3600.0 s" in n for n in record["notices"])
+
+
+@pytest.mark.slow
+def test_cli_tags_a_whole_hour(tagger_dir, hour_long_flac):
+    run = hf_audiorep_cli("tag", hour_long_flac, "--model", tagger_dir, "--top_k", 2, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert "(3600.0 s, 3461 window(s), sigmoid scores)" in run.stdout
+
+
+def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, tagger_dir, tmp_path):
+    clip = write_clip(tmp_path / "c.wav", 5.0, seed=1)
+    model, fe = _load(single_label_tagger_dir)
+    result = tag_waveform(model, fe, decode_audio(str(clip), 16000), 16000)
+    assert result.activation == "softmax" and len(result.window_starts) > 1
+    np.testing.assert_allclose(result.window_scores.sum(axis=1), 1.0, atol=1e-5)
+    assert result.clip_scores.sum() == pytest.approx(1.0, abs=1e-5)  # mean of the windows' distributions
+    run = hf_audiorep_cli("tag", clip, "--model", single_label_tagger_dir, "--top_k", 36)
+    assert run.returncode == 0 and "softmax scores" in run.stdout
+    scores = [float(line.split()[0]) for line in run.stdout.splitlines()[1:] if line.startswith("  ")]
+    assert sum(scores) == pytest.approx(1.0, abs=1e-2)
+    multi = hf_audiorep_cli("tag", clip, "--model", tagger_dir)
+    assert "sigmoid scores" in multi.stdout
+
+
+def test_cli_notices_silence_and_describes_short_clips(tagger_dir, tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "quiet.wav", np.full(32000, 1e-5, np.float32), 16000, subtype="FLOAT")
+    run = hf_audiorep_cli("tag", tmp_path / "quiet.wav", "--model", tagger_dir)
+    assert run.returncode == 0 and "note: the clip is silent (peak -100 dBFS)" in run.stdout
+    assert describe_duration(1, 16000) == "1 sample (0.06 ms)"
+    assert describe_duration(480, 16000) == "30 ms" and describe_duration(52000, 16000) == "3.2 s"
+
+
+def test_info_describes_an_encoder_as_having_no_labels(tmp_path, tagger_dir):
+    encoder = tmp_path / "encoder"
+    config = hf_audiorep.config_from_preset("audiomae-tiny")
+    hf_audiorep.AudioMAEModel(config).save_pretrained(encoder)
+    info = json.loads(hf_audiorep_cli("info", encoder).stdout)
+    assert info["num_labels"] == 0 and info["problem_type"] is None
+    tagger = json.loads(hf_audiorep_cli("info", tagger_dir).stdout)
+    assert tagger["num_labels"] == 36 and tagger["problem_type"] == "multi_label_classification"
+    refused = hf_audiorep_cli("tag", tmp_path / "x.wav", "--model", encoder)
+    assert refused.returncode != 0 and "it is an encoder, not a tagger" in refused.stderr
+
+
+def test_every_tag_option_has_help():
+    from hf_audiorep.cli import build_parser
+
+    tag = build_parser()._subparsers._group_actions[0].choices["tag"]
+    for action in tag._actions:
+        if action.dest != "help":
+            assert action.help, f"--{action.dest} has no help"
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
+    clip = write_clip(tmp_path / "c.wav", 1.0)
+    (tmp_path / "empty").mkdir()
+    cases = {
+        str(tmp_path / "absent"): "no such model directory",
+        str(tmp_path / "empty"): "cannot load a model from",
+        "some-org/some-tagger": "cannot reach the Hugging Face Hub for model some-org/some-tagger",  # offline
+    }
+    for model, expected in cases.items():
+        run = hf_audiorep_cli("tag", clip, "--model", model)
+        assert run.returncode != 0 and expected in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
