@@ -17,7 +17,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["hf_audiorep", "hf_audiorep.*"]),
-    package_data={"hf_audiorep": ["data/*.csv", "evaluation/metric_modules/*/*.py"]},
+    package_data={
+        "hf_audiorep": [
+            "data/*.csv",
+            "data/embedded/*.csv",
+            "data/embedded/*.json",
+            "evaluation/metric_modules/*/*.py",
+        ]
+    },
     install_requires=[
         # torchaudio 2.11 carries no torch pin and is linked against CUDA torch builds:
         # install the two together (requirements-ci.txt pins torch 2.14.1 + torchaudio 2.11.0).

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hf_audiorep.data import corpus
+from hf_audiorep.data.embedded import corpus
 
 
 def _median_ms(run, repeats: int = 20) -> float:

@@ -25,7 +25,7 @@ from hf_audiorep.modeling import (  # noqa: E402
     AudioMAEConfig,
     AudioMAEForAudioClassification,
 )
-from hf_audiorep.training import (  # noqa: E402
+from hf_audiorep.objectives import (  # noqa: E402
     AugmentationArguments,
     ConsistencyArguments,
     ConsistencyClassificationStep,

@@ -8,7 +8,10 @@ Prints clips/s (median over --repeats runs, after one warm-up) for:
   its torchaudio backend (what it uses when torchaudio is installed) and, unless --skip-numpy-ast, with its
   numpy fallback (what it uses without torchaudio);
 * the FFT alone (``torch.fft.rfft`` of every zero-padded 512-sample frame of the batch, already framed): a
-  floor under any exact Kaldi fbank on this device, hence a ceiling on the speed-up any of them can reach.
+  floor under any exact Kaldi fbank on this device, hence a ceiling on the speed-up any of them can reach;
+* the other front ends of the family, ``batch_features`` on --device: ``ZipformerFbankFeatureExtractor`` on
+  the same 16 kHz batch, and ``LogMelFeatureExtractor`` on a 32 kHz batch of the same duration next to the
+  reference it reproduces (``torchaudio.transforms.MelSpectrogram`` + log, batched, on the same device).
 
 Run from the repository root:
 
@@ -30,13 +33,18 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torchaudio
 import transformers
 from transformers import ASTFeatureExtractor
 from transformers.models.audio_spectrogram_transformer import (
     feature_extraction_audio_spectrogram_transformer as ast_module,
 )
 
-from hf_audiorep.modeling._fbank import AudioFbankFeatureExtractor
+from hf_audiorep.modeling.feature_extraction_fbank import (
+    AudioFbankFeatureExtractor,
+    ZipformerFbankFeatureExtractor,
+)
+from hf_audiorep.modeling.feature_extraction_log_mel import LogMelFeatureExtractor
 
 SAMPLING_RATE = 16000
 
@@ -152,6 +160,35 @@ def main() -> None:
     ast_seconds = timings["transformers AST (torchaudio backend)"]
     ceiling = ast_seconds / timings["FFT alone (floor of any exact fbank)"]
     print(f"  ceiling (AST torchaudio backend / FFT alone): {ceiling:.1f}x for any fbank that runs this FFT")
+
+    # The rest of the family, on the accelerator path.
+    zipformer = ZipformerFbankFeatureExtractor()
+    log_mel = LogMelFeatureExtractor()
+    batch_32k = torch.from_numpy(
+        (0.1 * rng.standard_normal((args.batch, int(args.seconds * log_mel.sampling_rate)))).astype(
+            np.float32
+        )
+    ).to(device)
+    reference_mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=32000, n_fft=4096, win_length=3072, hop_length=500, n_mels=256
+    ).to(device)
+
+    def reference_log_mel():
+        with torch.no_grad():
+            return (reference_mel(batch_32k) + 1e-5).log()
+
+    family = {
+        "Zipformer fbank batch_features (16 kHz)": median_seconds(
+            lambda: zipformer.batch_features(on_device, lengths), args.repeats, device
+        ),
+        "log-mel batch_features (32 kHz)": median_seconds(
+            lambda: log_mel.batch_features(batch_32k), args.repeats, device
+        ),
+        "torchaudio MelSpectrogram + log (32 kHz)": median_seconds(reference_log_mel, args.repeats, device),
+    }
+    print("other front ends:")
+    for name, seconds in family.items():
+        print(f"  {name:<40s} {seconds * 1e3:9.1f} ms/batch  {args.batch / seconds:9.1f} clips/s")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_audiorep.modeling import CATConfig, CATForPreTraining  # noqa: E402
-from hf_audiorep.training import BootstrapPretrainingStep, build_ema_teacher  # noqa: E402
+from hf_audiorep.objectives import BootstrapPretrainingStep, build_ema_teacher  # noqa: E402
 
 
 class _RandomFeatures:

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import AutoModelForAudioClassification
 
 from .hub_errors import HubUnreachableError, translate_hub_errors
+from .registry import Architecture, architecture_for
 
 __all__ = ["prepare_repo", "push_model", "push_run", "remote_code_files"]
 
@@ -31,17 +33,6 @@ logger = logging.getLogger(__name__)
 #: weight formats that execute pickled code on load; the Hub copy must be safetensors only.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _REQUIRED = ("model.safetensors", "config.json")
-
-
-def _architecture_for(model_type: str) -> tuple:
-    """The registration row (config, base, classification head, pre-training, feature extractor)."""
-    import hf_audiorep
-
-    for row in hf_audiorep._ARCHITECTURES:
-        if row[0].model_type == model_type:
-            return row
-    known = ", ".join(row[0].model_type for row in hf_audiorep._ARCHITECTURES)
-    raise ValueError(f"config.json has model_type {model_type!r}, which hf_audiorep does not know ({known})")
 
 
 def _module_file(cls: type) -> Path:
@@ -181,7 +172,7 @@ def _training_section(training: dict[str, Any], training_command: str | None) ->
 def _model_card(
     model_dir: Path,
     config: dict,
-    row: tuple,
+    architecture: Architecture,
     *,
     repo_id: str,
     license: str,
@@ -189,9 +180,8 @@ def _model_card(
     base_model: str | None,
     training_command: str | None,
 ) -> ModelCard:
-    _, base_cls, head_cls, _, fe_cls = row
     model_type = config["model_type"]
-    has_labels = _has_labels(config, head_cls)
+    has_labels = _has_labels(config, architecture.heads.get(AutoModelForAudioClassification))
     evaluation = _read_json(model_dir / "eval_results.json")
     training = _read_json(model_dir / "train_results.json")
     name = repo_id.split("/")[-1]
@@ -235,7 +225,9 @@ def _model_card(
         datasets = [dataset_type]
     eval_results = eval_results or None
     lines += _training_section(training, training_command)
-    lines.append(_usage(repo_id, base_cls.__name__, fe_cls.__name__, has_labels))
+    lines.append(
+        _usage(repo_id, architecture.base_model.__name__, architecture.feature_extractor.__name__, has_labels)
+    )
 
     data = ModelCardData(
         library_name="transformers",
@@ -291,6 +283,18 @@ def prepare_repo(
     """
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if "model_type" not in config:
+        raise ValueError(f"{model_dir / 'config.json'} has no model_type")
+    try:
+        architecture = architecture_for(config["model_type"])
+    except ValueError as err:
+        raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
+    if architecture.processor is not None or architecture.tokenizer is not None:
+        # Their files (tokenizer vocabulary, processor config) and auto_map entries are not written yet.
+        raise NotImplementedError(
+            f"publishing {architecture.name}'s processor or tokenizer is not supported yet"
+        )
     if out_dir is None:
         out = Path(tempfile.mkdtemp(prefix="hf_audiorep_hub_"))
     else:
@@ -299,34 +303,24 @@ def prepare_repo(
             raise ValueError(f"out_dir {out} exists and is not an empty directory")
         out.mkdir(parents=True, exist_ok=True)
 
-    config = _read_json(model_dir / "config.json")
-    if "model_type" not in config:
-        raise ValueError(f"{model_dir / 'config.json'} has no model_type")
-    row = _architecture_for(config["model_type"])
-    config_cls, base_cls, head_cls, pretraining_cls, fe_cls = row
-
-    heads = {
-        "AutoConfig": config_cls,
-        "AutoModel": base_cls,
-        "AutoModelForAudioClassification": head_cls,
-        "AutoModelForPreTraining": pretraining_cls,
-    }
+    auto_classes = {"AutoConfig": architecture.config_class}
+    auto_classes.update({auto.__name__: cls for auto, cls in architecture.auto_models.items()})
     # transformers records only the class that was saved; every head is listed so any Auto class loads.
-    config["auto_map"] = {auto: _auto_ref(cls) for auto, cls in heads.items() if cls is not None}
+    config["auto_map"] = {auto: _auto_ref(cls) for auto, cls in auto_classes.items()}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     preprocessor = _read_json(model_dir / "preprocessor_config.json")
-    preprocessor["auto_map"] = {"AutoFeatureExtractor": _auto_ref(fe_cls)}
+    preprocessor["auto_map"] = {"AutoFeatureExtractor": _auto_ref(architecture.feature_extractor)}
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
 
     shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
-    for source in remote_code_files(*(cls for cls in row if cls is not None)):
+    for source in remote_code_files(*architecture.classes):
         shutil.copy2(source, out / source.name)
 
     card = _model_card(
         model_dir,
         config,
-        row,
+        architecture,
         repo_id=repo_id,
         license=license,
         datasets=datasets,

@@ -266,7 +266,7 @@ def log_mel_spectrogram(feature_extractor, waveform: np.ndarray) -> np.ndarray:
     is the picture of the clip (the Space draws it), not a model input. Settings the extractor does not
     have fall back to the Kaldi defaults the library's extractors use.
     """
-    from .modeling._fbank import kaldi_fbank
+    from .modeling.feature_extraction_fbank import kaldi_fbank
 
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:

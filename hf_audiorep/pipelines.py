@@ -24,9 +24,9 @@ from .inference import tag_file, tag_waveform
 
 
 def _library_model_types() -> set[str]:
-    import hf_audiorep
+    from .registry import ARCHITECTURES
 
-    return {row[0].model_type for row in hf_audiorep._ARCHITECTURES}
+    return {architecture.model_type for architecture in ARCHITECTURES}
 
 
 class AudioTaggingPipeline(AudioClassificationPipeline):

@@ -37,14 +37,13 @@ from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.inference import model_window_seconds
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, CATConfig
-from hf_audiorep.training import (
+from hf_audiorep.objectives import (
     AugmentationArguments,
     ConsistencyArguments,
     ConsistencyClassificationStep,
     SupervisedClassificationStep,
-    TrainingArguments,
-    TrainLoop,
 )
+from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("finetune")

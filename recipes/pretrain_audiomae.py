@@ -27,18 +27,12 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, write_probe_results
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
-from hf_audiorep.training import (
-    MaskedAutoencoderStep,
-    ProbeArguments,
-    TrainingArguments,
-    TrainLoop,
-    build_linear_probe,
-    evaluate_reconstruction,
-    write_probe_results,
-)
+from hf_audiorep.objectives import MaskedAutoencoderStep, evaluate_reconstruction
+from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("pretrain_audiomae")

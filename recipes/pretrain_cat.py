@@ -39,19 +39,12 @@ from transformers import set_seed
 
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, write_probe_results
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, CATForPreTraining
-from hf_audiorep.training import (
-    BootstrapPretrainingStep,
-    FrozenEmbeddingTeacher,
-    ProbeArguments,
-    TrainingArguments,
-    TrainLoop,
-    build_ema_teacher,
-    build_linear_probe,
-    write_probe_results,
-)
+from hf_audiorep.objectives import BootstrapPretrainingStep, FrozenTeacher, build_ema_teacher
+from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 
 logger = logging.getLogger("pretrain_cat")
@@ -143,12 +136,12 @@ def _overrides(*arg_groups) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _rr_teacher(rr_args: RRArguments, device) -> FrozenEmbeddingTeacher | None:
+def _rr_teacher(rr_args: RRArguments, device) -> FrozenTeacher | None:
     if rr_args.rr_teacher and rr_args.rr_column:
         raise ValueError("give --rr_teacher or --rr_column, not both")
     if not rr_args.rr_teacher:
         return None
-    return FrozenEmbeddingTeacher.from_pretrained(
+    return FrozenTeacher.from_pretrained(
         rr_args.rr_teacher, device=device, trust_remote_code=rr_args.trust_remote_code
     )
 

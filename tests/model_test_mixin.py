@@ -8,8 +8,6 @@ it) and provides:
 - ``get_inputs(config)``: a batch ``{"input_values": ..., "attention_mask": ...}`` whose mask pads
   at least one clip, so masking is exercised by every equivalence check;
 - ``expected_sequence_length(config, inputs)``: tokens in ``last_hidden_state`` (eval mode);
-- ``register_auto_classes()``: registers the family with the Auto classes (guarded with
-  ``exist_ok=True``) and returns ``{AutoModelClass: model_class}``;
 - ``invalid_config_values``: ``(field, value)`` pairs whose config must raise a ValueError that
   names the field;
 - ``expected_non_persistent_buffers``: name suffixes of buffers that ``from_pretrained`` must
@@ -18,6 +16,9 @@ it) and provides:
 Optional: ``deterministic_overrides`` (config changes that remove randomness the gradient
 checkpointing check cannot replay; by default it relies on checkpointing's RNG replay) and
 ``expected_num_hidden_states(config)``.
+
+The family's entry in :mod:`hf_audiorep.registry` (found from the config's ``model_type``) supplies the
+Auto classes: ``model_classes`` must list exactly its base model and heads.
 
 Pre-training models (class name ending in ``ForPreTraining``, like transformers'
 ``Wav2Vec2ForPreTraining``) return their own ``loss`` and a ``logits`` prediction, and usually draw
@@ -85,8 +86,18 @@ class ModelTesterMixin:
     def expected_sequence_length(self, config, inputs) -> int:
         raise NotImplementedError
 
+    def architecture(self):
+        from hf_audiorep.registry import architecture_for
+
+        return architecture_for(self.get_config().model_type)
+
     def register_auto_classes(self) -> dict[type, type]:
-        raise NotImplementedError
+        """Registers every architecture (as ``import hf_audiorep`` does; idempotent) and returns this family's
+        ``{AutoModelClass: model_class}``."""
+        from hf_audiorep.registry import register_auto_classes
+
+        register_auto_classes()
+        return self.architecture().auto_models
 
     def expected_num_hidden_states(self, config) -> int:
         return config.num_hidden_layers + 1
@@ -130,6 +141,10 @@ class ModelTesterMixin:
         inputs = self.get_inputs(self.get_config())
         mask = inputs.get("attention_mask")
         assert mask is not None and not bool(mask.bool().all()), "get_inputs must pad at least one clip"
+
+    def test_model_classes_are_the_registry_entry(self):
+        # Every Auto class the registry (and so the Hub's auto_map) promises goes through the checks below.
+        assert set(self.model_classes) == set(self.architecture().auto_models.values())
 
     def test_default_attention_is_sdpa(self):
         for model_class in self.model_classes:

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForAudioClassification
 
 import hf_audiorep
-from hf_audiorep.data.corpus import EMBEDDED_ONTOLOGY
+from hf_audiorep.data.embedded import EMBEDDED_ONTOLOGY
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 
 #: frames the tiny test model sees: a 2.08-s window, so a few seconds of audio already need sliding windows

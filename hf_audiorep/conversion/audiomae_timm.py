@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..modeling._layers import get_2d_sincos_pos_embed
+from ..modeling import get_2d_sincos_pos_embed
 from ..modeling.configuration_audiomae import AudioMAEConfig
 from ..modeling.modeling_audiomae import AudioMAEForAudioClassification, AudioMAEModel
 
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from ..modeling._fbank import AudioFbankFeatureExtractor
+    from ..modeling.feature_extraction_fbank import AudioFbankFeatureExtractor
 
     try:
         state_dict = read_safetensors_state_dict(args.input)

@@ -44,7 +44,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..modeling._layers import get_2d_sincos_pos_embed
+from ..modeling import get_2d_sincos_pos_embed
 from ..modeling.configuration_cat import CATConfig
 from ..modeling.modeling_cat import CATModel
 from .audiomae_timm import state_dict_from

@@ -2,9 +2,16 @@
 
 from .arguments import DataArguments, StreamFactory, load_sources
 from .augment import MixupOutput, mixup, random_erasing, roll_and_gain, spec_augment
-from .corpus import EMBEDDED_ONTOLOGY, load_embedded_corpus
 from .decode import CorruptAudioError, crop_or_pad, decode_audio
-from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, labels_to_multi_hot
+from .embedded import EMBEDDED_ONTOLOGY, load_embedded_corpus
+from .ontology import (
+    AUDIOSET_ONTOLOGY,
+    LabelGroup,
+    LabelMapper,
+    LabelVocabulary,
+    UnknownLabelError,
+    labels_to_multi_hot,
+)
 from .semi_supervised import SemiSupervisedBatches, split_labeled
 from .sources import AudioSource, load_audio_source
 from .stream import AudioStream
@@ -16,10 +23,13 @@ __all__ = [
     "AudioStream",
     "CorruptAudioError",
     "DataArguments",
+    "LabelGroup",
     "LabelMapper",
+    "LabelVocabulary",
     "MixupOutput",
     "SemiSupervisedBatches",
     "StreamFactory",
+    "UnknownLabelError",
     "crop_or_pad",
     "decode_audio",
     "labels_to_multi_hot",

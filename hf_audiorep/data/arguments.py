@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from .corpus import load_embedded_corpus
+from .embedded import load_embedded_corpus
 from .semi_supervised import as_unlabeled, split_labeled
 from .sources import AudioSource, SplitNotFoundError, labels_outside_vocabulary, load_audio_source
 from .stream import AudioStream
@@ -227,12 +229,15 @@ class StreamFactory:
         batch_size: int | None = None,
         *,
         extra_columns: tuple[str, ...] = (),
+        ragged_columns: tuple[str, ...] = (),
+        collate_fn: Callable[[list[dict[str, Any]]], Mapping[str, Any]] | None = None,
+        return_index: bool = False,
         sharded: bool = True,
     ) -> AudioStream:
         """This process's stream of ``role``; ``sharded=False`` gives every process the whole split
-        (e.g. for a probe that each process fits identically); ``extra_columns`` are passed through
-        as ``(B, D)`` tensors (e.g. precomputed teacher embeddings)."""
-        extra = {"extra_columns": tuple(extra_columns)} if extra_columns else {}
+        (e.g. for a probe that each process fits identically). ``extra_columns``, ``ragged_columns``,
+        ``collate_fn`` and ``return_index`` put more of each record in the batch (captions, token ids,
+        precomputed teacher embeddings, dataset indices): see ``AudioStream``."""
         return AudioStream(
             self.sources[role],
             batch_size=batch_size or self.batch_size,
@@ -244,5 +249,8 @@ class StreamFactory:
             world_size=self.world_size if sharded else 1,
             shuffle_buffer=self.data.shuffle_buffer,
             num_decode_threads=self.data.num_decode_threads,
-            **extra,
+            extra_columns=extra_columns,
+            ragged_columns=ragged_columns,
+            collate_fn=collate_fn,
+            return_index=return_index,
         )

@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from ..modeling._fbank import _integer_to_unit_scale
+from ..modeling.feature_extraction_base import integer_to_unit_scale
 from .formats import undecodable_message
 
 # Every extension the decoder opens: libsndfile's formats (RAW needs a header it lacks), then FFmpeg's.
@@ -96,7 +96,7 @@ def _read_encoded(source, what: str) -> tuple[np.ndarray, int]:
 
 def _to_mono(array, what: str) -> np.ndarray:
     array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
-    integer_scale = _integer_to_unit_scale(array.dtype)
+    integer_scale = integer_to_unit_scale(array.dtype)
     array = array.astype(np.float32, copy=False)
     if integer_scale is not None:  # int16 PCM and the like: to [-1, 1), as the feature extractor does
         offset, scale = integer_scale

@@ -1,6 +1,16 @@
-"""The 527 AudioSet classes and the mapping from a record's label field to class indices.
+"""Label vocabularies: one type for every class table, and the mapping from a record's label field.
 
-The class table is AudioSet's ``class_labels_indices.csv`` (index, MID, display name), shipped as
+:class:`LabelVocabulary` is the class table of a task: ``ids[i]`` and ``names[i]`` describe class
+``i`` (the label index used everywhere), optionally grouped under parent nodes and with classes held
+out for few-shot / open-set evaluation. The same type serves
+
+- the 527 AudioSet classes (:data:`AUDIOSET_ONTOLOGY`, ids are MIDs such as ``/m/09x0r``),
+- the embedded corpus's ontology (``hf_audiorep.data.embedded.EMBEDDED_ONTOLOGY``, ids
+  ``/hf/e/000``, parent families, held-out classes),
+- a plain list of names, e.g. a tag vocabulary mined from captions
+  (:meth:`LabelVocabulary.from_names`).
+
+The AudioSet table is AudioSet's ``class_labels_indices.csv`` (index, MID, display name), shipped as
 ``audioset_ontology.csv`` beside this module. AudioSet ontology, (c) Google, CC BY 4.0,
 https://research.google.com/audioset/ . None of the Hub copies of AudioSet carries this table, and
 models trained on them must agree on the class order, so the library ships one.
@@ -14,7 +24,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 
@@ -43,6 +53,17 @@ def split_label_string(value: str) -> list[str]:
     """
     sep = ";" if ";" in value else ","
     return [token.strip() for token in value.split(sep) if token.strip()]
+
+
+class UnknownLabelError(KeyError, ValueError):
+    """A label that names no class of a vocabulary.
+
+    Both a ``KeyError`` (a failed lookup, as ``vocabulary.index`` always raised for the corpus) and a
+    ``ValueError`` (a bad label value, as label mapping always raised for AudioSet), so callers of
+    either kind keep working."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, like a dict key
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -128,25 +149,96 @@ def labels_to_multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class AudioSetOntology:
-    """The AudioSet class table: ``mids[i]`` and ``names[i]`` describe class ``i``."""
+class LabelGroup:
+    """A parent node of a vocabulary (AudioSet's top-level groups, the corpus's sound families):
+    ``children`` are the indices of its classes."""
 
-    mids: tuple[str, ...]
+    id: str
+    name: str
+    children: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LabelVocabulary:
+    """The ordered class table of a task: ``ids[i]`` and ``names[i]`` describe class ``i``.
+
+    Args:
+        ids: unique string ids (AudioSet MIDs, ``/hf/e/000`` for the corpus; the names themselves for
+            a plain list of names).
+        names: unique display names, the labels a model config's ``id2label`` carries.
+        groups: parent nodes; each class belongs to at most one (``parent_of``).
+        heldout: classes reserved for few-shot / open-set evaluation (``main_classes`` are the rest).
+
+    Names and ids both resolve to a class (:meth:`index`, :meth:`label_mapper`); an id may equal its
+    own class's name, never another class's.
+    """
+
+    ids: tuple[str, ...]
     names: tuple[str, ...]
+    groups: tuple[LabelGroup, ...] = ()
+    heldout: frozenset[int] = frozenset()
+
+    id_to_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    name_to_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    parent_of: tuple[int | None, ...] = field(init=False, repr=False, compare=False)
+    """Index into ``groups`` of each class's parent, ``None`` for a class without one."""
+    _mapper: LabelMapper = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if len(self.mids) != len(self.names):
-            raise ValueError("mids and names must have the same length")
-        if len(set(self.mids)) != len(self.mids):
-            raise ValueError("AudioSet MIDs must be unique")
-        object.__setattr__(self, "mid_to_index", MappingProxyType({m: i for i, m in enumerate(self.mids)}))
-        object.__setattr__(self, "name_to_index", MappingProxyType({n: i for i, n in enumerate(self.names)}))
+        # Plain sequences are accepted; stored as tuples so that the vocabulary is hashable and immutable.
+        for name in ("ids", "names", "groups"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "heldout", frozenset(int(i) for i in self.heldout))
+        n = len(self.names)
+        if n == 0:
+            raise ValueError("a vocabulary needs at least one class")
+        if len(self.ids) != n:
+            raise ValueError(f"a vocabulary needs one id per name: {len(self.ids)} ids for {n} names")
+        for kind, values in (("ids", self.ids), ("names", self.names)):
+            if not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"class {kind} must be non-empty strings")
+            if len(set(values)) != n:
+                duplicate = next(v for i, v in enumerate(values) if v in values[:i])
+                raise ValueError(f"class {kind} must be unique; {duplicate!r} occurs more than once")
+        id_to_index = {v: i for i, v in enumerate(self.ids)}
+        name_to_index = {v: i for i, v in enumerate(self.names)}
+        clash = [v for v, i in id_to_index.items() if name_to_index.get(v, i) != i]
+        if clash:
+            raise ValueError(f"{clash[0]!r} is the id of one class and the name of another")
+        if not self.heldout <= set(range(n)):
+            raise ValueError(f"held-out class indices must be in [0, {n}), got {sorted(self.heldout)}")
+        parent_of: list[int | None] = [None] * n
+        for group_index, group in enumerate(self.groups):
+            for child in group.children:
+                if not 0 <= child < n:
+                    raise ValueError(f"group {group.name!r} has class index {child}, outside [0, {n})")
+                if parent_of[child] is not None:
+                    raise ValueError(f"class {self.names[child]!r} is in more than one group")
+                parent_of[child] = group_index
+        object.__setattr__(self, "id_to_index", MappingProxyType(id_to_index))
+        object.__setattr__(self, "name_to_index", MappingProxyType(name_to_index))
+        object.__setattr__(self, "parent_of", tuple(parent_of))
+        # Names and ids never point at different classes (checked above), so one lookup serves both.
+        object.__setattr__(self, "_mapper", LabelMapper(n, {**name_to_index, **id_to_index}))
 
-    mid_to_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
-    name_to_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    def __reduce__(self):
+        # Rebuilt from the constructor's fields: the derived tables are read-only proxies, which pickle
+        # (used by process pools and datasets' fingerprinting) cannot copy.
+        return _rebuild, (type(self), {f.name: getattr(self, f.name) for f in fields(self) if f.init})
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], ids: Iterable[str] | None = None) -> LabelVocabulary:
+        """A flat vocabulary from a list of names (e.g. tags mined from captions); ``ids``
+        default to the names."""
+        names = tuple(names)
+        return cls(names if ids is None else tuple(ids), names)
 
     def __len__(self) -> int:
-        return len(self.mids)
+        return len(self.names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -157,20 +249,53 @@ class AudioSetOntology:
     def label2id(self) -> dict[str, int]:
         return dict(self.name_to_index)
 
+    @property
+    def main_classes(self) -> tuple[int, ...]:
+        """Indices of the classes not held out."""
+        return tuple(i for i in range(len(self)) if i not in self.heldout)
+
     def index(self, label: str | int) -> int:
-        """The class index of a MID, a display name or an index."""
-        indices = self.label_mapper()(label)
-        if len(indices) != 1:
-            raise ValueError(f"{label!r} does not name exactly one AudioSet class")
-        return indices[0]
+        """The class index of a display name, an id or an index; :class:`UnknownLabelError` (a
+        ``KeyError`` and a ``ValueError``) for anything else."""
+        if isinstance(label, int | np.integer) and not isinstance(label, bool):
+            if 0 <= label < len(self):
+                return int(label)
+        elif isinstance(label, str):
+            found = self.name_to_index.get(label, self.id_to_index.get(label))
+            if found is not None:
+                return found
+        raise UnknownLabelError(f"{label!r} is not a class name, id or index of this vocabulary")
+
+    def group_of(self, index: int) -> LabelGroup | None:
+        """The parent group of class ``index`` (``None`` when it has none)."""
+        parent = self.parent_of[index]
+        return None if parent is None else self.groups[parent]
 
     def label_mapper(self) -> LabelMapper:
-        # MIDs and display names never collide (MIDs start with '/'), so one lookup serves both.
-        return LabelMapper(len(self), {**self.name_to_index, **self.mid_to_index})
+        """A mapper from a record's label field (names, ids, indices, lists, ...) to class indices;
+        its own copy of the lookup, so that changing it leaves the vocabulary alone."""
+        return LabelMapper(len(self), dict(self._mapper.lookup))
 
     def multi_hot(self, labels) -> np.ndarray:
-        """Multi-hot float32 vector from MIDs, display names or indices (any mix)."""
-        return self.label_mapper().multi_hot(labels)
+        """Multi-hot float32 vector from names, ids or indices (any mix)."""
+        return self._mapper.multi_hot(labels)
+
+
+def _rebuild(cls, kwargs):
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class AudioSetOntology(LabelVocabulary):
+    """The AudioSet class table: a :class:`LabelVocabulary` whose ids are MIDs."""
+
+    @property
+    def mids(self) -> tuple[str, ...]:
+        return self.ids
+
+    @property
+    def mid_to_index(self) -> Mapping[str, int]:
+        return self.id_to_index
 
 
 def load_audioset_ontology(path: str | Path = ONTOLOGY_CSV) -> AudioSetOntology:

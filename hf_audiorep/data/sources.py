@@ -306,7 +306,8 @@ def _layout_of_features(dataset) -> str:
     return "webdataset" if "__key__" in features else "parquet"
 
 
-def _find_audio_column(dataset, audio_column: str | None) -> str:
+def find_audio_column(dataset, audio_column: str | None) -> str:
+    """``audio_column`` checked against the dataset, else the detected one (as `load_audio_source` does)."""
     features = dataset.features
     if audio_column is not None:
         if features is not None and audio_column not in features:
@@ -461,7 +462,7 @@ def _unknown_labels(mapper: LabelMapper, value) -> set[str]:
 
 
 def _make_source(dataset, layout, audio_column, label_column, label_names, audioset=False) -> AudioSource:
-    audio_column = _find_audio_column(dataset, audio_column)
+    audio_column = find_audio_column(dataset, audio_column)
     label_column = _find_label_column(dataset, label_column)
     names, mapper = _vocabulary(dataset, layout, label_column, label_names, audioset)
     if mapper is None:

@@ -9,6 +9,10 @@ state resumes there without decoding anything it skips.
 
 Corrupt records are skipped and counted in ``stats``, never raised; but a stream whose first
 records all fail (wrong column, unreadable dataset) raises, because it would otherwise spin.
+
+Besides audio and labels, a batch can carry any other columns of the records (captions, tag
+strings, token ids, teacher embeddings, per-frame targets), collated by kind or by one user
+``collate_fn``, and each clip's index in the dataset (``return_index``).
 """
 
 from __future__ import annotations
@@ -21,13 +25,25 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import (
+    Array2D,
+    Array3D,
+    Array4D,
+    Array5D,
+    ClassLabel,
+    Dataset,
+    IterableDataset,
+    LargeList,
+    List,
+    Value,
+)
 from datasets.distributed import split_dataset_by_node
 
 from ..hub_errors import translate_hub_errors
@@ -68,12 +84,88 @@ def stop_prefetch_threads(timeout: float = _EXIT_JOIN_SECONDS) -> int:
 atexit.register(stop_prefetch_threads)
 
 
+# Batch keys the stream itself fills; no extra column or collate_fn output may take them.
+_BATCH_KEYS = ("waveforms", "lengths", "labels")
+
+
+class _Extra(NamedTuple):
+    """How one extra column is batched: ``stack`` (numbers of one ``shape`` -> a ``(B, *shape)``
+    tensor), ``ragged`` (numbers of any shape -> a list of tensors) or ``list`` (values as stored)."""
+
+    kind: str
+    shape: tuple[int, ...] = ()
+    dtype: np.dtype | None = None
+
+
+class _Example(NamedTuple):
+    """One decoded clip, ready to collate."""
+
+    waveform: np.ndarray
+    length: int
+    target: np.ndarray
+    index: int
+    extras: dict[str, Any]
+
+
+def _feature_layout(feature) -> tuple[object, tuple[int, ...]]:
+    """The leaf feature of a (nested) list or array feature and its shape (-1 where open)."""
+    shape: list[int] = []
+    while True:
+        if isinstance(feature, List):
+            shape.append(feature.length if feature.length > 0 else -1)
+            feature = feature.feature
+        elif isinstance(feature, LargeList):
+            shape.append(-1)
+            feature = feature.feature
+        elif isinstance(feature, list) and len(feature) == 1:  # the old ``[Value(...)]`` spelling
+            shape.append(-1)
+            feature = feature[0]
+        elif isinstance(feature, Array2D | Array3D | Array4D | Array5D):
+            shape += [-1 if d is None else int(d) for d in feature.shape]
+            feature = Value(feature.dtype)
+        else:
+            return feature, tuple(shape)
+
+
+def _tensor_dtype(kind: str) -> np.dtype | None:
+    """The dtype a numeric column is batched in, from a numpy dtype kind; ``None`` if not numeric."""
+    # float32 for every float (as waveforms and targets are), int64 for every integer (torch's index dtype).
+    return {
+        "f": np.dtype(np.float32),
+        "i": np.dtype(np.int64),
+        "u": np.dtype(np.int64),
+        "b": np.dtype(bool),
+    }.get(kind)
+
+
+def _numeric_array(value) -> np.ndarray | None:
+    """``value`` as an array when it is a number or a regular (nested) list of numbers, else ``None``."""
+    if value is None or isinstance(value, str | bytes | Mapping):
+        return None
+    try:
+        array = np.asarray(value)
+    except ValueError:  # nested lists of uneven lengths
+        return None
+    return array if _tensor_dtype(array.dtype.kind) is not None else None
+
+
+def _feature_dtype(leaf) -> np.dtype | None:
+    if isinstance(leaf, ClassLabel):
+        return np.dtype(np.int64)
+    if isinstance(leaf, Value):
+        try:
+            return _tensor_dtype(np.dtype(leaf.pa_type.to_pandas_dtype()).kind)
+        except (NotImplementedError, TypeError):  # strings, timestamps, decimals...
+            return None
+    return None
+
+
 @dataclass
 class _Chunk:
     """What the producer thread hands to the consumer: a batch (or the end) and the bookkeeping
     that becomes true once the consumer yields it."""
 
-    batch: dict[str, torch.Tensor] | None
+    batch: dict[str, Any] | None
     consumed: int  # raw records of this epoch consumed up to and including this batch
     decoded: int = 0
     skipped: int = 0
@@ -81,10 +173,38 @@ class _Chunk:
 
 
 class AudioStream:
-    """Batches ``{"waveforms": (B, S) float32, "lengths": (B,) int64, "labels": (B, C) float32}``.
+    """Batches ``{"waveforms": (B, S) float32, "lengths": (B,) int64, "labels": (B, C) float32}``,
+    plus ``indices`` and other columns of the records on request.
 
-    With ``extra_columns``, batches also carry ``batch[name]``: a ``(B, D)`` float32 tensor per column,
-    e.g. precomputed teacher embeddings (``training.rr_teacher.precompute_teacher_embeddings``).
+    Extra columns (``extra_columns``) are batched by what they hold, decided once per column from its
+    feature (or, where the feature is missing or leaves the shape open, from the first record):
+
+    - numbers of one per-clip shape (scalars, fixed-length lists, ``ArrayXD``): a ``(B, *shape)``
+      tensor, float32 for floats, int64 for integers and ``ClassLabel``, bool for booleans. A record
+      of another shape, or with a NaN or infinite value, is skipped and counted as corrupt (e.g.
+      precomputed teacher embeddings, ``objectives.teachers.precompute_teacher_embeddings``).
+    - numbers whose shape varies per clip, named in ``ragged_columns`` (token ids, frame targets):
+      a list of B tensors (dtypes as above; missing or non-finite values make the record corrupt).
+    - anything else (strings such as captions, lists of tag strings, dicts): a list of B values as
+      the dataset stores them.
+
+    A ``collate_fn(records) -> dict`` replaces that collation: it gets one ``{column: value}`` dict
+    per clip, in batch order, with the values as ``datasets`` returns them (unchecked), and its dict
+    is merged into the batch, e.g. ``lambda records: tokenizer([r["caption"] for r in records],
+    padding=True, return_tensors="pt")``. It runs in the prefetch thread; an exception it raises is
+    raised by the iterator.
+
+    With ``return_index=True`` batches carry ``indices``, a ``(B,)`` int64 tensor:
+
+    - map-style datasets: each clip's row in ``source.dataset``, before the epoch's shuffle and the
+      sharding, so ``source.dataset[i]`` is the clip's record in every epoch and on every rank (what
+      a per-clip memory bank such as CRD's needs).
+    - streamed datasets (``IterableDataset``): the record's position in this rank's record order of
+      the epoch, i.e. after the shuffle (``train``) and ``split_dataset_by_node``, counting records
+      skipped as corrupt. Exact across resume, unique within the epoch on this rank; but a shuffled
+      stream reorders records every epoch and each rank counts its own, so it names a clip only
+      within one epoch on one rank (unshuffled on one process: the record's position in the
+      stream). For a clip id that survives the shuffle, pass an id column in ``extra_columns``.
 
     Args:
         source: an ``AudioSource`` (see ``load_audio_source``) or a ``datasets`` object, which is
@@ -100,9 +220,13 @@ class AudioStream:
         num_decode_threads: decoding threads (0 decodes in the prefetch thread itself).
         drop_last: drop the last partial batch (default: ``train``). Map-style datasets then also
             drop the ragged tail of the permutation so every rank gets the same number of records.
-        extra_columns: dataset columns of fixed-length float lists to batch alongside the audio. Their
-            width ``D`` is the column feature's fixed length, else that of the first record. A record
-            whose value has another length, or a non-finite value, is skipped and counted as corrupt.
+        extra_columns: other dataset columns to batch alongside the audio, collated by kind (above). A
+            column of float lists whose feature has no fixed length takes its width ``D`` from the
+            first record (``extra_dims``), and a record of another length is corrupt.
+        ragged_columns: numeric columns whose per-clip shape varies, batched as lists of tensors;
+            they need not be repeated in ``extra_columns``.
+        collate_fn: ``collate_fn(records) -> dict`` replacing the collation of the extra columns.
+        return_index: add each clip's dataset index as ``batch["indices"]`` (above).
 
     Epochs: ``__iter__`` yields the rest of the current epoch and does not advance it; call
     ``set_epoch(e)`` before each epoch. ``set_epoch`` with the current epoch keeps the position, so
@@ -124,6 +248,9 @@ class AudioStream:
         num_decode_threads: int = 4,
         drop_last: bool | None = None,
         extra_columns: tuple[str, ...] | list[str] = (),
+        ragged_columns: tuple[str, ...] | list[str] = (),
+        collate_fn: Callable[[list[dict[str, Any]]], Mapping[str, Any]] | None = None,
+        return_index: bool = False,
     ):
         if not isinstance(source, AudioSource):
             if not isinstance(source, Dataset | IterableDataset):
@@ -164,7 +291,18 @@ class AudioStream:
         self._active = None  # the iterator allowed to advance the position (the latest one)
         self.stats: dict = {"decoded": 0, "skipped": 0, "errors": []}
 
-        self.extra_columns = self._check_extra_columns(source, extra_columns)
+        if collate_fn is not None and not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        if collate_fn is not None and ragged_columns:
+            raise ValueError(
+                "collate_fn replaces the collation of every extra column: leave ragged_columns empty"
+            )
+        self.collate_fn = collate_fn
+        self.return_index = bool(return_index)
+        reserved = _BATCH_KEYS + (("indices",) if self.return_index else ())
+        ragged = self._check_extra_columns(source, ragged_columns, reserved, "ragged_columns")
+        extra = self._check_extra_columns(source, extra_columns, reserved, "extra_columns")
+        self.extra_columns = extra + tuple(c for c in ragged if c not in extra)
         columns = [c for c in (source.audio_column, source.label_column) if c]
         columns += [c for c in self.extra_columns if c not in columns]
         # No other column is read; no output format, so the audio stays {"bytes", "path"}.
@@ -185,18 +323,23 @@ class AudioStream:
                 # would shard the stream a second time.
                 dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
         self._dataset = dataset
-        self.extra_dims = {name: self._column_width(source.dataset, name) for name in self.extra_columns}
+        # With a collate_fn the values go to it as they are: nothing to infer, nothing to read.
+        self._extras = (
+            {}
+            if collate_fn is not None
+            else {name: self._extra_spec(source.dataset, name, name in ragged) for name in self.extra_columns}
+        )
 
     @staticmethod
-    def _check_extra_columns(source: AudioSource, extra_columns) -> tuple[str, ...]:
-        if isinstance(extra_columns, str):
-            extra_columns = (extra_columns,)
-        names = tuple(extra_columns)
+    def _check_extra_columns(source: AudioSource, names, reserved, argument: str) -> tuple[str, ...]:
+        if isinstance(names, str):
+            names = (names,)
+        names = tuple(names)
         features = source.dataset.features
         for name in names:
             if not isinstance(name, str):
-                raise TypeError(f"extra_columns must be column names, got {name!r}")
-            if name in ("waveforms", "lengths", "labels"):
+                raise TypeError(f"{argument} must be column names, got {name!r}")
+            if name in reserved:
                 raise ValueError(f"extra column {name!r} would overwrite the batch key of the same name")
             if name == source.audio_column:
                 raise ValueError(f"extra column {name!r} is the audio column")
@@ -205,26 +348,57 @@ class AudioStream:
                     f"extra column {name!r} is not in the dataset; its columns are {list(features)}"
                 )
         if len(set(names)) != len(names):
-            raise ValueError(f"extra_columns has duplicates: {list(names)}")
+            raise ValueError(f"{argument} has duplicates: {list(names)}")
         return names
 
     @staticmethod
-    def _column_width(dataset, name: str) -> int:
-        """Width of a column of float lists: the feature's fixed length, else the first record's."""
+    def _extra_spec(dataset, name: str, ragged: bool) -> _Extra:
+        """How column ``name`` is batched: from its feature, else (or for a shape the feature leaves
+        open) from its first record."""
         feature = (dataset.features or {}).get(name)
-        length = getattr(feature, "length", -1)
-        if isinstance(length, int) and length > 0:
-            return length
+        dtype = None
+        if feature is not None:
+            leaf, shape = _feature_layout(feature)
+            dtype = _feature_dtype(leaf)
+            if dtype is None and not ragged:
+                return _Extra("list")
+            if dtype is not None and ragged:
+                return _Extra("ragged", dtype=dtype)
+            if dtype is not None and -1 not in shape:
+                return _Extra("stack", shape, dtype)
         # Only this column is read: no audio is decoded; a stream reads its first record (one request).
         column = dataset.select_columns([name])
         first = column[0][name] if isinstance(column, Dataset) else next(iter(column))[name]
-        value = np.asarray(first, dtype=np.float32)
-        if value.ndim != 1 or value.size == 0:
+        value = _numeric_array(first)
+        if value is None and (ragged or dtype is not None):
+            kind = "ragged column" if ragged else "extra column"
             raise ValueError(
-                f"extra column {name!r} must hold a non-empty list of floats per record; the first "
-                f"record has shape {value.shape}"
+                f"{kind} {name!r} must hold arrays of numbers; its first record is {first!r:.80}"
             )
-        return int(value.size)
+        if value is None:
+            return _Extra("list")
+        if ragged:
+            return _Extra("ragged", dtype=_tensor_dtype(value.dtype.kind))
+        if value.size == 0:
+            raise ValueError(
+                f"extra column {name!r}: the first record is empty, so the shape of the column cannot be "
+                f"inferred; name it in ragged_columns if its shape varies from clip to clip"
+            )
+        return _Extra("stack", value.shape, dtype or _tensor_dtype(value.dtype.kind))
+
+    @property
+    def extra_dims(self) -> dict[str, int]:
+        """The width ``D`` of each extra column batched as a ``(B, D)`` tensor."""
+        return {
+            name: spec.shape[0]
+            for name, spec in self._extras.items()
+            if spec.kind == "stack" and len(spec.shape) == 1
+        }
+
+    @property
+    def extra_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The per-clip shape of each extra column batched as a ``(B, *shape)`` tensor."""
+        return {name: spec.shape for name, spec in self._extras.items() if spec.kind == "stack"}
 
     # ----------------------------------------------------------------------------- properties
 
@@ -303,15 +477,17 @@ class AudioStream:
             order = order[: n - n % self.world_size]
         return order[self.rank :: self.world_size]
 
-    def _raw_records(self, epoch: int, start: int) -> Iterator[dict]:
-        """This rank's records of ``epoch`` from position ``start``, still encoded."""
+    def _raw_records(self, epoch: int, start: int) -> Iterator[tuple[int, dict]]:
+        """This rank's records of ``epoch`` from position ``start``, still encoded, each with its
+        index (the dataset row for map-style datasets, the position for streams)."""
         if not self.is_streaming:
             indices = self._epoch_indices()
             for lo in range(start, len(indices), self.batch_size):
-                rows = self._dataset[indices[lo : lo + self.batch_size].tolist()]
+                rows_indices = indices[lo : lo + self.batch_size].tolist()
+                rows = self._dataset[rows_indices]
                 columns = list(rows)
-                for values in zip(*rows.values(), strict=True):
-                    yield dict(zip(columns, values, strict=True))
+                for index, values in zip(rows_indices, zip(*rows.values(), strict=True), strict=True):
+                    yield index, dict(zip(columns, values, strict=True))
             return
         # datasets' IterableDataset.skip() drops the epoch of the shuffle (datasets 5.2), so after
         # set_epoch(e > 0) it would skip into a different order. Skipping the first records here,
@@ -320,11 +496,11 @@ class AudioStream:
         # A stream opens its remote files only here: a Hub that cannot be reached must say so in one line,
         # not as a traceback from inside datasets' reader.
         with translate_hub_errors(None):
-            yield from itertools.islice(self._dataset, start, None)
+            yield from enumerate(itertools.islice(self._dataset, start, None), start)
 
     # ---------------------------------------------------------------------------- decoding
 
-    def _prepare(self, record: dict, epoch: int, position: int):
+    def _prepare(self, record: dict, epoch: int, position: int, index: int) -> _Example | str:
         """Decode one record; the crop RNG depends only on (seed, epoch, rank, position), so the
         result does not depend on which thread ran it or when."""
         try:
@@ -333,32 +509,52 @@ class AudioStream:
             wave, length = crop_or_pad(wave, self.num_samples, rng, self.train)
             column = self.source.label_column
             indices = self.source.label_to_index(record[column]) if column else []
-            extras = {name: self._extra_value(record[name], name) for name in self.extra_columns}
-            return wave, length, labels_to_multi_hot(indices, self.num_classes), extras
+            if self.collate_fn is not None:
+                extras = {name: record[name] for name in self.extra_columns}
+            else:
+                extras = {name: self._extra_value(record[name], name) for name in self.extra_columns}
+            return _Example(wave, length, labels_to_multi_hot(indices, self.num_classes), index, extras)
         except Exception as err:  # noqa: BLE001 - any per-record failure is a skipped record
             return f"record {position} of epoch {epoch}: {type(err).__name__}: {err}"
 
-    def _extra_value(self, value, name: str) -> np.ndarray:
+    def _extra_value(self, value, name: str):
+        spec = self._extras[name]
+        if spec.kind == "list":
+            return value
         if value is None:
             raise ValueError(f"extra column {name!r} is missing")
-        array = np.asarray(value, dtype=np.float32)
-        if array.shape != (self.extra_dims[name],):
-            raise ValueError(
-                f"extra column {name!r} has shape {array.shape}, expected ({self.extra_dims[name]},)"
-            )
-        if not np.isfinite(array).all():
+        array = np.array(value, dtype=spec.dtype)  # a copy: writable, and owned by the batch
+        if spec.kind == "stack" and array.shape != spec.shape:
+            raise ValueError(f"extra column {name!r} has shape {array.shape}, expected {spec.shape}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(f"extra column {name!r} holds NaN or infinite values")
         return array
 
-    @staticmethod
-    def _collate(examples: list) -> dict[str, torch.Tensor]:
-        batch = {
-            "waveforms": torch.from_numpy(np.stack([e[0] for e in examples])),
-            "lengths": torch.tensor([e[1] for e in examples], dtype=torch.int64),
-            "labels": torch.from_numpy(np.stack([e[2] for e in examples])),
+    def _collate(self, examples: list[_Example]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "waveforms": torch.from_numpy(np.stack([e.waveform for e in examples])),
+            "lengths": torch.tensor([e.length for e in examples], dtype=torch.int64),
+            "labels": torch.from_numpy(np.stack([e.target for e in examples])),
         }
-        for name in examples[0][3]:
-            batch[name] = torch.from_numpy(np.stack([e[3][name] for e in examples]))
+        if self.return_index:
+            batch["indices"] = torch.tensor([e.index for e in examples], dtype=torch.int64)
+        if self.collate_fn is not None:
+            extra = self.collate_fn([e.extras for e in examples])
+            if not isinstance(extra, Mapping):
+                raise TypeError(f"collate_fn must return a dict of batch entries, got {type(extra).__name__}")
+            clash = sorted(set(extra) & set(batch))
+            if clash:
+                raise ValueError(f"collate_fn returned {clash}, which the stream fills itself")
+            batch.update(extra)
+            return batch
+        for name, spec in self._extras.items():
+            values = [e.extras[name] for e in examples]
+            if spec.kind == "stack":
+                batch[name] = torch.from_numpy(np.stack(values))
+            elif spec.kind == "ragged":
+                batch[name] = [torch.from_numpy(v) for v in values]
+            else:
+                batch[name] = values
         return batch
 
     def _produce(self, epoch: int, start: int, out: queue.Queue, stop: threading.Event) -> None:
@@ -401,14 +597,14 @@ class AudioStream:
 
         try:
             end = start  # position after the last raw record pulled
-            for position, record in enumerate(self._raw_records(epoch, start), start):
+            for position, (index, record) in enumerate(self._raw_records(epoch, start), start):
                 if stop.is_set():
                     return
                 end = position + 1
                 if pool:
-                    inflight.append((position, pool.submit(self._prepare, record, epoch, position)))
+                    inflight.append((position, pool.submit(self._prepare, record, epoch, position, index)))
                 else:
-                    inflight.append((position, self._prepare(record, epoch, position)))
+                    inflight.append((position, self._prepare(record, epoch, position, index)))
                 # Keep one batch of records decoding while earlier results are collated.
                 while len(inflight) > (self.batch_size if pool else 0):
                     if not handle(*inflight.popleft()):
@@ -452,7 +648,7 @@ class AudioStream:
             if n <= _KEPT_ERRORS or (n & (n - 1)) == 0:  # the first few, then at powers of two
                 logger.warning("skipped a corrupt record (%d skipped so far): %s", n, message)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         """The batches of this rank for the current epoch, from the restored position on."""
         token = object()
         self._active = token

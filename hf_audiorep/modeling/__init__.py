@@ -1,8 +1,11 @@
 """Model code: torch + transformers only, single-dot imports, shippable as Hub remote code."""
 
-from ._fbank import AudioFbankFeatureExtractor, kaldi_fbank
+from ._layers import frames_to_patch_mask, get_2d_sincos_pos_embed
 from .configuration_audiomae import AudioMAEConfig
 from .configuration_cat import CAT_PRESETS, CATConfig
+from .feature_extraction_base import BaseAudioFeatureExtractor
+from .feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor, kaldi_fbank
+from .feature_extraction_log_mel import LogMelFeatureExtractor, stft_log_mel
 from .modeling_audiomae import (
     AudioMAEForAudioClassification,
     AudioMAEForPreTraining,
@@ -30,6 +33,7 @@ __all__ = [
     "AudioMAEForPreTrainingOutput",
     "AudioMAEModel",
     "AudioMAEPreTrainedModel",
+    "BaseAudioFeatureExtractor",
     "CATConfig",
     "CATForAudioClassification",
     "CATForPreTraining",
@@ -38,8 +42,13 @@ __all__ = [
     "CATModelOutput",
     "CATPreTrainedModel",
     "CAT_PRESETS",
+    "LogMelFeatureExtractor",
     "MultiResolutionStem",
+    "ZipformerFbankFeatureExtractor",
     "compute_block_mask_2d",
+    "frames_to_patch_mask",
+    "get_2d_sincos_pos_embed",
     "kaldi_fbank",
     "make_teacher_targets",
+    "stft_log_mel",
 ]

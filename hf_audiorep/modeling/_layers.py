@@ -1,8 +1,14 @@
 """Building blocks shared by the spectrogram transformers of hf_audiorep.
 
 One attention, one block per normalisation style, one patch embedding, the MAE 2-D sin-cos
-positions and the patch masks used for pre-training (MAE random masking) and fine-tuning
-(AudioMAE's 2-D patch-out). Every model of the library builds on these, so their module and
+positions, the patch masks used for pre-training (MAE random masking) and fine-tuning patch-out
+(AudioMAE's 2-D columns and rows; CAT's random tokens), and what every encoder does around its
+blocks: input checks and patch-grid geometry (`SpectrogramModelMixin`), dropping the masked
+patches (`visible_indices`, `gather_tokens`), the ``[CLS, patches]`` attention mask, pooling
+(`pool_tokens`: ``"cls"`` or a padding-aware ``"mean"``) and the classification head's output.
+One idea has one name across the models: ``mask`` is a bool ``(batch, num_patches)`` tensor, True
+on the patches an encoder does not see; ``patch_out`` draws a fine-tuning one; ``pooling`` is
+``"cls"`` or ``"mean"``. Every model of the library builds on these, so their module and
 parameter names follow timm's ``vision_transformer`` (``norm1``, ``attn.qkv``, ``attn.proj``,
 ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``patch_embed.proj``): converting a timm or fairseq checkpoint
 is then a key rename, never a reshape.
@@ -26,8 +32,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
@@ -36,17 +45,34 @@ __all__ = [
     "Attention",
     "ChannelLayerNorm",
     "DropPath",
+    "LayerDecayMixin",
     "Mlp",
     "PatchEmbed",
     "PostLNBlock",
     "PreLNBlock",
+    "SpectrogramModelMixin",
     "check_spectrogram_inputs",
+    "classification_output",
+    "classifier_head",
     "drop_path",
+    "drop_path_rates",
     "eager_attention_forward",
     "frames_to_patch_mask",
+    "gather_tokens",
     "get_2d_sincos_pos_embed",
+    "init_patch_projection_",
+    "masked_mean",
+    "masking_from_noise",
+    "pad_to_patches",
+    "patch_grid_shape",
     "patch_out_mask_2d",
+    "pool_tokens",
     "random_masking",
+    "sincos_pos_embed_like",
+    "spectrogram_as_image",
+    "token_attention_mask",
+    "visible_indices",
+    "without_stochastic_depth",
 ]
 
 
@@ -185,6 +211,21 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Per-block stochastic depth rising linearly from 0 at the first block to ``max_rate`` at the last, as
+    in timm (plain Python floats: no tensor is created, so models build on the meta device)."""
+    return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def without_stochastic_depth(module: nn.Module) -> nn.Module:
+    """``module`` with every `DropPath` switched off. MAE and data2vec pre-train without stochastic depth,
+    which is a fine-tuning setting: the config keeps its rate for the classifier built from the checkpoint."""
+    for submodule in module.modules():
+        if isinstance(submodule, DropPath):
+            submodule.drop_prob = 0.0
+    return module
+
+
 class PreLNBlock(GradientCheckpointingLayer):
     """Pre-LayerNorm transformer block of timm's ViT (AudioMAE, BEATs-style encoders).
 
@@ -266,19 +307,53 @@ class PatchEmbed(nn.Module):
         return num_frames // self.patch_size, num_bins // self.patch_size
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        if spectrogram.ndim == 3:
-            spectrogram = spectrogram.unsqueeze(1)
-        if spectrogram.ndim != 4 or spectrogram.shape[1] != self.num_channels:
-            raise ValueError(
-                f"PatchEmbed expects (batch, frames, bins) or (batch, {self.num_channels}, frames, bins), "
-                f"got shape {tuple(spectrogram.shape)}"
-            )
-        height, width = spectrogram.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"spectrogram size {height}x{width} is not a multiple of patch_size={self.patch_size}"
-            )
+        spectrogram = spectrogram_as_image(spectrogram, self.num_channels, self.patch_size, "PatchEmbed")
         return self.proj(spectrogram).flatten(2).transpose(1, 2)
+
+
+def spectrogram_as_image(
+    spectrogram: torch.Tensor, num_channels: int, patch_size: int, who: str
+) -> torch.Tensor:
+    """A spectrogram as the ``(batch, channels, frames, bins)`` image a patchifying conv takes, checked to
+    tile into whole patches (a strided conv would silently drop the rest); ``who`` names the caller in errors.
+    """
+    if spectrogram.ndim == 3:
+        spectrogram = spectrogram.unsqueeze(1)
+    if spectrogram.ndim != 4 or spectrogram.shape[1] != num_channels:
+        raise ValueError(
+            f"{who} expects (batch, frames, bins) or (batch, {num_channels}, frames, bins), "
+            f"got shape {tuple(spectrogram.shape)}"
+        )
+    height, width = spectrogram.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"spectrogram size {height}x{width} is not a multiple of patch_size={patch_size}")
+    return spectrogram
+
+
+def patch_grid_shape(num_frames: int, num_mel_bins: int, patch_size: int) -> tuple[int, int]:
+    """``(grid_t, grid_f)`` of a ``num_frames``-frame input once its time axis is padded to whole patches."""
+    return -(-num_frames // patch_size), num_mel_bins // patch_size
+
+
+def pad_to_patches(input_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Zero-pad the time axis (``-2``) to a multiple of ``patch_size``; the partial last patch is kept, since
+    it holds real frames (`frames_to_patch_mask` counts it as real)."""
+    pad = -input_values.shape[-2] % patch_size
+    return nn.functional.pad(input_values, (0, 0, 0, pad)) if pad else input_values
+
+
+def init_patch_projection_(conv: nn.Conv2d) -> None:
+    """MAE's initialisation of a patchifying conv: xavier-uniform as the Linear it is, over
+    ``(out, in * k * k)``, and a zero bias.
+
+    The bound is computed here because xavier on a reshaped view would lose the "already loaded" flag that
+    the guarded ``transformers.initialization`` functions keep on the parameter.
+    """
+    fan_out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    init.uniform_(conv.weight, -bound, bound)
+    if conv.bias is not None:
+        init.zeros_(conv.bias)
 
 
 def get_2d_sincos_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
@@ -309,6 +384,13 @@ def get_2d_sincos_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool 
     if cls_token:
         embedding = torch.cat([embedding.new_zeros(1, dim), embedding], dim=0)
     return embedding.float()
+
+
+def sincos_pos_embed_like(buffer: torch.Tensor, grid_size: tuple[int, int], cls_token: bool) -> torch.Tensor:
+    """The fixed positions of a ``grid_size`` patch grid (with a zero CLS row first when ``cls_token``) for a
+    ``(1, positions, dim)`` position buffer, on its device and in its dtype."""
+    embedding = get_2d_sincos_pos_embed(buffer.shape[-1], *grid_size, cls_token=cls_token)
+    return embedding.unsqueeze(0).to(device=buffer.device, dtype=buffer.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,16 +426,22 @@ def random_masking(
     if batch <= 0 or num_patches <= 0:
         raise ValueError(f"batch and num_patches must be positive, got {batch} and {num_patches}")
     device = device if device is not None else (generator.device if generator is not None else "cpu")
-    len_keep = max(1, int(num_patches * (1.0 - ratio)))
-    noise = _uniform_noise((batch, num_patches), generator, device)
-    # The patches with the smallest noise are kept; argsort of the permutation inverts it.
+    return masking_from_noise(_uniform_noise((batch, num_patches), generator, device), ratio)
+
+
+def masking_from_noise(noise: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`random_masking` with given uniform noise ``(batch, num_patches)``: per row the patches with the
+    lowest noise stay visible. The same noise gives the same masks whatever the batch, which makes batched
+    and one-by-one runs comparable (``ViTMAEForPreTraining``'s ``noise``)."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    len_keep = max(1, int(noise.shape[1] * (1.0 - ratio)))
+    # argsort of the permutation inverts it.
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
+    mask = torch.ones_like(noise, dtype=torch.bool)
     mask[:, :len_keep] = False
-    mask = torch.gather(mask, 1, ids_restore)
-    return ids_keep, mask, ids_restore
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
 
 def patch_out_mask_2d(
@@ -411,6 +499,103 @@ def frames_to_patch_mask(attention_mask: torch.Tensor, patch_size: int, grid_f: 
     frames[:, :num_frames] = attention_mask.bool()
     real_columns = frames.view(batch, grid_t, patch_size).any(dim=-1)
     return real_columns[:, :, None].expand(batch, grid_t, grid_f).reshape(batch, grid_t * grid_f).long()
+
+
+def visible_indices(mask: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
+    """``(batch, num_visible)`` ascending indices of the patches a bool ``mask`` (True = hidden) leaves
+    visible; every row must leave as many (the batch stays rectangular)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a bool tensor, True on masked patches; got "
+            f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}"
+        )
+    if tuple(mask.shape) != (batch, num_patches):
+        raise ValueError(
+            f"mask must be (batch, num_patches) = {(batch, num_patches)}, got {tuple(mask.shape)}"
+        )
+    kept = (~mask).sum(dim=1)
+    if bool((kept != kept[0]).any()):
+        raise ValueError(
+            f"every row of mask must leave the same number of patches visible (the batch stays rectangular), "
+            f"got {sorted(set(kept.tolist()))}; compute_block_mask_2d and patch_out_mask_2d guarantee it"
+        )
+    return (~mask).nonzero()[:, 1].view(batch, int(kept[0]))
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``tokens[b, indices[b]]`` for every row ``b``: ``(batch, N[, dim])`` -> ``(batch, K[, dim])``."""
+    if tokens.ndim == 3:
+        indices = indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+    return torch.gather(tokens, 1, indices)
+
+
+def token_attention_mask(config, hidden_states: torch.Tensor, patch_mask: torch.Tensor | None):
+    """The attention mask, in the format of ``config``'s attention backend, for ``[CLS, patches]`` tokens
+    whose patches are real where ``patch_mask`` ``(batch, patches)`` is 1; the CLS token always attends."""
+    token_mask = None
+    if patch_mask is not None:
+        token_mask = torch.cat([patch_mask.new_ones(patch_mask.shape[0], 1), patch_mask], dim=1)
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=token_mask)
+
+
+def masked_mean(
+    values: torch.Tensor, weights: torch.Tensor | None = None, dim: int | None = None
+) -> torch.Tensor:
+    """Mean of ``values`` over ``dim`` (all elements when None) where the 0/1 ``weights`` are 1.
+
+    ``weights`` has the leading dimensions of ``values`` and is broadcast over the rest (with ``dim=None`` it
+    must have the shape of ``values``). An empty selection (all padding, nothing masked) gives 0, not NaN.
+    """
+    if weights is None:
+        return values.mean() if dim is None else values.mean(dim=dim)
+    if dim is None and weights.shape != values.shape:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} must have the shape of values {tuple(values.shape)}"
+        )
+    weights = weights.to(values.dtype)
+    weights = weights.reshape(*weights.shape, *(1,) * (values.ndim - weights.ndim))
+    if dim is None:
+        return (values * weights).sum() / weights.sum().clamp(min=1.0)
+    return (values * weights).sum(dim=dim) / weights.sum(dim=dim).clamp(min=1.0)
+
+
+def pool_tokens(sequence_output: torch.Tensor, patch_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """``[CLS, patches]`` ``(batch, 1 + N, hidden)`` -> ``(batch, hidden)``: the CLS token (``"cls"``) or the
+    mean of the patches that are 1 in ``patch_mask`` (``"mean"``; all of them when it is None)."""
+    if pooling == "cls":
+        return sequence_output[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+    return masked_mean(sequence_output[:, 1:], patch_mask, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Classification heads
+# --------------------------------------------------------------------------------------------
+
+
+def classifier_head(config) -> nn.Module:
+    """``Linear(hidden_size, num_labels)``; with ``num_labels=0`` the identity, so the "logits" are the
+    pooled embedding."""
+    if config.num_labels > 0:
+        return nn.Linear(config.hidden_size, config.num_labels)
+    return nn.Identity()
+
+
+def classification_output(
+    model, logits: torch.Tensor, labels: torch.Tensor | None, encoder_outputs, **kwargs
+) -> SequenceClassifierOutput:
+    """A head's output: ``logits``, the loss of ``model.config.problem_type`` when ``labels`` are given, and
+    the encoder's hidden states and attentions."""
+    loss = None
+    if labels is not None:
+        loss = model.loss_function(labels, logits, model.config, **kwargs)
+    return SequenceClassifierOutput(
+        loss=loss,
+        logits=logits,
+        hidden_states=encoder_outputs.hidden_states,
+        attentions=encoder_outputs.attentions,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +662,21 @@ def check_spectrogram_inputs(
                 f"attention_mask must be (batch, frames) = {(input_values.shape[0], num_frames)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
+
+
+class SpectrogramModelMixin:
+    """Input checks and patch-grid geometry of a ``PreTrainedModel`` over spectrogram patches; reads
+    ``num_mel_bins``, ``max_length``, ``num_channels`` and ``patch_size`` from its config."""
+
+    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        config = self.config
+        check_spectrogram_inputs(
+            input_values, attention_mask, config.num_mel_bins, config.max_length, config.num_channels
+        )
+
+    def grid_shape(self, num_frames: int) -> tuple[int, int]:
+        """``(grid_t, grid_f)`` of a ``num_frames``-frame input (after padding to whole patches)."""
+        return patch_grid_shape(num_frames, self.config.num_mel_bins, self.config.patch_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
@@ -37,10 +36,23 @@ from ._layers import (
     LayerDecayMixin,
     PatchEmbed,
     PreLNBlock,
+    SpectrogramModelMixin,
+    classification_output,
+    classifier_head,
+    drop_path_rates,
     frames_to_patch_mask,
-    get_2d_sincos_pos_embed,
+    gather_tokens,
+    init_patch_projection_,
+    masked_mean,
+    masking_from_noise,
+    pad_to_patches,
     patch_out_mask_2d,
+    pool_tokens,
     random_masking,
+    sincos_pos_embed_like,
+    token_attention_mask,
+    visible_indices,
+    without_stochastic_depth,
 )
 from .configuration_audiomae import AudioMAEConfig
 
@@ -53,13 +65,13 @@ __all__ = [
 ]
 
 
-class AudioMAEPreTrainedModel(LayerDecayMixin, PreTrainedModel):
+class AudioMAEPreTrainedModel(SpectrogramModelMixin, LayerDecayMixin, PreTrainedModel):
     config: AudioMAEConfig
     base_model_prefix = "audiomae"
     # Layer decay (AudioMAE's lr_decay): patch embedding, CLS token and positions sit below block 0.
     embedding_param_prefixes = ("patch_embed.", "cls_token", "pos_embed")
-    # A pre-training checkpoint carries its decoder (and CAT's RR projector); loading it as an encoder or a
-    # classifier drops them by design, which is not worth an "UNEXPECTED" report on every load.
+    # A pre-training checkpoint carries its decoder; loading it as an encoder or a classifier drops it by
+    # design, which is not worth an "UNEXPECTED" report on every load.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
     main_input_name = "input_values"
     input_modalities = ("audio",)
@@ -90,13 +102,7 @@ class AudioMAEPreTrainedModel(LayerDecayMixin, PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
-            # MAE initialises the patch projection as the Linear it is: xavier over (out, in * k * k).
-            # The bound is computed here because a reshaped view would lose the "already loaded" flag.
-            fan_out, fan_in = module.weight.shape[0], module.weight[0].numel()
-            bound = (6.0 / (fan_in + fan_out)) ** 0.5
-            init.uniform_(module.weight, -bound, bound)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+            init_patch_projection_(module)  # the patch embedding is AudioMAE's only conv
         elif isinstance(module, AudioMAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, module.sincos_pos_embed())
@@ -108,16 +114,19 @@ class AudioMAEPreTrainedModel(LayerDecayMixin, PreTrainedModel):
 class AudioMAEModel(AudioMAEPreTrainedModel):
     """The AudioMAE ViT encoder.
 
-    ``forward(input_values, attention_mask=None, ids_keep=None, output_hidden_states=None)``:
+    ``forward(input_values, attention_mask=None, ids_keep=None, mask=None, output_hidden_states=None)``:
 
     - ``input_values`` ``(batch, frames, num_mel_bins)`` log-mel features with ``frames <=
       max_length``; frames are zero-padded to a multiple of ``patch_size`` and positions are
       taken for the actual grid.
     - ``attention_mask`` ``(batch, frames)``, 1 on real frames: patches made only of padding are
       excluded from attention and from mean pooling.
-    - ``ids_keep`` ``(batch, num_kept)`` indices of the patches to encode (row-major ``(t, f)``),
-      e.g. from `patch_out_mask_2d` or `random_masking`; the others are dropped after positions
-      are added.
+    - ``mask`` ``(batch, num_patches)`` bool, True on patches to drop (e.g. the patch-out mask of
+      `patch_out_mask_2d`); every row must drop the same number. The others are encoded in patch order.
+    - ``ids_keep`` ``(batch, num_kept)`` indices of the patches to encode (row-major ``(t, f)``), in
+      the given order: MAE pre-training's shuffled selection from `random_masking`, which its decoder
+      un-shuffles. At most one of ``mask`` and ``ids_keep``; the dropped patches leave after
+      positions are added.
 
     Returns `BaseModelOutputWithPooling`: ``last_hidden_state`` ``(batch, 1 + patches, hidden)``
     with the CLS token first (normalised by ``norm`` with CLS pooling; with AudioMAE's global pool
@@ -137,9 +146,7 @@ class AudioMAEModel(AudioMAEPreTrainedModel):
         # (which never holds this buffer) must not compute with all-zero positions.
         self.pos_embed.copy_(self.sincos_pos_embed())
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
-        # Stochastic depth grows linearly with depth, as in timm (plain Python: no tensor on the meta device).
-        depth = config.num_hidden_layers
-        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.blocks = nn.ModuleList([PreLNBlock(config, drop_path=rate) for rate in rates])
         # timm's layout: exactly one of `norm` (CLS pooling) and `fc_norm` (global pool) is a LayerNorm,
         # so every parameter is used and AudioMAE's fine-tuned checkpoints load without leftovers.
@@ -150,47 +157,15 @@ class AudioMAEModel(AudioMAEPreTrainedModel):
 
     def sincos_pos_embed(self) -> torch.Tensor:
         """The fixed positions for the ``max_length`` grid, CLS row (zeros) first: ``(1, 1 + N, hidden)``."""
-        grid_t, grid_f = self.config.grid_size
-        embedding = get_2d_sincos_pos_embed(self.config.hidden_size, grid_t, grid_f, cls_token=True)
-        return embedding.unsqueeze(0).to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        return sincos_pos_embed_like(self.pos_embed, self.config.grid_size, cls_token=True)
 
     def get_input_embeddings(self) -> PatchEmbed:
         return self.patch_embed
 
-    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        config = self.config
-        if not isinstance(input_values, torch.Tensor):
-            raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}")
-        single_channel = config.num_channels == 1
-        expected = "(batch, frames, num_mel_bins)" if single_channel else "(batch, channels, frames, bins)"
-        if input_values.ndim != (3 if single_channel else 4):
-            raise ValueError(f"input_values must be {expected}, got shape {tuple(input_values.shape)}")
-        num_frames, num_bins = input_values.shape[-2:]
-        if num_bins != config.num_mel_bins:
-            raise ValueError(
-                f"input_values has {num_bins} mel bins but config.num_mel_bins is {config.num_mel_bins}"
-            )
-        if num_frames > config.max_length:
-            raise ValueError(
-                f"input_values has {num_frames} frames, more than config.max_length={config.max_length}; "
-                "crop the clip or build the model with a larger max_length"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (input_values.shape[0], num_frames):
-            raise ValueError(
-                f"attention_mask must be (batch, frames) = {(input_values.shape[0], num_frames)}, "
-                f"got {tuple(attention_mask.shape)}"
-            )
-
     def _pool(self, sequence_output: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.config.use_cls_pooling:
-            return sequence_output[:, 0]
-        patches = sequence_output[:, 1:]
-        if patch_mask is None:
-            return self.fc_norm(patches.mean(dim=1))
-        weights = patch_mask.to(patches.dtype).unsqueeze(-1)
-        # A clip with no real patch left (all padding, or all dropped by patch-out) pools to zeros.
-        pooled = (patches * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return self.fc_norm(pooled)
+        # `use_cls_pooling` is the saved name of CAT's pooling="cls"; `fc_norm` is the identity then.
+        pooling = "cls" if self.config.use_cls_pooling else "mean"
+        return self.fc_norm(pool_tokens(sequence_output, patch_mask, pooling))
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -198,17 +173,21 @@ class AudioMAEModel(AudioMAEPreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         ids_keep: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
+        r"""
+        ids_keep (`torch.LongTensor` of shape `(batch, num_kept)`, *optional*): patches to encode, in order.
+        mask (`torch.BoolTensor` of shape `(batch, num_patches)`, *optional*): True on patches to drop; every
+            row must drop the same number.
+        """
         self._check_inputs(input_values, attention_mask)
+        if mask is not None and ids_keep is not None:
+            raise ValueError("pass the patches to drop as mask or the patches to keep as ids_keep, not both")
         patch_size = self.config.patch_size
-        num_frames = input_values.shape[-2]
-        pad = -num_frames % patch_size
-        if pad:
-            # Zero-pad the time axis only; the partial last patch is kept (it has real frames).
-            input_values = nn.functional.pad(input_values, (0, 0, 0, pad))
-        input_values = input_values.to(self.patch_embed.proj.weight.dtype)
-        grid_t, grid_f = self.patch_embed.grid_shape(num_frames + pad, self.config.num_mel_bins)
+        batch = input_values.shape[0]
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
+        input_values = pad_to_patches(input_values, patch_size).to(self.patch_embed.proj.weight.dtype)
 
         patches = self.patch_embed(input_values)
         # Row-major (t, f) positions: the first grid_t * grid_f rows are those of a shorter grid.
@@ -216,24 +195,21 @@ class AudioMAEModel(AudioMAEPreTrainedModel):
         patch_mask = None
         if attention_mask is not None:
             patch_mask = frames_to_patch_mask(attention_mask, patch_size, grid_f)
+        if mask is not None:
+            ids_keep = visible_indices(mask.to(patches.device), batch, grid_t * grid_f)
         if ids_keep is not None:
-            if ids_keep.ndim != 2 or ids_keep.shape[0] != patches.shape[0]:
+            if ids_keep.ndim != 2 or ids_keep.shape[0] != batch:
                 raise ValueError(f"ids_keep must be (batch, num_kept), got shape {tuple(ids_keep.shape)}")
             ids_keep = ids_keep.to(patches.device)
-            patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            patches = gather_tokens(patches, ids_keep)
             if patch_mask is not None:
-                patch_mask = torch.gather(patch_mask, 1, ids_keep)
+                patch_mask = gather_tokens(patch_mask, ids_keep)
 
         cls_token = (self.cls_token + self.pos_embed[:, :1]).to(patches.dtype)
-        hidden_states = torch.cat([cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        hidden_states = torch.cat([cls_token.expand(batch, -1, -1), patches], dim=1)
         hidden_states = self.pos_drop(hidden_states)
 
-        token_mask = None
-        if patch_mask is not None:
-            token_mask = torch.cat([patch_mask.new_ones(patch_mask.shape[0], 1), patch_mask], dim=1)
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
-        )
+        attention_mask = token_attention_mask(self.config, hidden_states, patch_mask)
         for block in self.blocks:
             hidden_states = block(hidden_states, attention_mask, **kwargs)
 
@@ -257,22 +233,19 @@ class AudioMAEForAudioClassification(AudioMAEPreTrainedModel):
         self.num_labels = config.num_labels
         self.audiomae = AudioMAEModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        self.classifier = classifier_head(config)
         self.post_init()
 
     def patch_out(
         self, input_values: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor | None:
-        """Kept-patch indices for one training batch, or None when patch-out is off."""
+        """A training batch's patch-out mask ``(batch, num_patches)``, True on the dropped patches (whole time
+        columns and frequency rows), or None when patch-out is off."""
         config = self.config
         if not self.training or (config.mask_t_prob == 0 and config.mask_f_prob == 0):
             return None
-        num_frames = input_values.shape[-2]
-        grid_t = -(-num_frames // config.patch_size)
-        grid_f = config.num_mel_bins // config.patch_size
-        ids_keep, _ = patch_out_mask_2d(
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
+        _, mask = patch_out_mask_2d(
             input_values.shape[0],
             grid_t,
             grid_f,
@@ -281,7 +254,7 @@ class AudioMAEForAudioClassification(AudioMAEPreTrainedModel):
             generator=generator,
             device=input_values.device,
         )
-        return ids_keep
+        return mask
 
     @can_return_tuple
     def forward(
@@ -290,27 +263,23 @@ class AudioMAEForAudioClassification(AudioMAEPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         ids_keep: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.Tensor`, *optional*): ``(batch, num_labels)`` multi-hot floats for
             ``multi_label_classification``, ``(batch,)`` class indices for ``single_label_classification``.
-        ids_keep (`torch.LongTensor`, *optional*): patches to encode, overriding the random patch-out
-            (e.g. to share one mask between views); see `AudioMAEModel`.
+        ids_keep (`torch.LongTensor`, *optional*): patches to encode, overriding the random patch-out.
+        mask (`torch.BoolTensor`, *optional*): patches to drop, overriding the random patch-out (e.g. to share
+            one mask between views); see `AudioMAEModel`.
         """
-        if ids_keep is None and isinstance(input_values, torch.Tensor):
-            ids_keep = self.patch_out(input_values)
+        if mask is None and ids_keep is None and isinstance(input_values, torch.Tensor):
+            mask = self.patch_out(input_values)
         outputs: BaseModelOutputWithPooling = self.audiomae(
-            input_values, attention_mask=attention_mask, ids_keep=ids_keep, **kwargs
+            input_values, attention_mask=attention_mask, ids_keep=ids_keep, mask=mask, **kwargs
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return classification_output(self, logits, labels, outputs, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,9 +365,7 @@ class AudioMAEDecoder(nn.Module):
 
     def sincos_pos_embed(self) -> torch.Tensor:
         """Fixed decoder positions for the ``max_length`` grid, CLS row first: ``(1, 1 + N, width)``."""
-        grid_t, grid_f = self.config.grid_size
-        embedding = get_2d_sincos_pos_embed(self.config.decoder_hidden_size, grid_t, grid_f, cls_token=True)
-        return embedding.unsqueeze(0).to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        return sincos_pos_embed_like(self.pos_embed, self.config.grid_size, cls_token=True)
 
     def forward(
         self, latent: torch.Tensor, ids_restore: torch.Tensor, patch_mask: torch.Tensor | None = None
@@ -412,35 +379,15 @@ class AudioMAEDecoder(nn.Module):
         batch, num_visible, width = hidden_states.shape[0], hidden_states.shape[1] - 1, hidden_states.shape[2]
         num_patches = ids_restore.shape[1]
         mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch, num_patches - num_visible, width)
-        patches = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width))
+        patches = gather_tokens(torch.cat([hidden_states[:, 1:], mask_tokens], dim=1), ids_restore)
         hidden_states = torch.cat([hidden_states[:, :1], patches], dim=1)
         # Row-major (t, f) positions: a shorter clip uses a prefix of the grid, as in the encoder.
         hidden_states = hidden_states + self.pos_embed[:, : 1 + num_patches].to(hidden_states.dtype)
 
-        token_mask = None
-        if patch_mask is not None:
-            token_mask = torch.cat([patch_mask.new_ones(batch, 1), patch_mask], dim=1)
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
-        )
+        attention_mask = token_attention_mask(self.config, hidden_states, patch_mask)
         for block in self.blocks:
             hidden_states = block(hidden_states, attention_mask)
         return self.pred(self.norm(hidden_states))[:, 1:]
-
-
-def _masking_from_noise(noise: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`random_masking` with caller-given noise ``(batch, num_patches)``: the same masks for the same noise,
-    whatever the batch, which makes batched and one-by-one runs comparable."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
-    num_patches = noise.shape[1]
-    len_keep = max(1, int(num_patches * (1.0 - ratio)))
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones_like(noise, dtype=torch.bool)
-    mask[:, :len_keep] = False
-    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
 
 class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
@@ -470,9 +417,7 @@ class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
 
     def __init__(self, config: AudioMAEConfig):
         super().__init__(config)
-        self.audiomae = AudioMAEModel(config)
-        for block in self.audiomae.blocks:
-            block.drop_path.drop_prob = 0.0
+        self.audiomae = without_stochastic_depth(AudioMAEModel(config))
         self.decoder = AudioMAEDecoder(config)
         self.post_init()
 
@@ -491,11 +436,9 @@ class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
         p = self.config.patch_size
         if input_values.ndim == 3:
             input_values = input_values.unsqueeze(1)
+        input_values = pad_to_patches(input_values, p)
         batch, channels, num_frames, num_bins = input_values.shape
-        pad = -num_frames % p
-        if pad:
-            input_values = nn.functional.pad(input_values, (0, 0, 0, pad))
-        grid_t, grid_f = (num_frames + pad) // p, num_bins // p
+        grid_t, grid_f = num_frames // p, num_bins // p
         patches = input_values.reshape(batch, channels, grid_t, p, grid_f, p).permute(0, 2, 4, 3, 5, 1)
         return patches.reshape(batch, grid_t * grid_f, p * p * channels)
 
@@ -531,8 +474,8 @@ class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
         weights = mask.float()
         if patch_mask is not None:
             weights = weights * patch_mask.float()
-        # clamp: a batch with nothing masked (mask_ratio=0) gives a zero loss, not NaN.
-        return (per_patch * weights).sum() / weights.sum().clamp(min=1.0)
+        # A batch with nothing masked (mask_ratio=0) gives a zero loss, not NaN.
+        return masked_mean(per_patch, weights)
 
     @can_return_tuple
     def forward(
@@ -551,17 +494,17 @@ class AudioMAEForPreTraining(AudioMAEPreTrainedModel):
             of random draws: per clip the lowest-noise patches are visible.
         """
         config = self.config
-        self.audiomae._check_inputs(input_values, attention_mask)
+        self._check_inputs(input_values, attention_mask)
         ratio = config.mask_ratio if mask_ratio is None else float(mask_ratio)
-        batch, num_frames = input_values.shape[0], input_values.shape[-2]
-        grid_f = config.num_mel_bins // config.patch_size
-        num_patches = -(-num_frames // config.patch_size) * grid_f
+        batch = input_values.shape[0]
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
+        num_patches = grid_t * grid_f
         if noise is not None:
             if tuple(noise.shape) != (batch, num_patches):
                 raise ValueError(
                     f"noise must be (batch, num_patches) = {(batch, num_patches)}, got {tuple(noise.shape)}"
                 )
-            ids_keep, mask, ids_restore = _masking_from_noise(noise.to(input_values.device), ratio)
+            ids_keep, mask, ids_restore = masking_from_noise(noise.to(input_values.device), ratio)
         else:
             ids_keep, mask, ids_restore = random_masking(
                 batch, num_patches, ratio, generator=generator, device=input_values.device

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
@@ -45,11 +44,23 @@ from ._layers import (
     Mlp,
     PatchEmbed,
     PostLNBlock,
+    SpectrogramModelMixin,
     _uniform_noise,
-    check_spectrogram_inputs,
+    classification_output,
+    classifier_head,
+    drop_path_rates,
     frames_to_patch_mask,
-    get_2d_sincos_pos_embed,
+    gather_tokens,
+    init_patch_projection_,
+    masked_mean,
+    pad_to_patches,
+    pool_tokens,
     random_masking,
+    sincos_pos_embed_like,
+    spectrogram_as_image,
+    token_attention_mask,
+    visible_indices,
+    without_stochastic_depth,
 )
 from .configuration_cat import CATConfig
 
@@ -321,18 +332,10 @@ class MultiResolutionStem(nn.Module):
         self.stage_upsampling = (s2 * s3, s3)
 
     def forward(self, spectrogram: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        if spectrogram.ndim == 3:
-            spectrogram = spectrogram.unsqueeze(1)
-        if spectrogram.ndim != 4 or spectrogram.shape[1] != self.num_channels:
-            raise ValueError(
-                f"MultiResolutionStem expects (batch, frames, bins) or (batch, {self.num_channels}, frames, "
-                f"bins), got shape {tuple(spectrogram.shape)}"
-            )
+        spectrogram = spectrogram_as_image(
+            spectrogram, self.num_channels, self.patch_size, "MultiResolutionStem"
+        )
         batch, _, height, width = spectrogram.shape
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"spectrogram size {height}x{width} is not a multiple of patch_size={self.patch_size}"
-            )
         grid_t, grid_f = height // self.patch_size, width // self.patch_size
         visible_grid = None
         if visible is not None:
@@ -384,7 +387,7 @@ class CATModelOutput(BaseModelOutputWithPooling):
     ffn_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class CATPreTrainedModel(LayerDecayMixin, PreTrainedModel):
+class CATPreTrainedModel(SpectrogramModelMixin, LayerDecayMixin, PreTrainedModel):
     config: CATConfig
     base_model_prefix = "cat"
     # Layer decay: the stem, CLS token and embedding norm sit below block 0; head, decoder and RR projector
@@ -428,17 +431,13 @@ class CATPreTrainedModel(LayerDecayMixin, PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
-            fan_out, fan_in = module.weight.shape[0], module.weight[0].numel()
             kernel, stride = module.kernel_size, module.stride
             if module.groups == 1 and kernel == stride and max(kernel) > 1:
-                bound = (6.0 / (fan_in + fan_out)) ** 0.5
-                init.uniform_(module.weight, -bound, bound)
-                if module.bias is not None:
-                    init.zeros_(module.bias)
+                init_patch_projection_(module)
             else:
                 init.kaiming_uniform_(module.weight, a=math.sqrt(5))
                 if module.bias is not None:
-                    bound = 1.0 / math.sqrt(fan_in)
+                    bound = 1.0 / math.sqrt(module.weight[0].numel())
                     init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, CATModel):
             init.normal_(module.cls_token, std=std)
@@ -448,26 +447,6 @@ class CATPreTrainedModel(LayerDecayMixin, PreTrainedModel):
 # --------------------------------------------------------------------------------------------
 # Encoder
 # --------------------------------------------------------------------------------------------
-
-
-def _visible_indices(mask: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
-    """``(batch, num_visible)`` ascending indices of the unmasked patches; every row must keep as many."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
-            f"mask must be a bool tensor, True on masked patches; got "
-            f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}"
-        )
-    if tuple(mask.shape) != (batch, num_patches):
-        raise ValueError(
-            f"mask must be (batch, num_patches) = {(batch, num_patches)}, got {tuple(mask.shape)}"
-        )
-    kept = (~mask).sum(dim=1)
-    if bool((kept != kept[0]).any()):
-        raise ValueError(
-            f"every row of mask must leave the same number of patches visible (the batch stays rectangular), "
-            f"got {sorted(set(kept.tolist()))}; compute_block_mask_2d guarantees it"
-        )
-    return (~mask).nonzero()[:, 1].view(batch, int(kept[0]))
 
 
 class CATModel(CATPreTrainedModel):
@@ -514,30 +493,16 @@ class CATModel(CATPreTrainedModel):
         self.pos_embed.copy_(self.sincos_pos_embed())
         self.pre_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        depth = config.num_hidden_layers
-        # Stochastic depth grows linearly with depth (plain Python: no tensor on the meta device).
-        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.blocks = nn.ModuleList([PostLNBlock(config, drop_path=rate) for rate in rates])
         self.post_init()
 
     def sincos_pos_embed(self) -> torch.Tensor:
         """The fixed patch positions for the ``max_length`` grid (no CLS row): ``(1, N, hidden)``."""
-        grid_t, grid_f = self.config.grid_size
-        embedding = get_2d_sincos_pos_embed(self.config.hidden_size, grid_t, grid_f)
-        return embedding.unsqueeze(0).to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        return sincos_pos_embed_like(self.pos_embed, self.config.grid_size, cls_token=False)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.stem if self.stem is not None else self.patch_embed
-
-    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        config = self.config
-        check_spectrogram_inputs(
-            input_values, attention_mask, config.num_mel_bins, config.max_length, config.num_channels
-        )
-
-    def grid_shape(self, num_frames: int) -> tuple[int, int]:
-        """``(grid_t, grid_f)`` of a ``num_frames``-frame input (after padding to whole patches)."""
-        return -(-num_frames // self.config.patch_size), self.config.num_mel_bins // self.config.patch_size
 
     def _embed_patches(self, input_values: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
         if self.stem is not None:
@@ -545,14 +510,7 @@ class CATModel(CATPreTrainedModel):
         return self.patch_embed(input_values.to(self.patch_embed.proj.weight.dtype))
 
     def _pool(self, sequence_output: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.config.pooling == "cls":
-            return sequence_output[:, 0]
-        patches = sequence_output[:, 1:]
-        if patch_mask is None:
-            return patches.mean(dim=1)
-        weights = patch_mask.to(patches.dtype).unsqueeze(-1)
-        # A clip with no real patch left pools to zeros rather than NaN.
-        return (patches * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pool_tokens(sequence_output, patch_mask, self.config.pooling)
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -570,19 +528,16 @@ class CATModel(CATPreTrainedModel):
         """
         self._check_inputs(input_values, attention_mask)
         patch_size = self.config.patch_size
-        batch, num_frames = input_values.shape[0], input_values.shape[-2]
-        pad = -num_frames % patch_size
-        if pad:
-            # Zero-pad the time axis only; the partial last patch is kept (it has real frames).
-            input_values = F.pad(input_values, (0, 0, 0, pad))
-        grid_t, grid_f = self.grid_shape(num_frames)
+        batch = input_values.shape[0]
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
         num_patches = grid_t * grid_f
+        input_values = pad_to_patches(input_values, patch_size)
 
         patch_mask = None
         if attention_mask is not None:
             patch_mask = frames_to_patch_mask(attention_mask.to(input_values.device), patch_size, grid_f)
         ids_keep = (
-            _visible_indices(mask.to(input_values.device), batch, num_patches) if mask is not None else None
+            visible_indices(mask.to(input_values.device), batch, num_patches) if mask is not None else None
         )
 
         visible = None
@@ -596,19 +551,14 @@ class CATModel(CATPreTrainedModel):
         # Row-major (t, f) positions: the first grid_t * grid_f rows are those of a shorter grid.
         patches = patches + self.pos_embed[:, :num_patches].to(patches.dtype)
         if ids_keep is not None:
-            patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            patches = gather_tokens(patches, ids_keep)
             if patch_mask is not None:
-                patch_mask = torch.gather(patch_mask, 1, ids_keep)
+                patch_mask = gather_tokens(patch_mask, ids_keep)
 
         cls_token = self.cls_token.to(patches.dtype).expand(batch, -1, -1)
         hidden_states = self.dropout(self.pre_norm(torch.cat([cls_token, patches], dim=1)))
 
-        token_mask = None
-        if patch_mask is not None:
-            token_mask = torch.cat([patch_mask.new_ones(batch, 1), patch_mask], dim=1)
-        attention = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
-        )
+        attention = token_attention_mask(self.config, hidden_states, patch_mask)
         for block in self.blocks:
             hidden_states = block(hidden_states, attention, **kwargs)
         return CATModelOutput(
@@ -625,8 +575,8 @@ class CATForAudioClassification(CATPreTrainedModel):
     """CAT encoder + ``fc_norm`` + dropout + linear head, as EAT/CAT fine-tune (``use_fc_norm``, CLS pooling).
 
     In training mode each clip drops a random ``config.finetune_mask_ratio`` of its patch tokens before the
-    blocks (0 by default). The loss follows ``config.problem_type`` (multi-hot float labels give
-    BCE-with-logits when it is unset or ``multi_label_classification``).
+    blocks (unstructured patch-out; 0 by default). The loss follows ``config.problem_type`` (multi-hot float
+    labels give BCE-with-logits when it is unset or ``multi_label_classification``).
     """
 
     def __init__(self, config: CATConfig):
@@ -635,19 +585,18 @@ class CATForAudioClassification(CATPreTrainedModel):
         self.cat = CATModel(config)
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        self.classifier = classifier_head(config)
         self.post_init()
 
-    def token_drop(
+    def patch_out(
         self, input_values: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor | None:
-        """A training batch's random token-drop mask ``(batch, num_patches)``, or None when it is off."""
+        """A training batch's patch-out mask ``(batch, num_patches)``, True on the dropped patches (drawn at
+        random per clip), or None when patch-out is off."""
         ratio = self.config.finetune_mask_ratio
         if not self.training or ratio == 0:
             return None
-        grid_t, grid_f = self.cat.grid_shape(input_values.shape[-2])
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
         _, mask, _ = random_masking(
             input_values.shape[0], grid_t * grid_f, ratio, generator=generator, device=input_values.device
         )
@@ -665,18 +614,13 @@ class CATForAudioClassification(CATPreTrainedModel):
         r"""
         labels (`torch.Tensor`, *optional*): ``(batch, num_labels)`` multi-hot floats for
             ``multi_label_classification``, ``(batch,)`` class indices for ``single_label_classification``.
-        mask (`torch.BoolTensor`, *optional*): patches to drop, overriding the random token drop.
+        mask (`torch.BoolTensor`, *optional*): patches to drop, overriding the random patch-out.
         """
         if mask is None and isinstance(input_values, torch.Tensor):
-            mask = self.token_drop(input_values)
+            mask = self.patch_out(input_values)
         outputs: CATModelOutput = self.cat(input_values, attention_mask=attention_mask, mask=mask, **kwargs)
         logits = self.classifier(self.dropout(self.fc_norm(outputs.pooler_output)))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return classification_output(self, logits, labels, outputs, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,9 +743,7 @@ class CATForPreTraining(CATPreTrainedModel):
 
     def __init__(self, config: CATConfig):
         super().__init__(config)
-        self.cat = CATModel(config)
-        for block in self.cat.blocks:
-            block.drop_path.drop_prob = 0.0
+        self.cat = without_stochastic_depth(CATModel(config))
         self.decoder = CATDecoder(config)
         self.rr_projector = (
             nn.Linear(config.hidden_size, config.rr_embedding_dim) if config.rr_embedding_dim > 0 else None
@@ -816,7 +758,7 @@ class CATForPreTraining(CATPreTrainedModel):
                 "teacher_targets: "
                 "make_teacher_targets(teacher(input_values, attention_mask=attention_mask, "
                 "output_ffn_states=True).ffn_states, top_k=config.average_top_k_layers), where teacher is an "
-                "EMA copy of model.cat (see hf_audiorep.training.bootstrap)"
+                "EMA copy of model.cat (see hf_audiorep.objectives.bootstrap)"
             )
         if not isinstance(teacher_targets, torch.Tensor):
             raise TypeError(f"teacher_targets must be a tensor, got {type(teacher_targets).__name__}")
@@ -892,9 +834,9 @@ class CATForPreTraining(CATPreTrainedModel):
         """
         config = self.config
         clones = config.clone_batch
-        self.cat._check_inputs(input_values, attention_mask)
+        self._check_inputs(input_values, attention_mask)
         batch = input_values.shape[0]
-        grid_t, grid_f = self.cat.grid_shape(input_values.shape[-2])
+        grid_t, grid_f = self.grid_shape(input_values.shape[-2])
         num_patches = grid_t * grid_f
         self._check_targets(teacher_targets, rr_targets, batch, num_patches)
         device = input_values.device
@@ -940,15 +882,10 @@ class CATForPreTraining(CATPreTrainedModel):
         if patch_mask is not None:
             weights = weights * patch_mask.repeat_interleave(clones, dim=0)
         squared = (predictions.float() - targets.repeat_interleave(clones, dim=0)).pow(2).sum(dim=-1) * scale
-        # clamp: nothing masked (mask_ratio 0) gives a zero loss, not NaN.
-        patch_loss = (squared * weights).sum() / weights.sum().clamp(min=1.0)
+        # Nothing masked (mask_ratio 0) gives a zero loss, not NaN.
+        patch_loss = masked_mean(squared, weights)
 
-        if patch_mask is None:
-            clip_targets = targets.mean(dim=1)
-        else:
-            clip_weights = patch_mask.unsqueeze(-1)
-            clip_targets = (targets * clip_weights).sum(dim=1) / clip_weights.sum(dim=1).clamp(min=1.0)
-        clip_targets = clip_targets.repeat_interleave(clones, dim=0)
+        clip_targets = masked_mean(targets, patch_mask, dim=1).repeat_interleave(clones, dim=0)
         cls_loss = self._reduce((student_cls.float() - clip_targets).pow(2).sum(dim=-1) * scale)
         loss = patch_loss + config.cls_loss_weight * cls_loss
 

@@ -1,9 +1,11 @@
 """The Accelerate training loop every recipe of the library runs.
 
-The loop owns what is the same for every system: the ``Accelerator``, AdamW with weight-decay exemptions
-and layer decay, the warmup + cosine schedule, gradient accumulation and clipping, logging, periodic
-evaluation, atomic checkpoints with exact resume, and the final ``save_pretrained``. What differs between
-systems — how a batch becomes a loss — is the ``step_fn``.
+The loop owns what is the same for every system: the ``Accelerator``, gradient accumulation and clipping,
+logging, periodic evaluation, atomic checkpoints with exact resume, and the final ``save_pretrained``. What
+differs between systems is passed in: how a batch becomes a loss (the ``step_fn``, see
+`hf_audiorep.objectives`) and, when AdamW with weight-decay exemptions and layer decay under a warmup +
+cosine schedule does not fit the system (Zipformer's ScaledAdam/Eden, CP-Mobile's Adam with a step
+schedule), the optimizer and the schedule (``optimizer_fn``, ``scheduler_fn``).
 
 Data is not given to ``accelerator.prepare``: an :class:`~hf_audiorep.data.AudioStream` already yields only
 this rank's shard, and a prepared dataloader would shard it a second time (accelerate#3547). The loop moves
@@ -30,6 +32,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
 from accelerate.utils.operations import ignorant_find_batch_size
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from .arguments import TrainingArguments
@@ -48,6 +51,8 @@ logger = get_logger(__name__)
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
 EvalFn = Callable[[nn.Module], Mapping[str, Any]]
 ParamGroupsFn = Callable[[nn.Module], Sequence[dict]]
+OptimizerFn = Callable[[nn.Module, TrainingArguments], torch.optim.Optimizer]
+SchedulerFn = Callable[[torch.optim.Optimizer, TrainingArguments], LRScheduler]
 OptimizerStepHook = Callable[[nn.Module, int], None]
 
 TRAIN_RESULTS_NAME = "train_results.json"
@@ -85,8 +90,17 @@ class TrainLoop:
             every ``args.eval_steps`` and at the end; it gathers across processes itself. Assignable later
             (``loop.eval_fn = ...``).
         param_groups_fn: ``model -> list of param-group dicts`` (``params`` and optionally ``weight_decay``,
-            ``lr_scale``); default :func:`~hf_audiorep.training.build_param_groups` with ``args.weight_decay``
-            and ``args.layer_decay``.
+            ``lr_scale``) for the default AdamW; default :func:`~hf_audiorep.training.build_param_groups` with
+            ``args.weight_decay`` and ``args.layer_decay``.
+        optimizer_fn: ``optimizer_fn(model, args) -> torch.optim.Optimizer`` over the (unwrapped) model's
+            parameters, replacing the default AdamW (``param_groups_fn`` + ``build_optimizer``; the two
+            cannot be combined: the factory builds its own groups).
+        scheduler_fn: ``scheduler_fn(optimizer, args) -> torch.optim.lr_scheduler.LRScheduler`` on that
+            optimizer, replacing the default warmup + ``args.lr_scheduler`` decay (``build_scheduler``). It
+            is stepped once per optimizer step, without arguments (so not ``ReduceLROnPlateau``).
+            Accelerate saves and restores the optimizer's and the schedule's ``state_dict`` with every
+            checkpoint, whichever built them; their state must hold tensors and plain numbers only, since
+            checkpoints are read back with ``weights_only=True``.
         feature_extractor: saved next to the model at the end (``preprocessor_config.json``).
         extra_state: objects with ``state_dict``/``load_state_dict`` (e.g. a
             :class:`~hf_audiorep.training.ModelEMA`), as a ``{name: obj}`` dict or a list, checkpointed and
@@ -120,6 +134,8 @@ class TrainLoop:
         feature_extractor=None,
         extra_state: Mapping[str, Any] | Sequence[Any] | None = None,
         on_optimizer_step: Sequence[OptimizerStepHook] | None = None,
+        optimizer_fn: OptimizerFn | None = None,
+        scheduler_fn: SchedulerFn | None = None,
     ):
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"args must be a TrainingArguments, got {type(args).__name__}")
@@ -139,6 +155,13 @@ class TrainLoop:
             raise TypeError("step_fn must be callable: step_fn(model, batch) -> (loss, logs)")
         if eval_fn is not None and not callable(eval_fn):
             raise TypeError("eval_fn must be callable: eval_fn(model) -> dict of metrics")
+        for name, fn in (("optimizer_fn", optimizer_fn), ("scheduler_fn", scheduler_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        if optimizer_fn is not None and param_groups_fn is not None:
+            raise ValueError(
+                "param_groups_fn shapes the default AdamW only; with optimizer_fn, build the groups inside it"
+            )
 
         self.args = args
         self.train_batches = train_batches
@@ -164,22 +187,29 @@ class TrainLoop:
         # Different streams of dropout / masking / augmentation per rank, as each rank sees different clips.
         set_seed(args.seed, device_specific=True)
 
-        groups = (
-            param_groups_fn(model)
-            if param_groups_fn is not None
-            else build_param_groups(model, args.weight_decay, args.layer_decay)
-        )
-        optimizer = build_optimizer(
-            groups, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_epsilon
-        )
-        scheduler = build_scheduler(
-            optimizer,
-            max_steps=args.max_steps,
-            warmup_steps=args.num_warmup_steps,
-            schedule=args.lr_scheduler,
-            learning_rate=args.learning_rate,
-            min_learning_rate=args.min_learning_rate,
-        )
+        if optimizer_fn is not None:
+            optimizer = _checked_optimizer(optimizer_fn(model, args), model)
+        else:
+            groups = (
+                param_groups_fn(model)
+                if param_groups_fn is not None
+                else build_param_groups(model, args.weight_decay, args.layer_decay)
+            )
+            optimizer = build_optimizer(
+                groups, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_epsilon
+            )
+        if scheduler_fn is not None:
+            scheduler = _checked_scheduler(scheduler_fn(optimizer, args), optimizer)
+        else:
+            scheduler = build_scheduler(
+                optimizer,
+                max_steps=args.max_steps,
+                warmup_steps=args.num_warmup_steps,
+                schedule=args.lr_scheduler,
+                learning_rate=args.learning_rate,
+                min_learning_rate=args.min_learning_rate,
+            )
+        # Prepared objects are what accelerate's save_state/load_state checkpoint, custom ones included.
         self.prepared_model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler
         )
@@ -554,6 +584,32 @@ def _recipe_name() -> str | None:
     """``finetune`` for ``recipes/finetune.py``; None when the process was not started from a script."""
     script = sys.argv[0] if sys.argv else ""
     return Path(script).stem if script.endswith(".py") else None
+
+
+def _checked_optimizer(optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    # accelerate wraps (and checkpoints) only torch optimizers; anything else would train but not resume.
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer_fn must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    # An optimizer over another copy of the model would step weights the loop never reads.
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+    if foreign:
+        raise ValueError(
+            f"optimizer_fn's optimizer holds {foreign} tensor(s) that are not parameters of the model"
+        )
+    return optimizer
+
+
+def _checked_scheduler(scheduler, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    if not isinstance(scheduler, LRScheduler):
+        raise TypeError(
+            f"scheduler_fn must return a torch.optim.lr_scheduler.LRScheduler, got {type(scheduler).__name__}"
+        )
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise TypeError("ReduceLROnPlateau needs a metric per step; the loop steps the schedule without one")
+    if scheduler.optimizer is not optimizer:
+        raise ValueError("scheduler_fn's schedule must drive the optimizer it was given")
+    return scheduler
 
 
 def _destroy_process_group() -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hf_audiorep.data.corpus import EMBEDDED_ONTOLOGY
-from hf_audiorep.data.synth import synthesize
+from hf_audiorep.data.embedded import EMBEDDED_ONTOLOGY, synthesize
 
 __all__ = ["EXAMPLES", "ExampleClip", "write_examples"]
 

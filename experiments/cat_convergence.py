@@ -1,0 +1,173 @@
+"""CAT's convergence claim at our scale: pre-training with vs without representation regularization (RR).
+
+1. Trains the RR teacher with the library's own fine-tuning recipe on the embedded corpus (skipped when
+   ``--rr_teacher`` names an existing model directory).
+2. Pre-trains the same CAT preset twice with ``recipes/pretrain_cat.py`` -- same seed, data and steps --
+   once without RR and once with RR toward that frozen teacher, probing the encoder (linear probe mAP on
+   the corpus test split) every ``--eval_steps``.
+3. Prints the probe mAP against steps for both runs, the number of steps each needs to reach the no-RR
+   run's final mAP, and draws the curves to a PNG.
+
+    python experiments/cat_convergence.py --out docs/cat_convergence.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, args: list[str]) -> None:
+    command = [sys.executable, str(ROOT / "recipes" / script), *args]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def _history(output_dir: Path) -> list[tuple[int, float]]:
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    return [(int(row["step"]), float(row["probe_mAP"])) for row in results["eval_history"]]
+
+
+def steps_to_reach(history: list[tuple[int, float]], target: float) -> int | None:
+    """First probed step whose mAP is at least ``target`` (None if never)."""
+    return next((step for step, value in history if value >= target), None)
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    """A small line plot with Pillow (no plotting library is a dependency of the project)."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 720, 440, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for curve in curves.values() for p in curve]
+    max_step = max(s for s, _ in points)
+    low, high = min(v for _, v in points), max(v for _, v in points)
+    low, high = low - 0.02, high + 0.02
+
+    def xy(step, value):
+        x = margin + (width - 2 * margin) * step / max_step
+        y = height - margin - (height - 2 * margin) * (value - low) / (high - low)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    for i in range(5):
+        value = low + (high - low) * i / 4
+        _, y = xy(0, value)
+        draw.line([margin - 4, y, margin, y], fill="black")
+        draw.text((6, y - 6), f"{value:.3f}", fill="black")
+        step = round(max_step * i / 4)
+        x, _ = xy(step, low)
+        draw.line([x, height - margin, x, height - margin + 4], fill="black")
+        draw.text((x - 10, height - margin + 8), str(step), fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for (name, curve), colour in zip(curves.items(), colours, strict=False):
+        draw.line([xy(s, v) for s, v in curve], fill=colour, width=3)
+        for s, v in curve:
+            x, y = xy(s, v)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        legend_y = margin + 8 + 16 * list(curves).index(name)
+        draw.line(
+            [width - margin - 170, legend_y + 6, width - margin - 150, legend_y + 6], fill=colour, width=3
+        )
+        draw.text((width - margin - 145, legend_y), name, fill="black")
+    draw.text((margin, 20), title, fill="black")
+    draw.text((width // 2 - 60, height - 24), "pre-training step", fill="black")
+    draw.text((6, margin - 24), "linear-probe mAP", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work_dir", default="outputs/cat_convergence")
+    parser.add_argument("--rr_teacher", default=None, help="an existing teacher directory (skips step 1)")
+    parser.add_argument("--teacher_args", default="", help="extra arguments of the teacher's fine-tuning run")
+    parser.add_argument("--preset", default="cat-small")
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--eval_steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip_seconds", type=float, default=5.0)
+    parser.add_argument("--probe_train_clips", type=int, default=800)
+    parser.add_argument("--extra", default="", help="extra arguments for both pre-training runs")
+    parser.add_argument("--out", default="docs/cat_convergence.png")
+    args = parser.parse_args()
+
+    work = ROOT / args.work_dir
+    frames = str(int(round(args.clip_seconds * 100 / 16)) * 16)
+    common_data = [
+        "--clip_seconds",
+        str(args.clip_seconds),
+        "--cpu",
+        "true",
+        "--disable_progress_bar",
+        "true",
+    ]
+    teacher = Path(args.rr_teacher) if args.rr_teacher else work / "rr_teacher"
+    if not (teacher / "config.json").exists():
+        _run(
+            "finetune.py",
+            [
+                "--output_dir",
+                str(teacher),
+                "--overwrite_output_dir",
+                "true",
+                "--max_length",
+                frames,
+                *common_data,
+                *args.teacher_args.split(),
+            ],
+        )
+    runs = {"no RR": [], "RR": ["--rr_teacher", str(teacher)]}
+    curves = {}
+    for name, rr in runs.items():
+        out = work / name.replace(" ", "_")
+        _run(
+            "pretrain_cat.py",
+            [
+                "--output_dir",
+                str(out),
+                "--overwrite_output_dir",
+                "true",
+                "--preset",
+                args.preset,
+                "--max_length",
+                frames,
+                "--max_steps",
+                str(args.max_steps),
+                "--eval_steps",
+                str(args.eval_steps),
+                "--checkpointing_steps",
+                "0",
+                "--seed",
+                str(args.seed),
+                "--probe_train_clips",
+                str(args.probe_train_clips),
+                *common_data,
+                *rr,
+                *args.extra.split(),
+            ],
+        )
+        curves[name] = _history(out)
+
+    target = curves["no RR"][-1][1]
+    print(f"\nlinear-probe mAP on the corpus test split ({args.preset}, seed {args.seed}):")
+    print("step   " + "  ".join(f"{name:>8}" for name in curves))
+    for i, (step, _) in enumerate(curves["no RR"]):
+        print(f"{step:<6} " + "  ".join(f"{curve[i][1]:8.4f}" for curve in curves.values()))
+    for name, curve in curves.items():
+        reached = steps_to_reach(curve, target)
+        print(f"{name}: reaches the no-RR final mAP {target:.4f} at step {reached}")
+    plot(curves, ROOT / args.out, f"CAT {args.preset}: probe mAP vs pre-training step (seed {args.seed})")
+    print(f"plot written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

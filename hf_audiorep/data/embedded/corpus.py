@@ -1,0 +1,534 @@
+"""The embedded corpus: every recipe's default data set, generated from a seed.
+
+Nothing can be downloaded on a fresh machine, so the library ships a deterministic stand-in for
+AudioSet: 10 s, 16 kHz multi-label clips that mix one to four synthesized sound events
+(:mod:`~hf_audiorep.data.embedded.synth`) over an acoustic-scene background, each with a caption.
+
+- :data:`EMBEDDED_ONTOLOGY` gives AudioSet-style class ids (``/hf/e/000``, clearly not real
+  MIDs), display names, parent families, and the held-out classes; it and the scenes are read
+  from the data files beside this module (:mod:`~hf_audiorep.data.embedded.tables`).
+- :func:`load_embedded_corpus` returns a ``datasets.DatasetDict`` with ``train``, ``validation``
+  and ``test`` splits (held-out classes never occur there; every other class has positives in
+  ``test``) and a ``heldout`` split of single-event clips of the held-out classes, for few-shot
+  and open-set evaluation. Audio is stored as 16-bit FLAC bytes in an ``Audio`` column, so it is
+  decoded by exactly the code path that serves Hub datasets.
+
+The corpus is cached on disk under a hash of its configuration and written atomically (a
+temporary directory renamed into place), so a crash never leaves half a cache behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .synth import SynthesizedEvent, render_background, synthesize
+from .tables import (
+    CAPTION_WORDS,
+    EMBEDDED_ONTOLOGY,
+    SCENES,
+    CaptionPhrases,
+    EmbeddedOntology,
+    OneOf,
+    Scene,
+    SoundFamily,
+    scene_weights,
+)
+
+__all__ = [
+    "CORPUS_VERSION",
+    "EMBEDDED_ONTOLOGY",
+    "SCENES",
+    "CaptionPhrases",
+    "EmbeddedOntology",
+    "MAX_EVENTS",
+    "SPLITS",
+    "OneOf",
+    "Scene",
+    "SoundFamily",
+    "corpus_cache_path",
+    "load_embedded_corpus",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever generation changes, so that old caches are not served for a new generator.
+CORPUS_VERSION = 1
+
+SPLITS = ("train", "validation", "test", "heldout")
+MAX_EVENTS = 4
+# Probabilities of 1, 2, 3 and 4 events in a clip of the main splits.
+_EVENT_COUNT_PROBS = (0.3, 0.35, 0.22, 0.13)
+# Event-to-background ratio (dB). Held-out clips are few-shot support/query examples, so their
+# single event is kept clearly audible.
+_SNR_DB = (-5.0, 20.0)
+_HELDOUT_SNR_DB = (0.0, 20.0)
+# Peak level of a finished clip (dBFS): peak-normalised to avoid clipping, at a random gain.
+_PEAK_DBFS = (-20.0, -1.0)
+
+# (scenes, classes) event weights, the scene-by-class table behind every draw.
+_SCENE_WEIGHTS = scene_weights(SCENES, EMBEDDED_ONTOLOGY)
+
+
+# --------------------------------------------------------------------------------------------
+# clips
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Event:
+    label: int
+    onset_s: float
+    offset_s: float
+    snr_db: float
+    repetitions: int
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _class_schedule(classes: tuple[int, ...], num_clips: int, rng: np.random.Generator) -> list[list[int]]:
+    """Anchor classes of each clip: the classes are dealt round-robin from shuffled decks, so every
+    class is (nearly) equally frequent, and every class occurs in a split of at least
+    ``len(classes) / MAX_EVENTS`` clips (each clip then holds several anchors)."""
+    if num_clips == 0:
+        return []
+    decks = -(-num_clips // len(classes))
+    order = np.concatenate([rng.permutation(classes) for _ in range(decks)])
+    if num_clips >= len(classes):
+        return [[int(c)] for c in order[:num_clips]]
+    return [[int(c) for c in order[i : len(classes) : num_clips]] for i in range(num_clips)]
+
+
+def _draw_scene(anchor: int, rng: np.random.Generator) -> int:
+    # P(scene | class) is proportional to P(class | scene) with uniform scene priors.
+    weights = _SCENE_WEIGHTS[:, anchor] / _SCENE_WEIGHTS.sum(axis=1)
+    return int(rng.choice(len(SCENES), p=weights / weights.sum()))
+
+
+def _draw_classes(anchors: list[int], scene: int, allowed: np.ndarray, rng: np.random.Generator) -> list[int]:
+    count = max(len(anchors), int(rng.choice(np.arange(1, MAX_EVENTS + 1), p=_EVENT_COUNT_PROBS)))
+    chosen = list(anchors)
+    weights = _SCENE_WEIGHTS[scene] * allowed
+    weights[chosen] = 0.0
+    extra = min(count - len(chosen), int(np.count_nonzero(weights)))
+    if extra > 0:
+        picks = rng.choice(len(weights), size=extra, replace=False, p=weights / weights.sum())
+        chosen += [int(c) for c in picks]
+    return chosen
+
+
+def _active_power(x: np.ndarray, sample_rate: int) -> float:
+    """Mean power over the frames where the event is sounding (within 30 dB of its loudest 20 ms),
+    so that the SNR of a sparse event (a few knocks) is about the knocks, not the silence between."""
+    hop = max(1, sample_rate // 50)
+    m = -(-x.size // hop) * hop
+    frames = np.pad(x, (0, m - x.size)).reshape(-1, hop)
+    power = np.mean(frames * frames, axis=1)
+    active = power[power >= 1e-3 * power.max()]
+    return float(active.mean()) if active.size else 0.0
+
+
+def _render_clip(
+    classes: list[int], scene: int, snr_range, clip_seconds: float, sample_rate: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[_Event]]:
+    n = int(round(clip_seconds * sample_rate))
+    mix = render_background(SCENES[scene].draw_background(rng), n, sample_rate, rng)
+    events = []
+    for label in classes:
+        event: SynthesizedEvent = synthesize(EMBEDDED_ONTOLOGY.recipes[label], rng, sample_rate, clip_seconds)
+        wave = event.waveform[:n]
+        start = int(rng.integers(0, n - wave.size + 1))
+        snr = float(rng.uniform(*snr_range))
+        power = _active_power(wave, sample_rate)
+        if power > 0:  # the background has unit power
+            mix[start : start + wave.size] += wave * np.float32(np.sqrt(10 ** (snr / 10) / power))
+        events.append(_Event(label, start / sample_rate, (start + wave.size) / sample_rate, snr, event.units))
+    peak = float(np.max(np.abs(mix)))
+    mix *= np.float32(10 ** (rng.uniform(*_PEAK_DBFS) / 20) / peak)
+    return mix, sorted(events, key=lambda e: (e.onset_s, e.label))
+
+
+def _flac_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
+    pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    # Level 0: the fastest encoder setting; FLAC's higher levels save only a few percent on noisy audio.
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16", compression_level=0.0)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# captions
+# --------------------------------------------------------------------------------------------
+
+
+def _clause(event: _Event, rng: np.random.Generator) -> str:
+    phrases = EMBEDDED_ONTOLOGY.phrases[event.label]
+    words = [_pick(rng, phrases.clauses)]
+    if phrases.countable and event.repetitions > 1:
+        words.append(CAPTION_WORDS.repetitions.get(event.repetitions, CAPTION_WORDS.many_repetitions))
+    if event.snr_db >= 14:
+        words.append(_pick(rng, CAPTION_WORDS.loud))
+    elif event.snr_db <= 0:
+        words.append(_pick(rng, CAPTION_WORDS.faint))
+    return " ".join(words)
+
+
+def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.random.Generator) -> str:
+    """A sentence describing the events in temporal order, their overlap, loudness, repetitions
+    and the scene, e.g. "In a quiet park, a dog barks twice while rain falls, then a bell rings."."""
+    place = _pick(rng, scene.places)
+    if len(events) == 1 and rng.random() < 0.3:
+        noun = _pick(rng, EMBEDDED_ONTOLOGY.phrases[events[0].label].nouns)
+        return f"The sound of {noun} {place}."
+    body = _clause(events[0], rng)
+    for previous, event in zip(events[:-1], events[1:], strict=True):
+        overlaps = event.onset_s < previous.offset_s
+        body += _pick(rng, CAPTION_WORDS.overlap if overlaps else CAPTION_WORDS.after) + _clause(event, rng)
+    if events[0].onset_s > 0.4 * clip_seconds and rng.random() < 0.5:
+        body = "after a while, " + body
+    text = f"{place}, {body}" if rng.random() < 0.5 else f"{body} {place}"
+    return text[0].upper() + text[1:] + "."
+
+
+# --------------------------------------------------------------------------------------------
+# splits, dataset, cache
+# --------------------------------------------------------------------------------------------
+
+_SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
+_CHUNK_CLIPS = 128
+# Below this many clips, starting worker processes (each imports the library) costs more than it saves.
+_PARALLEL_MIN_CLIPS = 512
+
+
+def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: int | None = None):
+    """Columns of clips ``start`` to ``stop`` of a split of ``num_clips`` clips."""
+    seed, clip_seconds, sample_rate = config["seed"], config["clip_seconds"], config["sample_rate"]
+    code = _SPLIT_CODES[split]
+    heldout = split == "heldout"
+    classes = tuple(sorted(EMBEDDED_ONTOLOGY.heldout)) if heldout else EMBEDDED_ONTOLOGY.main_classes
+    allowed = np.zeros(len(EMBEDDED_ONTOLOGY))
+    allowed[list(classes)] = 1.0
+    schedule_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, 1 << 30)))
+    schedule = _class_schedule(classes, num_clips, schedule_rng)
+    rows: dict[str, list] = {
+        key: [] for key in ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")
+    }
+    for index in range(start, num_clips if stop is None else min(stop, num_clips)):
+        anchors = schedule[index]
+        # One generator per clip, keyed by (seed, split, index): a clip does not change when the
+        # other splits' sizes do.
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, index)))
+        scene = _draw_scene(anchors[0], rng)
+        chosen = anchors if heldout else _draw_classes(anchors, scene, allowed, rng)
+        waveform, events = _render_clip(
+            chosen, scene, _HELDOUT_SNR_DB if heldout else _SNR_DB, clip_seconds, sample_rate, rng
+        )
+        clip_id = f"{split}_{index:05d}"
+        labels = sorted({e.label for e in events})
+        rows["clip_id"].append(clip_id)
+        rows["audio"].append({"bytes": _flac_bytes(waveform, sample_rate), "path": f"{clip_id}.flac"})
+        rows["labels"].append(labels)
+        rows["label_names"].append([EMBEDDED_ONTOLOGY.names[i] for i in labels])
+        rows["caption"].append(_caption(events, SCENES[scene], clip_seconds, rng))
+        rows["scene"].append(SCENES[scene].name)
+        rows["events"].append(
+            [
+                {
+                    "label": e.label,
+                    "onset_s": e.onset_s,
+                    "offset_s": e.offset_s,
+                    "snr_db": e.snr_db,
+                    "repetitions": e.repetitions,
+                }
+                for e in events
+            ]
+        )
+    return rows
+
+
+def _features(sample_rate: int):
+    from datasets import Audio, ClassLabel, Features, List, Value
+
+    classes = ClassLabel(names=list(EMBEDDED_ONTOLOGY.names))
+    return Features(
+        {
+            "clip_id": Value("string"),
+            "audio": Audio(sampling_rate=sample_rate),
+            "labels": List(classes),
+            "label_names": List(Value("string")),
+            "caption": Value("string"),
+            "scene": Value("string"),
+            "events": List(
+                {
+                    "label": classes,
+                    "onset_s": Value("float32"),
+                    "offset_s": Value("float32"),
+                    "snr_db": Value("float32"),
+                    "repetitions": Value("int32"),
+                }
+            ),
+        }
+    )
+
+
+def _generation_workers(num_proc: int | None, total_clips: int) -> int:
+    if num_proc is not None:
+        if num_proc < 1:
+            raise ValueError(f"num_proc must be >= 1, got {num_proc}")
+        return num_proc
+    if total_clips < _PARALLEL_MIN_CLIPS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _split_rows_job(job: tuple) -> dict[str, list]:
+    return _split_rows(*job)
+
+
+def _write_corpus(config: dict, directory: Path, num_proc: int | None = None) -> None:
+    """Generates the splits one at a time into ``directory`` (``<split>/`` each, in
+    ``Dataset.save_to_disk`` format), so that only one split is ever held in memory.
+
+    Clips are independent (one RNG per clip), so chunks of a split are rendered by ``num_proc`` worker
+    processes; the result is identical to a sequential run.
+    """
+    from datasets import Dataset, DatasetInfo, concatenate_datasets
+    from tqdm.auto import tqdm
+
+    features = _features(config["sample_rate"])
+    description = (
+        "Embedded hf_audiorep corpus: procedurally synthesized multi-label sound events over acoustic-scene "
+        f"backgrounds, with captions. Generator version {CORPUS_VERSION}; configuration {json.dumps(config)}."
+    )
+    info = DatasetInfo(description=description, features=features)
+    total = sum(config[f"num_{split}"] for split in SPLITS)
+    workers = _generation_workers(num_proc, total)
+    pool = None
+    if workers > 1:
+        # The platform's default start method (fork on Linux, as datasets' own num_proc uses): the workers
+        # only run numpy and soundfile, and spawn would re-import torch and transformers in each of them.
+        pool = concurrent.futures.ProcessPoolExecutor(workers)
+    written = []
+    progress = tqdm(total=total, desc="Generating the embedded corpus", unit="clip", disable=None)
+    try:
+        for split in SPLITS:
+            num_clips = config[f"num_{split}"]
+            if num_clips == 0:
+                continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
+            # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
+            jobs = [
+                (split, num_clips, config, start, start + _CHUNK_CLIPS)
+                for start in range(0, num_clips, _CHUNK_CLIPS)
+            ]
+            chunks = []
+            for rows in pool.map(_split_rows_job, jobs) if pool else map(_split_rows_job, jobs):
+                chunks.append(Dataset.from_dict(rows, features=features, info=info.copy(), split=split))
+                progress.update(len(rows["clip_id"]))
+            dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
+            with _quiet_progress_bars():
+                dataset.save_to_disk(str(directory / split))
+            written.append(split)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    # The same index file DatasetDict.save_to_disk writes, so that datasets.load_from_disk(path)
+    # also opens the cache; our own marker is written last, by the caller.
+    (directory / "dataset_dict.json").write_text(json.dumps({"splits": written}))
+
+
+def _read_corpus(directory: Path, config: dict):
+    from datasets import Dataset, DatasetDict
+
+    features = _features(config["sample_rate"])
+    return DatasetDict(
+        {
+            split: Dataset.load_from_disk(str(directory / split))
+            if config[f"num_{split}"]
+            else Dataset.from_dict({name: [] for name in features}, features=features, split=split)
+            for split in SPLITS
+        }
+    )
+
+
+def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> None:
+    def is_int(value):
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not is_int(sample_rate) or sample_rate < 16000:
+        raise ValueError(f"sample_rate must be an integer >= 16000 Hz, got {sample_rate!r}")
+    is_number = isinstance(clip_seconds, int | float | np.number) and not isinstance(clip_seconds, bool)
+    if not is_number or not 0.5 <= clip_seconds <= 60:
+        raise ValueError(f"clip_seconds must be a number in [0.5, 60], got {clip_seconds!r}")
+    minimum = -(-len(EMBEDDED_ONTOLOGY.main_classes) // MAX_EVENTS)
+    for name, value in counts.items():
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if name != "num_heldout" and 0 < value < minimum:
+            raise ValueError(
+                f"{name}={value} is too small for every one of the {len(EMBEDDED_ONTOLOGY.main_classes)} "
+                f"classes to occur in the split (at most {MAX_EVENTS} events per clip): "
+                f"use 0 or at least {minimum}"
+            )
+
+
+def _default_cache_root() -> Path:
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hf_audiorep" / "corpus"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hf_audiorep" / "corpus"
+
+
+def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate) -> dict:
+    return {
+        "version": CORPUS_VERSION,
+        "seed": int(seed),
+        "num_train": int(num_train),
+        "num_validation": int(num_validation),
+        "num_test": int(num_test),
+        "num_heldout": int(num_heldout),
+        "clip_seconds": float(clip_seconds),
+        "sample_rate": int(sample_rate),
+    }
+
+
+def _config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def corpus_cache_path(
+    seed: int = 0,
+    num_train: int = 1600,
+    num_validation: int = 200,
+    num_test: int = 400,
+    num_heldout: int = 240,
+    clip_seconds: float = 10.0,
+    sample_rate: int = 16000,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration."""
+    config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
+    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    return root / _config_hash(config)
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """Silences datasets' per-split "Saving the dataset" bars (four of them per corpus), restoring
+    the user's setting afterwards."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+_MARKER = "corpus.json"
+_STALE_SECONDS = 3600.0
+
+
+def _remove_stale_temporaries(root: Path, key: str) -> None:
+    """Deletes temporary directories of this configuration left by a crashed run (older than an
+    hour: a live run finishes in seconds, so they cannot belong to one)."""
+    for path in root.glob(f".tmp-{key}-*"):
+        try:
+            if time.time() - path.stat().st_mtime > _STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def load_embedded_corpus(
+    seed: int = 0,
+    num_train: int = 1600,
+    num_validation: int = 200,
+    num_test: int = 400,
+    num_heldout: int = 240,
+    clip_seconds: float = 10.0,
+    sample_rate: int = 16000,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+):
+    """Generates (or loads from cache) the embedded corpus.
+
+    Args:
+        seed: everything is a deterministic function of it (and of the other arguments). A clip
+            depends on ``(seed, split, index)`` and its split's class schedule, so growing one split
+            keeps the others (and keeps a split's first clips once it holds every class).
+        num_train, num_validation, num_test: clips of the main splits (each 0 or >= 8, so that every
+            non-held-out class has a positive in every non-empty split).
+        num_heldout: single-event clips of the held-out classes (``EMBEDDED_ONTOLOGY.heldout``),
+            dealt evenly over those classes.
+        clip_seconds, sample_rate: clip length and rate (16-bit FLAC).
+        cache_dir: cache root; default ``$HF_HOME/hf_audiorep/corpus``, else
+            ``${XDG_CACHE_HOME:-~/.cache}/hf_audiorep/corpus``. Each configuration lives in a
+            sub-directory named by a hash of it (:func:`corpus_cache_path`), written atomically.
+        num_proc: worker processes that render clips (default: one per CPU, at most 8, for corpora of
+            512 clips or more; 1 below). The corpus does not depend on it.
+
+    Returns:
+        ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``, ``heldout`` and
+        columns ``clip_id``, ``audio`` (``Audio(sampling_rate)``), ``labels`` (list of
+        ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``
+        and ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``).
+    """
+    counts = {
+        "num_train": num_train,
+        "num_validation": num_validation,
+        "num_test": num_test,
+        "num_heldout": num_heldout,
+    }
+    _validate(seed, counts, clip_seconds, sample_rate)
+    config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
+    key = _config_hash(config)
+    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    final = root / key
+    if (final / _MARKER).is_file():
+        try:
+            return _read_corpus(final, config)
+        except Exception as err:  # a damaged cache is regenerated, not fatal
+            logger.warning("embedded corpus cache %s is unreadable (%s); regenerating it", final, err)
+            shutil.rmtree(final, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root, key)
+    if final.exists():  # without its marker: not a finished cache
+        shutil.rmtree(final, ignore_errors=True)
+
+    start = time.perf_counter()
+    tmp = root / f".tmp-{key}-{uuid.uuid4().hex}"
+    try:
+        tmp.mkdir()
+        _write_corpus(config, tmp, num_proc)
+        (tmp / _MARKER).write_text(json.dumps(config, indent=2))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same configuration first; its copy is identical.
+            if not (final / _MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - start
+    logger.info("generated the embedded corpus (%s) in %.1f s into %s", config, elapsed, final)
+    return _read_corpus(final, config)

@@ -1,0 +1,109 @@
+"""A linear probe of the frozen encoder as the evaluation of a self-supervised pre-training run.
+
+Pre-training losses (reconstruction, bootstrap regression) do not say whether the representation is any
+good; the field's measure is a linear classifier on frozen embeddings. Both pre-training recipes take
+`ProbeArguments` and run `build_linear_probe`'s evaluator at every eval and at the end, then write
+`eval_results.json` with `write_probe_results`, which the Hub card reports as a linear-probe mAP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
+from .linear_probe import linear_probe_encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeArguments:
+    probe_dataset: str | None = EMBEDDED
+    """labelled dataset of the linear probe run at every eval and at the end ('' to skip the probe)"""
+    probe_dataset_config: str | None = None
+    """Hub config of --probe_dataset"""
+    probe_train_split: str = "train"
+    """split the probe is fitted on"""
+    probe_test_split: str = "test"
+    """split the probe is scored on"""
+    probe_train_clips: int = 800
+    """clips the probe is fitted on (the first N of --probe_train_split)"""
+    probe_test_clips: int | None = None
+    """clips the probe is scored on (default: the whole --probe_test_split)"""
+
+    def __post_init__(self) -> None:
+        if self.probe_train_clips < 1:
+            raise ValueError(f"--probe_train_clips must be >= 1, got {self.probe_train_clips}")
+        if self.probe_test_clips is not None and self.probe_test_clips < 1:
+            raise ValueError(f"--probe_test_clips must be >= 1 or unset, got {self.probe_test_clips}")
+
+    def describe(self) -> dict[str, str]:
+        """Where and how the probe was measured, for eval_results.json and the model card."""
+        config = f"/{self.probe_dataset_config}" if self.probe_dataset_config else ""
+        return {
+            "dataset": f"{self.probe_dataset}{config}",
+            "split": self.probe_test_split,
+            "protocol": f"linear probe (logistic regression) on {self.probe_train_clips} "
+            f"{self.probe_train_split} clips, frozen encoder",
+        }
+
+
+def build_linear_probe(
+    probe_args: ProbeArguments, data_args: DataArguments, train_args, sample_rate: int, state
+) -> Callable | None:
+    """``evaluate(model, feature_extractor) -> {"probe_mAP", ...}`` on ``model.base_model``, or None when
+    ``--probe_dataset ''`` turns the probe off.
+
+    Every process fits the same probe on the whole (unsharded) probe splits: the result is identical on all
+    ranks without a gather, at the price of redundant work on multi-GPU runs.
+    """
+    if not probe_args.probe_dataset:
+        return None
+    probe_data = dataclasses.replace(
+        data_args,
+        dataset=probe_args.probe_dataset,
+        dataset_config=probe_args.probe_dataset_config,
+        train_split=probe_args.probe_train_split,
+        eval_split=None,
+        test_split=probe_args.probe_test_split,
+        num_labeled_clips=None,
+        unlabeled_dataset=None,
+        label_column=None if probe_args.probe_dataset != data_args.dataset else data_args.label_column,
+        # The probe reads the labelled corpus at its default size unless the run asked for another.
+        streaming=data_args.streaming and probe_args.probe_dataset != EMBEDDED,
+    )
+    sources = load_sources(probe_data, roles=("train", "test"))
+    stream = StreamFactory.for_process(sources, probe_data, train_args, sample_rate, state)
+    batch_size = train_args.per_device_batch_size
+
+    def clips(role: str, limit: int | None):
+        batches = stream(role, train=False, sharded=False)
+        return batches if limit is None else itertools.islice(batches, -(-limit // batch_size))
+
+    def evaluate(model, feature_extractor) -> dict:
+        return linear_probe_encoder(
+            model.base_model,
+            clips("train", probe_args.probe_train_clips),
+            clips("test", probe_args.probe_test_clips),
+            feature_extractor,
+        )
+
+    return evaluate
+
+
+def write_probe_results(
+    output_dir: str | Path, probe_args: ProbeArguments, summary: Mapping, eval_history: Sequence[Mapping]
+) -> dict:
+    """Writes ``eval_results.json``: the final probe metrics of ``summary``, where and how they were measured,
+    and the history of every evaluation of the run. Returns what was written."""
+    final = {k: v for k, v in summary.items() if k.startswith("probe_")}
+    results = {**final, **probe_args.describe(), "eval_history": list(eval_history)}
+    Path(output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
+    logger.info("linear probe: %s", json.dumps(final))
+    return results

@@ -1,0 +1,31 @@
+"""Training objectives: how a batch becomes a loss, one module per family, for the loop's ``step_fn``.
+
+The engine (`hf_audiorep.training`) is the same for every system; what differs between them lives here:
+supervised classification, consistency regularization, masked-autoencoder and bootstrap (EMA-teacher)
+pre-training, the losses several of them share, and frozen teachers that serve embeddings or logits.
+"""
+
+from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
+from .classification import AugmentationArguments, SupervisedClassificationStep
+from .consistency import ConsistencyArguments, ConsistencyClassificationStep
+from .features import waveform_features
+from .losses import consistency_loss
+from .masked_autoencoder import MaskedAutoencoderStep, evaluate_reconstruction
+from .teachers import TEACHER_KINDS, FrozenTeacher, clap_input_features, precompute_teacher_embeddings
+
+__all__ = [
+    "TEACHER_KINDS",
+    "AugmentationArguments",
+    "BootstrapPretrainingStep",
+    "ConsistencyArguments",
+    "ConsistencyClassificationStep",
+    "FrozenTeacher",
+    "MaskedAutoencoderStep",
+    "SupervisedClassificationStep",
+    "build_ema_teacher",
+    "clap_input_features",
+    "consistency_loss",
+    "evaluate_reconstruction",
+    "precompute_teacher_embeddings",
+    "waveform_features",
+]

@@ -1,0 +1,78 @@
+"""The supervised step shared by every classifier of the library: audio in, loss out.
+
+Waveforms arrive on the accelerator; mixup is applied to waveforms, the filterbank runs on the
+device, SpecAugment masks the features, and patch-out happens inside the model in training mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.augment import mixup, roll_and_gain, spec_augment
+from .features import waveform_features
+
+
+@dataclass
+class AugmentationArguments:
+    mixup_prob: float = 0.5
+    """probability that a clip is mixed with another (AudioMAE: 0.5); 0 disables mixup"""
+    mixup_alpha: float = 10.0
+    """lam ~ Beta(alpha, alpha) (AudioMAE: 10)"""
+    freq_mask: int = 48
+    """SpecAugment: maximum width of the frequency mask, in mel bins (AudioMAE AS-20K: 48); 0 disables"""
+    time_mask: int = 192
+    """SpecAugment: maximum width of the time mask, in frames (AudioMAE AS-20K: 192); 0 disables"""
+    roll_mag_aug: bool = False
+    """AudioMAE's roll_mag_aug: rotate each training clip in time and scale it by a gain in [0.5, 1.5]
+    (before mixup); also on in EAT/CAT fine-tuning (roll_aug)"""
+
+    def __post_init__(self):
+        if not 0.0 <= self.mixup_prob <= 1.0:
+            raise ValueError(f"mixup_prob must be in [0, 1], got {self.mixup_prob}")
+        if self.mixup_alpha <= 0:
+            raise ValueError(f"mixup_alpha must be positive, got {self.mixup_alpha}")
+        if self.freq_mask < 0 or self.time_mask < 0:
+            raise ValueError("freq_mask and time_mask must be >= 0")
+
+
+class SupervisedClassificationStep:
+    """``step_fn(model, batch) -> (loss, logs)`` for multi-label tagging or single-label classification."""
+
+    def __init__(self, feature_extractor, augmentation: AugmentationArguments, single_label: bool = False):
+        self.feature_extractor = feature_extractor
+        self.aug = augmentation
+        self.single_label = single_label
+        # Masked cells take the value a zero log-mel has after normalisation, as in AudioMAE, which
+        # masks before normalising.
+        fe = feature_extractor
+        self.mask_value = (0.0 - fe.mean) / (fe.std_scale * fe.std) if fe.do_normalize else 0.0
+
+    def features(self, model, batch, augment_features: bool = True) -> tuple[torch.Tensor, ...]:
+        """Mixed-up (training) features, frame mask and labels of a batch; SpecAugment unless disabled."""
+        waveforms, lengths, labels = batch["waveforms"], batch["lengths"], batch["labels"]
+        if model.training and self.aug.roll_mag_aug:
+            waveforms = roll_and_gain(waveforms, lengths)
+        if model.training and self.aug.mixup_prob > 0:
+            mixed = mixup(waveforms, lengths, labels, alpha=self.aug.mixup_alpha, prob=self.aug.mixup_prob)
+            waveforms, lengths, labels = mixed.waveforms, mixed.lengths, mixed.labels
+        features, mask = waveform_features(self.feature_extractor, waveforms, lengths)
+        if augment_features and model.training and (self.aug.freq_mask or self.aug.time_mask):
+            features = spec_augment(
+                features, self.aug.freq_mask, self.aug.time_mask, mask_value=self.mask_value
+            )
+        return features, mask, labels
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.single_label:
+            # Soft targets (after mixup) are class probabilities, which cross_entropy accepts directly.
+            return F.cross_entropy(logits, labels)
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def __call__(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        features, mask, labels = self.features(model, batch)
+        logits = model(input_values=features, attention_mask=mask).logits
+        return self.loss(logits, labels), {}

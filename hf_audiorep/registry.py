@@ -1,0 +1,189 @@
+"""One declarative entry per architecture: everything else that enumerates architectures reads it.
+
+Registration with the transformers Auto classes, the Hub's ``auto_map`` and remote-code bundle
+(:mod:`hf_audiorep.hub`), the audio-classification pipeline's choice of models, the presets behind
+:func:`config_from_preset`, and the shared model tests all iterate over :data:`ARCHITECTURES`. Adding a
+system is its modeling files plus one :class:`Architecture` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForPreTraining,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+from transformers.configuration_utils import PreTrainedConfig
+
+from .modeling import (
+    AudioFbankFeatureExtractor,
+    AudioMAEConfig,
+    AudioMAEForAudioClassification,
+    AudioMAEForPreTraining,
+    AudioMAEModel,
+    CATConfig,
+    CATForAudioClassification,
+    CATForPreTraining,
+    CATModel,
+)
+from .modeling.configuration_audiomae import AUDIOMAE_PRESETS
+from .modeling.configuration_cat import CAT_PRESETS
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "Architecture",
+    "architecture_for",
+    "config_from_preset",
+    "register_auto_classes",
+]
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: one record per family, and hashable
+class Architecture:
+    """What the library knows about one model family.
+
+    Attributes:
+        name: short name (``"audiomae"``, ``"cat"``).
+        config_class: its ``PreTrainedConfig``; ``config_class.model_type`` identifies the family.
+        base_model: the encoder, loaded by ``AutoModel``.
+        heads: ``{Auto class: model class}`` for every task head (``AutoModelForAudioClassification``,
+            ``AutoModelForPreTraining``, ...). Each is registered with its Auto class and gets an ``auto_map``
+            entry on the Hub.
+        feature_extractor: the front end, loaded by ``AutoFeatureExtractor``.
+        presets: ``{preset name: field overrides}`` understood by ``config_class.from_preset``.
+        processor, tokenizer: for systems with text (UTS); registered with ``AutoProcessor`` /
+            ``AutoTokenizer`` when set.
+    """
+
+    name: str
+    config_class: type[PreTrainedConfig]
+    base_model: type[PreTrainedModel]
+    heads: Mapping[type, type[PreTrainedModel]]
+    feature_extractor: type
+    presets: Mapping[str, Mapping[str, Any]]
+    processor: type | None = None
+    tokenizer: type | None = None
+
+    def __post_init__(self) -> None:
+        # Read-only views: a frozen record whose dicts could still be edited would not be declarative.
+        object.__setattr__(self, "heads", MappingProxyType(dict(self.heads)))
+        object.__setattr__(self, "presets", MappingProxyType(dict(self.presets)))
+        if AutoModel in self.heads:
+            raise ValueError(f"{self.name}: the AutoModel class is base_model, not a head")
+        for model_class in (self.base_model, *self.heads.values()):
+            # transformers resolves a head from its config; a head built on another config would never load.
+            if getattr(model_class, "config_class", None) not in (None, self.config_class):
+                raise ValueError(
+                    f"{self.name}: {model_class.__name__} is built on {model_class.config_class.__name__}, "
+                    f"not {self.config_class.__name__}"
+                )
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    @property
+    def auto_models(self) -> dict[type, type[PreTrainedModel]]:
+        """``{AutoModel: base model, Auto class: head, ...}``: every model class and the Auto class that
+        loads it."""
+        return {AutoModel: self.base_model, **self.heads}
+
+    @property
+    def classes(self) -> tuple[type, ...]:
+        """Every class of the family (config, models, feature extractor, processor, tokenizer), in that order:
+        what the Hub's remote-code bundle must be able to import."""
+        optional = (self.processor, self.tokenizer)
+        return (
+            self.config_class,
+            self.base_model,
+            *self.heads.values(),
+            self.feature_extractor,
+            *(cls for cls in optional if cls is not None),
+        )
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
+        name="audiomae",
+        config_class=AudioMAEConfig,
+        base_model=AudioMAEModel,
+        heads={
+            AutoModelForAudioClassification: AudioMAEForAudioClassification,
+            AutoModelForPreTraining: AudioMAEForPreTraining,
+        },
+        feature_extractor=AudioFbankFeatureExtractor,
+        presets=AUDIOMAE_PRESETS,
+    ),
+    Architecture(
+        name="cat",
+        config_class=CATConfig,
+        base_model=CATModel,
+        heads={
+            AutoModelForAudioClassification: CATForAudioClassification,
+            AutoModelForPreTraining: CATForPreTraining,
+        },
+        feature_extractor=AudioFbankFeatureExtractor,
+        presets=CAT_PRESETS,
+    ),
+)
+
+
+def _index(attribute: str, values: Iterator[tuple[str, Architecture]]) -> dict[str, Architecture]:
+    # Two entries claiming one model type or one preset name would make loading depend on the order.
+    index: dict[str, Architecture] = {}
+    for key, architecture in values:
+        if key in index:
+            raise ValueError(
+                f"{attribute} {key!r} is claimed by both {index[key].name} and {architecture.name}"
+            )
+        index[key] = architecture
+    return index
+
+
+_BY_MODEL_TYPE = _index("model_type", ((a.model_type, a) for a in ARCHITECTURES))
+_BY_PRESET = _index("preset", ((name, a) for a in ARCHITECTURES for name in a.presets))
+
+#: every preset name of every architecture -> its config class
+PRESETS: dict[str, type[PreTrainedConfig]] = {name: a.config_class for name, a in _BY_PRESET.items()}
+
+
+def architecture_for(model_type: str) -> Architecture:
+    """The entry whose config has ``model_type`` (e.g. ``"audiorep-cat"``)."""
+    if model_type not in _BY_MODEL_TYPE:
+        known = ", ".join(_BY_MODEL_TYPE)
+        raise ValueError(f"model_type {model_type!r} is not an hf_audiorep architecture ({known})")
+    return _BY_MODEL_TYPE[model_type]
+
+
+def register_auto_classes() -> None:
+    """Register every architecture's config, models, feature extractor (and processor, tokenizer) with the
+    transformers Auto classes."""
+    for architecture in ARCHITECTURES:
+        config_class = architecture.config_class
+        # exist_ok: the package may be imported again (e.g. under remote code or importlib.reload).
+        AutoConfig.register(architecture.model_type, config_class, exist_ok=True)
+        for auto_class, model_class in architecture.auto_models.items():
+            auto_class.register(config_class, model_class, exist_ok=True)
+        AutoFeatureExtractor.register(config_class, architecture.feature_extractor, exist_ok=True)
+        if architecture.processor is not None:
+            AutoProcessor.register(config_class, architecture.processor, exist_ok=True)
+        if architecture.tokenizer is not None:
+            AutoTokenizer.register(config_class, tokenizer_class=architecture.tokenizer, exist_ok=True)
+
+
+def config_from_preset(name: str, **overrides: Any) -> PreTrainedConfig:
+    """Build the config of any architecture from a preset name such as ``"audiomae-base"``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name].from_preset(name, **overrides)
