@@ -263,29 +263,29 @@ def log_mel_spectrogram(feature_extractor, waveform: np.ndarray) -> np.ndarray:
     """``(frames, mel_bins)`` log-mel of a whole mono clip, as the model's feature extractor computes it.
 
     Unlike calling the feature extractor, nothing is cut to ``target_length``, padded or normalised: this
-    is the picture of the clip (the Space draws it), not a model input. Settings the extractor does not
-    have fall back to the Kaldi defaults the library's extractors use.
+    is the picture of the clip (the Space draws it), not a model input. The library's extractors draw it
+    with their own front end (Kaldi fbank, log-mel, ...); any other extractor gets a Kaldi fbank with its
+    settings where it has them.
     """
-    from .modeling.feature_extraction_fbank import kaldi_fbank
-
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
         raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
     fe = feature_extractor
     frame_ms = float(getattr(fe, "frame_length_ms", 25.0))
-    if waveform.size < int(frame_ms * fe.sampling_rate / 1000):
-        raise ValueError(f"the clip is shorter than one {frame_ms:g}-ms analysis frame")
-    scale = float(getattr(fe, "waveform_scale", 1.0))
+    min_samples = int(getattr(fe, "min_samples", frame_ms * fe.sampling_rate / 1000))
+    if waveform.size < min_samples:
+        raise ValueError(
+            f"the clip is shorter than one {1000 * min_samples / fe.sampling_rate:g}-ms analysis frame"
+        )
+    if hasattr(fe, "spectrogram"):
+        return fe.spectrogram(waveform).numpy()
+    from .modeling import kaldi_fbank
+
     fbank = kaldi_fbank(
-        torch.from_numpy(waveform * scale),
+        torch.from_numpy(waveform * float(getattr(fe, "waveform_scale", 1.0))),
         sample_rate=fe.sampling_rate,
         num_mel_bins=int(getattr(fe, "num_mel_bins", 128)),
         frame_length_ms=frame_ms,
         frame_shift_ms=float(getattr(fe, "frame_shift_ms", 10.0)),
-        window_type=str(getattr(fe, "window_type", "hanning")),
-        preemphasis=float(getattr(fe, "preemphasis", 0.97)),
-        remove_dc_offset=bool(getattr(fe, "remove_dc_offset", True)),
-        low_freq=float(getattr(fe, "low_freq", 20.0)),
-        high_freq=float(getattr(fe, "high_freq", 0.0)),
     )
     return fbank.reshape(fbank.shape[-2], fbank.shape[-1]).numpy()

@@ -222,6 +222,17 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
     def _normalize_(self, features: torch.Tensor) -> None:
         """Normalise ``features`` in place (padding included); the default leaves them raw."""
 
+    def spectrogram(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw ``(frames, feature_size)`` features of one whole mono clip at ``sampling_rate``: no crop to
+        ``target_length``, no padding, no normalisation. The picture of a clip (the Space draws it), made
+        by the same front end as the model input."""
+        clip = self._as_unit_float_tensor(waveform, "the clip", torch.device("cpu"))
+        if clip.ndim != 1:
+            raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(clip.shape)}")
+        self._check_length(clip.shape[0], "the clip")
+        with torch.no_grad():
+            return self._spectrogram(clip[None], None, None)[0]
+
     # -- shared geometry ---------------------------------------------------------------------------------
 
     @property

@@ -338,3 +338,15 @@ def test_the_top_label_is_not_a_headline(app, model_dir):
     demo = app.build_demo([str(model_dir)], examples=False)
     label = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "labels")
     assert label["props"]["show_heading"] is False
+
+
+def test_the_spectrogram_picture_uses_the_models_own_front_end():
+    """A log-mel (CP-Mobile) extractor is drawn with its own front end, not a Kaldi fbank."""
+    from hf_audiorep.modeling import LogMelFeatureExtractor
+
+    fe = LogMelFeatureExtractor()
+    wave = np.random.default_rng(0).normal(scale=0.1, size=fe.sampling_rate).astype(np.float32)
+    picture = log_mel_spectrogram(fe, wave)
+    assert picture.shape == (fe.num_frames(len(wave)), fe.feature_size)
+    raw = fe(wave, sampling_rate=fe.sampling_rate, return_tensors="np")["input_values"][0, : picture.shape[0]]
+    np.testing.assert_allclose(picture, raw, atol=1e-5)  # this front end is not normalised
