@@ -3,6 +3,8 @@ to build, the shapes and code paths of laion/clap-htsat-unfused."""
 
 from transformers import ClapFeatureExtractor
 
+# The smallest HTSAT that runs: 16 mel bins on a 64 x 64 "image" (freq_ratio 4, so 256 time frames
+# hold a 1 s clip's 101), 2 Swin stages of one block with 4 x 4 windows; 8 + 16 channels.
 TINY_HTSAT = {
     "spec_size": 64,
     "num_mel_bins": 16,

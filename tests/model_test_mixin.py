@@ -81,7 +81,14 @@ class ModelTesterMixin:
         raise NotImplementedError
 
     def get_inputs(self, config) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """A padded spectrogram batch: 56 frames (not a multiple of the patch size, so the model pads its
+        last patch) with two rows padded at 40 and 17 frames. Spectrogram models share it; others override."""
+        generator = torch.Generator().manual_seed(0)
+        input_values = torch.randn(3, 56, config.num_mel_bins, generator=generator)
+        attention_mask = torch.ones(3, 56, dtype=torch.long)
+        attention_mask[1, 40:] = 0
+        attention_mask[2, 17:] = 0
+        return {"input_values": input_values, "attention_mask": attention_mask}
 
     def expected_sequence_length(self, config, inputs) -> int:
         raise NotImplementedError

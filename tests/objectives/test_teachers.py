@@ -40,8 +40,24 @@ from hf_audiorep.objectives import FrozenTeacher, clap_input_features, precomput
 SR = 16000
 
 
-# The smallest HTSAT that runs: 16 mel bins on a 64 x 64 "image" (freq_ratio 4, so 256 time frames
-# hold a 1 s clip's 101), 2 Swin stages of one block with 4 x 4 windows; 8 + 16 channels.
+def _save_tiny_ast(directory, model_class, **config_overrides) -> None:
+    """A random-weight 16-wide AST (encoder or classifier) with its 16-bin feature extractor."""
+    config = ASTConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_mel_bins=16,
+        max_length=100,
+        patch_size=16,
+        frequency_stride=10,
+        time_stride=10,
+        **config_overrides,
+    )
+    model_class(config).save_pretrained(directory)
+    ASTFeatureExtractor(num_mel_bins=16, max_length=100).save_pretrained(directory)
+
+
 def _tone(seconds: float, freq: float, sr: int = SR) -> torch.Tensor:
     t = torch.arange(int(seconds * sr)) / sr
     return 0.4 * torch.sin(2 * torch.pi * freq * t)
@@ -229,20 +245,7 @@ def test_a_classifier_teacher_gives_logits(audiomae_dir, audiomae_teacher):
 
 def test_an_auto_classifier_teacher_gives_logits(tmp_path):
     torch.manual_seed(0)
-    config = ASTConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_mel_bins=16,
-        max_length=100,
-        patch_size=16,
-        frequency_stride=10,
-        time_stride=10,
-        num_labels=7,
-    )
-    ASTForAudioClassification(config).save_pretrained(tmp_path)
-    ASTFeatureExtractor(num_mel_bins=16, max_length=100).save_pretrained(tmp_path)
+    _save_tiny_ast(tmp_path, ASTForAudioClassification, num_labels=7)
     teacher = FrozenTeacher.from_pretrained(tmp_path)
     assert teacher.kind == "auto" and teacher.num_labels == 7 and teacher.embedding_dim == 16
     waveforms, lengths = _two_clips()
@@ -266,19 +269,7 @@ def test_an_encoder_only_teacher_refuses_logits(clap_dir, audiomae_teacher):
 
 def test_auto_teacher_with_pooler_output(tmp_path):
     torch.manual_seed(0)
-    config = ASTConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_mel_bins=16,
-        max_length=100,
-        patch_size=16,
-        frequency_stride=10,
-        time_stride=10,
-    )
-    ASTModel(config).save_pretrained(tmp_path)
-    ASTFeatureExtractor(num_mel_bins=16, max_length=100).save_pretrained(tmp_path)
+    _save_tiny_ast(tmp_path, ASTModel)
     teacher = FrozenTeacher.from_pretrained(tmp_path)
     assert teacher.kind == "auto" and teacher.embedding_dim == 16
     _assert_good_embeddings(teacher, 16)

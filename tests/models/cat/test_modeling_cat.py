@@ -105,15 +105,6 @@ class _CATTester(ModelTesterMixin):
     def get_config(self, **overrides):
         return tiny_config(**{**self.variant, **overrides})
 
-    def get_inputs(self, config):
-        generator = torch.Generator().manual_seed(0)
-        # 56 frames: not a multiple of the patch size, so the model pads the last patch row.
-        input_values = torch.randn(3, 56, config.num_mel_bins, generator=generator)
-        attention_mask = torch.ones(3, 56, dtype=torch.long)
-        attention_mask[1, 40:] = 0
-        attention_mask[2, 17:] = 0
-        return {"input_values": input_values, "attention_mask": attention_mask}
-
     def expected_sequence_length(self, config, inputs):
         return 1 + num_patches_of(config, inputs["input_values"].shape[1])
 
