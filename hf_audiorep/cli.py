@@ -153,6 +153,21 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _positive(kind):
+    """An argparse type: ``kind`` (int or float) and > 0, so a bad option is refused once, up front."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-audiorep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,13 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tag.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3, M4A, ...)")
     tag.add_argument("--model", required=True, help="a saved model directory (or a Hub id when online)")
-    tag.add_argument("--top_k", type=int, default=5, help="how many labels to print per file")
+    tag.add_argument("--top_k", type=_positive(int), default=5, help="how many labels to print per file")
     tag.add_argument(
-        "--hop_seconds", type=float, default=None, help="window hop for long files (default: half a window)"
+        "--hop_seconds",
+        type=_positive(float),
+        default=None,
+        help="window hop for long files (default: half a window)",
     )
     tag.add_argument(
         "--max_seconds",
-        type=float,
+        type=_positive(float),
         default=None,
         help="tag only the first N seconds of each file (default: all)",
     )

@@ -160,3 +160,11 @@ def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
         run = hf_audiorep_cli("tag", clip, "--model", model)
         assert run.returncode != 0 and expected in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_bad_options_are_refused_once_up_front(tagger_dir, tmp_path):
+    clip = write_clip(tmp_path / "c.wav", 1.0)
+    for option, value in (("--top_k", "0"), ("--max_seconds", "-3"), ("--hop_seconds", "abc")):
+        run = hf_audiorep_cli("tag", clip, "--model", tagger_dir, option, value)
+        assert run.returncode == 2 and f"argument {option}" in run.stderr, run.stderr
+        assert run.stdout == ""
