@@ -14,7 +14,6 @@ On AudioSet streamed from the Hub, starting from a saved model:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from transformers import (
 
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
-from hf_audiorep.data.augment import scaled_mask_widths
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
@@ -87,37 +85,6 @@ class FinetuneTrainingArguments(TrainingArguments):
     warmup_steps: int = 60
     eval_steps: int | None = 200
     checkpointing_steps: int | None = 200
-
-
-@dataclass
-class FinetuneAugmentationArguments(AugmentationArguments):
-    """The shared augmentation arguments, with SpecAugment widths that default to the model's input size."""
-
-    freq_mask: int | None = field(
-        default=None,
-        metadata={
-            "help": "SpecAugment: maximum width of the frequency mask, in mel bins; default: 48 per 128 bins "
-            "(AudioMAE AS-20K), scaled to the model's bins; 0 disables"
-        },
-    )
-    time_mask: int | None = field(
-        default=None,
-        metadata={
-            "help": "SpecAugment: maximum width of the time mask, in frames; default: 192 per 1024 frames "
-            "(AudioMAE AS-20K on 10-s clips), scaled to the model's input frames; 0 disables"
-        },
-    )
-
-    def __post_init__(self):
-        self.for_input(1024, 128)  # validates every field, explicit widths included
-
-    def for_input(self, num_frames: int, num_mel_bins: int) -> AugmentationArguments:
-        """What the training step uses: unset widths scaled to the input, explicit ones as given."""
-        freq, time = scaled_mask_widths(num_frames, num_mel_bins)
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(AugmentationArguments)}
-        values["freq_mask"] = freq if self.freq_mask is None else self.freq_mask
-        values["time_mask"] = time if self.time_mask is None else self.time_mask
-        return AugmentationArguments(**values)
 
 
 def _pretrained_feature_extractor(model_args: ModelArguments):
@@ -195,7 +162,7 @@ def _resolve_clip_seconds(data_args: DataArguments, saved_extractor, model_name:
         logger.info("clips of %g s: the window of %s (--clip_seconds sets another)", seconds, model_name)
 
 
-def _augmentation(aug_args: FinetuneAugmentationArguments, feature_extractor) -> AugmentationArguments:
+def _log_augmentation(aug_args: AugmentationArguments, feature_extractor) -> None:
     frames = feature_extractor.target_length or 1024
     resolved = aug_args.for_input(frames, feature_extractor.num_mel_bins)
     logger.info(
@@ -205,7 +172,6 @@ def _augmentation(aug_args: FinetuneAugmentationArguments, feature_extractor) ->
         resolved.freq_mask,
         feature_extractor.num_mel_bins,
     )
-    return resolved
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -213,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         (
             ModelArguments,
             DataArguments,
-            FinetuneAugmentationArguments,
+            AugmentationArguments,
             ConsistencyArguments,
             FinetuneTrainingArguments,
         )
@@ -233,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names, saved_extractor)
-    aug_args = _augmentation(aug_args, feature_extractor)
+    _log_augmentation(aug_args, feature_extractor)
 
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
 

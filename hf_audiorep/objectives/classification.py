@@ -6,12 +6,13 @@ device, SpecAugment masks the features, and patch-out happens inside the model i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import mixup, roll_and_gain, spec_augment
+from ..data.augment import mixup, roll_and_gain, scaled_mask_widths, spec_augment
 from .features import waveform_features
 
 
@@ -21,10 +22,12 @@ class AugmentationArguments:
     """probability that a clip is mixed with another (AudioMAE: 0.5); 0 disables mixup"""
     mixup_alpha: float = 10.0
     """lam ~ Beta(alpha, alpha) (AudioMAE: 10)"""
-    freq_mask: int = 48
-    """SpecAugment: maximum width of the frequency mask, in mel bins (AudioMAE AS-20K: 48); 0 disables"""
-    time_mask: int = 192
-    """SpecAugment: maximum width of the time mask, in frames (AudioMAE AS-20K: 192); 0 disables"""
+    freq_mask: int | None = None
+    """SpecAugment: maximum width of the frequency mask, in mel bins; default: 48 per 128 bins (AudioMAE
+    AS-20K), scaled to the model's bins; 0 disables"""
+    time_mask: int | None = None
+    """SpecAugment: maximum width of the time mask, in frames; default: 192 per 1024 frames (AudioMAE AS-20K
+    on 10-s clips), scaled to the model's input frames, so a short clip is never masked whole; 0 disables"""
     roll_mag_aug: bool = False
     """AudioMAE's roll_mag_aug: rotate each training clip in time and scale it by a gain in [0.5, 1.5]
     (before mixup); also on in EAT/CAT fine-tuning (roll_aug)"""
@@ -34,8 +37,19 @@ class AugmentationArguments:
             raise ValueError(f"mixup_prob must be in [0, 1], got {self.mixup_prob}")
         if self.mixup_alpha <= 0:
             raise ValueError(f"mixup_alpha must be positive, got {self.mixup_alpha}")
-        if self.freq_mask < 0 or self.time_mask < 0:
-            raise ValueError("freq_mask and time_mask must be >= 0")
+        for name in ("freq_mask", "time_mask"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def for_input(self, num_frames: int, num_mel_bins: int) -> AugmentationArguments:
+        """A copy with unset SpecAugment widths scaled to an input of ``num_frames`` x ``num_mel_bins``;
+        explicit widths are kept as given."""
+        freq, time = scaled_mask_widths(num_frames, num_mel_bins)
+        return dataclasses.replace(
+            self,
+            freq_mask=freq if self.freq_mask is None else self.freq_mask,
+            time_mask=time if self.time_mask is None else self.time_mask,
+        )
 
 
 class SupervisedClassificationStep:
@@ -43,7 +57,9 @@ class SupervisedClassificationStep:
 
     def __init__(self, feature_extractor, augmentation: AugmentationArguments, single_label: bool = False):
         self.feature_extractor = feature_extractor
-        self.aug = augmentation
+        # Mask widths follow the model's input: a 192-frame mask would hide all of a 2-s clip.
+        frames = getattr(feature_extractor, "target_length", None) or 1024
+        self.aug = augmentation.for_input(frames, getattr(feature_extractor, "num_mel_bins", 128))
         self.single_label = single_label
         # Masked cells take the value a zero log-mel has after normalisation, as in AudioMAE, which
         # masks before normalising.

@@ -12,6 +12,8 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClass
 
 import hf_audiorep
 from hf_audiorep import cli
+from hf_audiorep.modeling import AudioFbankFeatureExtractor
+from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep
 
 TINY = tiny_finetune_args()
 
@@ -188,14 +190,16 @@ def test_max_length_errors_for_a_saved_model(trained, tmp_path, monkeypatch):
 
 
 def test_spec_augment_defaults_scale_to_the_input_and_explicit_values_stay():
-    recipe = load_recipe("finetune")
-    default = recipe.FinetuneAugmentationArguments()
+    default = AugmentationArguments()
     assert (default.for_input(208, 128).time_mask, default.for_input(208, 128).freq_mask) == (39, 48)
     assert default.for_input(1024, 128).time_mask == 192
-    explicit = recipe.FinetuneAugmentationArguments(time_mask=150, freq_mask=0)
+    explicit = AugmentationArguments(time_mask=150, freq_mask=0)
     assert (explicit.for_input(208, 128).time_mask, explicit.for_input(208, 128).freq_mask) == (150, 0)
     with pytest.raises(ValueError, match="time_mask must be >= 0"):
-        recipe.FinetuneAugmentationArguments(time_mask=-1)
+        AugmentationArguments(time_mask=-1)
+    # The shared training step applies it, so every recipe and experiment gets widths sized to its input.
+    step = SupervisedClassificationStep(AudioFbankFeatureExtractor(target_length=208), default)
+    assert (step.aug.time_mask, step.aug.freq_mask) == (39, 48)
 
 
 @pytest.mark.parametrize("recipe", ["finetune", "pretrain_audiomae", "pretrain_cat"])

@@ -223,19 +223,31 @@ def test_ema_ramps_decay_and_round_trips_its_state():
 # -------------------------------------------------------------------------------------- resume and disk
 
 
+def _resume_args(tmp_path, output_dir, resume=None) -> TrainingArguments:
+    """12 steps of 2 accumulated batches with a checkpoint every 4: a crash at step 8 is mid-epoch."""
+    return _args(
+        tmp_path,
+        output_dir=str(output_dir),
+        max_steps=12,
+        gradient_accumulation_steps=2,
+        checkpointing_steps=4,
+        save_total_limit=None,
+        resume_from_checkpoint=resume,
+    )
+
+
+def _assert_same_weights(loop_a, loop_b) -> None:
+    for (name, a), b in zip(
+        loop_a.model.state_dict().items(), loop_b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     # 48 clips / batch 4 = 12 batches per epoch, 2 batches per step: 6 steps per epoch, so the crash at
     # step 8 is in the middle of epoch 1 and dropout draws must come back from the checkpoint.
     def run(output_dir, step_fn, resume=None):
-        args = _args(
-            tmp_path,
-            output_dir=str(output_dir),
-            max_steps=12,
-            gradient_accumulation_steps=2,
-            checkpointing_steps=4,
-            save_total_limit=None,
-            resume_from_checkpoint=resume,
-        )
+        args = _resume_args(tmp_path, output_dir, resume)
         set_seed(0)
         model = toy.ToyModel(toy.ToyConfig())
         ema = ModelEMA(model, decay=0.5, end_decay=0.9, ramp_steps=6)
@@ -266,10 +278,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     assert summary["resumed_from_checkpoint"].endswith("step_8") and summary["global_step"] == 12
     assert resumed["losses"] == reference["losses"][16:]
     assert resumed["indices"] == reference["indices"][16 * 4 :]
-    for (name, a), b in zip(
-        loop_a.model.state_dict().items(), loop_b.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    _assert_same_weights(loop_a, loop_b)
     assert torch.equal(ema_a.module.head.weight, ema_b.module.head.weight) and ema_b.num_updates == 12
     assert loop_a.optimizer.param_groups[0]["lr"] == loop_b.optimizer.param_groups[0]["lr"]
     # Checkpoints hold only safetensors for tensors of our own, and JSON.
@@ -296,15 +305,7 @@ def _adam_and_step_lr():
 def test_optimizer_and_scheduler_hooks_train_and_resume_exactly(tmp_path):
     # As the resume test above, with Adam + StepLR from the hooks instead of the default AdamW + cosine.
     def run(output_dir, step_fn, resume=None):
-        args = _args(
-            tmp_path,
-            output_dir=str(output_dir),
-            max_steps=12,
-            gradient_accumulation_steps=2,
-            checkpointing_steps=4,
-            save_total_limit=None,
-            resume_from_checkpoint=resume,
-        )
+        args = _resume_args(tmp_path, output_dir, resume)
         made, optimizer_fn, scheduler_fn = _adam_and_step_lr()
         loop = _loop(args, step_fn, optimizer_fn=optimizer_fn, scheduler_fn=scheduler_fn)
         return loop, made, loop.run()
@@ -327,10 +328,7 @@ def test_optimizer_and_scheduler_hooks_train_and_resume_exactly(tmp_path):
     loop_b, made_b, summary = run(tmp_path / "b", toy.classification_step(resumed), resume="latest")
     assert summary["resumed_from_checkpoint"].endswith("step_8") and summary["global_step"] == 12
     assert resumed["losses"] == reference["losses"][16:]
-    for (name, a), b in zip(
-        loop_a.model.state_dict().items(), loop_b.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    _assert_same_weights(loop_a, loop_b)
     # Adam's moments and step counts and the schedule's position came back from the checkpoint.
     state_a, state_b = made_a["optimizer"].state_dict(), made_b["optimizer"].state_dict()
     assert state_a["param_groups"] == state_b["param_groups"]
