@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hf_audiorep.evaluation.plot import plot_curves
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,51 +38,6 @@ def _history(output_dir: Path) -> list[tuple[int, float]]:
 def steps_to_reach(history: list[tuple[int, float]], target: float) -> int | None:
     """First probed step whose mAP is at least ``target`` (None if never)."""
     return next((step for step, value in history if value >= target), None)
-
-
-def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
-    """A small line plot with Pillow (no plotting library is a dependency of the project)."""
-    from PIL import Image, ImageDraw
-
-    width, height, margin = 720, 440, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    points = [p for curve in curves.values() for p in curve]
-    max_step = max(s for s, _ in points)
-    low, high = min(v for _, v in points), max(v for _, v in points)
-    low, high = low - 0.02, high + 0.02
-
-    def xy(step, value):
-        x = margin + (width - 2 * margin) * step / max_step
-        y = height - margin - (height - 2 * margin) * (value - low) / (high - low)
-        return x, y
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for i in range(5):
-        value = low + (high - low) * i / 4
-        _, y = xy(0, value)
-        draw.line([margin - 4, y, margin, y], fill="black")
-        draw.text((6, y - 6), f"{value:.3f}", fill="black")
-        step = round(max_step * i / 4)
-        x, _ = xy(step, low)
-        draw.line([x, height - margin, x, height - margin + 4], fill="black")
-        draw.text((x - 10, height - margin + 8), str(step), fill="black")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    for (name, curve), colour in zip(curves.items(), colours, strict=False):
-        draw.line([xy(s, v) for s, v in curve], fill=colour, width=3)
-        for s, v in curve:
-            x, y = xy(s, v)
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        legend_y = margin + 8 + 16 * list(curves).index(name)
-        draw.line(
-            [width - margin - 170, legend_y + 6, width - margin - 150, legend_y + 6], fill=colour, width=3
-        )
-        draw.text((width - margin - 145, legend_y), name, fill="black")
-    draw.text((margin, 20), title, fill="black")
-    draw.text((width // 2 - 60, height - 24), "pre-training step", fill="black")
-    draw.text((6, margin - 24), "linear-probe mAP", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
 
 
 def main() -> None:
@@ -165,7 +122,12 @@ def main() -> None:
     for name, curve in curves.items():
         reached = steps_to_reach(curve, target)
         print(f"{name}: reaches the no-RR final mAP {target:.4f} at step {reached}")
-    plot(curves, ROOT / args.out, f"CAT {args.preset}: probe mAP vs pre-training step (seed {args.seed})")
+    plot_curves(
+        curves,
+        ROOT / args.out,
+        f"CAT {args.preset}: probe mAP vs pre-training step (seed {args.seed})",
+        xlabel="pre-training step",
+    )
     print(f"plot written to {args.out}")
 
 

@@ -1,12 +1,13 @@
 """Publishing a saved model to the Hugging Face Hub, usable with or without ``hf_audiorep`` installed.
 
 :func:`prepare_repo` builds the exact folder that gets uploaded: safetensors weights, ``config.json`` and
-``preprocessor_config.json`` with an ``auto_map`` for every head, the flat remote-code bundle of modeling
-files, and a model card. :func:`push_model` uploads that folder. Keeping the two apart lets the folder be
-inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network. :func:`push_run`
-is what a recipe's ``--push_to_hub`` calls once the run and its test evaluation are written. A Hub that
-cannot be reached (no network, offline mode, a bad token) raises ``hub_errors.HubUnreachableError``, whose
-one-line message names the repository and what to check.
+``preprocessor_config.json`` with an ``auto_map`` for every head, for a family with text its processor or
+tokenizer (with ``AutoProcessor`` / ``AutoTokenizer`` in the ``auto_map``), the flat remote-code bundle
+of modeling files, and a model card. :func:`push_model` uploads that folder. Keeping the two apart lets the
+folder be inspected (``hf-audiorep push DIR REPO --dry_run OUT``) and tested without any network.
+:func:`push_run` is what a recipe's ``--push_to_hub`` calls once the run and its test evaluation are
+written. A Hub that cannot be reached (no network, offline mode, a bad token) raises
+``hub_errors.HubUnreachableError``, whose one-line message names the repository and what to check.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from transformers import AutoModelForAudioClassification
+from transformers import (
+    AutoModelForAudioClassification,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+)
 
 from .hub_errors import HubUnreachableError, translate_hub_errors
 from .registry import Architecture, architecture_for
@@ -83,6 +89,12 @@ def _auto_ref(cls: type) -> str:
     return f"{_module_file(cls).stem}.{cls.__name__}"
 
 
+def _tokenizer_auto_ref(cls: type) -> list[str | None]:
+    # AutoTokenizer's entry is a (slow, fast) pair; transformers loads whichever is set, the fast one first.
+    ref = _auto_ref(cls)
+    return [None, ref] if issubclass(cls, PreTrainedTokenizerFast) else [ref, None]
+
+
 def _has_labels(config: dict, head_cls: type | None) -> bool:
     if head_cls is not None and head_cls.__name__ in (config.get("architectures") or []):
         return True
@@ -106,6 +118,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _usage(repo_id: str, base_name: str, fe_name: str, has_labels: bool) -> str:
@@ -263,6 +279,99 @@ def _check_model_dir(model_dir: Path) -> None:
         )
 
 
+def _architecture_of(model_dir: Path) -> tuple[dict[str, Any], Architecture]:
+    """The saved ``config.json`` and the registry record of its ``model_type``."""
+    config = _read_json(model_dir / "config.json")
+    if "model_type" not in config:
+        raise ValueError(f"{model_dir / 'config.json'} has no model_type")
+    try:
+        return config, architecture_for(config["model_type"])
+    except ValueError as err:
+        raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
+
+
+def _text_processing(
+    model_dir: Path,
+    architecture: Architecture,
+    processor: ProcessorMixin | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> ProcessorMixin | PreTrainedTokenizerBase | None:
+    """The processor (or, for a family with a tokenizer only, the tokenizer) to publish beside the model:
+    the one given, else the one saved in ``model_dir``; None for a family without text."""
+    kind = "processor" if architecture.processor is not None else "tokenizer"
+    cls = getattr(architecture, kind)
+    for name, value in (("processor", processor), ("tokenizer", tokenizer)):
+        if value is not None and cls is None:
+            raise ValueError(f"{architecture.name} has no {name} to publish (its registry record names none)")
+        if value is not None and name != kind:
+            raise ValueError(
+                f"{architecture.name} publishes its tokenizer inside its processor: pass processor="
+            )
+    if cls is None:
+        return None
+    given = processor if kind == "processor" else tokenizer
+    if given is None:
+        saved = model_dir / f"{kind}_config.json"  # what save_pretrained writes for either
+        if not saved.is_file():
+            raise ValueError(
+                f"{model_dir} has no {saved.name}: save the {cls.__name__} next to the model "
+                f"({kind}.save_pretrained(dir)) or pass {kind}= to prepare_repo"
+            )
+        given = cls.from_pretrained(model_dir)
+    if not isinstance(given, cls):
+        raise ValueError(
+            f"expected a {cls.__name__} ({architecture.name}'s {kind}), got {type(given).__name__}"
+        )
+    if kind == "processor":
+        _check_front_end(given, _read_json(model_dir / "preprocessor_config.json"))
+    return given
+
+
+def _front_end_fields(feature_extractor: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in feature_extractor.items() if k not in ("auto_map", "processor_class")}
+
+
+def _check_front_end(processor: ProcessorMixin, preprocessor: dict[str, Any]) -> None:
+    """transformers reads a processor's feature extractor from ``processor_config.json`` before
+    ``preprocessor_config.json``: both must describe the model's one front end."""
+    nested = json.loads(processor.to_json_string()).get("feature_extractor")
+    if nested is None:
+        return
+    nested, expected = _front_end_fields(nested), _front_end_fields(preprocessor)
+    changed = sorted(k for k in nested.keys() | expected.keys() if nested.get(k) != expected.get(k))
+    if changed:
+        raise ValueError(
+            f"the processor's feature extractor differs from the model's preprocessor_config.json in "
+            f"{changed}: publish the processor built on the model's feature extractor"
+        )
+
+
+def _save_text_processing(
+    out: Path,
+    architecture: Architecture,
+    text_processing: ProcessorMixin | PreTrainedTokenizerBase,
+    preprocessor: dict[str, Any],
+) -> None:
+    """``save_pretrained`` of the processor or tokenizer into ``out``, its Auto classes in the auto_map."""
+    text_processing.save_pretrained(out)
+    if architecture.processor is not None:
+        path = out / "processor_config.json"
+        processor = _read_json(path)
+        if "feature_extractor" in processor:  # the same front end, naming its class for remote code too
+            processor["feature_extractor"] = preprocessor
+        processor["auto_map"] = {"AutoProcessor": _auto_ref(architecture.processor)}
+        _write_json(path, processor)
+    if architecture.tokenizer is not None:
+        path = out / "tokenizer_config.json"
+        if not path.is_file():
+            raise ValueError(
+                f"saving the {architecture.name} {type(text_processing).__name__} wrote no {path.name}"
+            )
+        tokenizer = _read_json(path)
+        tokenizer["auto_map"] = {"AutoTokenizer": _tokenizer_auto_ref(architecture.tokenizer)}
+        _write_json(path, tokenizer)
+
+
 def prepare_repo(
     model_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -272,6 +381,8 @@ def prepare_repo(
     datasets: list[str] | None = None,
     base_model: str | None = None,
     training_command: str | None = None,
+    processor: ProcessorMixin | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Build the folder that :func:`push_model` uploads and return its path.
 
@@ -280,21 +391,17 @@ def prepare_repo(
     flat so ``trust_remote_code=True`` works without hf_audiorep, and a ``README.md`` model card. Pickled
     weights (``.bin``/``.pt``) are never copied. ``out_dir`` must be empty or absent; when None a new
     temporary directory is created and left for the caller to remove.
+
+    A family with text (its registry record names a processor or tokenizer class) also publishes that
+    processor or tokenizer, written with ``save_pretrained``: ``processor`` / ``tokenizer`` when given,
+    else the one saved in ``model_dir``. Its configs carry the ``auto_map`` too (``AutoProcessor`` in
+    ``processor_config.json``, ``AutoTokenizer`` in ``tokenizer_config.json``) and its module ships with
+    the modeling files.
     """
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
-    config = _read_json(model_dir / "config.json")
-    if "model_type" not in config:
-        raise ValueError(f"{model_dir / 'config.json'} has no model_type")
-    try:
-        architecture = architecture_for(config["model_type"])
-    except ValueError as err:
-        raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
-    if architecture.processor is not None or architecture.tokenizer is not None:
-        # Their files (tokenizer vocabulary, processor config) and auto_map entries are not written yet.
-        raise NotImplementedError(
-            f"publishing {architecture.name}'s processor or tokenizer is not supported yet"
-        )
+    config, architecture = _architecture_of(model_dir)
+    text_processing = _text_processing(model_dir, architecture, processor, tokenizer)
     if out_dir is None:
         out = Path(tempfile.mkdtemp(prefix="hf_audiorep_hub_"))
     else:
@@ -307,11 +414,13 @@ def prepare_repo(
     auto_classes.update({auto.__name__: cls for auto, cls in architecture.auto_models.items()})
     # transformers records only the class that was saved; every head is listed so any Auto class loads.
     config["auto_map"] = {auto: _auto_ref(cls) for auto, cls in auto_classes.items()}
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_json(out / "config.json", config)
 
     preprocessor = _read_json(model_dir / "preprocessor_config.json")
     preprocessor["auto_map"] = {"AutoFeatureExtractor": _auto_ref(architecture.feature_extractor)}
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+    _write_json(out / "preprocessor_config.json", preprocessor)
+    if text_processing is not None:
+        _save_text_processing(out, architecture, text_processing, preprocessor)
 
     shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
     for source in remote_code_files(*architecture.classes):
@@ -342,9 +451,17 @@ def push_model(
 ):
     """Upload a saved model to ``repo_id`` (created if needed) and return the ``CommitInfo``.
 
-    ``card_kwargs`` (license, datasets, base_model, training_command) go to :func:`prepare_repo`.
+    ``card_kwargs`` (license, datasets, base_model, training_command; processor / tokenizer for a family
+    with text) go to :func:`prepare_repo`.
     """
-    _check_model_dir(Path(model_dir))  # before any network call: a bad folder creates no empty repo
+    # Before any network call: a bad folder (or a missing processor) creates no empty repo.
+    _check_model_dir(Path(model_dir))
+    _, architecture = _architecture_of(Path(model_dir))
+    text_processing = _text_processing(
+        Path(model_dir), architecture, card_kwargs.pop("processor", None), card_kwargs.pop("tokenizer", None)
+    )
+    if text_processing is not None:
+        card_kwargs["processor" if architecture.processor is not None else "tokenizer"] = text_processing
     api = HfApi(token=token)
     # No network, offline mode or a bad token come out as one HubUnreachableError naming the repo.
     with translate_hub_errors(repo_id, repo_type="model", upload=True):

@@ -25,19 +25,11 @@ from transformers import (
 )
 from transformers.configuration_utils import PreTrainedConfig
 
-from .modeling import (
-    AudioFbankFeatureExtractor,
-    AudioMAEConfig,
-    AudioMAEForAudioClassification,
-    AudioMAEForPreTraining,
-    AudioMAEModel,
-    CATConfig,
-    CATForAudioClassification,
-    CATForPreTraining,
-    CATModel,
-)
-from .modeling.configuration_audiomae import AUDIOMAE_PRESETS
-from .modeling.configuration_cat import CAT_PRESETS
+from .modeling.configuration_audiomae import AUDIOMAE_PRESETS, AudioMAEConfig
+from .modeling.configuration_cat import CAT_PRESETS, CATConfig
+from .modeling.feature_extraction_fbank import AudioFbankFeatureExtractor
+from .modeling.modeling_audiomae import AudioMAEForAudioClassification, AudioMAEForPreTraining, AudioMAEModel
+from .modeling.modeling_cat import CATForAudioClassification, CATForPreTraining, CATModel
 
 __all__ = [
     "ARCHITECTURES",

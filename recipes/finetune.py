@@ -43,6 +43,7 @@ from hf_audiorep.objectives import (
 )
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
+from hf_audiorep.training.checkpoint import write_json_atomic
 
 logger = logging.getLogger("finetune")
 
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"/{data_args.dataset_config}" if data_args.dataset_config else ""
             )
             results = {**test, "dataset": dataset_name, "split": data_args.test_split}
-            Path(train_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
+            write_json_atomic(Path(train_args.output_dir, "eval_results.json"), results)
             logger.info("test: %s", json.dumps(test))
     push_run(train_args)  # after eval_results.json is written, so the card carries the test mAP
     loop.finish()

@@ -27,7 +27,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
-from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, write_probe_results
+from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
@@ -64,6 +64,7 @@ class PretrainTrainingArguments(TrainingArguments):
     adam_beta2: float = 0.95  # MAE
     warmup_steps: int = 12
     eval_steps: int | None = None  # reconstruction loss and linear probe at the end only
+    eval_on_start: bool = True  # the initialisation's probe: the baseline the final one is read against
     checkpointing_steps: int | None = 60
 
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         loop.eval_fn = evaluate
     summary = loop.run()
     if probe is not None and loop.accelerator.is_main_process:
-        write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
+        results = write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
+        print(probe_report(results, train_args.output_dir), flush=True)
     logger.info("pre-trained model saved to %s", train_args.output_dir)
     push_run(train_args)  # with --push_to_hub: after eval_results.json, so the card carries the probe mAP
     loop.finish()

@@ -1,8 +1,10 @@
 """Pre-train a CAT encoder (multi-resolution stem + post-LN ViT) by bootstrapping an EMA teacher, with
 optional representation regularization (RR) toward a frozen encoder; labels are ignored.
 
-Runs with no arguments on the embedded corpus (the `cat-small` preset, a few CPU minutes) and ends with a
-linear-probe mAP of the encoder on the corpus test split:
+Runs with no arguments on the embedded corpus (the `cat-small` preset, 600 steps, minutes on a CPU), probes
+the encoder (a linear probe on the corpus test split) at the initialisation and every 200 steps, and ends
+with a table of the initialisation's probe beside the trained encoder's, a plot of the probe against the
+step (`probe_curve.png`) and `eval_results.json`:
 
     accelerate launch recipes/pretrain_cat.py
 
@@ -39,7 +41,7 @@ from transformers import set_seed
 
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
-from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, write_probe_results
+from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, CATForPreTraining
@@ -102,15 +104,16 @@ class CATPretrainTrainingArguments(TrainingArguments):
     """The shared loop's arguments: CAT's optimiser (AdamW 0.9/0.95, wd 0.05, clip 4), CPU-minute defaults."""
 
     output_dir: str = "outputs/pretrain-cat"
-    max_steps: int = 200
+    max_steps: int = 600
     per_device_batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
     adam_beta2: float = 0.95
     max_grad_norm: float | None = 4.0
     warmup_steps: int = 30
-    eval_steps: int | None = 50
-    checkpointing_steps: int | None = 50
+    eval_steps: int | None = 200
+    eval_on_start: bool = True  # the initialisation's probe: the baseline every later one is read against
+    checkpointing_steps: int | None = 200
 
 
 _CONFIG_OVERRIDES = (
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = loop.run()
 
     if probe is not None and loop.accelerator.is_main_process:
-        write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
+        results = write_probe_results(train_args.output_dir, probe_args, summary, loop.eval_history)
+        print(probe_report(results, train_args.output_dir), flush=True)
     if loop.accelerator.is_main_process:
         logger.info("pre-trained model saved to %s", train_args.output_dir)
     push_run(train_args)  # with --push_to_hub: after eval_results.json, so the card carries the probe mAP

@@ -7,7 +7,6 @@ from .embedded import EMBEDDED_ONTOLOGY, load_embedded_corpus
 from .ontology import (
     AUDIOSET_ONTOLOGY,
     LabelGroup,
-    LabelMapper,
     LabelVocabulary,
     UnknownLabelError,
     labels_to_multi_hot,
@@ -24,7 +23,6 @@ __all__ = [
     "CorruptAudioError",
     "DataArguments",
     "LabelGroup",
-    "LabelMapper",
     "LabelVocabulary",
     "MixupOutput",
     "SemiSupervisedBatches",

@@ -110,7 +110,7 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
     if data.num_labeled_clips:
         sources["train"], remainder = split_labeled(sources["train"], data.num_labeled_clips)
         if data.unlabeled_dataset == "train_remainder":
-            sources["unlabeled"] = as_unlabeled(remainder, sources["train"].label_names)
+            sources["unlabeled"] = as_unlabeled(remainder, sources["train"].vocabulary)
     if data.unlabeled_dataset == "train_remainder" and "unlabeled" not in sources:
         raise ValueError("--unlabeled_dataset train_remainder needs --num_labeled_clips")
     if data.unlabeled_dataset and data.unlabeled_dataset != "train_remainder":
@@ -120,9 +120,9 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
             data.unlabeled_dataset,
             data.unlabeled_split,
             label_column=None,
-            label_names=sources["train"].label_names,
+            label_names=sources["train"].vocabulary,
         )
-        sources["unlabeled"] = as_unlabeled(unlabeled, sources["train"].label_names)
+        sources["unlabeled"] = as_unlabeled(unlabeled, sources["train"].vocabulary)
     return sources
 
 
@@ -151,7 +151,7 @@ def _dataset_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, A
     class would be scored against shifted columns.
     """
     sources = {"train": _load(data, data.dataset, splits["train"])} if "train" in splits else {}
-    vocabulary = sources["train"].label_names if sources else None
+    vocabulary = sources["train"].vocabulary if sources else None
     for role, split in splits.items():
         if role == "train":
             continue

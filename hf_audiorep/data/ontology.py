@@ -15,9 +15,10 @@ The AudioSet table is AudioSet's ``class_labels_indices.csv`` (index, MID, displ
 https://research.google.com/audioset/ . None of the Hub copies of AudioSet carries this table, and
 models trained on them must agree on the class order, so the library ships one.
 
-``LabelMapper`` turns whatever a dataset stores as labels into class indices: MIDs (``/m/09x0r``),
-display names, integer indices, lists of those, ``;``-separated strings, or the JSON dict of a
-WebDataset sample (``{"label": [...], "label_id": [...]}``).
+A vocabulary also reads whatever a dataset stores as labels (:meth:`LabelVocabulary.indices`,
+:meth:`~LabelVocabulary.multi_hot`): MIDs (``/m/09x0r``), display names, integer indices, lists of those,
+``;``-separated strings, or the JSON dict of a WebDataset sample (``{"label": [...], "label_id": [...]}``).
+The rules live in :class:`LabelMapper`, the vocabulary's lookup table.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ class UnknownLabelError(KeyError, ValueError):
 
 @dataclass(frozen=True)
 class LabelMapper:
-    """Callable turning one record's label field into a sorted list of class indices.
+    """Callable turning one record's label field into a sorted list of class indices: the rules behind
+    :meth:`LabelVocabulary.indices`, over a bare lookup table.
 
     ``lookup`` maps names (and, for AudioSet, MIDs) to indices; integer labels are taken as indices
-    directly. Unknown names and out-of-range indices raise ``ValueError`` naming the label, so the
-    stream can skip and count the record instead of training on a silently wrong target.
+    directly. Unknown names and out-of-range indices raise :class:`UnknownLabelError` (a ``ValueError``)
+    naming the label, so the stream can skip and count the record instead of training on a silently
+    wrong target.
     """
 
     num_classes: int
@@ -103,19 +106,36 @@ class LabelMapper:
             return [i for item in value for i in self._indices(item)]
         raise ValueError(f"cannot read class labels from a {type(value).__name__}: {value!r}")
 
+    def split(self, value: str) -> list[str]:
+        """The labels a string holds: the string itself when it names a class (AudioSet display names hold
+        commas), else its ``;``- or ``,``-separated parts."""
+        value = value.strip()
+        return [value] if value in self.lookup else split_label_string(value)
+
+    def unknown(self, value) -> set[str]:
+        """The parts of one record's label field that do not map (empty when it maps)."""
+        try:
+            self(value)
+            return set()
+        except ValueError:
+            pass
+        if isinstance(value, str):
+            return {t for t in self.split(value) if t not in self.lookup} or {value.strip()}
+        if isinstance(value, list | tuple):
+            return set().union(*(self.unknown(item) for item in value))
+        return {repr(value)}  # an out-of-range index, or a JSON sidecar naming no known class
+
     def _check_index(self, index: int) -> int:
         if not 0 <= index < self.num_classes:
-            raise ValueError(f"class index {index} is outside [0, {self.num_classes})")
+            raise UnknownLabelError(f"class index {index} is outside [0, {self.num_classes})")
         return index
 
     def _from_string(self, value: str) -> list[int]:
-        value = value.strip()
-        if value in self.lookup:
-            return [self.lookup[value]]
-        tokens = split_label_string(value)
+        tokens = self.split(value)
         unknown = [t for t in tokens if t not in self.lookup]
         if unknown or not tokens:
-            raise ValueError(f"unknown class label {unknown[0] if unknown else value!r} (in {value!r})")
+            label = unknown[0] if unknown else value.strip()
+            raise UnknownLabelError(f"unknown class label {label!r} (in {value.strip()!r})")
         return [self.lookup[t] for t in tokens]
 
     def _from_dict(self, value: Mapping) -> list[int]:
@@ -169,8 +189,10 @@ class LabelVocabulary:
         groups: parent nodes; each class belongs to at most one (``parent_of``).
         heldout: classes reserved for few-shot / open-set evaluation (``main_classes`` are the rest).
 
-    Names and ids both resolve to a class (:meth:`index`, :meth:`label_mapper`); an id may equal its
-    own class's name, never another class's.
+    Names and ids both resolve to a class (:meth:`index`); an id may equal its own class's name, never
+    another class's. A record's label field (names, ids, indices, lists of them, ``;``-separated strings,
+    a WebDataset JSON sidecar) becomes class indices with :meth:`indices` and a target with
+    :meth:`multi_hot`; :meth:`unknown_labels` names the parts of it that are not classes.
     """
 
     ids: tuple[str, ...]
@@ -271,14 +293,29 @@ class LabelVocabulary:
         parent = self.parent_of[index]
         return None if parent is None else self.groups[parent]
 
-    def label_mapper(self) -> LabelMapper:
-        """A mapper from a record's label field (names, ids, indices, lists, ...) to class indices;
-        its own copy of the lookup, so that changing it leaves the vocabulary alone."""
-        return LabelMapper(len(self), dict(self._mapper.lookup))
+    def indices(self, labels) -> list[int]:
+        """The sorted class indices of one record's label field: names, ids, indices (any mix, in lists,
+        or ``;``-separated in a string), a WebDataset JSON sidecar; ``None`` (unlabelled) gives ``[]``.
+        A label that is no class raises :class:`UnknownLabelError`."""
+        return self._mapper(labels)
 
     def multi_hot(self, labels) -> np.ndarray:
-        """Multi-hot float32 vector from names, ids or indices (any mix)."""
+        """Multi-hot float32 ``(num_classes,)`` target of one record's label field (see :meth:`indices`)."""
         return self._mapper.multi_hot(labels)
+
+    def split_labels(self, value: str) -> list[str]:
+        """The labels a string holds: itself when it is a class name or id (AudioSet display names hold
+        commas), else its ``;``- or ``,``-separated parts."""
+        return self._mapper.split(value)
+
+    def unknown_labels(self, labels) -> set[str]:
+        """The parts of one record's label field that name no class (empty when :meth:`indices` maps it)."""
+        return self._mapper.unknown(labels)
+
+    def label_mapper(self) -> LabelMapper:
+        """A standalone :class:`LabelMapper` with this vocabulary's rules (what :meth:`indices` applies);
+        its own copy of the lookup, so that changing it leaves the vocabulary alone."""
+        return LabelMapper(len(self), dict(self._mapper.lookup))
 
 
 def _rebuild(cls, kwargs):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 
-from .ontology import LabelMapper
+from .ontology import LabelVocabulary
 
 
 class SemiSupervisedBatches:
@@ -93,8 +93,8 @@ def split_labeled(source, num_labeled: int):
     return replace(source, dataset=head), replace(source, dataset=rest)
 
 
-def as_unlabeled(source, label_names):
+def as_unlabeled(source, vocabulary: LabelVocabulary):
     """The same audio with its labels hidden: no label column is read, whatever the dataset holds
-    (another vocabulary, free text, nothing), and targets are all-zero vectors of the run's size."""
-    names = tuple(label_names)
-    return replace(source, label_column=None, label_names=names, label_to_index=LabelMapper(len(names)))
+    (another vocabulary, free text, nothing), and targets are all-zero vectors over ``vocabulary``
+    (the run's)."""
+    return replace(source, label_column=None, vocabulary=vocabulary)

@@ -2,8 +2,8 @@
 
 Every source comes back as an ``AudioSource``: a ``datasets`` Dataset or IterableDataset whose
 audio column is cast to ``Audio(decode=False)`` (so ``decode.decode_audio`` decodes it and a broken
-clip can be skipped), plus the label vocabulary and a ``LabelMapper`` that turns the label field of
-a record into class indices.
+clip can be skipped), plus its ``LabelVocabulary``, which names the classes and turns the label field
+of a record into class indices.
 
 Layouts understood:
 
@@ -14,14 +14,15 @@ Layouts understood:
 - ``confit/audioset-16khz-wds`` (Hub, WebDataset, 16 kHz): configs ``20k``/``500k``/``2m``, files
   ``<config>/<train|test>/*.tar``. Each sample is ``<key>.wav`` (or ``.flac``) plus ``<key>.json``;
   public scripts that read these shards take the JSON as ``{"id": video id, "label": [display
-  names], "label_id": [class indices]}``. The Hub card does not document the keys, so the mapper
+  names], "label_id": [class indices]}``. The Hub card does not document the keys, so the vocabulary
   accepts names, MIDs or indices under any of the usual keys and prefers names (see
-  ``ontology.LabelMapper``); the audio column is whichever column is an ``Audio`` feature.
+  ``LabelVocabulary.indices``); the audio column is whichever column is an ``Audio`` feature.
 - local Parquet files or WebDataset ``.tar`` shards (a directory, optionally with split
   sub-directories as above, or a glob), and audio folders (folder-per-label, or a ``metadata.csv``
   with ``file_name`` and a labels column).
 - a ``datasets.Dataset``/``IterableDataset`` (or a ``DatasetDict``, indexed by ``split``) passed
-  directly, as the embedded corpus is; ``ClassLabel`` features give the vocabulary.
+  directly, as the embedded corpus is; ``ClassLabel`` features give the vocabulary (the library's own
+  table, ids and groups included, when the names are AudioSet's or the embedded corpus's).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 
 from ..hub_errors import check_hub_reachable, translate_hub_errors
 from .decode import AUDIO_EXTENSIONS
-from .ontology import AUDIOSET_ONTOLOGY, LabelMapper, is_mid, split_label_string
+from .embedded import EMBEDDED_ONTOLOGY
+from .ontology import AUDIOSET_ONTOLOGY, LabelVocabulary, is_mid
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +106,30 @@ _LOCAL_SPLIT_DIRS = {
 
 @dataclass(frozen=True)
 class AudioSource:
-    """A dataset plus what the stream needs to turn its records into (waveform, multi-hot) pairs."""
+    """A dataset plus what the stream needs to turn its records into (waveform, multi-hot) pairs.
+
+    ``vocabulary`` is the class table the targets index (AudioSet's, the embedded corpus's, or one built
+    from the dataset's ``ClassLabel`` or label strings) and reads the ``label_column`` of a record.
+    """
 
     dataset: Dataset | IterableDataset
     audio_column: str
     label_column: str | None
-    label_names: tuple[str, ...]
-    label_to_index: LabelMapper
+    vocabulary: LabelVocabulary
     layout: str
 
     @property
+    def label_names(self) -> tuple[str, ...]:
+        """The class names in class order: what a model config's ``id2label`` holds."""
+        return self.vocabulary.names
+
+    @property
     def num_classes(self) -> int:
-        return len(self.label_names)
+        return len(self.vocabulary)
+
+    def label_to_index(self, value) -> list[int]:
+        """The sorted class indices of one record's label field (``vocabulary.indices``)."""
+        return self.vocabulary.indices(value)
 
     @property
     def is_streaming(self) -> bool:
@@ -131,14 +145,15 @@ def load_audio_source(
     label_column: str | None = None,
     audio_column: str | None = None,
     data_files=None,
-    label_names: Sequence[str] | None = None,
+    label_names: Sequence[str] | LabelVocabulary | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
 ) -> AudioSource:
     """Open ``name_or_path`` (Hub id, local path or glob, or a ``datasets`` object) as an ``AudioSource``.
 
-    ``label_names`` fixes the vocabulary (and class order) when the labels are free strings that are
-    not AudioSet classes and the dataset cannot be scanned (streaming). ``config_name`` picks a Hub
+    ``label_names`` (class names, or a whole ``LabelVocabulary`` such as another split's) fixes the
+    vocabulary and class order, e.g. when the labels are free strings that are not AudioSet classes and
+    the dataset cannot be scanned (streaming). ``config_name`` picks a Hub
     config (``balanced``, ``unbalanced``, ``full``; ``20k``, ``500k``, ``2m``) or, for a local copy,
     the matching sub-directory layout.
     """
@@ -351,7 +366,8 @@ def _sample_label_values(dataset, column: str, limit: int = 64) -> list:
 
 
 def _string_tokens(values) -> list[str] | None:
-    """Every string label in ``values`` (split like LabelMapper does), or None if any is not a string."""
+    """Every string label in ``values`` (split as AudioSet's vocabulary splits them), or None if any is not
+    a string."""
     tokens: list[str] = []
     stack = list(values)
     while stack:
@@ -359,7 +375,7 @@ def _string_tokens(values) -> list[str] | None:
         if value is None:
             continue
         if isinstance(value, str):
-            tokens.extend([value] if value in AUDIOSET_ONTOLOGY.name_to_index else split_label_string(value))
+            tokens.extend(AUDIOSET_ONTOLOGY.split_labels(value))
         elif isinstance(value, list | tuple):
             stack.extend(value)
         else:
@@ -367,56 +383,62 @@ def _string_tokens(values) -> list[str] | None:
     return tokens
 
 
-def _vocabulary(dataset, layout: str, label_column: str | None, label_names, audioset_hint: bool) -> tuple:
-    """(label names, LabelMapper or None) for the label column of ``dataset``."""
-    audioset = (AUDIOSET_ONTOLOGY.names, AUDIOSET_ONTOLOGY.label_mapper())
+def _named_vocabulary(names: Sequence[str] | LabelVocabulary) -> LabelVocabulary:
+    """``names`` as a vocabulary: the library's own table when they are its names (so its ids, such as
+    AudioSet's MIDs, resolve too), else a flat one."""
+    if isinstance(names, LabelVocabulary):
+        return names
+    names = tuple(names)
+    for known in (AUDIOSET_ONTOLOGY, EMBEDDED_ONTOLOGY):
+        if names == known.names:
+            return known
+    return LabelVocabulary.from_names(names)
+
+
+def _vocabulary(dataset, layout: str, label_column: str | None, label_names, audioset_hint: bool):
+    """The ``LabelVocabulary`` of the label column of ``dataset``."""
     if label_names is not None:
-        names = tuple(label_names)
-        if names == AUDIOSET_ONTOLOGY.names:
-            return audioset
-        return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+        return _named_vocabulary(label_names)
     if label_column is None:
-        return audioset if layout != "dataset" else ((), None)
-    feature = (dataset.features or {}).get(label_column)
-    class_label = _class_label_of(feature)
+        if layout == "dataset":
+            raise ValueError("cannot tell the classes of a dataset without a label column: pass label_names=")
+        return AUDIOSET_ONTOLOGY
+    class_label = _class_label_of((dataset.features or {}).get(label_column))
     if class_label is not None:
-        names = tuple(class_label.names)
-        return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+        return _named_vocabulary(class_label.names)
     if audioset_hint:
-        return audioset
+        return AUDIOSET_ONTOLOGY
     values = _sample_label_values(dataset, label_column)
     if any(isinstance(v, dict) for v in values):
-        return audioset  # WebDataset JSON sidecars of the AudioSet layouts
+        return AUDIOSET_ONTOLOGY  # WebDataset JSON sidecars of the AudioSet layouts
     tokens = _string_tokens(values)
     if tokens is None:  # integer indices without a ClassLabel feature
         if layout in ("audioset-parquet", "webdataset"):
-            return audioset
+            return AUDIOSET_ONTOLOGY
         if isinstance(dataset, IterableDataset):
             raise ValueError(
                 f"integer labels in {label_column!r} without a ClassLabel feature: pass label_names="
             )
         flat = [int(i) for v in values if v is not None for i in (v if isinstance(v, list | tuple) else [v])]
-        names = tuple(str(i) for i in range(max(flat, default=-1) + 1))
-        return names, LabelMapper(max(len(names), 1))
-    lookup = AUDIOSET_ONTOLOGY.label_mapper().lookup
-    if all(t in lookup for t in tokens):
-        return audioset
+        return LabelVocabulary.from_names(str(i) for i in range(max(flat, default=-1) + 1))
+    unknown = AUDIOSET_ONTOLOGY.unknown_labels(tokens)
+    if not unknown:
+        return AUDIOSET_ONTOLOGY
     if any(is_mid(t) for t in tokens):
-        unknown = sorted({t for t in tokens if t not in lookup})[:5]
-        raise ValueError(f"labels {unknown} in {label_column!r} are not AudioSet MIDs or class names")
+        shown = sorted(unknown)[:5]
+        raise ValueError(f"labels {shown} in {label_column!r} are not AudioSet MIDs or class names")
     if isinstance(dataset, IterableDataset):
         raise ValueError(
             f"the labels in {label_column!r} are free strings (e.g. {tokens[:3]}) and a stream cannot be "
             "scanned for its vocabulary: pass label_names="
         )
-    names = tuple(sorted(set(tokens)))
-    return names, LabelMapper(len(names), {n: i for i, n in enumerate(names)})
+    return LabelVocabulary.from_names(sorted(set(tokens)))
 
 
 def labels_outside_vocabulary(source: AudioSource) -> list[str]:
-    """The labels in ``source`` that its vocabulary (``label_names``) does not hold, sorted.
+    """The labels in ``source`` that its vocabulary does not hold, sorted.
 
-    For a split opened with another split's ``label_names``: a label the model was not trained on would
+    For a split opened with another split's vocabulary: a label the model was not trained on would
     otherwise be skipped clip by clip, or (as indices of a different ClassLabel) scored as another class.
     A stream cannot be scanned, so for one only its ClassLabel names are checked; its stream skips and
     counts a clip with an unknown label.
@@ -430,7 +452,7 @@ def labels_outside_vocabulary(source: AudioSource) -> list[str]:
         return []
     unknown: set[str] = set()
     for value in _sample_label_values(source.dataset, source.label_column):
-        unknown |= _unknown_labels(source.label_to_index, value)
+        unknown |= source.vocabulary.unknown_labels(value)
     return sorted(unknown)
 
 
@@ -445,29 +467,11 @@ def _class_label_outside(names: tuple[str, ...], vocabulary: tuple[str, ...]) ->
     return unknown
 
 
-def _unknown_labels(mapper: LabelMapper, value) -> set[str]:
-    """The parts of one record's label field that ``mapper`` cannot map (empty if it maps)."""
-    try:
-        mapper(value)
-        return set()
-    except ValueError:
-        pass
-    if isinstance(value, str):
-        value = value.strip()
-        tokens = [value] if value in mapper.lookup else split_label_string(value)
-        return {t for t in tokens if t not in mapper.lookup} or {value}
-    if isinstance(value, list | tuple):
-        return set().union(*(_unknown_labels(mapper, item) for item in value))
-    return {repr(value)}  # an out-of-range index, or a JSON sidecar naming no known class
-
-
 def _make_source(dataset, layout, audio_column, label_column, label_names, audioset=False) -> AudioSource:
     audio_column = find_audio_column(dataset, audio_column)
     label_column = _find_label_column(dataset, label_column)
-    names, mapper = _vocabulary(dataset, layout, label_column, label_names, audioset)
-    if mapper is None:
-        raise ValueError("cannot tell the classes of a dataset without a label column: pass label_names=")
+    vocabulary = _vocabulary(dataset, layout, label_column, label_names, audioset)
     feature = (dataset.features or {}).get(audio_column)
     if isinstance(feature, Audio) and feature.decode:
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
-    return AudioSource(dataset, audio_column, label_column, tuple(names), mapper, layout)
+    return AudioSource(dataset, audio_column, label_column, vocabulary, layout)

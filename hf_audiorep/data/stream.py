@@ -273,8 +273,6 @@ class AudioStream:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if num_decode_threads < 0:
             raise ValueError(f"num_decode_threads must be >= 0, got {num_decode_threads}")
-        if source.num_classes == 0:
-            raise ValueError("the source has an empty label vocabulary")
 
         self.source = source
         self.batch_size = int(batch_size)
@@ -508,7 +506,7 @@ class AudioStream:
             rng = np.random.default_rng([self.seed, epoch, self.rank, position]) if self.train else None
             wave, length = crop_or_pad(wave, self.num_samples, rng, self.train)
             column = self.source.label_column
-            indices = self.source.label_to_index(record[column]) if column else []
+            indices = self.source.vocabulary.indices(record[column]) if column else []
             if self.collate_fn is not None:
                 extras = {name: record[name] for name in self.extra_columns}
             else:

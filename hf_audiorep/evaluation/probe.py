@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
+from ..training.checkpoint import write_json_atomic
 from .linear_probe import linear_probe_encoder
+from .plot import plot_curves
 
 logger = logging.getLogger(__name__)
+
+#: the probe-mAP-vs-step plot a pre-training run leaves in its output directory
+PROBE_PLOT_NAME = "probe_curve.png"
 
 
 @dataclass
@@ -104,6 +109,43 @@ def write_probe_results(
     and the history of every evaluation of the run. Returns what was written."""
     final = {k: v for k, v in summary.items() if k.startswith("probe_")}
     results = {**final, **probe_args.describe(), "eval_history": list(eval_history)}
-    Path(output_dir, "eval_results.json").write_text(json.dumps(results, indent=2))
+    initial = next((row for row in eval_history if row.get("step") == 0 and "probe_mAP" in row), None)
+    if initial is not None:
+        # The run's own baseline: the same encoder, probed the same way, before any training.
+        results["probe_mAP_initialization"] = initial["probe_mAP"]
+    write_json_atomic(Path(output_dir, "eval_results.json"), results)
+    curve = [(int(row["step"]), float(row["probe_mAP"])) for row in eval_history if "probe_mAP" in row]
+    if len(curve) > 1:
+        plot_curves(
+            {"this run": curve},
+            Path(output_dir, PROBE_PLOT_NAME),
+            f"linear-probe mAP on {results['dataset']} ({results['split']})",
+            baselines={"initialisation": initial["probe_mAP"]} if initial is not None else None,
+        )
     logger.info("linear probe: %s", json.dumps(final))
     return results
+
+
+def probe_report(results: Mapping, output_dir: str | Path) -> str:
+    """The few lines a pre-training run ends with: the probe of the initialisation and of the trained
+    encoder side by side, and where the numbers, the curve and the model are."""
+    rows = [("step", "probe mAP")]
+    initial = results.get("probe_mAP_initialization")
+    if initial is not None:
+        rows.append(("random initialisation (step 0)", f"{initial:.4f}"))
+    history = [row for row in results["eval_history"] if "probe_mAP" in row]
+    rows += [(f"step {row['step']}", f"{row['probe_mAP']:.4f}") for row in history[:-1] if row["step"] != 0]
+    if "probe_mAP" in results:
+        change = (
+            "" if initial is None else f"  ({results['probe_mAP'] - initial:+.4f} over the initialisation)"
+        )
+        rows.append(("this run (final)", f"{results['probe_mAP']:.4f}{change}"))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"linear probe on {results['dataset']} ({results['split']}): {results['protocol']}"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    output_dir = Path(output_dir)
+    lines.append(f"numbers: {output_dir / 'eval_results.json'}")
+    if (output_dir / PROBE_PLOT_NAME).exists():
+        lines.append(f"curve:   {output_dir / PROBE_PLOT_NAME}")
+    lines.append(f"model:   {output_dir} (AutoModel.from_pretrained gives the encoder)")
+    return "\n".join(lines)

@@ -4,14 +4,19 @@ One config serves both stages: the encoder fields, the fine-tuning fields (patch
 pooling) read by [`AudioMAEForAudioClassification`], and the masked-autoencoder fields (decoder size,
 mask ratio, normalised-pixel loss) read by [`AudioMAEForPreTraining`]. A pre-training checkpoint is
 therefore also a fine-tuning starting point, with nothing to edit.
+
+The config is a strict dataclass (see `_config_checks`): an invalid value raises a ``ValueError`` naming the
+field and the value (also a ``TypeError`` when its type is wrong, and strict's ``StrictDataclassError`` either
+way). ``__init__``, `from_preset` and a ``config.json`` get every check; an override passed to
+``from_pretrained`` is checked on its own at once, and against the other fields by ``save_pretrained``.
 """
 
-from __future__ import annotations
+from typing import Any, Self
 
-from typing import Any
-
-from transformers.activations import ACT2FN
+from huggingface_hub.dataclasses import validated_field
 from transformers.configuration_utils import PreTrainedConfig
+
+from ._config_checks import activation, divisible_by, non_negative, positive, rate, strict_config
 
 __all__ = ["AUDIOMAE_PRESETS", "AudioMAEConfig"]
 
@@ -36,30 +41,8 @@ AUDIOMAE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_POSITIVE_INTS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "patch_size",
-    "num_mel_bins",
-    "max_length",
-    "num_channels",
-    "decoder_hidden_size",
-    "decoder_num_hidden_layers",
-    "decoder_num_attention_heads",
-)
-_PROBABILITIES = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "drop_path_rate",
-    "mask_t_prob",
-    "mask_f_prob",
-    "classifier_dropout",
-    "mask_ratio",
-)
-_FLAGS = ("qkv_bias", "use_cls_pooling", "norm_pix_loss")
 
-
+@strict_config
 class AudioMAEConfig(PreTrainedConfig):
     r"""Configuration of [`AudioMAEModel`], [`AudioMAEForAudioClassification`] and [`AudioMAEForPreTraining`].
 
@@ -121,81 +104,48 @@ class AudioMAEConfig(PreTrainedConfig):
 
     model_type = "audiorep-audiomae"
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    mlp_ratio: float = 4.0
-    hidden_act: str = "gelu"
+    # Half the channels of the 2-D sin-cos positions encode each grid axis as sin/cos pairs: widths are
+    # multiples of 4.
+    hidden_size: int = validated_field([positive, divisible_by(4)], default=768)
+    num_hidden_layers: int = validated_field(positive, default=12)
+    num_attention_heads: int = validated_field(positive, default=12)
+    mlp_ratio: float | int = validated_field(positive, default=4.0)
+    hidden_act: str = validated_field(activation, default="gelu")
     qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.1
-    patch_size: int = 16
-    num_mel_bins: int = 128
-    max_length: int = 1024
-    num_channels: int = 1
-    mask_t_prob: float = 0.2
-    mask_f_prob: float = 0.2
+    layer_norm_eps: float | int = validated_field(positive, default=1e-6)
+    hidden_dropout_prob: float | int = validated_field(rate, default=0.0)
+    attention_probs_dropout_prob: float | int = validated_field(rate, default=0.0)
+    drop_path_rate: float | int = validated_field(rate, default=0.1)
+    patch_size: int = validated_field(positive, default=16)
+    num_mel_bins: int = validated_field(positive, default=128)
+    max_length: int = validated_field(positive, default=1024)
+    num_channels: int = validated_field(positive, default=1)
+    mask_t_prob: float | int = validated_field(rate, default=0.2)
+    mask_f_prob: float | int = validated_field(rate, default=0.2)
     use_cls_pooling: bool = False
-    classifier_dropout: float = 0.0
-    initializer_range: float = 0.02
-    classifier_init_std: float = 0.02
-    decoder_hidden_size: int = 512
-    decoder_num_hidden_layers: int = 8
-    decoder_num_attention_heads: int = 16
-    mask_ratio: float = 0.8
+    classifier_dropout: float | int = validated_field(rate, default=0.0)
+    initializer_range: float | int = validated_field(non_negative, default=0.02)
+    classifier_init_std: float | int = validated_field(non_negative, default=0.02)
+    decoder_hidden_size: int = validated_field([positive, divisible_by(4)], default=512)
+    decoder_num_hidden_layers: int = validated_field(positive, default=8)
+    decoder_num_attention_heads: int = validated_field(positive, default=16)
+    mask_ratio: float | int = validated_field(rate, default=0.8)
     norm_pix_loss: bool = True
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._validate()
+    # ---- relations between fields: strict runs every validate_* after __init__ and before saving ----------
 
-    def _validate(self) -> None:
-        """Reject hyperparameters that would fail deep inside torch, naming the offending field."""
-        for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"AudioMAEConfig.{name} must be an int, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"AudioMAEConfig.{name} must be positive, got {value}")
-        numbers = ("mlp_ratio", "layer_norm_eps", "initializer_range", "classifier_init_std")
-        for name in (*_PROBABILITIES, *numbers):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"AudioMAEConfig.{name} must be a number, got {value!r}")
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"AudioMAEConfig.{name} must be in [0, 1), got {value}")
-        for name in ("mlp_ratio", "layer_norm_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"AudioMAEConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("initializer_range", "classifier_init_std"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"AudioMAEConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in _FLAGS:
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"AudioMAEConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"AudioMAEConfig.hidden_act {self.hidden_act!r} is not in transformers' ACT2FN")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"AudioMAEConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.decoder_hidden_size % self.decoder_num_attention_heads:
-            raise ValueError(
-                f"AudioMAEConfig.decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
-                f"decoder_num_attention_heads ({self.decoder_num_attention_heads})"
-            )
-        for name in ("hidden_size", "decoder_hidden_size"):
-            if getattr(self, name) % 4:
-                # Half the channels encode each grid axis as sin/cos pairs.
+    def validate_heads(self) -> None:
+        for width, heads in (
+            ("hidden_size", "num_attention_heads"),
+            ("decoder_hidden_size", "decoder_num_attention_heads"),
+        ):
+            if getattr(self, width) % getattr(self, heads):
                 raise ValueError(
-                    f"AudioMAEConfig.{name} ({getattr(self, name)}) must be divisible by 4 for the 2-D "
-                    "sin-cos position embedding"
+                    f"AudioMAEConfig.{width} ({getattr(self, width)}) must be divisible by {heads} "
+                    f"({getattr(self, heads)})"
                 )
+
+    def validate_patch_grid(self) -> None:
         for name in ("num_mel_bins", "max_length"):
             if getattr(self, name) % self.patch_size:
                 raise ValueError(
@@ -209,7 +159,7 @@ class AudioMAEConfig(PreTrainedConfig):
         return self.max_length // self.patch_size, self.num_mel_bins // self.patch_size
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> AudioMAEConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
         """Build a named architecture (see `AUDIOMAE_PRESETS`); keyword arguments override its fields."""
         if name not in AUDIOMAE_PRESETS:
             raise ValueError(f"unknown AudioMAE preset {name!r}; available: {sorted(AUDIOMAE_PRESETS)}")

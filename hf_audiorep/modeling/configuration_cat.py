@@ -5,14 +5,31 @@ One config serves the encoder ([`CATModel`]), the classifier ([`CATForAudioClass
 pre-training ([`CATForPreTraining`]): the pre-training fields (masking, decoder, target normalisation, loss
 weights, EMA schedule) sit beside the encoder's, so a pre-training checkpoint is also a fine-tuning starting
 point. With ``use_multi_resolution_stem=False`` the model is EAT (a plain 16 x 16 patch embedding, 12 blocks).
+
+The config is a strict dataclass (see `_config_checks`): an invalid value raises a ``ValueError`` naming the
+field and the value (also a ``TypeError`` when its type is wrong, and strict's ``StrictDataclassError`` either
+way). ``__init__``, `from_preset` and a ``config.json`` get every check; an override passed to
+``from_pretrained`` is checked on its own at once, and against the other fields by ``save_pretrained``.
 """
 
-from __future__ import annotations
+from typing import Any, Literal, Self
 
-from typing import Any
-
-from transformers.activations import ACT2FN
+from huggingface_hub.dataclasses import validated_field
 from transformers.configuration_utils import PreTrainedConfig
+
+from ._config_checks import (
+    activation,
+    at_least,
+    divisible_by,
+    each,
+    length,
+    non_negative,
+    odd,
+    positive,
+    rate,
+    strict_config,
+    unit_interval,
+)
 
 __all__ = ["CAT_PRESETS", "CATConfig"]
 
@@ -40,6 +57,14 @@ CAT_PRESETS: dict[str, dict[str, Any]] = {
         "ema_decay": 0.99,
         "ema_end_decay": 0.999,
         "ema_anneal_end_steps": 300,
+        # No CLS (utterance) term, and clips pooled as the mean of their patches. The CLS target is the clip
+        # mean of per-clip instance-normalised targets: nearly the same small vector for every clip, which a
+        # post-LN CLS cannot reach. At 8 clips x 2 clones its gradient on the encoder was 50-800x the patch
+        # term's and collapsed the encoder below its random initialisation within 50 steps, at weight 1
+        # ("sum" or "mean") and at 0.1; without it the probe rises (docs/benchmarks.md, "Why CAT's bootstrap
+        # did not learn", experiments/diag_bootstrap.py).
+        "cls_loss_weight": 0.0,
+        "pooling": "mean",
     },
     # EAT-base (cwx-worst-one/EAT): no stem (one 16 x 16 conv patch embedding), 12 blocks, targets averaged
     # over all 12, 16 clones per clip, no representation regularization: 85,254,144 encoder parameters
@@ -54,43 +79,11 @@ CAT_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_POSITIVE_INTS = (
-    "num_mel_bins",
-    "max_length",
-    "patch_size",
-    "num_channels",
-    "stem_kernel_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "mask_length",
-    "clone_batch",
-    "decoder_dim",
-    "decoder_kernel_size",
-    "decoder_groups",
-    "decoder_layers",
-    "average_top_k_layers",
-    "ema_anneal_end_steps",
-)
-_PROBABILITIES = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "drop_path_rate",
-    "classifier_dropout",
-    "finetune_mask_ratio",
-    "mask_ratio",
-)
-_NON_NEGATIVE = ("mask_prob_adjust", "cls_loss_weight", "rr_loss_weight", "initializer_range")
-_FLAGS = ("use_multi_resolution_stem", "qkv_bias", "instance_norm_targets", "layer_norm_targets")
-_CHOICES = {
-    "pooling": ("cls", "mean"),
-    "rr_loss_type": ("mse", "cosine", "l1"),
-    "cls_rr_reduction": ("sum", "mean"),
-}
 # Strides of the first two stem stages (ConvMAE's 4x then 2x); the last one makes up the patch size.
 STEM_STRIDES = (4, 2)
 
 
+@strict_config
 class CATConfig(PreTrainedConfig):
     r"""Configuration of [`CATModel`], [`CATForAudioClassification`] and [`CATForPreTraining`].
 
@@ -168,166 +161,103 @@ class CATConfig(PreTrainedConfig):
 
     model_type = "audiorep-cat"
 
-    num_mel_bins: int = 128
-    max_length: int = 1024
-    patch_size: int = 16
-    num_channels: int = 1
+    num_mel_bins: int = validated_field(positive, default=128)
+    max_length: int = validated_field(positive, default=1024)
+    patch_size: int = validated_field(positive, default=16)
+    num_channels: int = validated_field(positive, default=1)
     use_multi_resolution_stem: bool = True
-    stem_channels: tuple[int, int] = (256, 384)
-    stem_depths: tuple[int, int] = (2, 2)
-    stem_mlp_ratio: float = 4.0
-    stem_kernel_size: int = 5
-    hidden_size: int = 768
-    num_hidden_layers: int = 11
-    num_attention_heads: int = 12
-    mlp_ratio: float = 4.0
+    # Lists (JSON gives them back) become tuples in __post_init__; `length` checks a list set later.
+    stem_channels: tuple[int, int] | list[int] = validated_field(
+        [length(2), each(positive)], default=(256, 384)
+    )
+    stem_depths: tuple[int, int] | list[int] = validated_field(
+        [length(2), each(non_negative)], default=(2, 2)
+    )
+    stem_mlp_ratio: float | int = validated_field(positive, default=4.0)
+    # An even depthwise kernel cannot be padded symmetrically: the grid would shift.
+    stem_kernel_size: int = validated_field([positive, odd], default=5)
+    # Half the channels encode each grid axis as sin/cos pairs.
+    hidden_size: int = validated_field([positive, divisible_by(4)], default=768)
+    num_hidden_layers: int = validated_field(positive, default=11)
+    num_attention_heads: int = validated_field(positive, default=12)
+    mlp_ratio: float | int = validated_field(positive, default=4.0)
     qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.0
-    initializer_range: float = 0.02
-    pooling: str = "cls"
-    classifier_dropout: float = 0.0
-    finetune_mask_ratio: float = 0.0
-    mask_ratio: float = 0.8
-    mask_length: int = 5
-    mask_prob_adjust: float = 0.07
-    clone_batch: int = 4
-    decoder_dim: int = 768
-    decoder_kernel_size: int = 3
-    decoder_groups: int = 16
-    decoder_layers: int = 6
-    average_top_k_layers: int = 11
+    layer_norm_eps: float | int = validated_field(positive, default=1e-6)
+    hidden_act: str = validated_field(activation, default="gelu")
+    hidden_dropout_prob: float | int = validated_field(rate, default=0.0)
+    attention_probs_dropout_prob: float | int = validated_field(rate, default=0.0)
+    drop_path_rate: float | int = validated_field(rate, default=0.0)
+    initializer_range: float | int = validated_field(non_negative, default=0.02)
+    pooling: Literal["cls", "mean"] = "cls"
+    classifier_dropout: float | int = validated_field(rate, default=0.0)
+    finetune_mask_ratio: float | int = validated_field(rate, default=0.0)
+    mask_ratio: float | int = validated_field(rate, default=0.8)
+    mask_length: int = validated_field(positive, default=5)
+    mask_prob_adjust: float | int = validated_field(non_negative, default=0.07)
+    clone_batch: int = validated_field(positive, default=4)
+    decoder_dim: int = validated_field(positive, default=768)
+    decoder_kernel_size: int = validated_field([positive, odd], default=3)
+    decoder_groups: int = validated_field(positive, default=16)
+    decoder_layers: int = validated_field(positive, default=6)
+    average_top_k_layers: int = validated_field(positive, default=11)
     instance_norm_targets: bool = True
     layer_norm_targets: bool = True
-    cls_loss_weight: float = 1.0
-    rr_loss_weight: float = 1.0
-    rr_embedding_dim: int = 512
-    rr_layer: int = -1
-    rr_loss_type: str = "mse"
-    cls_rr_reduction: str = "sum"
-    ema_decay: float = 0.9998
-    ema_end_decay: float = 0.99999
-    ema_anneal_end_steps: int = 100000
+    cls_loss_weight: float | int = validated_field(non_negative, default=1.0)
+    rr_loss_weight: float | int = validated_field(non_negative, default=1.0)
+    rr_embedding_dim: int = validated_field(non_negative, default=512)
+    rr_layer: int = validated_field(at_least(-1), default=-1)
+    rr_loss_type: Literal["mse", "cosine", "l1"] = "mse"
+    cls_rr_reduction: Literal["sum", "mean"] = "sum"
+    ema_decay: float | int = validated_field(unit_interval, default=0.9998)
+    ema_end_decay: float | int = validated_field(unit_interval, default=0.99999)
+    ema_anneal_end_steps: int = validated_field(positive, default=100000)
 
     def __post_init__(self, **kwargs):
-        # JSON gives lists back; tuples keep a loaded config equal to the one that was saved.
-        for name in ("stem_channels", "stem_depths"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                setattr(self, name, tuple(value))
+        # Tuples keep a loaded config equal to the one that was saved; strict checks them as two ints.
+        self.stem_channels, self.stem_depths = tuple(self.stem_channels), tuple(self.stem_depths)
         super().__post_init__(**kwargs)
-        self._validate()
 
-    # ---- validation -------------------------------------------------------------------------------------
+    # ---- relations between fields: strict runs every validate_* after __init__ and before saving ----------
 
-    def _fail(self, name: str, requirement: str) -> None:
-        raise ValueError(f"CATConfig.{name} {requirement}, got {getattr(self, name)!r}")
-
-    def _validate(self) -> None:
-        """Reject hyperparameters that would fail deep inside torch, naming the offending field."""
-        for name in (*_POSITIVE_INTS, "rr_embedding_dim", "rr_layer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"CATConfig.{name} must be an int, got {value!r}")
-        for name in _POSITIVE_INTS:
-            if getattr(self, name) <= 0:
-                self._fail(name, "must be positive")
-        numbers = (
-            *_PROBABILITIES,
-            *_NON_NEGATIVE,
-            "mlp_ratio",
-            "stem_mlp_ratio",
-            "layer_norm_eps",
-            "ema_decay",
-            "ema_end_decay",
-        )
-        for name in numbers:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"CATConfig.{name} must be a number, got {value!r}")
-        for name in _PROBABILITIES:
-            if not 0.0 <= getattr(self, name) < 1.0:
-                self._fail(name, "must be in [0, 1)")
-        for name in _NON_NEGATIVE:
-            if getattr(self, name) < 0:
-                self._fail(name, "must be >= 0")
-        for name in ("mlp_ratio", "stem_mlp_ratio", "layer_norm_eps"):
-            if getattr(self, name) <= 0:
-                self._fail(name, "must be positive")
-        for name in ("ema_decay", "ema_end_decay"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                self._fail(name, "must be in [0, 1]")
-        for name in _FLAGS:
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"CATConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                self._fail(name, f"must be one of {choices}")
-        if self.hidden_act not in ACT2FN:
-            self._fail("hidden_act", "must be an activation in transformers' ACT2FN")
-        self._validate_geometry()
-        self._validate_stem()
-        self._validate_pretraining()
-
-    def _validate_geometry(self) -> None:
+    def validate_geometry(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"CATConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        if self.hidden_size % 4:
-            # Half the channels encode each grid axis as sin/cos pairs.
-            self._fail("hidden_size", "must be divisible by 4 for the 2-D sin-cos positions")
         for name in ("num_mel_bins", "max_length"):
             if getattr(self, name) % self.patch_size:
-                self._fail(name, f"must be a multiple of patch_size ({self.patch_size})")
-
-    def _validate_stem(self) -> None:
-        for name in ("stem_channels", "stem_depths"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, tuple)
-                or len(value) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            ):
-                self._fail(name, "must be two ints (one per stem stage before the last)")
-        if any(c <= 0 for c in self.stem_channels):
-            self._fail("stem_channels", "must be positive")
-        if any(d < 0 for d in self.stem_depths):
-            self._fail("stem_depths", "must be >= 0")
-        if self.stem_kernel_size % 2 == 0:
-            # An even depthwise kernel cannot be padded symmetrically: the grid would shift.
-            self._fail("stem_kernel_size", "must be odd")
+                raise ValueError(
+                    f"CATConfig.{name} ({getattr(self, name)}) must be a multiple of patch_size "
+                    f"({self.patch_size})"
+                )
         if self.use_multi_resolution_stem and self.patch_size % (STEM_STRIDES[0] * STEM_STRIDES[1]):
-            self._fail(
-                "patch_size", "must be a multiple of 8 with the multi-resolution stem (strides 4, 2, p/8)"
+            raise ValueError(
+                f"CATConfig.patch_size ({self.patch_size}) must be a multiple of 8 with the multi-resolution "
+                "stem (strides 4, 2, p/8)"
             )
 
-    def _validate_pretraining(self) -> None:
+    def validate_pretraining(self) -> None:
         for name in ("hidden_size", "decoder_dim"):
             if getattr(self, name) % self.decoder_groups:
                 raise ValueError(
                     f"CATConfig.decoder_groups ({self.decoder_groups}) must divide {name} "
                     f"({getattr(self, name)})"
                 )
-        if self.decoder_kernel_size % 2 == 0:
-            self._fail("decoder_kernel_size", "must be odd")
         if self.average_top_k_layers > self.num_hidden_layers:
             raise ValueError(
                 f"CATConfig.average_top_k_layers ({self.average_top_k_layers}) must be <= num_hidden_layers "
                 f"({self.num_hidden_layers})"
             )
-        if self.rr_embedding_dim < 0:
-            self._fail("rr_embedding_dim", "must be >= 0 (0 = no RR projector)")
-        if not -1 <= self.rr_layer < self.num_hidden_layers:
-            self._fail(
-                "rr_layer", f"must be -1 (final CLS) or a block index in [0, {self.num_hidden_layers})"
+        if self.rr_layer >= self.num_hidden_layers:
+            raise ValueError(
+                f"CATConfig.rr_layer ({self.rr_layer}) must be -1 (final CLS) or a block index below "
+                f"num_hidden_layers ({self.num_hidden_layers})"
             )
         if self.ema_end_decay < self.ema_decay:
-            self._fail("ema_end_decay", f"must be >= ema_decay ({self.ema_decay})")
+            raise ValueError(
+                f"CATConfig.ema_end_decay ({self.ema_end_decay}) must be >= ema_decay ({self.ema_decay})"
+            )
 
     # ---- derived -------------------------------------------------------------------------------------
 
@@ -342,7 +272,7 @@ class CATConfig(PreTrainedConfig):
         return (*STEM_STRIDES, self.patch_size // (STEM_STRIDES[0] * STEM_STRIDES[1]))
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> CATConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
         """Build a named architecture (see `CAT_PRESETS`); keyword arguments override its fields."""
         if name not in CAT_PRESETS:
             raise ValueError(f"unknown CAT preset {name!r}; available: {sorted(CAT_PRESETS)}")

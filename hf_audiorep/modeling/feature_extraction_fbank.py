@@ -29,6 +29,7 @@ import numbers
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.audio_utils import mel_filter_bank
@@ -511,17 +512,8 @@ class AudioFbankFeatureExtractor(BaseAudioFeatureExtractor):
             if not is_finite_number(value) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
         # Validates every fbank field, raising a ValueError that names it.
-        _fbank_spec(
-            sampling_rate,
-            num_mel_bins,
-            frame_length_ms,
-            frame_shift_ms,
-            window_type,
-            preemphasis,
-            dither,
-            low_freq,
-            high_freq,
-        )
+        framing = (frame_length_ms, frame_shift_ms, window_type, preemphasis, dither)
+        _fbank_spec(sampling_rate, num_mel_bins, *framing, low_freq, high_freq)
         if feature_size != num_mel_bins:
             raise ValueError(f"`feature_size` ({feature_size}) must equal `num_mel_bins` ({num_mel_bins}).")
         # Plain Python scalars only, so that to_dict() is JSON-serialisable whatever was passed in.
@@ -541,19 +533,24 @@ class AudioFbankFeatureExtractor(BaseAudioFeatureExtractor):
         self.snip_edges = bool(snip_edges)
 
     @property
+    def _fbank_settings(self) -> dict[str, Any]:
+        """The fields that are :func:`kaldi_fbank`'s settings, by its argument names (``_fbank_spec``'s)."""
+        return {
+            "sample_rate": self.sampling_rate,
+            "num_mel_bins": self.num_mel_bins,
+            "frame_length_ms": self.frame_length_ms,
+            "frame_shift_ms": self.frame_shift_ms,
+            "window_type": self.window_type,
+            "preemphasis": self.preemphasis,
+            "dither": self.dither,
+            "low_freq": self.low_freq,
+            "high_freq": self.high_freq,
+        }
+
+    @property
     def _spec(self) -> _FbankSpec:
         # Derived on demand rather than stored, so it can never disagree with fields edited after __init__.
-        return _fbank_spec(
-            self.sampling_rate,
-            self.num_mel_bins,
-            self.frame_length_ms,
-            self.frame_shift_ms,
-            self.window_type,
-            self.preemphasis,
-            self.dither,
-            self.low_freq,
-            self.high_freq,
-        )
+        return _fbank_spec(**self._fbank_settings)
 
     # -- geometry ----------------------------------------------------------------------------------------
 
@@ -600,18 +597,7 @@ class AudioFbankFeatureExtractor(BaseAudioFeatureExtractor):
             # Mirrored here, at each clip's own end, rather than inside kaldi_fbank at the batch's end.
             waveforms = _kaldi_edge_pad(waveforms, lengths, self._spec)
         return kaldi_fbank(
-            waveforms,
-            sample_rate=self.sampling_rate,
-            num_mel_bins=self.num_mel_bins,
-            frame_length_ms=self.frame_length_ms,
-            frame_shift_ms=self.frame_shift_ms,
-            window_type=self.window_type,
-            preemphasis=self.preemphasis,
-            remove_dc_offset=self.remove_dc_offset,
-            dither=self.dither,
-            low_freq=self.low_freq,
-            high_freq=self.high_freq,
-            generator=generator,
+            waveforms, **self._fbank_settings, remove_dc_offset=self.remove_dc_offset, generator=generator
         )
 
     def _normalize_(self, features: torch.Tensor) -> None:

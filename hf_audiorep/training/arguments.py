@@ -53,6 +53,10 @@ class TrainingArguments:
     seed: int = _help("seed of python, numpy and torch RNGs (model init, dropout, augmentation)", 0)
     logging_steps: int = _help("log loss, lr, grad norm and throughput every this many steps", 10)
     eval_steps: int | None = _help("evaluate every this many steps; 0/None = only at the end", None)
+    eval_on_start: bool = _help(
+        "also evaluate before the first step (step 0: the initialisation's baseline); not when resuming",
+        False,
+    )
     checkpointing_steps: int | None = _help(
         "save a resumable checkpoint every this many steps; 0/None = never", 500
     )

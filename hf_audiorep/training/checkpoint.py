@@ -10,6 +10,9 @@ Layout of ``<output_dir>/checkpoints/step_<n>/``::
 
 A checkpoint is written to ``.tmp-step_<n>`` and renamed to ``step_<n>`` (``os.replace``, atomic on POSIX)
 only once complete, so a crash never leaves a ``step_*`` directory that "latest" could pick half-written.
+The run's final model and the recipes' result files are published with the same primitives
+(:func:`staging_dir`, :func:`publish_files`, :func:`write_json_atomic`): written beside their destination
+under a ``.tmp-`` name, synced, then renamed into place.
 
 Loading never unpickles arbitrary objects: weights are safetensors, and accelerate 1.15 reads
 ``optimizer.bin``, ``scheduler.bin`` and the RNG files through ``accelerate.utils.load``, i.e.
@@ -25,7 +28,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,11 +102,24 @@ def rotate_checkpoints(root: str | os.PathLike, save_total_limit: int | None) ->
     return doomed
 
 
-def _fsync_json(path: Path, payload: Any) -> None:
+def _fsync_json(path: Path, payload: Any, default: Callable[[Any], Any] | None = None) -> None:
     with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
+        json.dump(payload, f, indent=2, default=default)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if callable(getattr(value, "item", None)) else str(value)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames into ``directory`` durable (a rename lives in the directory, not in the file)."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _publish(tmp_dir: Path, final_dir: Path) -> None:
@@ -118,11 +134,66 @@ def _publish(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(trash)
     else:
         os.replace(tmp_dir, final_dir)
-    dir_fd = os.open(final_dir.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(final_dir.parent)
+
+
+def staging_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A fresh, empty ``parent/.tmp-<name>`` to write a save into before it is published; a leftover of a
+    crash under that name is deleted. It lies inside ``parent`` so that the renames that publish it stay
+    on one file system (``os.replace`` is atomic only there)."""
+    tmp_dir = Path(parent) / f"{TMP_PREFIX}{name}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    return tmp_dir
+
+
+def publish_files(
+    tmp_dir: str | os.PathLike,
+    dest_dir: str | os.PathLike,
+    last: Sequence[str] = (),
+    stale: Callable[[str], bool] | None = None,
+) -> list[Path]:
+    """Move every file of ``tmp_dir`` into ``dest_dir``, one ``os.replace`` each, then delete ``tmp_dir``.
+
+    For a destination that holds other things too (a run's ``output_dir`` with its ``checkpoints/``), where
+    the directory itself cannot be swapped as :func:`save_checkpoint` swaps a step. Each file is fsynced and
+    then renamed over its previous version, so a reader sees either the old or the new file, never a
+    partial one (and a reader that has the old one open or memory-mapped keeps reading it intact). The
+    set of files is published in order: every file not named in ``last`` (sorted, so weight shards come
+    before their index), then the deletion of the files in ``dest_dir`` for which ``stale(name)`` is true
+    and that this save did not write (e.g. shards of an earlier save with more shards), then ``last`` in
+    its order: a file named there is the commit mark of the set. Returns the published paths.
+    """
+    tmp_dir, dest_dir = Path(tmp_dir), Path(dest_dir)
+    names = sorted(p.name for p in tmp_dir.iterdir() if p.is_file())
+    for name in names:
+        with open(tmp_dir / name, "rb") as f:
+            os.fsync(f.fileno())  # the content is on disk before a rename makes it visible
+    first = [n for n in names if n not in last]
+    marks = [n for n in last if n in names]
+    for name in first:
+        os.replace(tmp_dir / name, dest_dir / name)
+    if stale is not None:
+        for old in sorted(dest_dir.iterdir()):
+            if old.is_file() and old.name not in names and stale(old.name):
+                old.unlink()
+    for name in marks:
+        os.replace(tmp_dir / name, dest_dir / name)
+    _fsync_dir(dest_dir)
+    shutil.rmtree(tmp_dir)
+    return [dest_dir / n for n in first + marks]
+
+
+def write_json_atomic(
+    path: str | os.PathLike, payload: Any, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Write ``payload`` as JSON to ``path`` through a ``.tmp-`` file renamed over it: a reader (or a crash)
+    never leaves a truncated file (e.g. the ``eval_results.json`` a model card is written from)."""
+    path = Path(path)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    _fsync_json(tmp, payload, default)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------------------------- extra state
@@ -209,18 +280,19 @@ def save_checkpoint(
     data_state: Mapping,
     extra_state: Mapping[str, Any] | None = None,
     save_total_limit: int | None = None,
+    eval_history: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write ``checkpoints/step_<global_step>`` atomically; call on every process.
 
     ``epoch`` and ``data_state`` are this process's own: each rank streams its own shard, so each rank's
-    position is kept and restored separately.
+    position is kept and restored separately. ``eval_history`` (the main process's evaluations so far) is
+    kept so that a resumed run still reports, and plots, the evaluations made before the interruption.
     """
     root = checkpoints_root(output_dir)
     tmp_dir = root / f"{TMP_PREFIX}step_{global_step}"
     final_dir = root / f"step_{global_step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # a leftover from a crash at this very step
-        tmp_dir.mkdir(parents=True)
+        staging_dir(root, final_dir.name)  # deletes a leftover from a crash at this very step
     accelerator.wait_for_everyone()
     with _quiet_accelerate_io():
         accelerator.save_state(str(tmp_dir))  # safe_serialization=True: weights as safetensors
@@ -240,8 +312,10 @@ def save_checkpoint(
             "epoch": epoch,
             "world_size": accelerator.num_processes,
             "ranks": ranks,
+            "eval_history": list(eval_history),
         }
-        _fsync_json(tmp_dir / TRAINER_STATE_NAME, trainer_state)
+        # Metrics may be numpy scalars; anything else JSON cannot hold is kept as its text.
+        _fsync_json(tmp_dir / TRAINER_STATE_NAME, trainer_state, default=_json_scalar)
         _publish(tmp_dir, final_dir)
         for path in rotate_checkpoints(root, save_total_limit):
             logger.info(f"deleted old checkpoint {path}")
@@ -255,7 +329,8 @@ def load_checkpoint(
 ) -> dict:
     """Restore model, optimizer, scheduler, RNG and ``extra_state``; call on every process.
 
-    Returns this process's ``{"global_step", "epoch", "data"}``; the caller restores the data stream.
+    Returns this process's ``{"global_step", "epoch", "data"}`` and the run's ``"eval_history"``; the caller
+    restores the data stream.
     """
     checkpoint = Path(checkpoint)
     trainer_state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
@@ -275,6 +350,7 @@ def load_checkpoint(
         "global_step": int(trainer_state["global_step"]),
         "epoch": int(mine["epoch"]),
         "data": mine["data"],
+        "eval_history": list(trainer_state.get("eval_history", [])),  # absent from older checkpoints
     }
 
 

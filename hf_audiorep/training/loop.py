@@ -18,6 +18,7 @@ import atexit
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -34,15 +35,19 @@ from accelerate.utils.operations import ignorant_find_batch_size
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
+from transformers.utils import CONFIG_NAME
 
 from .arguments import TrainingArguments
 from .checkpoint import (
+    TMP_PREFIX,
     checkpoints_root,
     list_checkpoints,
     load_checkpoint,
     named_extra_state,
+    publish_files,
     resolve_checkpoint,
     save_checkpoint,
+    staging_dir,
 )
 from .optim import build_optimizer, build_param_groups, build_scheduler
 
@@ -56,6 +61,11 @@ SchedulerFn = Callable[[torch.optim.Optimizer, TrainingArguments], LRScheduler]
 OptimizerStepHook = Callable[[nn.Module, int], None]
 
 TRAIN_RESULTS_NAME = "train_results.json"
+#: the staging directory of the final save: ``output_dir/.tmp-final_model``
+FINAL_STAGING_NAME = "final_model"
+#: weight files of a save_pretrained (single file, shards, index): an earlier save's that this one did not
+#: rewrite are deleted, so that a loader never combines them with the new config
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
 @runtime_checkable
@@ -236,10 +246,13 @@ class TrainLoop:
             restored = load_checkpoint(accelerator, checkpoint, self.extra_state)
             self.global_step, self.epoch = restored["global_step"], restored["epoch"]
             self.train_batches.load_state_dict(restored["data"])
+            self.eval_history = restored["eval_history"]
             fresh_epoch = False  # continue the interrupted epoch from the restored position
             logger.info(f"resumed from {checkpoint} at step {self.global_step}, epoch {self.epoch}")
         else:
             self._clear_stale_checkpoints()
+            if args.eval_on_start and self.eval_fn is not None:
+                self._evaluate()  # step 0: the baseline every later evaluation is read against
 
         self.prepared_model.train()
         window = _Window(accelerator.device)
@@ -283,6 +296,7 @@ class TrainLoop:
                         self.train_batches.state_dict(),
                         self.extra_state,
                         args.save_total_limit,
+                        self.eval_history,
                     )
                 window.start += time.perf_counter() - paused  # throughput counts training time only
                 if self.global_step >= args.max_steps:
@@ -445,8 +459,26 @@ class TrainLoop:
         _destroy_process_group()
 
     def _save_final(self, summary: dict) -> None:
+        """``save_pretrained`` of the trained model (+ feature extractor, ``train_results.json``) into
+        ``output_dir``, published as atomically as a directory shared with other files allows.
+
+        What "atomic" means here: ``output_dir`` also holds ``checkpoints/``, the logs and the recipes'
+        ``eval_results.json``, and ``from_pretrained(output_dir)`` must keep working, so the model cannot
+        be swapped in as one directory the way a checkpoint step is. Instead everything is written to
+        ``output_dir/.tmp-final_model`` and then moved in file by file (``publish_files``): each file is
+        renamed over its previous version once complete and fsynced, so no reader ever opens a truncated
+        ``model.safetensors`` or ``config.json``, and ``config.json`` (what ``from_pretrained`` reads first)
+        is renamed last, after the weights: a directory that has a ``config.json`` has complete weights.
+        When an earlier final save is being replaced (a resumed run), a reader in the window between the
+        renames can pair the earlier config with the new weights (the same architecture), and a crash
+        there leaves such a pair; the rerun's final save replaces it. A crash before the renames leaves
+        the earlier model untouched and a ``.tmp-final_model`` that the next final save deletes.
+        """
         accelerator = self.accelerator
         output_dir = self.args.output_dir
+        staging = Path(output_dir) / f"{TMP_PREFIX}{FINAL_STAGING_NAME}"
+        if accelerator.is_main_process:
+            staging_dir(output_dir, FINAL_STAGING_NAME)  # deletes a leftover of a crashed final save
         accelerator.wait_for_everyone()
         # Collective under FSDP/DeepSpeed (gathers the full weights), so every rank takes part.
         state_dict = accelerator.get_state_dict(self.prepared_model)
@@ -454,15 +486,18 @@ class TrainLoop:
         if hasattr(unwrapped, "save_pretrained"):
             # transformers 5 always writes safetensors and saves on the main process only when told so.
             unwrapped.save_pretrained(
-                output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict
+                staging, is_main_process=accelerator.is_main_process, state_dict=state_dict
             )
         else:
-            accelerator.save_model(unwrapped, output_dir, safe_serialization=True)
+            accelerator.save_model(unwrapped, staging, safe_serialization=True)
         if accelerator.is_main_process:
             if self.feature_extractor is not None:
-                self.feature_extractor.save_pretrained(output_dir)
-            with open(Path(output_dir) / TRAIN_RESULTS_NAME, "w") as f:
+                self.feature_extractor.save_pretrained(staging)
+            with open(staging / TRAIN_RESULTS_NAME, "w") as f:
                 json.dump(summary, f, indent=2, default=str)
+        accelerator.wait_for_everyone()  # every rank's share of the save is in the staging directory
+        if accelerator.is_main_process:
+            publish_files(staging, output_dir, last=(CONFIG_NAME,), stale=_WEIGHT_FILE.match)
         accelerator.wait_for_everyone()
         if self.args.push_to_hub and accelerator.is_main_process:
             # Not pushed from here: recipes write eval_results.json (the test mAP of the card) after run().

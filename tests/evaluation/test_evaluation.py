@@ -137,3 +137,38 @@ def test_targets_narrower_than_the_logits_are_an_error_not_a_score():
     model = _Classifier(np.eye(3)[[0, 1, 1, 0]])
     with pytest.raises(ValueError, match="model outputs 3 classes but the evaluation targets have 2"):
         evaluate_classifier(model, _batches([0, 1, 1, 0], 2), _Features())
+
+
+class _PatchOutTagger(torch.nn.Module):
+    """A multi-label tagger whose logits are its input in eval mode; in training mode a stand-in for
+    patch-out and dropout turns them upside down (what matters is only that they differ)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.config = type("Config", (), {"problem_type": "multi_label_classification"})()
+        self.config.num_labels = num_classes
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_values, attention_mask=None):
+        logits = input_values.squeeze(-1)
+        return type("Output", (), {"logits": -logits if self.training else logits})()
+
+
+def test_predictions_are_collected_in_eval_mode_and_the_mode_is_restored():
+    """The recipes score the test split with the model straight out of training (in training mode); the
+    predictions must be those of the eval-mode model, and the model must go back to training mode."""
+    from hf_audiorep.evaluation import collect_predictions, evaluate_classifier
+
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 1]]).float()
+    logits = targets * 4 - 2 + 0.1 * torch.arange(6).unsqueeze(1)  # ranks every positive first
+    batches = [
+        {"waveforms": w, "lengths": torch.full((len(w),), 3), "labels": t}
+        for w, t in zip(logits.split(4), targets.split(4), strict=True)
+    ]
+    model = _PatchOutTagger(3).train()
+    collected, _ = collect_predictions(model, batches, _Features())
+    assert model.training
+    np.testing.assert_array_equal(collected, logits.numpy(), err_msg="predictions made in training mode")
+    results = evaluate_classifier(model, batches, _Features(), prefix="test_")
+    assert results["test_mAP"] == pytest.approx(1.0), "the test metric was computed in training mode"
+    assert model.training

@@ -64,6 +64,32 @@ def test_a_class_absent_from_train_gets_a_constant_score():
     assert 0.55 < result["probe_mAP"] < 0.95
 
 
+def test_the_probe_is_fitted_on_train_and_scored_on_test():
+    """The test clips' labels are the complement of what their embeddings say: a probe fitted on the train
+    clips ranks them backwards (mAP far below chance), one fitted on the test clips themselves would rank
+    them perfectly (the complement is just as separable)."""
+    train_X, train_Y = _clusters(300, 32, 6, seed=0)
+    test_X, test_Y = _clusters(150, 32, 6, seed=1)
+    result = linear_probe(train_X, train_Y, test_X, 1.0 - test_Y)
+    assert result["probe_num_train_clips"] == 300 and result["probe_num_clips"] == 150
+    assert result["probe_mAP"] < 0.7 and result["probe_mAUC"] < 0.1, result
+
+
+def test_standardisation_uses_train_statistics_only():
+    """Shifting every test embedding by one constant vector adds one constant to each class's test scores
+    when the features are standardised with train statistics, so the ranking and the mAP stay exactly the
+    same; statistics taken over train and test together would move with the shift and change the probe."""
+    train_X, train_Y = _clusters(200, 32, 6, seed=0)
+    test_X, test_Y = _clusters(200, 32, 6, seed=1)
+    test_X += np.random.default_rng(4).standard_normal(test_X.shape) * 4.0  # noisy: mAP well below 1
+    reference = linear_probe(train_X, train_Y, test_X, test_Y)
+    assert 0.3 < reference["probe_mAP"] < 0.95
+    shift = np.random.default_rng(5).standard_normal(32).astype(np.float32) * 20.0
+    shifted = linear_probe(train_X, train_Y, test_X + shift, test_Y)
+    assert shifted["probe_mAP"] == pytest.approx(reference["probe_mAP"], abs=1e-9)
+    assert shifted["probe_mAUC"] == pytest.approx(reference["probe_mAUC"], abs=1e-9)
+
+
 def test_probe_is_fast_at_the_recipe_size():
     """1,600 clips x 768 features x 36 classes (the embedded corpus at ViT-B width) in seconds."""
     train_X, train_Y = _clusters(1600, 768, 36, seed=0)
@@ -91,9 +117,9 @@ def test_probe_input_errors():
 # ---------------------------------------------------------------------------- on a real encoder
 
 
-@pytest.fixture(scope="module")
-def tones() -> Dataset:
-    """10 half-second clips alternating a 200 Hz ("low") and a 3 kHz ("high") tone."""
+def _tones(swap_labels: bool = False) -> Dataset:
+    """10 half-second clips alternating a 200 Hz ("low") and a 3 kHz ("high") tone; ``swap_labels`` names
+    each tone with the other's label."""
     n = 10
     names = ["low", "high"]
     features = Features({"audio": Audio(sampling_rate=SR), "labels": List(ClassLabel(names=names))})
@@ -105,7 +131,13 @@ def tones() -> Dataset:
         }
         for i in range(n)
     ]
-    return Dataset.from_dict({"audio": audio, "labels": [[i % 2] for i in range(n)]}, features=features)
+    labels = [[(i + swap_labels) % 2] for i in range(n)]
+    return Dataset.from_dict({"audio": audio, "labels": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def tones() -> Dataset:
+    return _tones()
 
 
 def _stream(dataset: Dataset, batch_size: int) -> AudioStream:
@@ -146,3 +178,57 @@ def test_linear_probe_encoder_end_to_end(tiny_encoder, tones):
     assert result["probe_mAP"] > 0.9
     with pytest.raises(TypeError, match="batch_features"):
         extract_embeddings(model, _stream(tones, 4), object())
+
+
+def test_linear_probe_encoder_fits_the_train_batches_and_scores_the_test_batches(tiny_encoder, tones):
+    """Test clips labelled the other way round: fitted on the train batches, the probe gets every test clip
+    wrong; fitted on the test batches it would score 1."""
+    model, extractor = tiny_encoder
+    train, test = list(_stream(tones, 4)), list(_stream(_tones(swap_labels=True), 4))  # re-iterable
+    result = linear_probe_encoder(model, train, test, extractor)
+    assert result["probe_mAP"] < 0.6, result
+
+
+def test_recipe_probe_reads_the_train_split_to_fit_and_the_test_split_to_score(tiny_encoder, monkeypatch):
+    """`build_linear_probe` (the pre-training recipes' evaluation) on the embedded corpus: the probe is fitted
+    on the first --probe_train_clips of --probe_train_split and scored on the whole --probe_test_split."""
+    import importlib
+    from types import SimpleNamespace
+
+    from hf_audiorep.data import load_embedded_corpus
+    from hf_audiorep.data.arguments import DataArguments
+    from hf_audiorep.evaluation import ProbeArguments, build_linear_probe
+
+    probe_module = importlib.import_module("hf_audiorep.evaluation.linear_probe")
+    seen, real_probe = {}, probe_module.linear_probe
+
+    def recording_probe(train_X, train_Y, test_X, test_Y, **kwargs):
+        seen.update(train_Y=np.asarray(train_Y), test_Y=np.asarray(test_Y))
+        return real_probe(train_X, train_Y, test_X, test_Y, **kwargs)
+
+    monkeypatch.setattr(probe_module, "linear_probe", recording_probe)
+    sizes = dict(num_train_clips=16, num_eval_clips=0, num_test_clips=8)
+    data = DataArguments(clip_seconds=0.64, num_decode_threads=1, **sizes)
+    process = SimpleNamespace(process_index=0, num_processes=1)
+    evaluate = build_linear_probe(
+        ProbeArguments(probe_train_clips=12),
+        data,
+        SimpleNamespace(per_device_batch_size=4, seed=0),
+        SR,
+        process,
+    )
+    model, extractor = tiny_encoder
+    result = evaluate(model, extractor)
+
+    corpus = load_embedded_corpus(num_train=16, num_validation=0, num_test=8, clip_seconds=0.64)
+
+    def multi_hot(split, n=None):
+        rows = corpus[split]["labels"][:n]
+        out = np.zeros((len(rows), seen["train_Y"].shape[1]), dtype=np.float32)
+        for i, labels in enumerate(rows):
+            out[i, labels] = 1.0
+        return out
+
+    np.testing.assert_array_equal(seen["train_Y"], multi_hot("train", 12), err_msg="not fitted on train")
+    np.testing.assert_array_equal(seen["test_Y"], multi_hot("test"), err_msg="not scored on test")
+    assert result["probe_num_train_clips"] == 12 and result["probe_num_clips"] == 8

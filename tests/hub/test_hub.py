@@ -1,11 +1,8 @@
 """Hub publishing, offline: the upload folder, its remote code without hf_audiorep, and the mocked push."""
 
 import json
-import os
 import shlex
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import MagicMock, patch
@@ -16,6 +13,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi
 from recipe_utils import load_recipe, tiny_finetune_args
+from remote_code_utils import run_without_library
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import hf_audiorep
@@ -33,6 +31,7 @@ EXPECTED_FILES = {
     "preprocessor_config.json",
     "README.md",
     "configuration_audiomae.py",
+    "_config_checks.py",
     "modeling_audiomae.py",
     "_layers.py",
     "feature_extraction_fbank.py",
@@ -133,9 +132,10 @@ def test_prepare_repo_files_auto_map_and_card(trained, repo):
 def test_remote_code_closure_is_parsed_from_imports(tmp_path):
     from hf_audiorep import AudioMAEConfig, AudioMAEModel
 
-    assert [p.name for p in remote_code_files(AudioMAEConfig)] == ["configuration_audiomae.py"]
+    config_files = [p.name for p in remote_code_files(AudioMAEConfig)]
+    assert config_files == ["configuration_audiomae.py", "_config_checks.py"]
     names = {p.name for p in remote_code_files(AudioMAEModel)}
-    assert names == {"modeling_audiomae.py", "_layers.py", "configuration_audiomae.py"}
+    assert names == {"modeling_audiomae.py", "_layers.py", "configuration_audiomae.py", "_config_checks.py"}
 
 
 def test_encoder_only_checkpoint_gets_feature_extraction_tag(trained, tmp_path):
@@ -153,26 +153,8 @@ def test_encoder_only_checkpoint_gets_feature_extraction_tag(trained, tmp_path):
     assert 'pipeline("audio-classification"' not in (out / "README.md").read_text()
 
 
-_NO_LIBRARY_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, sys
+_NO_LIBRARY_SCRIPT = """
     import numpy as np, torch
-
-    class _Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_audiorep" or name.startswith("hf_audiorep."):
-                raise ImportError(f"hf_audiorep is hidden in this process: {name}")
-            return None
-
-    root = sys.argv[1]
-    sys.meta_path.insert(0, _Blocker())
-    sys.path[:] = [p for p in sys.path if p not in ("", ".", root) and "editable" not in p]
-    try:
-        import hf_audiorep  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("hf_audiorep is still importable")
 
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
@@ -188,23 +170,13 @@ _NO_LIBRARY_SCRIPT = textwrap.dedent(
         logits = model(**inputs).logits
     np.save(logits_file, logits.numpy())
     print("logits", tuple(logits.shape))
-    """
-)
+"""
 
 
 def test_remote_code_loads_without_the_library(trained, repo, tmp_path):
     wave = np.random.default_rng(3).normal(scale=0.1, size=16000).astype(np.float32)
     np.save(tmp_path / "wave.npy", wave)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    proc = subprocess.run(
-        [sys.executable, "-c", _NO_LIBRARY_SCRIPT, str(ROOT), str(repo), "wave.npy", "logits.npy"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_without_library(_NO_LIBRARY_SCRIPT, str(repo), "wave.npy", "logits.npy", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     model = AutoModelForAudioClassification.from_pretrained(trained).eval()

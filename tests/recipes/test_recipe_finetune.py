@@ -63,6 +63,43 @@ def test_recipe_resumes_from_latest_checkpoint(trained, tmp_path):
     assert summary["global_step"] == 8
 
 
+def _eval_mode_scores(out: Path, split: str):
+    """The mAP of the saved model, in eval mode, on ``split`` of the corpus the tiny run used, computed here
+    with the model's own forward rather than with the library's evaluation."""
+    from hf_audiorep.data import AudioStream, load_embedded_corpus
+    from hf_audiorep.data.sources import load_audio_source
+    from hf_audiorep.evaluation import mean_average_precision
+
+    model = AutoModelForAudioClassification.from_pretrained(out).eval()
+    fe = AutoFeatureExtractor.from_pretrained(out)
+    corpus = load_embedded_corpus(num_train=48, num_validation=16, num_test=48, clip_seconds=2.0)
+    source = load_audio_source(corpus[split])
+    stream = AudioStream(source, batch_size=8, sample_rate=16000, clip_seconds=2.0, train=False)
+    logits, targets = [], []
+    with torch.no_grad():
+        for batch in stream:
+            features, mask = fe.batch_features(batch["waveforms"], batch["lengths"])
+            logits.append(model(input_values=features, attention_mask=mask).logits)
+            targets.append(batch["labels"])
+    return mean_average_precision(torch.cat(logits), torch.cat(targets))
+
+
+def test_eval_and_test_metrics_are_the_eval_mode_model_on_their_own_splits(trained):
+    """The periodic evaluation reads the validation split (16 clips) and the final test metric the test
+    split (48 clips), both with the model in eval mode (no patch-out, no dropout): each equals the saved
+    model's mAP on its split computed independently here."""
+    out, _, _ = trained
+    train_results = json.loads((out / "train_results.json").read_text())  # the last periodic evaluation
+    test_results = json.loads((out / "eval_results.json").read_text())
+    expected_eval, expected_test = _eval_mode_scores(out, "validation"), _eval_mode_scores(out, "test")
+    assert train_results["eval_num_clips"] == expected_eval.num_clips == 16, "eval read another split"
+    assert train_results["eval_mAP"] == pytest.approx(expected_eval.mAP, abs=1e-6)
+    assert test_results["test_num_clips"] == expected_test.num_clips == 48
+    assert test_results["test_mAP"] == pytest.approx(expected_test.mAP, abs=1e-6), (
+        "the test mAP is not the eval-mode model's on the test split"
+    )
+
+
 def test_auto_classes_and_pipeline_load_the_saved_model(trained):
     out, _, _ = trained
     model = AutoModelForAudioClassification.from_pretrained(out).eval()

@@ -539,3 +539,97 @@ def test_one_log_line_per_checkpoint(tmp_path, caplog):
     ours = [r for r in caplog.records if "saved checkpoint" in r.getMessage()]
     assert len(ours) == 2
     assert logging.getLogger("accelerate.checkpointing").level == logging.NOTSET  # restored afterwards
+
+
+# --------------------------------------------------------------------------------- clipping, final save
+
+
+def _huge_loss_step():
+    """The toy classification loss times 1e6: a gradient norm in the millions."""
+    base = toy.classification_step()
+
+    def step(model, batch):
+        loss, logs = base(model, batch)
+        return loss * 1e6, logs
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "clip, expected_norm", [({"max_grad_norm": 0.5}, 0.5), ({}, 1.0), ({"max_grad_norm": None}, None)]
+)
+def test_max_grad_norm_clips_the_applied_update(tmp_path, clip, expected_norm):
+    """One plain-SGD step moves the weights by lr x the applied gradient: lr x max_grad_norm when clipping
+    (1.0 by default), lr x the whole (logged, pre-clip) norm when it is off."""
+    args = _args(tmp_path, max_steps=1, logging_steps=1, learning_rate=0.1, warmup_steps=0, **clip)
+    loop = _loop(
+        args,
+        _huge_loss_step(),
+        optimizer_fn=lambda model, args: torch.optim.SGD(model.parameters(), lr=args.learning_rate),
+        scheduler_fn=lambda optimizer, args: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+    )
+    before = [p.detach().clone() for p in loop.model.parameters()]
+    loop.run()
+    moved = math.sqrt(
+        sum(
+            ((p.detach() - b) ** 2).sum().item() for p, b in zip(loop.model.parameters(), before, strict=True)
+        )
+    )
+    grad_norm = loop.log_history[0]["grad_norm"]
+    assert grad_norm > 1e3  # the logged norm is the one before clipping
+    applied = moved / 0.1
+    if expected_norm is None:
+        assert applied == pytest.approx(grad_norm, rel=1e-3)
+    else:
+        assert applied == pytest.approx(expected_norm, rel=1e-3), (
+            f"gradient of norm {grad_norm:.3g} not clipped"
+        )
+
+
+def test_final_save_never_leaves_a_half_written_model(tmp_path, monkeypatch):
+    """The final save_pretrained is staged in output_dir/.tmp-final_model and renamed into place file by
+    file, config.json last: a crash while writing it leaves the earlier model whole, and the files beside
+    the model (checkpoints, eval_results.json) are kept."""
+    from hf_audiorep.training import checkpoint
+
+    args = _args(tmp_path, max_steps=2, checkpointing_steps=2)
+    out = Path(args.output_dir)
+    _loop(args, feature_extractor=Wav2Vec2FeatureExtractor()).run()
+    earlier = {name: (out / name).read_bytes() for name in ("model.safetensors", "config.json")}
+    (out / "eval_results.json").write_text('{"test_mAP": 0.5}')
+
+    def crash_while_writing(self, save_directory, **kwargs):
+        Path(save_directory, "model.safetensors").write_bytes(earlier["model.safetensors"][:64])
+        raise OSError("No space left on device")
+
+    rerun = dict(max_steps=4, checkpointing_steps=2, resume_from_checkpoint="latest")
+    with monkeypatch.context() as patch:
+        patch.setattr(toy.ToyModel, "save_pretrained", crash_while_writing)
+        with pytest.raises(OSError, match="No space left"):
+            _loop(_args(tmp_path, **rerun), feature_extractor=Wav2Vec2FeatureExtractor()).run()
+    for name, content in earlier.items():
+        assert (out / name).read_bytes() == content, f"{name} was overwritten by a save that never finished"
+    toy.ToyModel.from_pretrained(out)
+    assert (out / ".tmp-final_model").is_dir()  # the crashed save's leftovers, out of any loader's way
+
+    # The rerun's save replaces the leftover, renames config.json last, drops an earlier save's stale shard.
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"stale shard of an earlier, sharded save")
+    renamed, real_replace = [], os.replace
+
+    def recording_replace(src, dst):
+        if Path(dst).parent == out:
+            renamed.append(Path(dst).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", recording_replace)
+    loop = _loop(_args(tmp_path, **rerun), feature_extractor=Wav2Vec2FeatureExtractor())
+    loop.run()
+    assert renamed[-1] == "config.json" and "model.safetensors" in renamed
+    assert {"preprocessor_config.json", "train_results.json"} <= set(renamed)
+    names = {p.name for p in out.iterdir()}
+    assert not [n for n in names if n.startswith(".tmp-")] and "model-00002-of-00002.safetensors" not in names
+    assert {"checkpoints", "eval_results.json"} <= names
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 4
+    reloaded = toy.ToyModel.from_pretrained(out)
+    for name, tensor in loop.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name

@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -389,7 +390,9 @@ def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> Non
             )
 
 
-def _default_cache_root() -> Path:
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hf_audiorep" / "corpus"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -411,22 +414,6 @@ def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds
 
 def _config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def corpus_cache_path(
-    seed: int = 0,
-    num_train: int = 1600,
-    num_validation: int = 200,
-    num_test: int = 400,
-    num_heldout: int = 240,
-    clip_seconds: float = 10.0,
-    sample_rate: int = 16000,
-    cache_dir: str | os.PathLike | None = None,
-) -> Path:
-    """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration."""
-    config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
-    return root / _config_hash(config)
 
 
 @contextlib.contextmanager
@@ -502,7 +489,7 @@ def load_embedded_corpus(
     _validate(seed, counts, clip_seconds, sample_rate)
     config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
     key = _config_hash(config)
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
+    root = _cache_root(cache_dir)
     final = root / key
     if (final / _MARKER).is_file():
         try:
@@ -532,3 +519,22 @@ def load_embedded_corpus(
     elapsed = time.perf_counter() - start
     logger.info("generated the embedded corpus (%s) in %.1f s into %s", config, elapsed, final)
     return _read_corpus(final, config)
+
+
+def corpus_cache_path(*args, **kwargs) -> Path:
+    """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration.
+
+    Takes the loader's arguments, with its defaults (its signature is the loader's, without ``num_proc``:
+    the corpus does not depend on it), so the two cannot drift apart.
+    """
+    bound = corpus_cache_path.__signature__.bind(*args, **kwargs)
+    bound.apply_defaults()
+    config = dict(bound.arguments)
+    cache_dir = config.pop("cache_dir")
+    return _cache_root(cache_dir) / _config_hash(_config(**config))
+
+
+_LOADER_PARAMETERS = inspect.signature(load_embedded_corpus).parameters.values()
+corpus_cache_path.__signature__ = inspect.Signature(
+    [p for p in _LOADER_PARAMETERS if p.name != "num_proc"], return_annotation="Path"
+)
