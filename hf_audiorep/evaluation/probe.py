@@ -132,7 +132,7 @@ def probe_report(results: Mapping, output_dir: str | Path) -> str:
     rows = [("step", "probe mAP")]
     initial = results.get("probe_mAP_initialization")
     if initial is not None:
-        rows.append(("random initialisation (step 0)", f"{initial:.4f}"))
+        rows.append(("initialisation (step 0)", f"{initial:.4f}"))
     history = [row for row in results["eval_history"] if "probe_mAP" in row]
     rows += [(f"step {row['step']}", f"{row['probe_mAP']:.4f}") for row in history[:-1] if row["step"] != 0]
     if "probe_mAP" in results:

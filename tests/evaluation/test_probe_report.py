@@ -27,7 +27,7 @@ def test_results_report_the_initialisation_the_curve_and_the_final_probe(tmp_pat
 
     report = probe_report(results, tmp_path)
     lines = report.splitlines()
-    assert any("random initialisation" in line and "0.1800" in line for line in lines)
+    assert any("initialisation (step 0)" in line and "0.1800" in line for line in lines)
     assert any("step 50" in line and "0.2200" in line for line in lines)
     assert any("final" in line and "0.3100" in line and "+0.1300" in line for line in lines)
     assert str(tmp_path / "eval_results.json") in report and str(tmp_path / PROBE_PLOT_NAME) in report
