@@ -9,6 +9,12 @@
    run's final mAP, and draws the curves to a PNG.
 
     python experiments/cat_convergence.py --out docs/cat_convergence.png
+
+Several seeds (one ``--work_dir`` each), then one table over them, mean +- std per probed step and the
+steps to reach each seed's no-RR final mAP, with every run's curve in one PNG:
+
+    python experiments/cat_convergence.py --summarize outputs/cat_convergence_s0 outputs/cat_convergence_s1 \
+        outputs/cat_convergence_s2 --out docs/cat_convergence.png
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from hf_audiorep.evaluation.plot import plot_curves
 
@@ -40,6 +48,42 @@ def steps_to_reach(history: list[tuple[int, float]], target: float) -> int | Non
     return next((step for step, value in history if value >= target), None)
 
 
+RUNS = ("no RR", "RR")
+
+
+def summarize(work_dirs: list[Path], out: Path) -> str:
+    """One table over seeds: mean +- std of each run's probe mAP per step, steps to reach each seed's no-RR
+    final mAP; draws every run's curve to ``out``."""
+    curves = {
+        (name, work.name): _history(work / name.replace(" ", "_")) for work in work_dirs for name in RUNS
+    }
+    steps = [step for step, _ in curves[(RUNS[0], work_dirs[0].name)]]
+    lines = [
+        f"linear-probe mAP over {len(work_dirs)} seeds (mean +- std)",
+        "step   " + "  ".join(f"{name:>16}" for name in RUNS),
+    ]
+    for i, step in enumerate(steps):
+        cells = []
+        for name in RUNS:
+            values = np.array([curves[(name, w.name)][i][1] for w in work_dirs])
+            cells.append(f"{values.mean():.4f} +- {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+        lines.append(f"{step:<6} " + "  ".join(f"{c:>16}" for c in cells))
+    for work in work_dirs:
+        target = curves[(RUNS[0], work.name)][-1][1]
+        reached = {name: steps_to_reach(curves[(name, work.name)], target) for name in RUNS}
+        lines.append(
+            f"{work.name}: no-RR final {target:.4f}; reached at step "
+            + ", ".join(f"{name} {reached[name]}" for name in RUNS)
+        )
+    plot_curves(
+        {f"{name} ({work_name})": curve for (name, work_name), curve in curves.items()},
+        out,
+        f"CAT: probe mAP vs pre-training step, with and without RR ({len(work_dirs)} seeds)",
+        xlabel="pre-training step",
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,7 +99,17 @@ def main() -> None:
     parser.add_argument("--probe_train_clips", type=int, default=800)
     parser.add_argument("--extra", default="", help="extra arguments for both pre-training runs")
     parser.add_argument("--out", default="docs/cat_convergence.png")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        help="work dirs of finished runs: one table over them, no training",
+    )
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize([ROOT / d for d in args.summarize], ROOT / args.out))
+        print(f"plot written to {args.out}")
+        return
 
     work = ROOT / args.work_dir
     frames = str(int(round(args.clip_seconds * 100 / 16)) * 16)

@@ -21,6 +21,7 @@ import contextlib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,22 @@ from transformers.utils import logging
 # ----------------------------------------------------------------------------------------------------
 # Helpers shared by the front ends
 # ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The frame geometry every front end's validated settings share (frozen, so the settings hash as the key
+    of a constants cache); each front end subclasses it with its own mel and window fields."""
+
+    sample_rate: float
+    num_mel_bins: int
+    win_length: int
+    hop_length: int
+    n_fft: int
+
+    @property
+    def num_spectrum_bins(self) -> int:
+        return self.n_fft // 2 + 1
 
 
 def is_finite_number(value: Any) -> bool:
@@ -199,6 +216,11 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
 
     def num_frames(self, num_samples: int) -> int:
         """Frames the spectrogram yields for ``num_samples`` samples, before cropping or padding."""
+        raise NotImplementedError
+
+    def frame_times(self, num_frames: int) -> np.ndarray:
+        """Seconds from the clip's start to the centre of each of its first ``num_frames`` frames: where a
+        frame-level output (a timestamp embedding, a frame score) sits in the audio."""
         raise NotImplementedError
 
     def _frames_of(self, lengths: torch.Tensor) -> torch.Tensor:

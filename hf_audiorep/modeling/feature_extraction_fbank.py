@@ -31,10 +31,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from .feature_extraction_base import BaseAudioFeatureExtractor, float32_region, is_finite_number, reflect_pad
+from .feature_extraction_base import (
+    BaseAudioFeatureExtractor,
+    FrameGeometry,
+    float32_region,
+    is_finite_number,
+    reflect_pad,
+)
 
 WINDOW_TYPES = ("hanning", "povey", "hamming", "rectangular", "blackman")
 
@@ -59,21 +66,12 @@ _CPU_MEL_BLOCK_ROWS = 64
 
 
 @dataclass(frozen=True)
-class _FbankSpec:
-    """Validated, hashable fbank settings plus the derived frame geometry (the key of the constants cache)."""
+class _FbankSpec(FrameGeometry):
+    """Validated fbank settings plus the derived frame geometry (the key of the constants cache)."""
 
-    sample_rate: float
-    num_mel_bins: int
     window_type: str
     low_freq: float
     high_freq: float
-    win_length: int
-    hop_length: int
-    n_fft: int
-
-    @property
-    def num_spectrum_bins(self) -> int:
-        return self.n_fft // 2 + 1
 
 
 def _fbank_spec(
@@ -531,6 +529,13 @@ class AudioFbankFeatureExtractor(BaseAudioFeatureExtractor):
         self.high_freq = float(high_freq)
         self.dither = float(dither)
         self.snip_edges = bool(snip_edges)
+
+    def frame_times(self, num_frames: int) -> np.ndarray:
+        shift = self.frame_shift_ms / 1000.0
+        # Kaldi: with snip_edges frame i spans [i * shift, i * shift + length); without, it is shifted back
+        # by (length - shift) / 2, which puts its centre at i * shift + shift / 2.
+        offset = self.frame_length_ms / 2000.0 if self.snip_edges else shift / 2.0
+        return np.arange(num_frames) * shift + offset
 
     @property
     def _fbank_settings(self) -> dict[str, Any]:

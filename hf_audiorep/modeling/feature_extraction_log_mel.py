@@ -31,31 +31,33 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from .feature_extraction_base import BaseAudioFeatureExtractor, float32_region, is_finite_number, reflect_pad
+from .feature_extraction_base import (
+    BaseAudioFeatureExtractor,
+    FrameGeometry,
+    float32_region,
+    is_finite_number,
+    reflect_pad,
+)
 
 MEL_SCALES = ("htk", "kaldi")
 
 
 @dataclass(frozen=True)
-class _LogMelSpec:
-    """Validated, hashable STFT and mel settings (the key of the constants cache)."""
+class _LogMelSpec(FrameGeometry):
+    """Validated STFT and mel settings (the key of the constants cache)."""
 
-    sample_rate: int
-    n_fft: int
-    win_length: int
-    hop_length: int
-    num_mel_bins: int
     f_min: float
     f_max: float
     mel_scale: str
     periodic_window: bool
 
-    @property
-    def num_spectrum_bins(self) -> int:
-        return self.n_fft // 2 + 1
+
+def num_spectrum_bins(self) -> int:
+    return self.n_fft // 2 + 1
 
 
 def _positive_int(value: Any) -> bool:
@@ -337,6 +339,9 @@ class LogMelFeatureExtractor(BaseAudioFeatureExtractor):
         )
 
     # -- geometry ----------------------------------------------------------------------------------------
+
+    def frame_times(self, num_frames: int) -> np.ndarray:
+        return np.arange(num_frames) * (self.hop_length / self.sampling_rate)  # centred frames
 
     @property
     def min_samples(self) -> int:

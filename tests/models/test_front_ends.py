@@ -506,3 +506,21 @@ def test_family_modules_ship_as_remote_code(tmp_path, monkeypatch, fresh_dynamic
         remote.from_pretrained(repo)(x, sampling_rate=32000, return_tensors="np")["input_values"],
         fe(x, sampling_rate=32000, return_tensors="np")["input_values"],
     )
+
+
+@pytest.mark.parametrize("member", ["ast_fbank", *sorted(FAMILY)])
+def test_frame_times_put_each_frame_where_its_window_is_centred(member):
+    """A click in silence is loudest in the frame whose window is centred nearest to it (every member's
+    window peaks in its middle), so that frame's time must lie within half a hop of the click."""
+    make, rate = FAMILY[member] if member in FAMILY else (AudioFbankFeatureExtractor, 16000)
+    fe = make()
+    hop = fe.frame_times(2)[1] - fe.frame_times(2)[0]
+    for k in range(8):
+        click = 0.3 + k * hop / 8  # every phase of the click against the frame grid
+        x = 1e-4 * np.random.default_rng(k).standard_normal(rate)
+        x[int(round(click * rate))] = 0.9
+        energy = fe.spectrogram(x.astype(np.float32)).exp().sum(-1)
+        loudest = int(energy.argmax())
+        times = fe.frame_times(len(energy))
+        assert len(times) == len(energy)
+        assert abs(times[loudest] - click) <= hop / 2 + 1.5 / rate, (member, k, times[loudest], click)
