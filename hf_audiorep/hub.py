@@ -215,6 +215,8 @@ def _model_card(
         if key not in evaluation:
             continue
         value = float(evaluation[key])
+        # A probe run names its protocol's metric (e.g. "CGP-probe mAP"): not a fine-tuned score either.
+        metric_name = evaluation.get("metric_name", metric_name) if key == "test_mAP" else metric_name
         eval_results.append(
             EvalResult(
                 task_type="audio-classification",

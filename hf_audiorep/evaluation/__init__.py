@@ -1,4 +1,5 @@
-"""Evaluation: tagging/classification metrics and probes."""
+"""Evaluation: tagging/classification metrics, the linear probe of pre-training runs, and layer-wise
+probing of frozen encoders (`probing`: Convex Gated Probing and its comparison probes)."""
 
 from pathlib import Path
 
@@ -7,24 +8,44 @@ from .metrics import TaggingScores, accuracy, mean_average_precision
 from .plot import plot_curves
 from .predict import collect_predictions, evaluate_classifier
 from .probe import PROBE_PLOT_NAME, ProbeArguments, build_linear_probe, probe_report, write_probe_results
+from .probing import (
+    PROBES,
+    ConvexGatedProbe,
+    FeatureCache,
+    LayerFeatureEncoder,
+    ProbedEncoder,
+    build_feature_cache,
+    build_probe,
+    evaluate_probe,
+    train_probe,
+)
 
 #: Local path of the `evaluate` metric module: ``evaluate.load(MAP_METRIC_PATH)`` works offline.
 MAP_METRIC_PATH = str(Path(__file__).parent / "metric_modules" / "audioset_map" / "audioset_map.py")
 
 __all__ = [
     "MAP_METRIC_PATH",
+    "PROBES",
     "PROBE_PLOT_NAME",
+    "ConvexGatedProbe",
+    "FeatureCache",
+    "LayerFeatureEncoder",
     "ProbeArguments",
+    "ProbedEncoder",
     "TaggingScores",
     "accuracy",
+    "build_feature_cache",
     "build_linear_probe",
+    "build_probe",
     "collect_predictions",
     "evaluate_classifier",
+    "evaluate_probe",
     "extract_embeddings",
     "linear_probe",
     "linear_probe_encoder",
     "mean_average_precision",
     "plot_curves",
     "probe_report",
+    "train_probe",
     "write_probe_results",
 ]

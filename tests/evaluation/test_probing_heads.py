@@ -1,0 +1,316 @@
+"""The probe heads on synthetic layer features: CGP's convex gates, the prototype head, the comparisons."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hf_audiorep.evaluation.probing import (
+    PROBES,
+    ConvexGatedProbe,
+    FeatureCache,
+    PrototypeProbe,
+    build_probe,
+    evaluate_probe,
+    layer_weights_report,
+    load_probe_head,
+    probe_loss,
+    save_probe_head,
+    train_probe,
+    write_layer_weights,
+)
+
+B, L, T, D, C = 3, 4, 7, 16, 5
+
+
+def _features(seed: int = 0, layers: int = L) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    # Layers on very different scales, as a transformer's are.
+    scales = torch.logspace(0, 2, layers).view(1, layers, 1, 1)
+    features = torch.randn(B, layers, T, D, generator=generator) * scales + 0.5
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[2, 2:] = False
+    return features, mask
+
+
+def _cgp(granularity: str = "layer", layers: int = L, seed: int = 0) -> ConvexGatedProbe:
+    torch.manual_seed(seed)
+    head = ConvexGatedProbe(layers, D, C, prototypes_per_class=3, topk=2, gate_granularity=granularity)
+    with torch.no_grad():  # gates away from their equal start, so that the weights matter
+        head.gate_logits.normal_(0.0, 2.0)
+    return head
+
+
+# ----------------------------------------------------------------------------------------------- gates
+
+
+@pytest.mark.parametrize("granularity", ["layer", "layer_class"])
+def test_cgp_gates_are_a_convex_combination_of_normalised_sigmoids(granularity):
+    head = _cgp(granularity)
+    with torch.no_grad():
+        head.gate_logits[0] = 30.0  # a saturated gate cannot take the whole weight, as a softmax would
+        head.gate_logits[1] = -30.0
+    weights = head.layer_weights()
+    assert weights.shape == ((L,) if granularity == "layer" else (L, C))
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(dim=0), torch.ones_like(weights.sum(dim=0)))
+    gates = torch.sigmoid(head.gate_logits)
+    torch.testing.assert_close(weights, gates / gates.sum(dim=0, keepdim=True))
+    # sigmoid(30) ~ 1 and sigmoid(-30) ~ 0: layer 0 gets 1 / (1 + sum of the other two gates), not ~1.
+    assert (weights[0] < 0.75).all() and (weights[1] < 1e-12).all()
+
+
+def test_cgp_starts_with_equal_layer_weights():
+    head = ConvexGatedProbe(L, D, C)
+    torch.testing.assert_close(head.layer_weights(), torch.full((L,), 1.0 / L))
+
+
+def test_cgp_probes_the_convex_combination_of_the_normalised_layers():
+    """CGP's logits are the prototype head's on sum_l w_l LN(H_l), LN without affine parameters."""
+    head = _cgp().eval()
+    features, mask = _features()
+    normalised = F.layer_norm(features, (D,))
+    mixed = torch.einsum("bltd,l->btd", normalised, head.layer_weights())
+    torch.testing.assert_close(head(features, mask), head.prototype_head(mixed, mask))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_per_class_gates_compare_each_class_with_its_own_combination(train):
+    """The Gram-matrix route of the per-class gates equals building each class's mixture explicitly."""
+    head = _cgp("layer_class").train(train)
+    features, mask = _features()
+    normalised = F.layer_norm(features, (D,))
+    proto = head.prototype_head
+    J = proto.prototypes_per_class
+    expected_sims = torch.empty(B, T, C * J)
+    for c in range(C):
+        mixed = torch.einsum("bltd,l->btd", normalised, head.layer_weights()[:, c])
+        expected_sims[..., c * J : (c + 1) * J] = proto.similarities(mixed)[..., c * J : (c + 1) * J]
+    expected = proto.classify(proto.pool(expected_sims, mask))
+    torch.testing.assert_close(head(features, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_per_class_gates_with_equal_columns_are_the_per_layer_gates():
+    per_layer, per_class = _cgp("layer"), _cgp("layer_class")
+    per_class.load_state_dict(
+        {**per_layer.state_dict(), "gate_logits": per_layer.gate_logits.detach()[:, None].repeat(1, C)}
+    )
+    features, mask = _features()
+    for mode in (False, True):
+        per_layer.train(mode), per_class.train(mode)
+        torch.testing.assert_close(per_class(features, mask), per_layer(features, mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "layer_class"])
+@pytest.mark.parametrize("train", [False, True])
+def test_one_layer_cgp_is_the_prototype_probe(granularity, train):
+    cgp = _cgp(granularity, layers=1).train(train)
+    prototype = PrototypeProbe(1, D, C, prototypes_per_class=3, topk=2).train(train)
+    prototype.prototype_head.load_state_dict(cgp.prototype_head.state_dict())
+    features, mask = _features(layers=1)
+    expected = prototype(features, mask)
+    torch.testing.assert_close(cgp(features, mask), expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        cgp.gate_logits.normal_(0.0, 5.0)  # a single layer's weight is 1 whatever its gate
+    torch.testing.assert_close(cgp(features, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- prototype head
+
+
+def test_prototype_scores_are_the_best_real_token_in_eval_and_a_top_k_mean_in_training():
+    head = PrototypeProbe(1, D, C, prototypes_per_class=2, topk=3).prototype_head
+    similarities = torch.rand(B, T, C * 2)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, -2:] = False
+    similarities[0, -1] = 1.0  # the best match sits on a padded token: it must not count
+    head.eval()
+    pooled = head.pool(similarities, mask)
+    torch.testing.assert_close(pooled[0], similarities[0, :-2].amax(dim=0))
+    torch.testing.assert_close(pooled[1:], similarities[1:].amax(dim=1))
+    head.train()
+    pooled = head.pool(similarities, mask)
+    torch.testing.assert_close(pooled[0], similarities[0, :-2].topk(3, dim=0).values.mean(dim=0))
+    torch.testing.assert_close(pooled[1:], similarities[1:].topk(3, dim=1).values.mean(dim=1))
+    # A clip with fewer real tokens than k averages the ones it has.
+    mask[2, 1:] = False
+    torch.testing.assert_close(head.pool(similarities, mask)[2], similarities[2, 0])
+
+
+def test_prototype_similarities_are_cosines_and_class_weights_start_on_the_own_class():
+    head = PrototypeProbe(1, D, C, prototypes_per_class=3).prototype_head
+    tokens = torch.randn(B, T, D)
+    expected = F.cosine_similarity(tokens[:, :, None], head.prototypes[None, None], dim=-1)
+    torch.testing.assert_close(head.similarities(tokens), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(head.similarities(3.0 * tokens), expected, atol=1e-5, rtol=1e-5)
+    own = torch.arange(C).repeat_interleave(3)
+    expected_weights = torch.zeros(C, 3 * C)
+    expected_weights[own, torch.arange(3 * C)] = 1.0
+    torch.testing.assert_close(head.class_weights.detach(), expected_weights)
+
+
+class _ArrayCache(FeatureCache):
+    """A feature cache held in memory (the training loop reads only these attributes)."""
+
+    def __init__(self, features, mask, labels):
+        self.features, self.token_mask, self.labels = features, mask, labels
+        self.meta = {}
+
+
+def _learnable_cache(clips: int = 48, layers: int = L, seed: int = 0) -> _ArrayCache:
+    """Features whose class shows as a direction in some tokens of the last layers."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((clips, layers, T, D)).astype(np.float16)
+    labels = (rng.random((clips, C)) < 0.3).astype(np.float32)
+    directions = rng.standard_normal((C, D))
+    for i, j in zip(*np.nonzero(labels), strict=True):
+        features[i, layers // 2 :, rng.integers(T)] += 3.0 * directions[j]
+    return _ArrayCache(features, np.ones((clips, T), dtype=bool), labels)
+
+
+@pytest.mark.parametrize("probe", ["prototype", "cgp"])
+def test_prototype_class_weights_stay_non_negative_after_training_steps(probe):
+    def trained(constrained: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        head = build_probe(probe, L, D, C, prototypes_per_class=3)
+        if not constrained:
+            head.project_ = lambda: None
+        train_probe(head, _learnable_cache(), epochs=3, batch_size=8, learning_rate=0.05, seed=0)
+        return head.prototype_head.class_weights.detach()
+
+    # The same training without the projection drives connections negative: the constraint is live here.
+    assert (trained(constrained=False) < 0).any()
+    weights = trained(constrained=True)
+    assert (weights >= 0).all(), weights.min()
+    assert (weights > 0).sum() > C * 3  # connections to other classes grew where the gradient asked
+
+
+def test_training_is_deterministic_and_learns(tmp_path):
+    cache = _learnable_cache(clips=64)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        head = build_probe("cgp", L, D, C, prototypes_per_class=2)
+        results.append(train_probe(head, cache, epochs=4, batch_size=16, learning_rate=0.01, seed=3))
+        results[-1]["logits"] = head(torch.from_numpy(cache.features[:8]).float())
+    assert results[0]["history"] == results[1]["history"]
+    torch.testing.assert_close(results[0]["logits"], results[1]["logits"])
+    losses = [row["loss"] for row in results[0]["history"]]
+    assert losses[-1] < losses[0]
+    assert results[0]["steps"] == 4 * 4
+
+
+def test_tagging_uses_bce_and_classification_cross_entropy_and_accuracy():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, -2.0]])
+    multi_hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(
+        probe_loss(logits, multi_hot, multi_label=True), F.binary_cross_entropy_with_logits(logits, multi_hot)
+    )
+    one_hot = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(
+        probe_loss(logits, one_hot, multi_label=False), F.cross_entropy(logits, torch.tensor([2, 1]))
+    )
+
+    cache = _learnable_cache(clips=12)
+    cache.labels = np.eye(C, dtype=np.float32)[np.arange(12) % C]
+    head = build_probe("linear", L, D, C).eval()
+    scores = evaluate_probe(head, cache, multi_label=False, batch_size=5)
+    with torch.no_grad():
+        predicted = head(torch.from_numpy(cache.features).float()).argmax(dim=1).numpy()
+    assert scores["test_accuracy"] == pytest.approx(float((predicted == np.arange(12) % C).mean()))
+    assert scores["test_num_clips"] == 12 and "test_accuracy" not in evaluate_probe(head, cache)
+
+
+# ------------------------------------------------------------------------------------ the comparisons
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_every_head_normalises_each_layer_and_ignores_padded_tokens(probe):
+    options = {"num_heads": 4} if probe == "attentive" else {}
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C, **options).eval()
+    features, mask = _features()
+    logits = head(features, mask)
+    assert logits.shape == (B, C) and torch.isfinite(logits).all()
+    # LayerNorm without affine: a layer's scale and offset are invisible to every head.
+    rescaled = features * torch.tensor([10.0, 0.5, 3.0, 50.0]).view(1, L, 1, 1) - 2.0
+    torch.testing.assert_close(head(rescaled, mask), logits, atol=1e-4, rtol=1e-4)
+    padded = features.clone()
+    by_token = padded.permute(0, 2, 1, 3)  # a view: (batch, tokens, layers, dim)
+    by_token[~mask] = 1e3 * torch.randn_like(by_token[~mask])
+    assert not torch.equal(padded, features)
+    torch.testing.assert_close(head(padded, mask), logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("probe", ["linear", "attentive", "prototype"])
+def test_last_layer_heads_read_only_the_last_layer(probe):
+    options = {"num_heads": 4} if probe == "attentive" else {}
+    head = build_probe(probe, L, D, C, **options).eval()
+    features, mask = _features()
+    changed = features.clone()
+    changed[:, :-1] = torch.randn_like(changed[:, :-1])
+    torch.testing.assert_close(head(changed, mask), head(features, mask))
+    assert head.layer_weights() is None
+
+
+def test_weighted_sum_is_superb_softmax_weights_then_mean_pooling():
+    torch.manual_seed(0)
+    head = build_probe("weighted_sum", L, D, C)
+    with torch.no_grad():
+        head.layer_logits.copy_(torch.tensor([2.0, -1.0, 0.0, 30.0]))
+    weights = head.layer_weights()
+    torch.testing.assert_close(weights, torch.softmax(head.layer_logits, dim=0))
+    features, mask = _features()
+    normalised = F.layer_norm(features, (D,))
+    mixed = torch.einsum("bltd,l->btd", normalised, weights)
+    pooled = (mixed * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(head(features, mask), head.classifier(pooled))
+
+
+def test_bad_head_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown probe 'svm'"):
+        build_probe("svm", L, D, C)
+    with pytest.raises(ValueError, match="num_heads=5 must divide"):
+        build_probe("attentive", L, D, C, num_heads=5)
+    with pytest.raises(ValueError, match="gate_granularity"):
+        build_probe("cgp", L, D, C, gate_granularity="class")
+    with pytest.raises(TypeError):
+        build_probe("linear", L, D, C, prototypes_per_class=3)
+    with pytest.raises(ValueError, match=r"expects features \(batch, 4, tokens, 16\)"):
+        build_probe("linear", L, D, C)(torch.zeros(B, 3, T, D))
+
+
+# ------------------------------------------------------------------------------- saving and reporting
+
+
+@pytest.mark.parametrize("granularity", ["layer", "layer_class"])
+def test_saved_head_reloads_and_its_layer_weights_are_reported(granularity, tmp_path):
+    head = _cgp(granularity).eval()
+    save_probe_head(head, tmp_path, layers=[0, 1, 2, 3])
+    loaded, config = load_probe_head(tmp_path)
+    features, mask = _features()
+    torch.testing.assert_close(loaded(features, mask), head(features, mask))
+    assert config["options"]["gate_granularity"] == granularity and config["layers"] == [0, 1, 2, 3]
+
+    names, classes = ["embeddings", "layer 1", "layer 2", "layer 3"], [f"class {c}" for c in range(C)]
+    report = layer_weights_report(head, names, classes)
+    json_path, png = write_layer_weights(report, tmp_path, "cgp")
+    written = json.loads(json_path.read_text())
+    assert written["layers"] == names and written["granularity"] == granularity
+    if granularity == "layer":
+        np.testing.assert_allclose(written["weights"], head.layer_weights().detach().numpy(), rtol=1e-6)
+    else:
+        assert list(written["weights"]) == classes
+        np.testing.assert_allclose(
+            written["weights"]["class 2"], head.layer_weights()[:, 2].detach(), rtol=1e-6
+        )
+        np.testing.assert_allclose(sum(written["mean_over_classes"]), 1.0, rtol=1e-6)
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        # the bars / cells are drawn in colour, not left blank
+        assert len(image.convert("RGB").getcolors(maxcolors=100000)) > 3
+    assert layer_weights_report(build_probe("linear", L, D, C), names, classes) is None

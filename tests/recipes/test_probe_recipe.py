@@ -1,0 +1,195 @@
+"""recipes/probe.py on the embedded corpus: its files, the shared cache, the budget, --help and the card."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import MagicMock, patch
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from probing_utils import save_tiny_ast
+from recipe_utils import load_recipe
+
+from hf_audiorep.evaluation.probing import CacheBudgetError, FeatureCache, evaluate_probe, load_probe_head
+
+TINY = {
+    "max_length": 208,
+    "clip_seconds": 2.0,
+    "num_train_clips": 48,
+    "num_eval_clips": 16,
+    "num_test_clips": 48,
+    "num_decode_threads": 2,
+    "prototypes_per_class": 3,
+    "probe_batch_size": 16,
+    "cpu": "true",
+}
+
+
+def tiny_probe_args(**overrides) -> list[str]:
+    options = {**TINY, **overrides}
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe("probe")
+
+
+@pytest.fixture(scope="module")
+def cgp_run(recipe, tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    out = root / "cgp"
+    results = recipe.main(tiny_probe_args(epochs=3, cache_dir=root / "cache", output_dir=out))
+    return SimpleNamespace(out=out, cache=root / "cache", results=results, root=root)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_cgp_run_writes_metrics_cache_size_times_and_layer_weights(cgp_run):
+    results = _json(cgp_run.out / "eval_results.json")
+    assert results == json.loads(json.dumps(cgp_run.results))
+    assert 0.0 < results["test_mAP"] <= 1.0 and results["test_num_clips"] == 48
+    assert results["probe"] == "cgp" and results["metric_name"] == "CGP-probe mAP"
+    assert results["protocol"].startswith("convex gated probing (CGP")
+    assert (
+        "hidden states [0, 1, 2, 3, 4]" in results["protocol"]
+        and "3 epochs on 48 train clips" in results["protocol"]
+    )
+    assert results["encoder"] == "random:audiomae-tiny" and results["dataset"] == "embedded"
+    on_disk = sum(p.stat().st_size for p in cgp_run.cache.rglob("*") if p.is_file())
+    assert results["cache_bytes"] == on_disk
+    assert results["encoder_seconds"] > 0 and results["probe_train_seconds"] > 0
+    assert results["encoder_clips_per_second"] == pytest.approx(96 / results["encoder_seconds"])
+    assert len(results["train_loss"]) == 3 and results["probe_steps"] == 3 * 3
+
+    head, config = load_probe_head(cgp_run.out)
+    weights = _json(cgp_run.out / "layer_weights.json")
+    assert weights["layers"] == ["embeddings", "layer 1", "layer 2", "layer 3", "layer 4"]
+    np.testing.assert_allclose(weights["weights"], head.layer_weights().detach().numpy(), rtol=1e-6)
+    assert min(weights["weights"]) >= 0 and sum(weights["weights"]) == pytest.approx(1.0)
+    with Image.open(cgp_run.out / "layer_weights.png") as image:
+        assert image.format == "PNG"
+    # The reported metric is the saved head's on the cached test split.
+    again = evaluate_probe(head, FeatureCache(cgp_run.cache / "test"))
+    assert again["test_mAP"] == pytest.approx(results["test_mAP"], abs=1e-9)
+    assert config["id2label"][0] == "Bell" and len(config["id2label"]) == head.num_labels
+
+
+@pytest.mark.slow
+def test_other_probes_reuse_the_cache_and_are_deterministic(recipe, cgp_run, monkeypatch):
+    from hf_audiorep.evaluation.probing import LayerFeatureEncoder
+
+    encoded = []
+    original = LayerFeatureEncoder.layer_features
+    monkeypatch.setattr(
+        LayerFeatureEncoder, "layer_features", lambda self, *a: encoded.append(1) or original(self, *a)
+    )
+    runs = {}
+    for name, probe in (("ws", "weighted_sum"), ("linear", "linear"), ("linear-again", "linear")):
+        out = cgp_run.root / name
+        recipe.main(tiny_probe_args(probe=probe, epochs=2, cache_dir=cgp_run.cache, output_dir=out))
+        runs[name] = _json(out / "eval_results.json")
+    assert len(encoded) == 3, "the clips were encoded again"  # each run's one feature_shape probe only
+    first = _json(cgp_run.out / "eval_results.json")
+    assert runs["ws"]["encoder_seconds"] == first["encoder_seconds"]  # the cache's own build time
+    assert runs["ws"]["protocol"].startswith("SUPERB weighted-sum probe")
+    weights = _json(cgp_run.root / "ws" / "layer_weights.json")["weights"]
+    assert len(weights) == 5 and sum(weights) == pytest.approx(1.0)
+    assert not (cgp_run.root / "linear" / "layer_weights.json").exists()
+    assert runs["linear"]["test_mAP"] == runs["linear-again"]["test_mAP"]
+    assert runs["linear"]["train_loss"] == runs["linear-again"]["train_loss"]
+
+
+@pytest.mark.slow
+def test_per_class_gates_write_a_heat_map(recipe, cgp_run):
+    out = cgp_run.root / "per-class"
+    recipe.main(
+        tiny_probe_args(gate_granularity="layer_class", epochs=1, cache_dir=cgp_run.cache, output_dir=out)
+    )
+    weights = _json(out / "layer_weights.json")
+    assert weights["granularity"] == "layer_class" and len(weights["weights"]) == 36
+    assert all(sum(column) == pytest.approx(1.0) for column in weights["weights"].values())
+    with Image.open(out / "layer_weights.png") as image:
+        assert image.height > 36 * 10  # a row per class
+
+
+def test_a_cache_over_budget_is_refused_before_encoding(recipe, tmp_path):
+    with pytest.raises(CacheBudgetError, match=r"--cache_budget_gb 0\.001.*--token_pooling \d+ fits"):
+        recipe.main(tiny_probe_args(cache_budget_gb=0.001, output_dir=tmp_path / "out"))
+    assert not (tmp_path / "out" / "feature_cache").exists()
+
+
+def test_every_option_has_help(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    classes = (
+        recipe.EncoderArguments,
+        recipe.CacheArguments,
+        recipe.ProbeHeadArguments,
+        recipe.DataArguments,
+        recipe.RunArguments,
+    )
+    for cls in classes:
+        for field in dataclasses.fields(cls):
+            option = f"--{field.name}"
+            assert option in text, option
+            # The option's line: its metavar or choices, its help, then argparse's "(default: ...)".
+            after = text.split(f"{option} ", 1)[1].split("(default:", 1)[0]
+            words = [
+                w
+                for w in after.split()
+                if not (w.startswith("{") or w.strip("[]").replace("_", "").isupper())
+            ]
+            assert len(words) >= 3, f"{option} has no help text: {after!r}"
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_encoder_with_the_probe_metric_and_protocol(recipe, cgp_run):
+    out = cgp_run.root / "pushed"
+    argv = tiny_probe_args(epochs=1, cache_dir=cgp_run.cache, output_dir=out)
+    argv += ["--push_to_hub", "true", "--hub_model_id", "someone/probed", "--hub_token", "hf_fake"]
+    sent = {}
+
+    def fake_upload(**kwargs):
+        folder = Path(kwargs["folder_path"])
+        sent.update(files={p.name for p in folder.iterdir()}, readme=(folder / "README.md").read_text())
+
+    api = MagicMock()
+    api.create_repo.return_value = SimpleNamespace(repo_id="someone/probed")
+    api.upload_folder.side_effect = fake_upload
+    with pytest.MonkeyPatch.context() as mp, patch("hf_audiorep.hub.HfApi", return_value=api):
+        mp.setattr(sys, "argv", ["recipes/probe.py", *argv])
+        results = recipe.main(argv)
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= sent["files"]
+    assert "probe_head.safetensors" not in sent["files"] and "feature_cache" not in sent["files"]
+    readme = sent["readme"]
+    assert f"{results['test_mAP']:.4f} on the `test` split of `embedded`" in readme
+    assert f"Protocol: {results['protocol']}." in readme and "convex gated probing" in readme
+    front = yaml.safe_load(readme.split("---\n")[1])
+    (metric,) = front["model-index"][0]["results"][0]["metrics"]
+    assert metric["value"] == pytest.approx(results["test_mAP"])
+    assert metric["name"] == "CGP-probe mAP"  # not presented as a fine-tuned mAP
+    assert "CGP-probe mAP " in readme
+    assert "hf_fake" not in readme
+
+
+@pytest.mark.slow
+def test_a_transformers_encoder_directory_is_probed(recipe, tmp_path):
+    model_dir = save_tiny_ast(tmp_path / "ast")
+    out = tmp_path / "out"
+    results = recipe.main(tiny_probe_args(model_name_or_path=model_dir, epochs=2, output_dir=out))
+    assert results["encoder"] == str(model_dir) and results["layers"] == [0, 1, 2]
+    assert FeatureCache(out / "feature_cache" / "train").num_tokens == 66  # CLS + distillation + 8 x 8
+    assert len(_json(out / "layer_weights.json")["weights"]) == 3
+    with pytest.raises(ValueError, match="publishes encoders of this library only"):
+        recipe.main(
+            tiny_probe_args(model_name_or_path=model_dir, output_dir=tmp_path / "push")
+            + ["--push_to_hub", "true", "--hub_model_id", "someone/ast"]
+        )
