@@ -26,9 +26,11 @@ from transformers import (
 from transformers.configuration_utils import PreTrainedConfig
 
 from .modeling.configuration_audiomae import AUDIOMAE_PRESETS, AudioMAEConfig
+from .modeling.configuration_bat import BAT_PRESETS, BATConfig
 from .modeling.configuration_cat import CAT_PRESETS, CATConfig
 from .modeling.feature_extraction_fbank import AudioFbankFeatureExtractor
 from .modeling.modeling_audiomae import AudioMAEForAudioClassification, AudioMAEForPreTraining, AudioMAEModel
+from .modeling.modeling_bat import BATForAudioClassification, BATForPreTraining, BATModel
 from .modeling.modeling_cat import CATForAudioClassification, CATForPreTraining, CATModel
 
 __all__ = [
@@ -46,7 +48,7 @@ class Architecture:
     """What the library knows about one model family.
 
     Attributes:
-        name: short name (``"audiomae"``, ``"cat"``).
+        name: short name (``"audiomae"``, ``"cat"``, ``"bat"``).
         config_class: its ``PreTrainedConfig``; ``config_class.model_type`` identifies the family.
         base_model: the encoder, loaded by ``AutoModel``.
         heads: ``{Auto class: model class}`` for every task head (``AutoModelForAudioClassification``,
@@ -127,6 +129,17 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         feature_extractor=AudioFbankFeatureExtractor,
         presets=CAT_PRESETS,
+    ),
+    Architecture(
+        name="bat",
+        config_class=BATConfig,
+        base_model=BATModel,
+        heads={
+            AutoModelForAudioClassification: BATForAudioClassification,
+            AutoModelForPreTraining: BATForPreTraining,
+        },
+        feature_extractor=AudioFbankFeatureExtractor,
+        presets=BAT_PRESETS,
     ),
 )
 

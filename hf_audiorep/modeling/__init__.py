@@ -1,7 +1,9 @@
 """Model code: torch + transformers only, single-dot imports, shippable as Hub remote code."""
 
+from ._bootstrap import compute_block_mask_2d, make_teacher_targets
 from ._layers import frames_to_patch_mask, get_2d_sincos_pos_embed
 from .configuration_audiomae import AudioMAEConfig
+from .configuration_bat import BAT_PRESETS, BATConfig
 from .configuration_cat import CAT_PRESETS, CATConfig
 from .feature_extraction_base import BaseAudioFeatureExtractor
 from .feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor, kaldi_fbank
@@ -13,6 +15,14 @@ from .modeling_audiomae import (
     AudioMAEModel,
     AudioMAEPreTrainedModel,
 )
+from .modeling_bat import (
+    BATForAudioClassification,
+    BATForPreTraining,
+    BATForPreTrainingOutput,
+    BATModel,
+    BATModelOutput,
+    BATPreTrainedModel,
+)
 from .modeling_cat import (
     CATForAudioClassification,
     CATForPreTraining,
@@ -21,8 +31,6 @@ from .modeling_cat import (
     CATModelOutput,
     CATPreTrainedModel,
     MultiResolutionStem,
-    compute_block_mask_2d,
-    make_teacher_targets,
 )
 
 __all__ = [
@@ -33,6 +41,14 @@ __all__ = [
     "AudioMAEForPreTrainingOutput",
     "AudioMAEModel",
     "AudioMAEPreTrainedModel",
+    "BATConfig",
+    "BATForAudioClassification",
+    "BATForPreTraining",
+    "BATForPreTrainingOutput",
+    "BATModel",
+    "BATModelOutput",
+    "BATPreTrainedModel",
+    "BAT_PRESETS",
     "BaseAudioFeatureExtractor",
     "CATConfig",
     "CATForAudioClassification",

@@ -1,6 +1,7 @@
 """Building blocks shared by the spectrogram transformers of hf_audiorep.
 
-One attention, one block per normalisation style, one patch embedding, the MAE 2-D sin-cos
+One attention (with an optional output gate, BAT's gated attention), one block per normalisation
+style, a view of the config for narrower decoder blocks, one patch embedding, the MAE 2-D sin-cos
 positions, the patch masks used for pre-training (MAE random masking) and fine-tuning patch-out
 (AudioMAE's 2-D columns and rows; CAT's random tokens), and what every encoder does around its
 blocks: input checks and patch-grid geometry (`SpectrogramModelMixin`), dropping the masked
@@ -42,8 +43,10 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 __all__ = [
+    "ATTENTION_GATES",
     "Attention",
     "ChannelLayerNorm",
+    "ConfigView",
     "DropPath",
     "LayerDecayMixin",
     "Mlp",
@@ -80,6 +83,9 @@ __all__ = [
 # Attention
 # --------------------------------------------------------------------------------------------
 
+#: output gates of `Attention`: none, one per head, one per channel
+ATTENTION_GATES = ("none", "headwise", "elementwise")
+
 
 def eager_attention_forward(
     module: nn.Module,
@@ -115,10 +121,20 @@ class Attention(nn.Module):
     "flex_attention", or any registered ``AttentionInterface``), so a model can switch kernels
     after it is built. Key padding is expressed by ``attention_mask`` in the format the chosen
     backend expects (build it with ``transformers.masking_utils.create_bidirectional_mask``).
+
+    ``gate`` adds an output gate, the "G1" position of Qiu et al. (2025, "Gated Attention for Large Language
+    Models"): the attention output is multiplied by ``sigmoid(x W_g + b_g)`` before the output projection,
+    with ``x`` this module's input (the normalised block input in a pre-LN block). ``"headwise"`` gives one
+    gate per head and token (``W_g``: hidden -> heads), ``"elementwise"`` one per channel (hidden -> hidden);
+    ``"none"`` is the plain attention, with exactly its parameters and numerics. A gate that can close lets a
+    head attend to nothing, where softmax must put its weight somewhere, and adds a non-linearity between the
+    value and output projections.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, gate: str = "none"):
         super().__init__()
+        if gate not in ATTENTION_GATES:
+            raise ValueError(f"gate must be one of {ATTENTION_GATES}, got {gate!r}")
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
@@ -127,6 +143,12 @@ class Attention(nn.Module):
         # Read by the SDPA / flash integrations: an encoder never uses a causal mask.
         self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        # No module at all without a gate, so ungated checkpoints (timm, AudioMAE, EAT, CAT) keep their keys.
+        self.gate = gate
+        self.gate_proj = None
+        if gate != "none":
+            gate_width = self.num_heads if gate == "headwise" else config.hidden_size
+            self.gate_proj = nn.Linear(config.hidden_size, gate_width)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
 
@@ -154,6 +176,12 @@ class Attention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
+        if self.gate_proj is not None:
+            # (B, N, heads, 1) head-wise or (B, N, heads, head_dim) element-wise, from the input of q, k, v.
+            gate = torch.sigmoid(self.gate_proj(hidden_states)).view(
+                batch_size, num_tokens, self.num_heads, -1
+            )
+            attn_output = attn_output * gate
         attn_output = attn_output.reshape(batch_size, num_tokens, -1)
         return self.proj_drop(self.proj(attn_output)), attn_weights
 
@@ -231,12 +259,13 @@ class PreLNBlock(GradientCheckpointingLayer):
 
     ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``.
     The residual stream is never normalised inside the block, so the encoder needs a final norm.
+    ``gate`` is the attention's output gate (see `Attention`), computed from ``norm1(x)``.
     """
 
-    def __init__(self, config, drop_path: float = 0.0):
+    def __init__(self, config, drop_path: float = 0.0, gate: str = "none"):
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, gate=gate)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = Mlp(config)
         self.drop_path = DropPath(drop_path)
@@ -280,6 +309,24 @@ class PostLNBlock(GradientCheckpointingLayer):
         hidden_states = self.norm1(hidden_states + self.drop_path(attn_output))
         ffn_output = self.post_mlp_dropout(self.mlp(hidden_states))
         return self.norm2(hidden_states + self.drop_path(ffn_output))
+
+
+class ConfigView:
+    """A model config seen with a few fields replaced: the blocks of a decoder narrower than its encoder.
+
+    The shared blocks read their sizes from ``hidden_size`` and ``num_attention_heads``; every other field
+    (activation, eps, dropout, ``_attn_implementation``) is read live from the model config, so
+    ``model.set_attn_implementation(...)`` reaches a decoder's blocks as well as the encoder's.
+    """
+
+    def __init__(self, config, **fields):
+        self._config = config
+        self.__dict__.update(fields)
+
+    def __getattr__(self, name: str):
+        if name == "_config":  # not set yet (copy / unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self._config, name)
 
 
 # --------------------------------------------------------------------------------------------

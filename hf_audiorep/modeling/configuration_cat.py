@@ -5,31 +5,19 @@ One config serves the encoder ([`CATModel`]), the classifier ([`CATForAudioClass
 pre-training ([`CATForPreTraining`]): the pre-training fields (masking, decoder, target normalisation, loss
 weights, EMA schedule) sit beside the encoder's, so a pre-training checkpoint is also a fine-tuning starting
 point. With ``use_multi_resolution_stem=False`` the model is EAT (a plain 16 x 16 patch embedding, 12 blocks).
+The fields CAT shares with BAT (patch grid, transformer, classification, pre-training) are declared once, in
+`BootstrapViTConfig`; this module adds the stem and restates CAT's own defaults.
 
-The config is a strict dataclass (see `_config_checks`): an invalid value raises a ``ValueError`` naming the
-field and the value (also a ``TypeError`` when its type is wrong, and strict's ``StrictDataclassError`` either
-way). ``__init__``, `from_preset` and a ``config.json`` get every check; an override passed to
-``from_pretrained`` is checked on its own at once, and against the other fields by ``save_pretrained``.
+Invalid values raise a ``ValueError`` naming the field, as in every config of the library (`_config_checks`);
+the checks of the shared fields and of their relations are `BootstrapViTConfig`'s.
 """
 
-from typing import Any, Literal, Self
+from typing import Any
 
 from huggingface_hub.dataclasses import validated_field
-from transformers.configuration_utils import PreTrainedConfig
 
-from ._config_checks import (
-    activation,
-    at_least,
-    divisible_by,
-    each,
-    length,
-    non_negative,
-    odd,
-    positive,
-    rate,
-    strict_config,
-    unit_interval,
-)
+from ._bootstrap_config import BootstrapViTConfig
+from ._config_checks import each, length, non_negative, odd, positive, strict_config
 
 __all__ = ["CAT_PRESETS", "CATConfig"]
 
@@ -84,18 +72,21 @@ STEM_STRIDES = (4, 2)
 
 
 @strict_config
-class CATConfig(PreTrainedConfig):
+class CATConfig(BootstrapViTConfig):
     r"""Configuration of [`CATModel`], [`CATForAudioClassification`] and [`CATForPreTraining`].
 
     The defaults build the reference CAT (preset ``"cat-base"``); ``"eat-base"`` is EAT and ``"cat-small"``
-    a CPU-sized model with the same input geometry.
+    a CPU-sized model with the same input geometry. Every field of [`BootstrapViTConfig`] applies (patch grid,
+    transformer, classification, pre-training); CAT's defaults differ from EAT's there in:
 
-    Front end and patch grid:
-        num_mel_bins (`int`, defaults to 128): mel bins of the input; a multiple of `patch_size`.
-        max_length (`int`, defaults to 1024): the longest input in frames (10.24 s); a multiple of
-            `patch_size`. It sizes the fixed position table; shorter inputs use its first rows.
-        patch_size (`int`, defaults to 16): side of the square patches the transformer sees.
-        num_channels (`int`, defaults to 1): input channels.
+        num_hidden_layers (`int`, defaults to 11): CAT trades EAT's 12th block for the stem.
+        average_top_k_layers (`int`, defaults to 11): teacher layers averaged into the targets (all of them).
+        clone_batch (`int`, defaults to 4): independently masked student copies per clip (EAT: 16).
+        rr_embedding_dim (`int`, defaults to 512): output of the RR projector (CLAP's embedding size).
+        decoder_type (`str`, defaults to `"cnn"`): EAT's CNN decoder, as the reference; `"transformer"` is
+            BAT's decoder, see [`BootstrapViTConfig`].
+
+    The transformer blocks are data2vec 2.0's post-LN blocks (no final norm).
 
     Multi-resolution stem (CAT's Multi-resolution Block; ConvMAE-style, hierarchical):
         use_multi_resolution_stem (`bool`, defaults to `True`): the conv stem; `False` gives EAT's plain
@@ -108,49 +99,6 @@ class CATConfig(PreTrainedConfig):
         The stage strides are 4, 2 and ``patch_size // 8`` (4, 8, 16 cumulatively), so `patch_size` must be
         a multiple of 8 when the stem is on.
 
-    Transformer (data2vec 2.0 post-LN blocks, no final norm):
-        hidden_size (`int`, defaults to 768): width.
-        num_hidden_layers (`int`, defaults to 11): CAT trades EAT's 12th block for the stem.
-        num_attention_heads (`int`, defaults to 12), mlp_ratio (`float`, defaults to 4.0), qkv_bias (`bool`,
-            defaults to `True`), layer_norm_eps (`float`, defaults to 1e-6), hidden_act (`str`, defaults to
-            `"gelu"`), hidden_dropout_prob and attention_probs_dropout_prob (`float`, defaults to 0.0).
-        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block, rising linearly from
-            0 (the reference fine-tunes with 0.1 and pre-trains with 0).
-        initializer_range (`float`, defaults to 0.02): std of the Linear and CLS initialisation.
-
-    Classification:
-        pooling (`str`, defaults to `"cls"`): `"cls"` (the final CLS token, as EAT/CAT fine-tune) or
-            `"mean"` (mean of the patch tokens that are neither dropped nor padding).
-        classifier_dropout (`float`, defaults to 0.0): dropout before the head.
-        finetune_mask_ratio (`float`, defaults to 0.0): fraction of patch tokens dropped at random per clip
-            in training mode. EAT/CAT's fine-tuning ``mask_ratio`` (0.2 on AS-20K) is NOT a token drop: it
-            sets the SpecAugment widths (``freqm = 128 * r``, ``timem = T * r``), which the training step's
-            SpecAugment already covers; keep this at 0 for reference parity.
-
-    Pre-training (bootstrap SSL with an EMA teacher):
-        mask_ratio (`float`, defaults to 0.8), mask_length (`int`, defaults to 5), mask_prob_adjust
-            (`float`, defaults to 0.07): inverse block masking, see `compute_block_mask_2d`.
-        clone_batch (`int`, defaults to 4): independently masked student copies per clip (EAT: 16).
-        decoder_dim (`int`, defaults to 768), decoder_kernel_size (`int`, defaults to 3), decoder_groups
-            (`int`, defaults to 16), decoder_layers (`int`, defaults to 6): EAT's CNN decoder.
-        average_top_k_layers (`int`, defaults to 11): teacher layers averaged into the targets.
-        instance_norm_targets (`bool`, defaults to `True`): instance-normalise each teacher layer over
-            tokens.
-        layer_norm_targets (`bool`, defaults to `True`): layer-normalise the averaged target.
-        cls_loss_weight (`float`, defaults to 1.0): weight of the CLS (utterance) alignment term.
-        rr_loss_weight (`float`, defaults to 1.0): weight of representation regularization.
-        rr_embedding_dim (`int`, defaults to 512): output of the RR projector (the frozen encoder's
-            embedding size, CLAP: 512); 0 means no projector and no RR.
-        rr_layer (`int`, defaults to -1): -1 regularises the final CLS token; ``i >= 0`` the CLS of block
-            ``i``'s feed-forward output (the reference's ``clap_loss_layer = i + 1``).
-        rr_loss_type (`str`, defaults to `"mse"`): `"mse"`, `"cosine"` or `"l1"`.
-        cls_rr_reduction (`str`, defaults to `"sum"`): `"sum"` sums the CLS and RR terms over the local
-            student samples, which is what fairseq's sample-size normalisation does in effect; `"mean"`
-            averages them.
-        ema_decay (`float`, defaults to 0.9998), ema_end_decay (`float`, defaults to 0.99999),
-            ema_anneal_end_steps (`int`, defaults to 100000): the teacher's decay ramp (read by the training
-            step).
-
     Example:
 
     ```python
@@ -160,11 +108,13 @@ class CATConfig(PreTrainedConfig):
     """
 
     model_type = "audiorep-cat"
+    _presets = CAT_PRESETS
+    _family = "CAT"
 
-    num_mel_bins: int = validated_field(positive, default=128)
-    max_length: int = validated_field(positive, default=1024)
-    patch_size: int = validated_field(positive, default=16)
-    num_channels: int = validated_field(positive, default=1)
+    num_hidden_layers: int = validated_field(positive, default=11)
+    clone_batch: int = validated_field(positive, default=4)
+    average_top_k_layers: int = validated_field(positive, default=11)
+    rr_embedding_dim: int = validated_field(non_negative, default=512)
     use_multi_resolution_stem: bool = True
     # Lists (JSON gives them back) become tuples in __post_init__; `length` checks a list set later.
     stem_channels: tuple[int, int] | list[int] = validated_field(
@@ -176,104 +126,21 @@ class CATConfig(PreTrainedConfig):
     stem_mlp_ratio: float | int = validated_field(positive, default=4.0)
     # An even depthwise kernel cannot be padded symmetrically: the grid would shift.
     stem_kernel_size: int = validated_field([positive, odd], default=5)
-    # Half the channels encode each grid axis as sin/cos pairs.
-    hidden_size: int = validated_field([positive, divisible_by(4)], default=768)
-    num_hidden_layers: int = validated_field(positive, default=11)
-    num_attention_heads: int = validated_field(positive, default=12)
-    mlp_ratio: float | int = validated_field(positive, default=4.0)
-    qkv_bias: bool = True
-    layer_norm_eps: float | int = validated_field(positive, default=1e-6)
-    hidden_act: str = validated_field(activation, default="gelu")
-    hidden_dropout_prob: float | int = validated_field(rate, default=0.0)
-    attention_probs_dropout_prob: float | int = validated_field(rate, default=0.0)
-    drop_path_rate: float | int = validated_field(rate, default=0.0)
-    initializer_range: float | int = validated_field(non_negative, default=0.02)
-    pooling: Literal["cls", "mean"] = "cls"
-    classifier_dropout: float | int = validated_field(rate, default=0.0)
-    finetune_mask_ratio: float | int = validated_field(rate, default=0.0)
-    mask_ratio: float | int = validated_field(rate, default=0.8)
-    mask_length: int = validated_field(positive, default=5)
-    mask_prob_adjust: float | int = validated_field(non_negative, default=0.07)
-    clone_batch: int = validated_field(positive, default=4)
-    decoder_dim: int = validated_field(positive, default=768)
-    decoder_kernel_size: int = validated_field([positive, odd], default=3)
-    decoder_groups: int = validated_field(positive, default=16)
-    decoder_layers: int = validated_field(positive, default=6)
-    average_top_k_layers: int = validated_field(positive, default=11)
-    instance_norm_targets: bool = True
-    layer_norm_targets: bool = True
-    cls_loss_weight: float | int = validated_field(non_negative, default=1.0)
-    rr_loss_weight: float | int = validated_field(non_negative, default=1.0)
-    rr_embedding_dim: int = validated_field(non_negative, default=512)
-    rr_layer: int = validated_field(at_least(-1), default=-1)
-    rr_loss_type: Literal["mse", "cosine", "l1"] = "mse"
-    cls_rr_reduction: Literal["sum", "mean"] = "sum"
-    ema_decay: float | int = validated_field(unit_interval, default=0.9998)
-    ema_end_decay: float | int = validated_field(unit_interval, default=0.99999)
-    ema_anneal_end_steps: int = validated_field(positive, default=100000)
 
     def __post_init__(self, **kwargs):
         # Tuples keep a loaded config equal to the one that was saved; strict checks them as two ints.
         self.stem_channels, self.stem_depths = tuple(self.stem_channels), tuple(self.stem_depths)
         super().__post_init__(**kwargs)
 
-    # ---- relations between fields: strict runs every validate_* after __init__ and before saving ----------
-
     def validate_geometry(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"CATConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        for name in ("num_mel_bins", "max_length"):
-            if getattr(self, name) % self.patch_size:
-                raise ValueError(
-                    f"CATConfig.{name} ({getattr(self, name)}) must be a multiple of patch_size "
-                    f"({self.patch_size})"
-                )
+        super().validate_geometry()
         if self.use_multi_resolution_stem and self.patch_size % (STEM_STRIDES[0] * STEM_STRIDES[1]):
             raise ValueError(
                 f"CATConfig.patch_size ({self.patch_size}) must be a multiple of 8 with the multi-resolution "
                 "stem (strides 4, 2, p/8)"
             )
 
-    def validate_pretraining(self) -> None:
-        for name in ("hidden_size", "decoder_dim"):
-            if getattr(self, name) % self.decoder_groups:
-                raise ValueError(
-                    f"CATConfig.decoder_groups ({self.decoder_groups}) must divide {name} "
-                    f"({getattr(self, name)})"
-                )
-        if self.average_top_k_layers > self.num_hidden_layers:
-            raise ValueError(
-                f"CATConfig.average_top_k_layers ({self.average_top_k_layers}) must be <= num_hidden_layers "
-                f"({self.num_hidden_layers})"
-            )
-        if self.rr_layer >= self.num_hidden_layers:
-            raise ValueError(
-                f"CATConfig.rr_layer ({self.rr_layer}) must be -1 (final CLS) or a block index below "
-                f"num_hidden_layers ({self.num_hidden_layers})"
-            )
-        if self.ema_end_decay < self.ema_decay:
-            raise ValueError(
-                f"CATConfig.ema_end_decay ({self.ema_end_decay}) must be >= ema_decay ({self.ema_decay})"
-            )
-
-    # ---- derived -------------------------------------------------------------------------------------
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """``(time, frequency)`` patches of a ``max_length``-frame input: (64, 8) for AudioSet clips."""
-        return self.max_length // self.patch_size, self.num_mel_bins // self.patch_size
-
     @property
     def stem_strides(self) -> tuple[int, int, int]:
         """Strides of the three stem stages: (4, 2, patch_size // 8), cumulatively 4, 8 and patch_size."""
         return (*STEM_STRIDES, self.patch_size // (STEM_STRIDES[0] * STEM_STRIDES[1]))
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> Self:
-        """Build a named architecture (see `CAT_PRESETS`); keyword arguments override its fields."""
-        if name not in CAT_PRESETS:
-            raise ValueError(f"unknown CAT preset {name!r}; available: {sorted(CAT_PRESETS)}")
-        return cls(**{**CAT_PRESETS[name], **overrides})

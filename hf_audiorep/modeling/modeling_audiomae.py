@@ -33,6 +33,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from ._layers import (
     Attention,
+    ConfigView,
     LayerDecayMixin,
     PatchEmbed,
     PreLNBlock,
@@ -318,25 +319,6 @@ class AudioMAEForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class _DecoderConfig:
-    """The model config seen with the decoder's width and heads.
-
-    The shared blocks read their sizes from ``hidden_size`` and ``num_attention_heads``; every other field
-    (activation, eps, dropout, ``_attn_implementation``) is read live from the model config, so
-    ``model.set_attn_implementation(...)`` reaches the decoder blocks as well as the encoder's.
-    """
-
-    def __init__(self, config: AudioMAEConfig):
-        self._config = config
-        self.hidden_size = config.decoder_hidden_size
-        self.num_attention_heads = config.decoder_num_attention_heads
-
-    def __getattr__(self, name: str):
-        if name == "_config":  # not set yet (copy / unpickling): avoid infinite recursion
-            raise AttributeError(name)
-        return getattr(self._config, name)
-
-
 class AudioMAEDecoder(nn.Module):
     """MAE's light decoder: embed the visible latents, insert mask tokens, add fixed sin-cos positions,
     run pre-LN blocks with GLOBAL attention over every patch, predict each patch's pixels.
@@ -356,7 +338,11 @@ class AudioMAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.register_buffer("pos_embed", torch.zeros(1, 1 + grid_t * grid_f, width), persistent=False)
         self.pos_embed.copy_(self.sincos_pos_embed())  # as the encoder's: correct without weight init
-        block_config = _DecoderConfig(config)
+        block_config = ConfigView(
+            config,
+            hidden_size=width,
+            num_attention_heads=config.decoder_num_attention_heads,
+        )
         self.blocks = nn.ModuleList(
             [PreLNBlock(block_config) for _ in range(config.decoder_num_hidden_layers)]
         )

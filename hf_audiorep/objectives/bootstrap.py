@@ -1,10 +1,11 @@
-"""Bootstrap self-supervised pre-training with an EMA teacher (data2vec 2.0, EAT, CAT).
+"""Bootstrap self-supervised pre-training with an EMA teacher (data2vec 2.0, EAT, CAT, BAT).
 
-The student (a ``*ForPreTraining`` model such as `CATForPreTraining`) encodes several masked clones of each
-clip and regresses what an exponential moving average of its own encoder (the teacher) says about the
-unmasked clip: the instance-normalised average of the teacher's top FFN outputs. CAT adds representation
-regularization (RR): a projection of the student CLS is also pulled toward a *frozen* encoder's clip
-embedding, computed on the fly (`FrozenTeacher.embed`) or read from a precomputed dataset column.
+The student (a ``*ForPreTraining`` model such as `CATForPreTraining` or `BATForPreTraining`) encodes
+several masked clones of each clip and regresses what an exponential moving average of its own encoder (the
+teacher) says about the unmasked clip: the instance-normalised average of the teacher's top FFN outputs. CAT
+adds representation regularization (RR): a projection of the student CLS is also pulled toward a *frozen*
+encoder's clip embedding, computed on the fly (`FrozenTeacher.embed`) or read from a precomputed dataset
+column.
 
 The step owns the teacher; the loop checkpoints it (``extra_state``) and calls `update_teacher` after every
 optimizer step (``on_optimizer_step``), so resume restores the exact teacher.
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..modeling import frames_to_patch_mask
-from ..modeling.modeling_cat import make_teacher_targets
+from ..modeling._bootstrap import make_teacher_targets
 from ..training.ema import ModelEMA
 from .features import waveform_features
 
@@ -43,7 +44,7 @@ def build_ema_teacher(
 
 
 class BootstrapPretrainingStep:
-    """``step_fn(model, batch) -> (loss, logs)`` for EMA-teacher pre-training (CAT, EAT).
+    """``step_fn(model, batch) -> (loss, logs)`` for EMA-teacher pre-training (CAT, EAT, BAT).
 
     Args:
         feature_extractor: turns the batch's waveforms into ``(input_values, attention_mask)`` on the

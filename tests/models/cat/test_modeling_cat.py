@@ -126,6 +126,23 @@ class TestEATMeanPooling(_CATTester):
     variant = {"use_multi_resolution_stem": False, "pooling": "mean", "rr_layer": 0}
 
 
+class TestCATTransformerDecoder(_CATTester):
+    """The stem with BAT's transformer decoder in place of EAT's CNN (``decoder_type="transformer"``)."""
+
+    variant = {
+        "decoder_type": "transformer",
+        "transformer_decoder_dim": 16,
+        "transformer_decoder_layers": 2,
+        "transformer_decoder_heads": 2,
+    }
+    # The CNN decoder's groups and kernel are not read with the transformer decoder; its heads are.
+    invalid_config_values = [
+        *(pair for pair in _CATTester.invalid_config_values if not pair[0].startswith("decoder_")),
+        ("transformer_decoder_heads", 3),
+        ("decoder_type", "lstm"),
+    ]
+
+
 # ---- presets and parameter counts --------------------------------------------------------------
 
 

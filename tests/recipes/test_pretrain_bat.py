@@ -1,0 +1,143 @@
+"""recipes/pretrain_bat.py: a few-step run on the embedded corpus, its options reaching the config, --help."""
+
+import json
+
+import pytest
+import torch
+from recipe_utils import load_recipe
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from hf_audiorep.modeling import BATConfig, BATForPreTraining, BATModel
+
+RECIPE_TINY = {
+    "max_length": "208",
+    "clip_seconds": "2.0",
+    "num_train_clips": "32",
+    "num_eval_clips": "8",
+    "num_test_clips": "32",
+    "per_device_batch_size": "4",
+    "probe_train_clips": "32",
+    "warmup_steps": "1",
+    "logging_steps": "2",
+    "num_decode_threads": "2",
+    "ema_decay": "0.9",
+    "ema_end_decay": "0.99",
+    "ema_anneal_end_steps": "4",
+    "cpu": "true",
+    "disable_progress_bar": "true",
+}
+
+
+def recipe_args(output_dir, **overrides) -> list[str]:
+    options = {**RECIPE_TINY, "output_dir": str(output_dir), **overrides}
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe("pretrain_bat")
+
+
+@pytest.fixture(scope="module")
+def pretrained(recipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bat") / "run"
+    summary = recipe.main(recipe_args(out, max_steps=4, eval_steps=2, checkpointing_steps=2))
+    return out, summary
+
+
+def test_recipe_pretrains_probes_and_saves_a_bat_encoder(pretrained):
+    out, summary = pretrained
+    assert summary["global_step"] == 4 and summary["train_loss"] > 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 < results["probe_mAP"] <= 1.0
+    assert [row["step"] for row in results["eval_history"]] == [0, 2, 4]
+    config = json.loads((out / "config.json").read_text())
+    small = BATConfig.from_preset("bat-small")
+    assert config["model_type"] == "audiorep-bat" and config["max_length"] == 208
+    # bat-small as defined: the gated encoder, the CNN decoder, no CLS term, no RR projector.
+    assert config["attention_gate"] == "elementwise" and config["decoder_type"] == "cnn"
+    assert config["hidden_size"] == small.hidden_size and config["cls_loss_weight"] == 0.0
+    assert config["rr_embedding_dim"] == 0
+    saved = load_file(str(out / "model.safetensors"))
+    assert any(k.startswith("bat.blocks.0.attn.gate_proj.") for k in saved)
+    assert "decoder.layers.0.conv.weight" in saved
+    assert not any(k.startswith("rr_projector.") for k in saved)
+    encoder = AutoModel.from_pretrained(out)
+    assert isinstance(encoder, BATModel)
+    pretraining = BATForPreTraining.from_pretrained(out)
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, pretraining.bat.state_dict()[name]), name
+    # The EMA teacher (the encoder only) is checkpointed with the run.
+    teacher = load_file(str(out / "checkpoints" / "step_4" / "extra_ema_teacher.safetensors"))
+    assert any(k.startswith("module.blocks.0.attn.gate_proj.") for k in teacher)
+    assert not any("decoder" in k for k in teacher)
+
+
+def test_recipe_options_reach_the_config_and_other_presets_are_refused(recipe, tmp_path):
+    out = tmp_path / "plain"
+    summary = recipe.main(
+        recipe_args(
+            out,
+            max_steps=1,
+            eval_steps=0,
+            checkpointing_steps=0,
+            probe_dataset="",
+            attention_gate="none",
+            decoder_type="transformer",
+            clone_batch=3,
+        )
+    )
+    assert summary["global_step"] == 1
+    config = json.loads((out / "config.json").read_text())
+    expected = ("none", "transformer", 3)
+    assert (config["attention_gate"], config["decoder_type"], config["clone_batch"]) == expected
+    saved = load_file(str(out / "model.safetensors"))
+    assert not any("gate_proj" in k for k in saved)
+    assert "decoder.mask_token" in saved and saved["decoder.embed.weight"].shape == (96, 192)
+    with pytest.raises(ValueError, match="not a BAT preset"):
+        recipe.main(recipe_args(tmp_path / "bad", preset="cat-small", max_steps=1))
+
+
+def test_every_option_has_help(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["--help"])
+    text = capsys.readouterr().out
+    blocks = text.split("\n  --")[1:]
+    assert len(blocks) > 40
+
+    def is_syntax(word):  # option names, metavars (PRESET, [CPU]) and separators: not help text
+        word = word.strip(",[]")
+        return not word or word.startswith("-") or word.replace("_", "").isupper()
+
+    undocumented = [b.split()[0] for b in blocks if all(is_syntax(w) for w in ("--" + b).split())]
+    assert not undocumented, undocumented
+    words = " ".join(text.split())  # argparse wraps the help lines
+    assert "--attention_gate" in words and "bat-small or bat-base" in words
+    assert "--decoder_type" in words and "transformer (BAT's default)" in words
+
+
+@pytest.mark.slow
+def test_the_small_preset_learns_instead_of_collapsing(recipe, tmp_path):
+    """bat-small's defaults (cat-small's choices: no CLS term, mean pooling, a fast teacher, the CNN decoder)
+    must leave the encoder better than its initialisation after a short run, as cat-small's do
+    (test_pretrain_cat.py). With the transformer decoder it did not (see BAT_PRESETS)."""
+    out = tmp_path / "run"
+    options = {
+        "output_dir": str(out),
+        "clip_seconds": "2.0",
+        "num_train_clips": "800",
+        "num_eval_clips": "8",
+        "num_test_clips": "400",
+        "probe_train_clips": "400",
+        "max_steps": "80",
+        "eval_steps": "0",
+        "checkpointing_steps": "0",
+        "num_decode_threads": "2",
+        "cpu": "true",
+        "disable_progress_bar": "true",
+    }
+    recipe.main([part for key, value in options.items() for part in (f"--{key}", value)])
+    results = json.loads((out / "eval_results.json").read_text())
+    initial, final = results["probe_mAP_initialization"], results["probe_mAP"]
+    assert final > initial + 0.03, f"probe mAP {final:.4f} after 80 steps vs {initial:.4f} at initialisation"
