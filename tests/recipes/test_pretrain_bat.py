@@ -4,34 +4,11 @@ import json
 
 import pytest
 import torch
-from recipe_utils import load_recipe
+from recipe_utils import load_recipe, recipe_args
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_audiorep.modeling import BATConfig, BATForPreTraining, BATModel
-
-RECIPE_TINY = {
-    "max_length": "208",
-    "clip_seconds": "2.0",
-    "num_train_clips": "32",
-    "num_eval_clips": "8",
-    "num_test_clips": "32",
-    "per_device_batch_size": "4",
-    "probe_train_clips": "32",
-    "warmup_steps": "1",
-    "logging_steps": "2",
-    "num_decode_threads": "2",
-    "ema_decay": "0.9",
-    "ema_end_decay": "0.99",
-    "ema_anneal_end_steps": "4",
-    "cpu": "true",
-    "disable_progress_bar": "true",
-}
-
-
-def recipe_args(output_dir, **overrides) -> list[str]:
-    options = {**RECIPE_TINY, "output_dir": str(output_dir), **overrides}
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
 
 
 @pytest.fixture(scope="module")
