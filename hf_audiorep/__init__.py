@@ -30,6 +30,18 @@ from .pipelines import register_pipeline  # noqa: E402  (needs the registered cl
 
 register_pipeline()
 
+
+def __getattr__(name: str):
+    # The error types are importable from the top level, but loading them imports the data and Hub code,
+    # which `import hf_audiorep` (run by every Auto class lookup) should not pay for.
+    import importlib
+
+    errors = importlib.import_module(f"{__name__}.errors")  # not `from . import`: it would call back here
+    if name in errors.__all__:
+        return getattr(errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AudioFbankFeatureExtractor",
     "AudioMAEConfig",
@@ -46,4 +58,13 @@ __all__ = [
     "CATModel",
     "PRESETS",
     "config_from_preset",
+    # hf_audiorep.errors, loaded on first access
+    "CacheBudgetError",
+    "ConfigFieldError",
+    "ConfigFieldTypeError",
+    "ConfigRelationError",
+    "CorruptAudioError",
+    "HubUnreachableError",
+    "SplitNotFoundError",
+    "UnknownLabelError",
 ]

@@ -11,7 +11,7 @@ from huggingface_hub.errors import (
 )
 from transformers import AutoConfig
 
-import hf_audiorep  # noqa: F401  (registers the Auto classes)
+import hf_audiorep
 from hf_audiorep.modeling.configuration_audiomae import AudioMAEConfig
 from hf_audiorep.modeling.configuration_cat import CATConfig
 from hf_audiorep.registry import PRESETS, config_from_preset
@@ -62,9 +62,10 @@ def test_a_bad_value_names_the_field_from_every_entry_point(preset, field, value
 
 
 def test_error_types():
-    with pytest.raises(TypeError, match="hidden_size") as excinfo:
+    with pytest.raises(hf_audiorep.ConfigFieldTypeError, match="hidden_size") as excinfo:
         CATConfig(hidden_size=32.0)
     assert isinstance(excinfo.value, ValueError)
+    assert isinstance(excinfo.value, hf_audiorep.ConfigFieldError)
     assert isinstance(excinfo.value, StrictDataclassFieldValidationError)
     for bad_type in ({"qkv_bias": 1}, {"num_hidden_layers": True}, {"stem_channels": (8, 16, 32)}):
         with pytest.raises(TypeError, match=next(iter(bad_type))):
@@ -73,7 +74,7 @@ def test_error_types():
     with pytest.raises(ValueError, match="classifier_init_std") as excinfo:
         AudioMAEConfig(classifier_init_std=-1.0)
     assert not isinstance(excinfo.value, TypeError)
-    with pytest.raises(ValueError, match="num_attention_heads") as excinfo:
+    with pytest.raises(hf_audiorep.ConfigRelationError, match="num_attention_heads") as excinfo:
         AudioMAEConfig(num_attention_heads=5)
     assert isinstance(excinfo.value, StrictDataclassClassValidationError)
 
