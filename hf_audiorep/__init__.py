@@ -32,7 +32,7 @@ register_pipeline()
 
 
 def __getattr__(name: str):
-    # The error types are importable from the top level, but loading them imports the data and Hub code,
+    # The error types (hf_audiorep.errors.__all__) are importable from the top level, but loading them imports the data and Hub code,
     # which `import hf_audiorep` (run by every Auto class lookup) should not pay for.
     import importlib
 
@@ -58,13 +58,4 @@ __all__ = [
     "CATModel",
     "PRESETS",
     "config_from_preset",
-    # hf_audiorep.errors, loaded on first access
-    "CacheBudgetError",
-    "ConfigFieldError",
-    "ConfigFieldTypeError",
-    "ConfigRelationError",
-    "CorruptAudioError",
-    "HubUnreachableError",
-    "SplitNotFoundError",
-    "UnknownLabelError",
 ]

@@ -54,6 +54,8 @@ class _LogMelSpec(FrameGeometry):
     f_max: float
     mel_scale: str
     periodic_window: bool
+    preemphasis: float
+    log_offset: float
 
 
 def num_spectrum_bins(self) -> int:
@@ -74,6 +76,8 @@ def _log_mel_spec(
     f_max: float | None,
     mel_scale: str,
     periodic_window: bool,
+    preemphasis: float,
+    log_offset: float,
 ) -> _LogMelSpec:
     """Validate the settings (ValueError naming the argument) and resolve ``f_max=None`` to Nyquist."""
     for name, value in (
@@ -95,6 +99,10 @@ def _log_mel_spec(
         raise ValueError(f"`f_max` must be None or in (f_min={f_min}, {nyquist}] Hz, got {f_max!r}.")
     if mel_scale not in MEL_SCALES:
         raise ValueError(f"`mel_scale` must be one of {MEL_SCALES}, got {mel_scale!r}.")
+    if not is_finite_number(preemphasis) or not 0.0 <= preemphasis <= 1.0:
+        raise ValueError(f"`preemphasis` must be in [0, 1], got {preemphasis!r}.")
+    if not is_finite_number(log_offset) or log_offset <= 0:
+        raise ValueError(f"`log_offset` must be a positive finite number, got {log_offset!r}.")
     return _LogMelSpec(
         sample_rate=int(sample_rate),
         n_fft=int(n_fft),
@@ -105,6 +113,8 @@ def _log_mel_spec(
         f_max=float(resolved_max),
         mel_scale=str(mel_scale),
         periodic_window=bool(periodic_window),
+        preemphasis=float(preemphasis),
+        log_offset=float(log_offset),
     )
 
 
@@ -141,16 +151,14 @@ def _log_mel(
     waveforms: torch.Tensor,
     lengths: torch.Tensor | None,
     spec: _LogMelSpec,
-    preemphasis: float,
-    log_offset: float,
 ) -> torch.Tensor:
     """``(B, 1 + S' // hop, num_mel_bins)`` log-mel of a (B, S) batch, each clip mirrored at its own end."""
     window, banks = _log_mel_constants(spec, str(waveforms.device))
     with torch.no_grad(), float32_region(waveforms.device):
         x = waveforms.to(torch.float32)
-        if preemphasis > 0.0:
-            x = x[:, 1:] - preemphasis * x[:, :-1]
-            lengths = None if lengths is None else _preemphasised_length(lengths, preemphasis)
+        if spec.preemphasis > 0.0:
+            x = x[:, 1:] - spec.preemphasis * x[:, :-1]
+            lengths = None if lengths is None else _preemphasised_length(lengths, spec.preemphasis)
         # center=True framing, done by hand so that each clip is reflected at its own end (torch.stft would
         # reflect the whole padded batch at its width): frame t is centred on sample t * hop.
         pad = spec.n_fft // 2
@@ -166,7 +174,7 @@ def _log_mel(
         )  # (B, n_fft // 2 + 1, T)
         power = torch.view_as_real(spectrum).square_().sum(-1)
         mel = torch.matmul(power.transpose(1, 2), banks)  # (B, T, num_mel_bins)
-        return mel.add_(log_offset).log_()
+        return mel.add_(spec.log_offset).log_()
 
 
 def stft_log_mel(
@@ -205,12 +213,9 @@ def stft_log_mel(
         ``(B, frames, num_mel_bins)`` float32 (``(frames, num_mel_bins)`` for 1-D input).
     """
     spec = _log_mel_spec(
-        sample_rate, n_fft, win_length, hop_length, num_mel_bins, f_min, f_max, mel_scale, periodic_window
-    )
-    if not is_finite_number(preemphasis) or not 0.0 <= preemphasis <= 1.0:
-        raise ValueError(f"`preemphasis` must be in [0, 1], got {preemphasis!r}.")
-    if not is_finite_number(log_offset) or log_offset <= 0:
-        raise ValueError(f"`log_offset` must be a positive number, got {log_offset!r}.")
+        sample_rate, n_fft, win_length, hop_length, num_mel_bins, f_min, f_max, mel_scale, periodic_window,
+        preemphasis, log_offset,
+    )  # fmt: skip
     if not isinstance(waveforms, torch.Tensor) or not waveforms.is_floating_point():
         raise TypeError("`waveforms` must be a floating-point torch.Tensor.")
     if waveforms.ndim not in (1, 2):
@@ -219,7 +224,7 @@ def stft_log_mel(
     x = waveforms.unsqueeze(0) if unbatched else waveforms
     if _preemphasised_length(x.shape[1], preemphasis) <= n_fft // 2:
         raise ValueError(f"`waveforms` has {x.shape[1]} samples, too few to reflect-pad {n_fft // 2}.")
-    out = _log_mel(x, None, spec, float(preemphasis), float(log_offset))
+    out = _log_mel(x, None, spec)
     return out[0] if unbatched else out
 
 
@@ -282,21 +287,21 @@ class LogMelFeatureExtractor(BaseAudioFeatureExtractor):
         **kwargs,
     ):
         feature_size = kwargs.pop("feature_size", num_mel_bins)
-        if not is_finite_number(log_offset) or log_offset <= 0:
-            raise ValueError(f"`log_offset` must be a positive finite number, got {log_offset!r}.")
         super().__init__(
             feature_size=num_mel_bins,
             sampling_rate=sampling_rate,
             target_length=target_length,
-            padding_value=math.log(log_offset) if padding_value is None else padding_value,
+            padding_value=0.0 if padding_value is None else padding_value,  # None: set below, from the spec
             return_attention_mask=return_attention_mask,
             waveform_scale=waveform_scale,
             **kwargs,
         )
-        geometry = (sampling_rate, n_fft, win_length, hop_length, num_mel_bins, f_min, f_max)
-        spec = _log_mel_spec(*geometry, mel_scale, periodic_window)
-        if not is_finite_number(preemphasis) or not 0.0 <= preemphasis <= 1.0:
-            raise ValueError(f"`preemphasis` must be in [0, 1], got {preemphasis!r}.")
+        spec = _log_mel_spec(
+            sampling_rate, n_fft, win_length, hop_length, num_mel_bins, f_min, f_max, mel_scale,
+            periodic_window, preemphasis, log_offset,
+        )  # fmt: skip
+        if padding_value is None:
+            self.padding_value = math.log(spec.log_offset)
         if not is_finite_number(mean):
             raise ValueError(f"`mean` must be a finite number, got {mean!r}.")
         if not is_finite_number(std) or std <= 0:
@@ -311,8 +316,8 @@ class LogMelFeatureExtractor(BaseAudioFeatureExtractor):
         self.f_max = None if f_max is None else float(f_max)  # None stays None: it follows sampling_rate
         self.mel_scale = spec.mel_scale
         self.periodic_window = spec.periodic_window
-        self.preemphasis = float(preemphasis)
-        self.log_offset = float(log_offset)
+        self.preemphasis = spec.preemphasis
+        self.log_offset = spec.log_offset
         self.do_normalize = bool(do_normalize)
         self.mean = float(mean)
         self.std = float(std)
@@ -336,6 +341,8 @@ class LogMelFeatureExtractor(BaseAudioFeatureExtractor):
             self.f_max,
             self.mel_scale,
             self.periodic_window,
+            self.preemphasis,
+            self.log_offset,
         )
 
     # -- geometry ----------------------------------------------------------------------------------------
@@ -371,7 +378,7 @@ class LogMelFeatureExtractor(BaseAudioFeatureExtractor):
     def _spectrogram(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None, generator: torch.Generator | None
     ) -> torch.Tensor:
-        return _log_mel(waveforms, lengths, self._spec, self.preemphasis, self.log_offset)
+        return _log_mel(waveforms, lengths, self._spec)
 
     def _normalize_(self, features: torch.Tensor) -> None:
         if self.do_normalize:
