@@ -43,6 +43,13 @@ def _history(output_dir: Path) -> list[tuple[int, float]]:
     return [(int(row["step"]), float(row["probe_mAP"])) for row in results["eval_history"]]
 
 
+def _finished(output_dir: Path, max_steps: int) -> bool:
+    """A run of this many steps already ended in ``output_dir`` (so a seed interrupted after its no-RR run
+    resumes with the RR run)."""
+    results = output_dir / "train_results.json"
+    return results.exists() and json.loads(results.read_text()).get("global_step") == max_steps
+
+
 def steps_to_reach(history: list[tuple[int, float]], target: float) -> int | None:
     """First probed step whose mAP is at least ``target`` (None if never)."""
     return next((step for step, value in history if value >= target), None)
@@ -140,6 +147,10 @@ def main() -> None:
     curves = {}
     for name, rr in runs.items():
         out = work / name.replace(" ", "_")
+        if _finished(out, args.max_steps):
+            print(f"{name}: reusing the finished run in {out}")
+            curves[name] = _history(out)
+            continue
         _run(
             "pretrain_cat.py",
             [

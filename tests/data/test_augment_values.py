@@ -1,6 +1,8 @@
 """Batch augmentations checked cell by cell: random erasing's rectangles, mixup's probabilities and
 lengths, roll-and-gain's clamping and draws, SpecAugment's switches (hf_audiorep/data/augment.py)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -189,3 +191,61 @@ def test_mask_widths_of_tiny_inputs_and_bad_sizes():
     assert scaled_mask_widths(10, 2) == (1, 2)  # 48 * 2 / 128 rounds to 1; 192 * 10 / 1024 to 2
     with pytest.raises(ValueError, match="positive"):
         scaled_mask_widths(100, 0)
+
+
+def test_random_erasing_sides_and_positions_are_exact():
+    # A fixed area and aspect 1 give a square of side round(sqrt(area * T * F)); its corner is uniform over
+    # every position where it fits.
+    torch.manual_seed(4)
+    frames, bins = 12, 10
+    erased = random_erasing(torch.ones(3000, frames, bins), prob=1.0, area=(0.3, 0.3), log_aspect=(0, 0)) == 0
+    side = round((0.3 * frames * bins) ** 0.5)  # 6
+    assert all(_rectangle(m) == (side, side) for m in erased[:200])
+    tops = erased.any(dim=2).float().argmax(dim=1)
+    lefts = erased.any(dim=1).float().argmax(dim=1)
+    for starts, room in ((tops, frames - side + 1), (lefts, bins - side + 1)):
+        counts = torch.bincount(starts, minlength=room)
+        assert len(counts) == room and (counts > len(starts) / room * 0.8).all(), counts
+
+
+def test_random_erasing_defaults():
+    # prob 0.25, area 2 % to 1/3, aspect 0.3 to 3.3 (torchvision's RandomErasing defaults).
+    torch.manual_seed(5)
+    out = random_erasing(torch.ones(2000, 20, 20))
+    hit = (out == 0).flatten(1).any(dim=1)
+    assert hit.float().mean().item() == pytest.approx(0.25, abs=0.04)
+    areas = (out[hit] == 0).flatten(1).float().mean(dim=1)
+    assert areas.min() >= 0.01 and areas.max() <= 0.4 and areas.mean().item() == pytest.approx(0.18, abs=0.03)
+
+
+def test_roll_and_gain_never_rotates_a_one_sample_clip_and_takes_any_positive_alpha():
+    torch.manual_seed(6)
+    # Samples past the length are non-zero here, so reading one of them would show.
+    waveforms = torch.tensor([[5.0, 7.0, 9.0, 11.0]]).repeat(64, 1)
+    out = roll_and_gain(waveforms, torch.ones(64, dtype=torch.long))
+    torch.testing.assert_close(out / out[:, :1], waveforms / 5.0)
+    gains = roll_and_gain(torch.ones(4000, 3), torch.full((4000,), 3), gain_alpha=0.5)[:, 0]
+    assert gains.var().item() == pytest.approx(1 / 8, rel=0.1)  # Beta(0.5, 0.5): variance 1/8
+    bf16 = roll_and_gain(torch.ones(2, 8, dtype=torch.bfloat16), torch.full((2,), 8))
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_augmentations_keep_every_tensor_on_the_input_device():
+    # On the meta device a tensor made on the CPU by mistake (a dropped `device=`) cannot mix with the
+    # inputs: the CPU suite catches what would otherwise show only on an accelerator.
+    meta = torch.device("meta")
+    waveforms, lengths = torch.zeros(4, 1000, device=meta), torch.full((4,), 1000, device=meta)
+    labels = torch.zeros(4, 5, device=meta)
+    features = torch.zeros(4, 100, 64, device=meta)
+    mixed = [
+        mixup(waveforms, lengths, labels, prob=1.0),
+        mixup(waveforms[:1], lengths[:1], labels[:1]),
+        mixup(waveforms, lengths, labels, prob=0.0),
+    ]
+    outputs = [
+        *(getattr(out, field.name) for out in mixed for field in dataclasses.fields(out)),
+        roll_and_gain(waveforms, lengths),
+        spec_augment(features),
+        random_erasing(features, prob=1.0),
+    ]
+    assert [t.device for t in outputs] == [meta] * len(outputs)
