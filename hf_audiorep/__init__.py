@@ -32,8 +32,9 @@ register_pipeline()
 
 
 def __getattr__(name: str):
-    # The error types (hf_audiorep.errors.__all__) are importable from the top level, but loading them imports the data and Hub code,
-    # which `import hf_audiorep` (run by every Auto class lookup) should not pay for.
+    # The error types (hf_audiorep.errors.__all__) are importable from the top level, but loading them
+    # imports the data and Hub code, which `import hf_audiorep` (run by every Auto class lookup) should
+    # not pay for.
     import importlib
 
     errors = importlib.import_module(f"{__name__}.errors")  # not `from . import`: it would call back here

@@ -242,6 +242,8 @@ def _model_card(
     if eval_results and datasets is None and "/" in dataset_type:
         datasets = [dataset_type]
     eval_results = eval_results or None
+    if architecture.card_notes:
+        lines += ["## Implementation notes", "", architecture.card_notes, ""]
     lines += _training_section(training, training_command)
     lines.append(
         _usage(repo_id, architecture.base_model.__name__, architecture.feature_extractor.__name__, has_labels)

@@ -58,6 +58,8 @@ class Architecture:
         presets: ``{preset name: field overrides}`` understood by ``config_class.from_preset``.
         processor, tokenizer: for systems with text (UTS); registered with ``AutoProcessor`` /
             ``AutoTokenizer`` when set.
+        card_notes: what a user of a published checkpoint must know about this implementation (where it
+            departs from, or guesses at, the paper); the model card prints it under "Implementation notes".
     """
 
     name: str
@@ -68,6 +70,7 @@ class Architecture:
     presets: Mapping[str, Mapping[str, Any]]
     processor: type | None = None
     tokenizer: type | None = None
+    card_notes: str = ""
 
     def __post_init__(self) -> None:
         # Read-only views: a frozen record whose dicts could still be edited would not be declarative.
@@ -140,6 +143,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         feature_extractor=AudioFbankFeatureExtractor,
         presets=BAT_PRESETS,
+        card_notes=(
+            "BAT's authors released the encoder's shape (ViT-B/16 with gated attention), not its training "
+            "code. The gate formula (an element-wise sigmoid gate on the attention output), the pre-LN "
+            "layout, the front end, the pre-training decoder and every pre-training hyper-parameter (EAT's) "
+            "are this library's choices, listed in `BATConfig`'s docstring. These weights were not checked "
+            "against the authors' released checkpoint."
+        ),
     ),
 )
 

@@ -153,6 +153,23 @@ def test_encoder_only_checkpoint_gets_feature_extraction_tag(trained, tmp_path):
     assert 'pipeline("audio-classification"' not in (out / "README.md").read_text()
 
 
+def test_card_carries_the_architecture_implementation_notes(repo, tmp_path):
+    from hf_audiorep.modeling import AudioFbankFeatureExtractor, BATConfig, BATModel
+    from hf_audiorep.registry import ARCHITECTURES
+
+    bat_dir = tmp_path / "bat"
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_length=64, num_mel_bins=32)
+    tiny.update(average_top_k_layers=2)
+    config = BATConfig(**tiny, transformer_decoder_dim=16, transformer_decoder_heads=2)
+    BATModel(config).save_pretrained(bat_dir)
+    AudioFbankFeatureExtractor(num_mel_bins=32, target_length=64).save_pretrained(bat_dir)
+    text = (prepare_repo(bat_dir, tmp_path / "repo", repo_id="someone/bat") / "README.md").read_text()
+    notes = next(a for a in ARCHITECTURES if a.name == "bat").card_notes
+    assert "## Implementation notes" in text and notes in text and "were not checked" in notes
+    # AudioMAE has no notes: no empty section.
+    assert "Implementation notes" not in (repo / "README.md").read_text()
+
+
 _NO_LIBRARY_SCRIPT = """
     import numpy as np, torch
 
