@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +59,11 @@ class ProbeArguments:
         }
 
 
-def build_linear_probe(
+def probe_batches(
     probe_args: ProbeArguments, data_args: DataArguments, train_args, sample_rate: int, state
-) -> Callable | None:
-    """``evaluate(model, feature_extractor) -> {"probe_mAP", ...}`` on ``model.base_model``, or None when
-    ``--probe_dataset ''`` turns the probe off.
-
-    Every process fits the same probe on the whole (unsharded) probe splits: the result is identical on all
-    ranks without a gather, at the price of redundant work on multi-GPU runs.
-    """
-    if not probe_args.probe_dataset:
-        return None
+) -> Callable[[str, int | None], Iterable[dict]]:
+    """``clips(role, limit)``: the probe's evaluation batches of split ``role`` ("train" or "test"), enough
+    of them for ``limit`` clips (all when None), unsharded and in a fixed order."""
     probe_data = dataclasses.replace(
         data_args,
         dataset=probe_args.probe_dataset,
@@ -90,6 +84,22 @@ def build_linear_probe(
     def clips(role: str, limit: int | None):
         batches = stream(role, train=False, sharded=False)
         return batches if limit is None else itertools.islice(batches, -(-limit // batch_size))
+
+    return clips
+
+
+def build_linear_probe(
+    probe_args: ProbeArguments, data_args: DataArguments, train_args, sample_rate: int, state
+) -> Callable | None:
+    """``evaluate(model, feature_extractor) -> {"probe_mAP", ...}`` on ``model.base_model``, or None when
+    ``--probe_dataset ''`` turns the probe off.
+
+    Every process fits the same probe on the whole (unsharded) probe splits: the result is identical on all
+    ranks without a gather, at the price of redundant work on multi-GPU runs.
+    """
+    if not probe_args.probe_dataset:
+        return None
+    clips = probe_batches(probe_args, data_args, train_args, sample_rate, state)
 
     def evaluate(model, feature_extractor) -> dict:
         return linear_probe_encoder(
