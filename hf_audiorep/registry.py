@@ -36,6 +36,7 @@ from .modeling.modeling_cat import CATForAudioClassification, CATForPreTraining,
 __all__ = [
     "ARCHITECTURES",
     "PRESETS",
+    "VIT_BLOCK_LORA_TARGETS",
     "Architecture",
     "architecture_for",
     "config_from_preset",
@@ -60,6 +61,9 @@ class Architecture:
             ``AutoTokenizer`` when set.
         card_notes: what a user of a published checkpoint must know about this implementation (where it
             departs from, or guesses at, the paper); the model card prints it under "Implementation notes".
+        lora_target_modules: the layers LoRA adapts by default (:mod:`hf_audiorep.adapters`), as names inside
+            one encoder block (``"attn.qkv"``); empty when the family has no default and targets must be
+            given.
     """
 
     name: str
@@ -71,11 +75,15 @@ class Architecture:
     processor: type | None = None
     tokenizer: type | None = None
     card_notes: str = ""
+    lora_target_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Read-only views: a frozen record whose dicts could still be edited would not be declarative.
         object.__setattr__(self, "heads", MappingProxyType(dict(self.heads)))
         object.__setattr__(self, "presets", MappingProxyType(dict(self.presets)))
+        if isinstance(self.lora_target_modules, str):  # a lone name would be read letter by letter
+            raise TypeError(f"{self.name}: lora_target_modules must be a tuple of names, not one string")
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
         if AutoModel in self.heads:
             raise ValueError(f"{self.name}: the AutoModel class is base_model, not a head")
         for model_class in (self.base_model, *self.heads.values()):
@@ -110,6 +118,11 @@ class Architecture:
         )
 
 
+#: LoRA on every linear layer of a ViT block (``_layers.Attention`` and ``Mlp``): the fused q/k/v and output
+#: projections and both MLP layers (QLoRA, Dettmers et al. 2023, needed LoRA on every linear layer to match
+#: full fine-tuning). BAT's attention gate (``attn.gate_proj``) is not adapted unless named.
+VIT_BLOCK_LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         name="audiomae",
@@ -121,6 +134,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         feature_extractor=AudioFbankFeatureExtractor,
         presets=AUDIOMAE_PRESETS,
+        lora_target_modules=VIT_BLOCK_LORA_TARGETS,
     ),
     Architecture(
         name="cat",
@@ -132,6 +146,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         feature_extractor=AudioFbankFeatureExtractor,
         presets=CAT_PRESETS,
+        lora_target_modules=VIT_BLOCK_LORA_TARGETS,
     ),
     Architecture(
         name="bat",
@@ -143,6 +158,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         },
         feature_extractor=AudioFbankFeatureExtractor,
         presets=BAT_PRESETS,
+        lora_target_modules=VIT_BLOCK_LORA_TARGETS,
         card_notes=(
             "BAT's authors released the encoder's shape (ViT-B/16 with gated attention), not its training "
             "code. The gate formula (an element-wise sigmoid gate on the attention output), the pre-LN "

@@ -10,6 +10,12 @@ On AudioSet streamed from the Hub, starting from a saved model:
         --eval_split test --test_split test --streaming --model_name_or_path org/audiomae-base \
         --max_steps 30000 --per_device_batch_size 32 --learning_rate 1.25e-4 --layer_decay 0.75 \
         --mixed_precision bf16 --output_dir outputs/audiomae-as20k
+
+LoRA on a saved model's encoder blocks, the head trained in full; the output is peft's adapter directory
+(``--merge_lora``: a plain model with the adapters merged into its weights):
+
+    accelerate launch recipes/finetune.py --model_name_or_path outputs/quickstart --lora_r 8 \
+        --output_dir outputs/tagger-lora
 """
 
 from __future__ import annotations
@@ -73,6 +79,35 @@ class ModelArguments:
     classifier_init_std: float | None = None
     """std of the new head (AudioMAE models); AudioMAE's recipe on a pre-trained encoder: 2e-5. Default: the
     config's (0.02; a near-zero head stalls training from scratch)"""
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = 0
+    """rank of LoRA adapters on the encoder's blocks, the head trained in full and every other weight frozen
+    (needs --model_name_or_path); 0 fine-tunes every weight"""
+    lora_alpha: float = 16.0
+    """LoRA scale: the adapters' update is multiplied by lora_alpha / lora_r"""
+    lora_dropout: float = 0.0
+    """dropout on the input of the LoRA adapters"""
+    lora_target_modules: str | None = None
+    """comma-separated layers of each block to adapt (e.g. attn.qkv,attn.proj); default: the architecture's
+    lora_target_modules in hf_audiorep.registry"""
+    merge_lora: bool = False
+    """save the model with the adapters merged into its weights (a plain model) instead of the adapter"""
+
+    def __post_init__(self):
+        if self.lora_r < 0:
+            raise ValueError(f"--lora_r must be >= 0 (0 turns LoRA off), got {self.lora_r}")
+        if not self.lora_r and (self.merge_lora or self.lora_target_modules):
+            raise ValueError("--merge_lora and --lora_target_modules need --lora_r > 0 (LoRA is off)")
+
+    @property
+    def target_modules(self) -> list[str] | None:
+        """--lora_target_modules as a list; None for the architecture's default."""
+        if self.lora_target_modules is None:
+            return None
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
 
 @dataclass
@@ -153,6 +188,58 @@ def _model(model_args: ModelArguments, label_names: list[str], feature_extractor
     return model, feature_extractor
 
 
+def _check_lora(lora_args: LoraArguments, model_args: ModelArguments, train_args) -> None:
+    if not lora_args.lora_r:
+        return
+    if not model_args.model_name_or_path:
+        raise ValueError(
+            "--lora_r needs --model_name_or_path: LoRA adapts a saved model, and an adapter on a fresh "
+            "model's random weights could never be loaded again"
+        )
+    if train_args.push_to_hub and not lora_args.merge_lora:
+        raise ValueError("--push_to_hub publishes a full model: with --lora_r, add --merge_lora")
+
+
+def _with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
+    """``model`` wrapped in LoRA adapters (the head trained in full), with its parameter counts logged."""
+    from hf_audiorep.adapters import apply_lora  # peft is the `train` extra: only LoRA runs import it
+
+    model = apply_lora(
+        model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.target_modules
+    )
+    trainable, total = model.get_nb_trainable_parameters()
+    targets = ",".join(sorted(model.peft_config["default"].target_modules))
+    logger.info(
+        "LoRA r=%d alpha=%g on %s: %d of %d parameters trainable (%.2f%%)",
+        lora_args.lora_r,
+        lora_args.lora_alpha,
+        targets,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    if not lora_args.merge_lora:
+        _warn_if_base_labels_differ(model.config, model_args)
+    return model
+
+
+def _warn_if_base_labels_differ(config, model_args: ModelArguments) -> None:
+    # The adapter holds the head's weights, not its label names: the base loaded as saved has its own.
+    base = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    if dict(base.id2label) != dict(config.id2label):
+        logger.warning(
+            "the adapter's head has the run's %d labels, not the %d of %s: load that base with "
+            "from_pretrained(..., id2label=..., label2id=..., problem_type=%r) before "
+            "PeftModel.from_pretrained, or pass --merge_lora for a model that carries them",
+            config.num_labels,
+            base.num_labels,
+            model_args.model_name_or_path,
+            config.problem_type,
+        )
+
+
 def _resolve_clip_seconds(data_args: DataArguments, saved_extractor, model_name: str | None) -> None:
     # A saved model was trained on clips of its window: longer clips would be generated (the corpus) or
     # decoded and then cropped away by the feature extractor.
@@ -182,16 +269,20 @@ def main(argv: list[str] | None = None) -> dict:
             DataArguments,
             AugmentationArguments,
             ConsistencyArguments,
+            LoraArguments,
             FinetuneTrainingArguments,
         )
     )
-    model_args, data_args, aug_args, cr_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, aug_args, cr_args, lora_args, train_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if model_args.problem_type not in ("multi_label_classification", "single_label_classification"):
         raise ValueError(
             f"--problem_type must be multi_label or single_label classification, got "
             f"{model_args.problem_type!r}"
         )
+    _check_lora(lora_args, model_args, train_args)
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
     saved_extractor = _pretrained_feature_extractor(model_args) if model_args.model_name_or_path else None
@@ -200,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names, saved_extractor)
+    if lora_args.lora_r:
+        model = _with_lora(model, lora_args, model_args)
     _log_augmentation(aug_args, feature_extractor)
 
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
@@ -216,6 +309,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         step = SupervisedClassificationStep(feature_extractor, aug_args, single_label=single_label)
     loop = TrainLoop(train_args, model, train_batches, step, feature_extractor=feature_extractor)
+    if lora_args.merge_lora:
+        from hf_audiorep.adapters import merged_model
+
+        loop.export_fn = merged_model
     if "eval" in sources:
         loop.eval_fn = lambda m: evaluate_classifier(
             m, stream("eval", False), feature_extractor, loop.accelerator

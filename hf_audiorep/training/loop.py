@@ -35,7 +35,7 @@ from accelerate.utils.operations import ignorant_find_batch_size
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
-from transformers.utils import CONFIG_NAME
+from transformers.utils import ADAPTER_CONFIG_NAME, CONFIG_NAME
 
 from .arguments import TrainingArguments
 from .checkpoint import (
@@ -63,9 +63,14 @@ OptimizerStepHook = Callable[[nn.Module, int], None]
 TRAIN_RESULTS_NAME = "train_results.json"
 #: the staging directory of the final save: ``output_dir/.tmp-final_model``
 FINAL_STAGING_NAME = "final_model"
-#: weight files of a save_pretrained (single file, shards, index): an earlier save's that this one did not
-#: rewrite are deleted, so that a loader never combines them with the new config
-_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+#: the files of a saved model: weights of a save_pretrained (single file, shards, index) and its config, or a
+#: peft adapter's weights and config. An earlier save's that this one did not rewrite are deleted, so that a
+#: loader never combines them with the new ones (a LoRA run after a full fine-tuning in the same directory,
+#: or the other way round: transformers reads a directory with both configs as a model with an adapter).
+_MODEL_FILE = re.compile(
+    r"^((model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?"
+    r"|adapter_model\.(safetensors|bin)|(adapter_)?config\.json)$"
+)
 
 
 @runtime_checkable
@@ -132,6 +137,10 @@ class TrainLoop:
     #: the command line written to train_results.json (and so to the model card); None = this process's
     #: own (:func:`launch_command`). Set it when the run is started from Python rather than a shell.
     training_command: str | None = None
+    #: ``model -> model`` applied to the trained (unwrapped) model by the final save, which saves what it
+    #: returns instead: e.g. :func:`hf_audiorep.adapters.merged_model`, to publish a LoRA run as a plain
+    #: model. None saves the model as trained; ``loop.model`` is the trained model either way.
+    export_fn: Callable[[nn.Module], nn.Module] | None = None
 
     def __init__(
         self,
@@ -468,7 +477,8 @@ class TrainLoop:
         ``output_dir/.tmp-final_model`` and then moved in file by file (``publish_files``): each file is
         renamed over its previous version once complete and fsynced, so no reader ever opens a truncated
         ``model.safetensors`` or ``config.json``, and ``config.json`` (what ``from_pretrained`` reads first)
-        is renamed last, after the weights: a directory that has a ``config.json`` has complete weights.
+        is renamed last, after the weights: a directory that has a ``config.json`` has complete weights (a
+        LoRA run's ``adapter_config.json`` likewise).
         When an earlier final save is being replaced (a resumed run), a reader in the window between the
         renames can pair the earlier config with the new weights (the same architecture), and a crash
         there leaves such a pair; the rerun's final save replaces it. A crash before the renames leaves
@@ -483,6 +493,8 @@ class TrainLoop:
         # Collective under FSDP/DeepSpeed (gathers the full weights), so every rank takes part.
         state_dict = accelerator.get_state_dict(self.prepared_model)
         unwrapped = accelerator.unwrap_model(self.prepared_model)
+        if self.export_fn is not None:
+            unwrapped, state_dict = self.export_fn(unwrapped), None  # the export's own weights
         if hasattr(unwrapped, "save_pretrained"):
             # transformers 5 always writes safetensors and saves on the main process only when told so.
             unwrapped.save_pretrained(
@@ -497,7 +509,9 @@ class TrainLoop:
                 json.dump(summary, f, indent=2, default=str)
         accelerator.wait_for_everyone()  # every rank's share of the save is in the staging directory
         if accelerator.is_main_process:
-            publish_files(staging, output_dir, last=(CONFIG_NAME,), stale=_WEIGHT_FILE.match)
+            # The config, a model's or (LoRA) an adapter's, is what a loader reads first: the set's mark.
+            marks = (CONFIG_NAME, ADAPTER_CONFIG_NAME)
+            publish_files(staging, output_dir, last=marks, stale=_MODEL_FILE.match)
         accelerator.wait_for_everyone()
         if self.args.push_to_hub and accelerator.is_main_process:
             # Not pushed from here: recipes write eval_results.json (the test mAP of the card) after run().

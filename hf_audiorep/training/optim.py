@@ -85,6 +85,10 @@ def build_param_groups(
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     use_layer_decay = layer_decay < 1.0
+    if callable(getattr(model, "get_base_model", None)):
+        # A peft model prefixes every name (`base_model.model.`); the wrapped model's get_layer_id and
+        # no_weight_decay read its own names. The parameters are the same tensors.
+        model = model.get_base_model()
     if num_layers is None:
         num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if use_layer_decay and not isinstance(num_layers, int):
