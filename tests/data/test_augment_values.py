@@ -245,6 +245,7 @@ def test_augmentations_keep_every_tensor_on_the_input_device():
     outputs = [
         *(getattr(out, field.name) for out in mixed for field in dataclasses.fields(out)),
         roll_and_gain(waveforms, lengths),
+        roll_and_gain(waveforms, torch.full((4,), 1000)),  # lengths as a loader yields them, on the host
         spec_augment(features),
         random_erasing(features, prob=1.0),
     ]

@@ -1,4 +1,4 @@
-"""LoRA through peft (hf_audiorep/adapters.py) on every architecture of the registry, with its default targets.
+"""LoRA through peft (hf_audiorep/adapters.py) on every architecture of the registry, default targets.
 
 Each check runs for every entry of ``ARCHITECTURES`` on a tiny classifier; the recipe's side (the adapter
 directory, ``--merge_lora``) is in tests/recipes/test_finetune_lora.py.
@@ -75,9 +75,13 @@ def test_only_adapters_in_the_blocks_and_the_head_train(architecture):
     }
     assert adapted == expected
     heads = {name for name in trainable if ".modules_to_save.default." in name}
-    assert heads and all(name.split(".modules_to_save")[0].rsplit(".", 1)[-1] in HEAD_MODULES for name in heads)
+    assert heads and all(
+        name.split(".modules_to_save")[0].rsplit(".", 1)[-1] in HEAD_MODULES for name in heads
+    )
     assert any(".classifier.modules_to_save" in name for name in heads), "the classifier is not trained"
-    assert len(trainable) == 2 * len(expected) + len(heads), "a parameter outside the adapters and head trains"
+    assert len(trainable) == 2 * len(expected) + len(heads), (
+        "a parameter outside the adapters and head trains"
+    )
     assert all("lora_" not in name for name in trainable if ".stem." in name)
     trainable_count, total = peft_model.get_nb_trainable_parameters()
     assert 0 < trainable_count < total
@@ -104,7 +108,9 @@ def test_a_training_step_moves_the_adapters_and_head_and_nothing_else(architectu
 
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for name, param in peft_model.named_parameters():
-        assert (id(param) in in_optimizer) == param.requires_grad, f"{name}: optimizer and requires_grad differ"
+        assert (id(param) in in_optimizer) == param.requires_grad, (
+            f"{name}: optimizer and requires_grad differ"
+        )
         moved = not torch.equal(param.detach(), before[name])
         if not param.requires_grad:
             assert not moved, f"frozen base weight {name} changed"
@@ -150,7 +156,9 @@ def test_merged_copy_is_a_plain_model_with_the_same_logits(architecture, tmp_pat
         assert not [name for name in merged.state_dict() if "lora_" in name or "modules_to_save" in name]
         torch.testing.assert_close(merged(input_values=features).logits, expected, atol=1e-5, rtol=0)
         # the trained model is untouched: still adapters, still the same logits
-        assert isinstance(peft_model, PeftModel) and any("lora_" in n for n, _ in peft_model.named_parameters())
+        assert isinstance(peft_model, PeftModel) and any(
+            "lora_" in n for n, _ in peft_model.named_parameters()
+        )
         torch.testing.assert_close(peft_model(input_values=features).logits, expected, atol=0, rtol=0)
         merged.save_pretrained(tmp_path)
         reloaded = AutoModelForAudioClassification.from_pretrained(tmp_path).eval()
