@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from recipe_utils import load_recipe, tiny_finetune_args
 from safetensors import safe_open
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
 import hf_audiorep
 
@@ -137,9 +137,8 @@ def test_merge_lora_writes_a_plain_model_with_the_trained_logits(runs):
 
 
 def test_a_base_with_other_labels_gets_a_warning_on_how_to_load_the_adapter(recipe, tagger_dir, caplog):
-    base = AutoModelForAudioClassification.from_pretrained(tagger_dir).config
-    other = dict(base.id2label, **{0: "something else"})
-    config = type(base)(**{**base.to_dict(), "id2label": other})
+    base = AutoConfig.from_pretrained(tagger_dir)
+    config = AutoConfig.from_pretrained(tagger_dir, id2label={**base.id2label, 0: "something else"})
     args = recipe.ModelArguments(model_name_or_path=str(tagger_dir))
     with caplog.at_level(logging.WARNING, logger="finetune"):
         recipe._warn_if_base_labels_differ(base, args)
