@@ -69,7 +69,7 @@ FINAL_STAGING_NAME = "final_model"
 #: or the other way round: transformers reads a directory with both configs as a model with an adapter).
 _MODEL_FILE = re.compile(
     r"^((model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?"
-    r")$"
+    r"|adapter_model\.(safetensors|bin)|(adapter_)?config\.json)$"
 )
 
 
@@ -494,7 +494,7 @@ class TrainLoop:
         state_dict = accelerator.get_state_dict(self.prepared_model)
         unwrapped = accelerator.unwrap_model(self.prepared_model)
         if self.export_fn is not None:
-            pass  # the export's own weights
+            unwrapped, state_dict = self.export_fn(unwrapped), None  # the export's own weights
         if hasattr(unwrapped, "save_pretrained"):
             # transformers 5 always writes safetensors and saves on the main process only when told so.
             unwrapped.save_pretrained(

@@ -88,7 +88,7 @@ def build_param_groups(
     if callable(getattr(model, "get_base_model", None)):
         # A peft model prefixes every name (`base_model.model.`); the wrapped model's get_layer_id and
         # no_weight_decay read its own names. The parameters are the same tensors.
-        pass
+        model = model.get_base_model()
     if num_layers is None:
         num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if use_layer_decay and not isinstance(num_layers, int):

@@ -24,9 +24,12 @@ def _shift(model, amount):
             p.add_(amount)
 
 
-@pytest.mark.parametrize("decay, end_decay", [(1.5, None), (-0.1, None), (0.5, 1.01), (0.5, -0.5)])
-def test_decays_outside_zero_one_are_refused(decay, end_decay):
-    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+@pytest.mark.parametrize(
+    "decay, end_decay, field",
+    [(1.5, None, "decay"), (-0.1, None, "decay"), (0.5, 1.01, "end_decay"), (0.5, -0.5, "end_decay")],
+)
+def test_decays_outside_zero_one_are_refused_naming_the_argument(decay, end_decay, field):
+    with pytest.raises(ValueError, match=f"^{field} must be in \\[0, 1\\]"):
         ModelEMA(nn.Linear(2, 2), decay=decay, end_decay=end_decay, ramp_steps=3)
 
 
@@ -40,6 +43,8 @@ def test_valid_edges_and_bad_ramps():
     with pytest.raises(ValueError, match="ramp_steps must be >= 0"):
         ModelEMA(nn.Linear(2, 2), ramp_steps=-1)
     assert ModelEMA(nn.Linear(2, 2), decay=0.9, end_decay=0.99, ramp_steps=1).decay_at(1) == 0.99
+    with pytest.raises(ValueError, match="^end_decay differs from decay but ramp_steps is 0"):
+        ModelEMA(nn.Linear(2, 2), decay=0.9, end_decay=0.99)
 
 
 def test_linear_and_cosine_ramps_match_their_formulas():
