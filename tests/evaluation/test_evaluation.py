@@ -161,10 +161,7 @@ def test_predictions_are_collected_in_eval_mode_and_the_mode_is_restored():
 
     targets = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 1]]).float()
     logits = targets * 4 - 2 + 0.1 * torch.arange(6).unsqueeze(1)  # ranks every positive first
-    batches = [
-        {"waveforms": w, "lengths": torch.full((len(w),), 3), "labels": t}
-        for w, t in zip(logits.split(4), targets.split(4), strict=True)
-    ]
+    batches = _tagging_batches(logits, targets, batch_size=4)
     model = _PatchOutTagger(3).train()
     collected, _ = collect_predictions(model, batches, _Features())
     assert model.training
@@ -172,3 +169,54 @@ def test_predictions_are_collected_in_eval_mode_and_the_mode_is_restored():
     results = evaluate_classifier(model, batches, _Features(), prefix="test_")
     assert results["test_mAP"] == pytest.approx(1.0), "the test metric was computed in training mode"
     assert model.training
+
+
+class _Accelerator:
+    """The attributes of an `accelerate.Accelerator` that `evaluate_classifier` reads."""
+
+    def __init__(self, num_processes):
+        self.num_processes, self.device, self.is_main_process = num_processes, torch.device("cpu"), True
+
+
+def _tagging_batches(logits, targets, batch_size=2):
+    """Batches whose waveforms are the logits `_PatchOutTagger` returns in eval mode."""
+    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
+    return [
+        {"waveforms": w, "lengths": torch.full((len(w),), logits.shape[1]), "labels": t}
+        for w, t in zip(logits.split(batch_size), targets.split(batch_size), strict=True)
+    ]
+
+
+def test_every_ranks_clips_are_scored_once_in_a_multi_process_evaluation(monkeypatch):
+    from hf_audiorep.evaluation import evaluate_classifier, predict
+    from hf_audiorep.evaluation.metrics import mean_average_precision
+
+    mine_t = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
+    mine = mine_t * 2 - 1  # this rank ranks its clips right
+    theirs_t = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)
+    theirs = np.array([[0.2, -1, 3], [2, 0.5, -2], [-1, 2, 0.1]], np.float32)  # the other rank's, worse
+    gathered = []
+
+    def gather_object(objects):
+        gathered.append(objects)
+        return [*objects, (theirs, theirs_t)]
+
+    monkeypatch.setattr(predict, "gather_object", gather_object)
+    model = _PatchOutTagger(3)
+    results = evaluate_classifier(model, _tagging_batches(mine, mine_t), _Features(), _Accelerator(2))
+    expected = mean_average_precision(np.concatenate([mine, theirs]), np.concatenate([mine_t, theirs_t]))
+    assert results == expected.as_dict("eval_") and results["eval_num_clips"] == 5
+    assert len(gathered) == 1
+    # One process: nothing to gather.
+    results = evaluate_classifier(model, _tagging_batches(mine, mine_t), _Features(), _Accelerator(1))
+    assert len(gathered) == 1 and results["eval_num_clips"] == 2 and results["eval_mAP"] == pytest.approx(1.0)
+
+
+def test_one_clip_is_scored_and_no_clip_is_an_error():
+    from hf_audiorep.evaluation import evaluate_classifier
+
+    targets = np.array([[1, 0, 1]], np.float32)
+    results = evaluate_classifier(_PatchOutTagger(3), _tagging_batches(targets - 0.5, targets), _Features())
+    assert results["eval_num_clips"] == 1 and results["eval_mAP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="the evaluation stream produced no clips"):
+        evaluate_classifier(_PatchOutTagger(3), [], _Features())
