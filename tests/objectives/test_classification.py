@@ -5,45 +5,10 @@ arguments' checks. Values are checked against the feature extractor and torch's 
 import pytest
 import torch
 import torch.nn.functional as F
+from step_utils import BINS, CLASSES, FRAMES, StepModel, clean_features, extractor, waveform_batch
 
 from hf_audiorep.data.augment import scaled_mask_widths
-from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.objectives.classification import AugmentationArguments, SupervisedClassificationStep
-
-FRAMES, BINS, CLASSES = 64, 32, 4
-
-
-class _Model(torch.nn.Module):
-    """Records its inputs; logits are a fixed linear map of the mean feature."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = torch.nn.Linear(BINS, CLASSES)
-        self.seen = []
-
-    def forward(self, input_values, attention_mask=None):
-        self.seen.append((input_values, attention_mask))
-        return type("Output", (), {"logits": self.head(input_values.mean(1))})()
-
-
-def _extractor(**overrides):
-    return AudioFbankFeatureExtractor(num_mel_bins=BINS, target_length=FRAMES, **overrides)
-
-
-def _batch(batch=8, seconds=0.66, short=None):
-    generator = torch.Generator().manual_seed(0)
-    samples = int(seconds * 16000)
-    waveforms = torch.randn(batch, samples, generator=generator) * 0.1
-    lengths = torch.full((batch,), samples)
-    if short is not None:
-        lengths[0] = short
-        waveforms[0, short:] = 0
-    labels = torch.eye(CLASSES)[torch.arange(batch) % CLASSES]
-    return {"waveforms": waveforms, "lengths": lengths, "labels": labels}
-
-
-def _clean(fe, batch):
-    return fe.batch_features(batch["waveforms"], batch["lengths"])
 
 
 def test_arguments_are_checked_naming_the_field():
@@ -60,22 +25,22 @@ def test_mask_widths_follow_the_input_unless_given():
     assert AugmentationArguments().for_input(FRAMES, BINS).freq_mask == scaled_mask_widths(FRAMES, BINS)[0]
     given = AugmentationArguments(freq_mask=5, time_mask=7).for_input(FRAMES, BINS)
     assert (given.freq_mask, given.time_mask) == (5, 7)
-    step = SupervisedClassificationStep(_extractor(), AugmentationArguments())
+    step = SupervisedClassificationStep(extractor(), AugmentationArguments())
     assert (step.aug.freq_mask, step.aug.time_mask) == scaled_mask_widths(FRAMES, BINS)
     # Masked cells hold what a zero log-mel becomes after normalisation (AudioMAE masks before it).
-    fe = _extractor()
+    fe = extractor()
     assert step.mask_value == pytest.approx((0.0 - fe.mean) / (fe.std_scale * fe.std))
     assert (
-        SupervisedClassificationStep(_extractor(do_normalize=False), AugmentationArguments()).mask_value == 0
+        SupervisedClassificationStep(extractor(do_normalize=False), AugmentationArguments()).mask_value == 0
     )
 
 
 def test_evaluation_sees_the_clean_features_with_each_clips_frame_mask():
-    fe, batch = _extractor(), _batch(short=4000)
+    fe, batch = extractor(), waveform_batch(short=4000)
     step = SupervisedClassificationStep(fe, AugmentationArguments(mixup_prob=1.0, freq_mask=8, time_mask=16))
-    model = _Model().eval()
+    model = StepModel().eval()
     features, mask, labels = step.features(model, batch)
-    clean, clean_mask = _clean(fe, batch)
+    clean, clean_mask = clean_features(fe, batch)
     torch.testing.assert_close(features, clean, rtol=0, atol=0)
     torch.testing.assert_close(mask, clean_mask, rtol=0, atol=0)
     assert mask[0].sum() < mask[1].sum(), "the short clip's padded frames are not masked"
@@ -83,14 +48,14 @@ def test_evaluation_sees_the_clean_features_with_each_clips_frame_mask():
 
 
 def test_spec_augment_in_training_masks_with_the_mask_value_and_can_be_skipped():
-    fe, batch = _extractor(), _batch()
-    clean, _ = _clean(fe, batch)
+    fe, batch = extractor(), waveform_batch()
+    clean, _ = clean_features(fe, batch)
     for freq, time in [(8, 0), (0, 16), (8, 16)]:
         torch.manual_seed(0)
         step = SupervisedClassificationStep(
             fe, AugmentationArguments(mixup_prob=0, freq_mask=freq, time_mask=time)
         )
-        features, _, labels = step.features(_Model().train(), batch)
+        features, _, labels = step.features(StepModel().train(), batch)
         changed = features != clean
         assert changed.any(), (freq, time)
         assert torch.all(features[changed] == step.mask_value)
@@ -98,32 +63,32 @@ def test_spec_augment_in_training_masks_with_the_mask_value_and_can_be_skipped()
         # Masks span whole frequency rows (freq) or time columns (time).
         rows, cols = changed.all(dim=1).any(), changed.all(dim=2).any()
         assert (rows, cols) == (freq > 0, time > 0)
-        unmasked, _, _ = step.features(_Model().train(), batch, augment_features=False)
+        unmasked, _, _ = step.features(StepModel().train(), batch, augment_features=False)
         torch.testing.assert_close(unmasked, clean, rtol=0, atol=0)
     off = SupervisedClassificationStep(fe, AugmentationArguments(mixup_prob=0, freq_mask=0, time_mask=0))
-    torch.testing.assert_close(off.features(_Model().train(), batch)[0], clean, rtol=0, atol=0)
+    torch.testing.assert_close(off.features(StepModel().train(), batch)[0], clean, rtol=0, atol=0)
 
 
 def test_mixup_in_training_uses_the_given_probability_and_alpha():
-    fe, batch = _extractor(), _batch()
+    fe, batch = extractor(), waveform_batch()
     # alpha 1e6 puts lam at 0.5, prob 1 mixes every clip with its neighbour (the batch rolled by one).
     step = SupervisedClassificationStep(
         fe, AugmentationArguments(mixup_prob=1.0, mixup_alpha=1e6, freq_mask=0, time_mask=0)
     )
-    features, _, labels = step.features(_Model().train(), batch)
+    features, _, labels = step.features(StepModel().train(), batch)
     expected = (batch["labels"] + batch["labels"].roll(1, dims=0)) / 2
     torch.testing.assert_close(labels, expected, rtol=0, atol=1e-3)
     mixed = {
         "waveforms": (batch["waveforms"] + batch["waveforms"].roll(1, dims=0)) / 2,
         "lengths": batch["lengths"],
     }
-    torch.testing.assert_close(features, _clean(fe, mixed)[0], rtol=0, atol=1e-2)
+    torch.testing.assert_close(features, clean_features(fe, mixed)[0], rtol=0, atol=1e-2)
     none = SupervisedClassificationStep(fe, AugmentationArguments(mixup_prob=0, freq_mask=0, time_mask=0))
-    assert torch.equal(none.features(_Model().train(), batch)[2], batch["labels"])
+    assert torch.equal(none.features(StepModel().train(), batch)[2], batch["labels"])
 
 
 def test_loss_is_bce_for_tags_and_cross_entropy_for_one_class_in_float32():
-    fe, batch = _extractor(), _batch()
+    fe, batch = extractor(), waveform_batch()
     args = AugmentationArguments(mixup_prob=0, freq_mask=0, time_mask=0)
     logits = torch.randn(8, CLASSES, dtype=torch.bfloat16)
     soft = torch.softmax(torch.randn(8, CLASSES), dim=1)
@@ -135,10 +100,10 @@ def test_loss_is_bce_for_tags_and_cross_entropy_for_one_class_in_float32():
     single = SupervisedClassificationStep(fe, args, single_label=True)
     torch.testing.assert_close(single.loss(logits, soft), F.cross_entropy(logits.float(), soft))
     # The whole step: the model's logits on the step's features, scored by that loss.
-    model = _Model().train()
+    model = StepModel().train()
     loss, logs = tagging(model, batch)
     features, mask = model.seen[-1]
-    assert logs == {} and torch.equal(mask, _clean(fe, batch)[1])
+    assert logs == {} and torch.equal(mask, clean_features(fe, batch)[1])
     torch.testing.assert_close(
         loss, F.binary_cross_entropy_with_logits(model.head(features.mean(1)), batch["labels"])
     )
