@@ -123,11 +123,11 @@ class ProbeHeadArguments:
     """prototype and cgp: tokens averaged into a prototype's score in training (evaluation takes the best)"""
     attention_heads: int = 8
     """attentive: heads of the attention pooling (must divide the encoder width)"""
-    epochs: int = 30
-    """passes over the cached train split"""
+    epochs: int = 100
+    """passes over the cached train split (30 under-trained every probe on the corpus: docs/benchmarks.md)"""
     probe_batch_size: int = 64
     """clips per probe training step"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-2
     """AdamW peak learning rate (linear warmup over the first twentieth of the steps, then cosine decay)"""
     weight_decay: float = 3e-4
     """AdamW weight decay (not on biases, gates or prototype-class weights)"""
