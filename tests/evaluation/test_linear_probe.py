@@ -3,8 +3,6 @@ tiny AudioMAE over a tiny AudioStream come back with the right shapes and the mo
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -90,14 +88,13 @@ def test_standardisation_uses_train_statistics_only():
     assert shifted["probe_mAUC"] == pytest.approx(reference["probe_mAUC"], abs=1e-9)
 
 
-def test_probe_is_fast_at_the_recipe_size():
-    """1,600 clips x 768 features x 36 classes (the embedded corpus at ViT-B width) in seconds."""
+def test_probe_at_the_recipe_size():
+    """1,600 clips x 768 features x 36 classes (the embedded corpus at ViT-B width); its time is measured
+    in docs/benchmarks.md, not asserted here."""
     train_X, train_Y = _clusters(1600, 768, 36, seed=0)
     test_X, test_Y = _clusters(400, 768, 36, seed=1)
-    start = time.perf_counter()
     result = linear_probe(train_X, train_Y, test_X, test_Y)
-    assert time.perf_counter() - start < 30  # ~3 s measured on 2 busy cores; generous for slow CI
-    assert result["probe_mAP"] > 0.9
+    assert result["probe_mAP"] > 0.9 and result["probe_num_classes_evaluated"] == 36
 
 
 def test_probe_input_errors():

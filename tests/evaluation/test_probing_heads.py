@@ -1,6 +1,7 @@
 """The probe heads on synthetic layer features: CGP's convex gates, the prototype head, the comparisons."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -314,3 +315,200 @@ def test_saved_head_reloads_and_its_layer_weights_are_reported(granularity, tmp_
         # the bars / cells are drawn in colour, not left blank
         assert len(image.convert("RGB").getcolors(maxcolors=100000)) > 3
     assert layer_weights_report(build_probe("linear", L, D, C), names, classes) is None
+
+
+# ------------------------------------------------------------------------------- the training loop
+
+
+def _padded_cache(clips: int = 48, seed: int = 1) -> _ArrayCache:
+    """A cache whose padded tokens hold large garbage: a head that reads them scores differently."""
+    cache = _learnable_cache(clips=clips, seed=seed)
+    mask = np.ones((clips, T), dtype=bool)
+    mask[::2, T // 2 :] = False
+    features = cache.features.copy()
+    clip, token = np.nonzero(~mask)
+    features[clip, :, token] = 40.0  # every layer of the padded tokens
+    return _ArrayCache(features, mask, cache.labels)
+
+
+def _frozen_epoch_loss(head, cache, multi_label: bool) -> float:
+    """The training-mode loss of ``head`` over every clip at once, with the token mask: what an epoch at
+    learning rate 0 must average, whatever the batch size."""
+    head.train()
+    with torch.no_grad():
+        logits = head(torch.from_numpy(cache.features).float(), torch.from_numpy(cache.token_mask))
+        labels = torch.from_numpy(cache.labels)
+        if multi_label:
+            per_clip = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+        else:
+            per_clip = F.cross_entropy(logits, labels.argmax(1), reduction="none")
+    return float(per_clip.mean())
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("probe", ["linear", "cgp"])
+def test_an_epoch_loss_is_the_mean_over_clips_of_the_masked_loss(probe, multi_label):
+    cache = _padded_cache(clips=45)  # batches of 20, 20 and 5 clips
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C)
+    expected = _frozen_epoch_loss(head, cache, multi_label)
+    result = train_probe(head, cache, epochs=3, batch_size=20, learning_rate=0.0, multi_label=multi_label)
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
+    for row in result["history"]:
+        assert row["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["steps"] == 3 * 3 and result["seconds"] >= 0.0
+    assert not head.training  # ends in eval mode
+
+
+def test_warmup_covers_its_share_of_the_steps():
+    """One batch per epoch: epoch 2's loss is computed before its step, so it equals epoch 1's exactly when
+    the first step ran at learning rate 0 (the first step of a warmup)."""
+    cache = _learnable_cache(clips=16)
+
+    def history(warmup_ratio: float) -> list[float]:
+        torch.manual_seed(0)
+        head = build_probe("linear", L, D, C)
+        run = train_probe(head, cache, epochs=4, batch_size=16, learning_rate=0.05, warmup_ratio=warmup_ratio)
+        return [row["loss"] for row in run["history"]]
+
+    warm = history(0.5)  # 2 of 4 steps: lr 0, then 0.5 * peak
+    assert warm[1] == warm[0] and warm[2] < warm[1]
+    cold = history(0.0)
+    assert cold[1] < cold[0]
+
+
+def test_defaults_are_the_documented_protocol():
+    """100 epochs, batches of 64, AdamW at 1e-2 with weight decay 3e-4, 5 % warmup, BCE, seed 0."""
+    cache = _learnable_cache(clips=100)  # two batches per epoch: batch size and order both matter
+    documented = {
+        "epochs": 100, "batch_size": 64, "learning_rate": 1e-2, "weight_decay": 3e-4, "warmup_ratio": 0.05,
+        "multi_label": True, "seed": 0,
+    }  # fmt: skip
+
+    def trained(**arguments):
+        torch.manual_seed(0)
+        head = build_probe("attentive", L, D, C)
+        before = time.perf_counter()
+        run = train_probe(head, cache, **arguments)
+        assert 0.0 <= run["seconds"] <= time.perf_counter() - before
+        return run, head.state_dict()
+
+    default_run, default = trained()
+    assert default_run["steps"] == 200
+    explicit_run, explicit = trained(**documented)
+    assert default_run["history"] == explicit_run["history"]
+    for name, value in default.items():
+        torch.testing.assert_close(value, explicit[name], rtol=0, atol=0, msg=name)
+    for change in ({"batch_size": 65}, {"seed": 1}, {"multi_label": False}):
+        _, other = trained(**{**documented, **change})
+        assert not torch.equal(other["classifier.weight"], default["classifier.weight"]), change
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"epochs": True}, "epochs must be a positive integer, got True"),
+        ({"epochs": 2.0}, "epochs must be a positive integer, got 2.0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": 8.0}, "batch_size must be a positive integer, got 8.0"),
+    ],
+)
+def test_training_arguments_are_checked(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        train_probe(build_probe("linear", L, D, C), _learnable_cache(clips=4), **arguments)
+
+
+def test_one_epoch_of_one_clip_batches_is_allowed_and_class_counts_must_match():
+    run = train_probe(build_probe("linear", L, D, C), _learnable_cache(clips=3), epochs=1, batch_size=1)
+    assert run["steps"] == 3 and len(run["history"]) == 1
+    with pytest.raises(ValueError, match=f"the cache has {C} classes but the head {C + 1}"):
+        train_probe(build_probe("linear", L, D, C + 1), _learnable_cache(clips=4))
+
+
+# ------------------------------------------------------------------------ arguments, decay, round trips
+
+
+@pytest.mark.parametrize("field", ["num_layers", "hidden_size", "num_labels"])
+@pytest.mark.parametrize("value", [0, True, 2.0])
+def test_head_shapes_must_be_positive_integers(field, value):
+    shapes = {"num_layers": L, "hidden_size": D, "num_labels": C, field: value}
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer, got {value!r}"):
+        build_probe("linear", **shapes)
+
+
+@pytest.mark.parametrize(
+    ("probe", "option"), [("attentive", "num_heads"), ("prototype", "prototypes_per_class"), ("cgp", "topk")]
+)
+def test_head_options_must_be_positive_integers_and_one_is_allowed(probe, option):
+    for value in (0, True, 2.0):
+        with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
+            build_probe(probe, L, D, C, **{option: value})
+    head = build_probe(probe, 1, D, 1, **{option: 1})
+    assert head.options()[option] == 1
+    assert head(*_features(layers=1)).shape == (B, 1)
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_every_head_reloads_with_its_options_and_gives_the_same_logits(probe, tmp_path):
+    options = {"attentive": {"num_heads": 2}, "prototype": {"topk": 2, "prototypes_per_class": 3}}
+    options["cgp"] = {"topk": 2, "prototypes_per_class": 3, "gate_granularity": "layer_class"}
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C, **options.get(probe, {}))
+    with torch.no_grad():
+        for parameter in head.parameters():  # away from any initial value a fresh head would also have
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    head.project_()
+    head.eval()
+    save_probe_head(head, tmp_path / "nested" / "dir")  # parent folders are created
+    loaded, config = load_probe_head(tmp_path / "nested" / "dir")
+    assert config["options"] == head.options() and config["probe"] == probe
+    for key, value in options.get(probe, {}).items():
+        assert config["options"][key] == value
+    features, mask = _features()
+    torch.testing.assert_close(loaded(features, mask), head(features, mask))
+    torch.testing.assert_close(loaded(features), head(features))  # and without a token mask
+
+
+def test_prototype_probe_defaults_and_its_topk_reaches_the_head():
+    default = build_probe("prototype", L, D, C)
+    assert default.options() == {"prototypes_per_class": 10, "topk": 3}
+    assert default.prototype_head.topk == 3 and default.prototype_head.prototypes.shape == (10 * C, D)
+    assert build_probe("prototype", L, D, C, topk=1).prototype_head.topk == 1
+    assert build_probe("cgp", L, D, C, topk=1).prototype_head.topk == 1
+
+
+def test_training_top_k_is_capped_by_the_real_tokens():
+    """Fewer tokens than topk: the mean is over every token (not an error, not more than there are)."""
+    torch.manual_seed(0)
+    head = build_probe("prototype", L, D, C, topk=5, prototypes_per_class=2).train()
+    features = torch.randn(2, L, 3, D)
+    tokens = F.layer_norm(features, (D,))[:, -1]
+    similarities = head.prototype_head.similarities(tokens)
+    scores = similarities.mean(dim=1)  # all 3 tokens: top-3 of 3
+    expected = scores @ head.prototype_head.class_weights.T + head.prototype_head.bias
+    torch.testing.assert_close(head(features), expected)
+
+
+@pytest.mark.parametrize(
+    ("probe", "exempt"),
+    [
+        ("weighted_sum", {"layer_logits"}),
+        ("attentive", {"query"}),
+        ("prototype", {"prototype_head.class_weights"}),
+        ("cgp", {"prototype_head.class_weights", "gate_logits"}),
+    ],
+)
+def test_gates_queries_and_class_weights_are_not_weight_decayed(probe, exempt):
+    from hf_audiorep.training.optim import build_param_groups
+
+    head = build_probe(probe, L, D, C)
+    names = {id(p): n for n, p in head.named_parameters()}
+    undecayed = {
+        names[id(p)] for g in build_param_groups(head, 0.05) if g["weight_decay"] == 0 for p in g["params"]
+    }
+    assert exempt <= undecayed
+    decayed = {
+        names[id(p)] for g in build_param_groups(head, 0.05) if g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert decayed and not exempt & decayed
