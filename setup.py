@@ -41,6 +41,7 @@ setup(
         "numpy>=1.26",
         "evaluate>=0.4.6",
         "scikit-learn>=1.6",
+        "inflect>=7.4",  # singular nouns for the offline tag extractor (rules and word lists in the wheel)
         "tqdm>=4.66",
     ],
     extras_require={

@@ -19,6 +19,9 @@ from .modeling import (
     CATForAudioClassification,
     CATForPreTraining,
     CATModel,
+    ZipformerConfig,
+    ZipformerForAudioClassification,
+    ZipformerModel,
 )
 from .registry import PRESETS, config_from_preset, register_auto_classes
 
@@ -31,12 +34,24 @@ from .pipelines import register_pipeline  # noqa: E402  (needs the registered cl
 register_pipeline()
 
 
+# The UTS tag-system builder (hf_audiorep.data.tags), importable from the top level, loaded on first use.
+_TAG_SYSTEM_NAMES = (
+    "KeywordTagExtractor",
+    "LLMTagExtractor",
+    "TagSystem",
+    "TagSystemBuilder",
+    "build_tag_system",
+)
+
+
 def __getattr__(name: str):
     # The error types (hf_audiorep.errors.__all__) are importable from the top level, but loading them
     # imports the data and Hub code, which `import hf_audiorep` (run by every Auto class lookup) should
-    # not pay for.
+    # not pay for. The same holds for the tag-system names.
     import importlib
 
+    if name in _TAG_SYSTEM_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.data.tags"), name)
     errors = importlib.import_module(f"{__name__}.errors")  # not `from . import`: it would call back here
     if name in errors.__all__:
         return getattr(errors, name)
@@ -58,5 +73,9 @@ __all__ = [
     "CATForPreTraining",
     "CATModel",
     "PRESETS",
+    "ZipformerConfig",
+    "ZipformerForAudioClassification",
+    "ZipformerModel",
     "config_from_preset",
+    *_TAG_SYSTEM_NAMES,
 ]

@@ -1,4 +1,4 @@
-"""The ``hf-audiorep`` command: tag audio files, inspect a saved model."""
+"""The ``hf-audiorep`` command: tag audio files, inspect a saved model, build a tag vocabulary."""
 
 from __future__ import annotations
 
@@ -153,6 +153,135 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _load_tag_input(args):
+    """The clips ``build-tags`` reads: the embedded corpus, a JSON-lines manifest, a saved dataset, an audio
+    folder (or Parquet/WebDataset folder), or a Hub dataset."""
+    import datasets
+
+    name = args.dataset
+    if name == "embedded":
+        from .data.embedded import load_embedded_corpus
+
+        if args.num_clips is None:
+            corpus = load_embedded_corpus(seed=args.seed)
+        else:
+            # Only the asked split is generated; the others are left empty.
+            counts = {f"num_{s}": 0 for s in ("train", "validation", "test", "heldout")}
+            if f"num_{args.split}" not in counts:
+                raise ValueError(
+                    f"the embedded corpus has the splits train, validation, test, heldout, not {args.split!r}"
+                )
+            counts[f"num_{args.split}"] = args.num_clips
+            corpus = load_embedded_corpus(seed=args.seed, **counts)
+        if args.split not in corpus:
+            raise ValueError(f"the embedded corpus has no split {args.split!r}; it has {sorted(corpus)}")
+        return corpus[args.split]
+    path = Path(name)
+    manifest_suffixes = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
+    if path.is_file() and path.name.endswith(manifest_suffixes):
+        if not path.name.endswith(".gz") and not path.read_text(encoding="utf-8").strip():
+            raise ValueError(f"{path} is empty: the input has no clips")
+        data = datasets.load_dataset("json", data_files=str(path), split="train")
+    elif path.is_file() and path.suffix in (".csv", ".tsv"):
+        data = datasets.load_dataset(
+            "csv", data_files=str(path), split="train", delimiter="\t" if path.suffix == ".tsv" else ","
+        )
+    elif path.is_dir() and any(
+        (path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+    ):
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if args.split not in data:
+                raise ValueError(f"{path} has no split {args.split!r}; it has {sorted(data)}")
+            data = data[args.split]
+    elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {name}")
+        from .data.sources import load_audio_source
+
+        data = load_audio_source(
+            name, args.split, audio_column=args.audio_column if args.captioner else None
+        ).dataset
+    else:  # a Hub dataset
+        from .data.sources import load_audio_source
+
+        data = load_audio_source(name, args.split).dataset
+    if args.num_clips is not None and args.num_clips < len(data):
+        data = data.select(range(args.num_clips))
+    return data
+
+
+def _read_prompt(value: str | None):
+    if value is None:
+        return None
+    return Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+
+
+def _cmd_build_tags(args) -> int:
+    from .data.tags import AudioCaptioner, KeywordTagExtractor, LLMTagExtractor, TagSystemBuilder
+
+    try:
+        if args.extractor == "default":
+            extractor = KeywordTagExtractor(min_term_df=args.min_term_df, min_term_npmi=args.min_term_npmi)
+        else:
+            kwargs = {
+                "batch_size": args.batch_size,
+                "max_new_tokens": args.max_new_tokens,
+                "device": args.device,
+            }
+            if args.prompt is not None:
+                kwargs["prompt"] = _read_prompt(args.prompt)
+            extractor = LLMTagExtractor(args.extractor, progress=True, **kwargs)
+        captioner = None
+        if args.captioner is not None:
+            captioner = AudioCaptioner(
+                args.captioner, task=args.captioner_task, batch_size=args.batch_size, device=args.device
+            )
+        builder = TagSystemBuilder(
+            extractor,
+            captioner=captioner,
+            caption_column=args.caption_column,
+            tags_column=args.tags_column,
+            audio_column=args.audio_column,
+            batch_size=max(args.batch_size, 64),
+        )
+        data = _load_tag_input(args)
+        if _length_or_none(data) == 0:
+            raise ValueError(f"{args.dataset}: the input has no clips")
+        results = builder.sweep(data, args.k)
+    except (ValueError, OSError) as err:  # bad input, a missing file or model
+        raise SystemExit(f"hf-audiorep build-tags: error: {err}") from None
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"dataset": args.dataset, "split": args.split, "k": list(results), "results": {}}
+    for k, result in results.items():
+        path = result.tag_system.save(out / f"label_{k}.json")
+        summary["results"][str(k)] = {"label_file": path.name, **result.summary}
+        s = result.summary
+        print(
+            f"K={k}: {s['vocabulary_size']} tags (of {s['num_candidate_tags']} candidates), "
+            f"{s['num_kept']} clips kept, {s['num_dropped']} dropped "
+            f"({s['num_clips_without_tags']} without any tag) -> {path}"
+        )
+        print("  top: " + ", ".join(result.tag_system.names[:15]))
+    (out / "summary.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    print(f"summary: {out / 'summary.json'}")
+    if args.push_to_hub:
+        for k, result in results.items():
+            result.tag_system.push_to_hub(args.push_to_hub, f"label_{k}.json", private=args.private or None)
+        print(f"pushed {len(results)} label file(s) to {args.push_to_hub}")
+    return 0
+
+
+def _length_or_none(data):
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def _positive(kind):
     """An argparse type: ``kind`` (int or float) and > 0, so a bad option is refused once, up front."""
 
@@ -210,7 +339,95 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry_run", metavar="OUT_DIR", default=None, help="only build the upload folder in OUT_DIR"
     )
     push.set_defaults(func=_cmd_push)
+    _add_build_tags(sub)
     return parser
+
+
+def _add_build_tags(sub) -> None:
+    build = sub.add_parser(
+        "build-tags",
+        help="mine a UTS tag vocabulary (label_<K>.json) from captions or tags",
+        description="Build a Unified Tag System: captions (a column, or a captioner run on the audio) -> "
+        "tags (the offline extractor or a text-generation model) -> score df*log((N+1)/(df+1)) -> the "
+        "top K tags. "
+        "Writes label_<K>.json (Auden's id -> tag file) with a label_<K>.meta.json sidecar per K, and "
+        "summary.json (clips kept and dropped, df statistics, top tags).",
+    )
+    build.add_argument(
+        "--dataset",
+        default="embedded",
+        help="'embedded' (the generated corpus), a JSON-lines manifest (.jsonl), a folder saved by "
+        "datasets' save_to_disk, an audio folder with a metadata file, or a Hub dataset id "
+        "(default: embedded)",
+    )
+    build.add_argument("--split", default="train", help="the split to read (default: train)")
+    build.add_argument(
+        "--caption_column",
+        default="caption",
+        help="the caption column; a dotted path reads nested records, e.g. supervisions.0.caption "
+        "(default: caption)",
+    )
+    build.add_argument(
+        "--tags_column",
+        default=None,
+        help="use this column's tags as they are (a list or a ';'-separated string) instead of "
+        "extracting them",
+    )
+    build.add_argument("--audio_column", default="audio", help="the audio column the captioner reads")
+    build.add_argument(
+        "--k",
+        type=_positive(int),
+        nargs="+",
+        default=[800],
+        help="vocabulary size(s); several give a sweep from one extraction, e.g. --k 800 1500 3000 "
+        "(default: 800)",
+    )
+    build.add_argument(
+        "--extractor",
+        default="default",
+        help="'default' (offline keywords and multi-word terms) or a text-generation model id or local path",
+    )
+    build.add_argument(
+        "--prompt", default=None, help="the LLM extractor's prompt (text or a file) with {caption}"
+    )
+    build.add_argument(
+        "--max_new_tokens", type=_positive(int), default=48, help="the LLM extractor's answer length"
+    )
+    build.add_argument(
+        "--min_term_df",
+        type=_positive(int),
+        default=3,
+        help="default extractor: captions a two-word term must occur in (default: 3)",
+    )
+    build.add_argument(
+        "--min_term_npmi",
+        type=float,
+        default=0.5,
+        help="default extractor: how exclusively its two words must co-occur, normalised PMI (default: 0.5)",
+    )
+    build.add_argument(
+        "--captioner",
+        default=None,
+        help="a model id or path of an audio-to-text pipeline that writes the captions",
+    )
+    build.add_argument(
+        "--captioner_task",
+        default=None,
+        help="the captioner's pipeline task, e.g. automatic-speech-recognition",
+    )
+    build.add_argument("--batch_size", type=_positive(int), default=8, help="clips per model call")
+    build.add_argument("--device", default=None, help="torch device of the models, e.g. cpu or cuda")
+    build.add_argument(
+        "--num_clips",
+        type=_positive(int),
+        default=None,
+        help="embedded: generate this many clips of the split; otherwise: read only the first N clips",
+    )
+    build.add_argument("--seed", type=int, default=0, help="embedded corpus seed (default: 0)")
+    build.add_argument("--output_dir", required=True, help="where label_<K>.json and summary.json go")
+    build.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="also upload the label files")
+    build.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    build.set_defaults(func=_cmd_build_tags)
 
 
 def main(argv: list[str] | None = None) -> int:

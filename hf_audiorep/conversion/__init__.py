@@ -17,6 +17,9 @@ _EXPORTS = {
     "infer_timm_audiomae_config": ".audiomae_timm",
     "load_timm_audiomae": ".audiomae_timm",
     "read_safetensors_state_dict": ".audiomae_timm",
+    "config_from_icefall_args": ".icefall_zipformer",
+    "convert_icefall_zipformer_state_dict": ".icefall_zipformer",
+    "load_icefall_zipformer": ".icefall_zipformer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,20 +14,37 @@ from .ontology import (
 from .semi_supervised import SemiSupervisedBatches, split_labeled
 from .sources import AudioSource, load_audio_source
 from .stream import AudioStream
+from .tags import (
+    AudioCaptioner,
+    KeywordTagExtractor,
+    LLMTagExtractor,
+    TagExtractor,
+    TagSystem,
+    TagSystemBuilder,
+    build_tag_system,
+    parse_generated_tags,
+)
 
 __all__ = [
     "AUDIOSET_ONTOLOGY",
     "EMBEDDED_ONTOLOGY",
+    "AudioCaptioner",
     "AudioSource",
     "AudioStream",
     "CorruptAudioError",
     "DataArguments",
+    "KeywordTagExtractor",
+    "LLMTagExtractor",
     "LabelGroup",
     "LabelVocabulary",
     "MixupOutput",
     "SemiSupervisedBatches",
     "StreamFactory",
+    "TagExtractor",
+    "TagSystem",
+    "TagSystemBuilder",
     "UnknownLabelError",
+    "build_tag_system",
     "crop_or_pad",
     "decode_audio",
     "labels_to_multi_hot",
@@ -35,6 +52,7 @@ __all__ = [
     "load_embedded_corpus",
     "load_sources",
     "mixup",
+    "parse_generated_tags",
     "random_erasing",
     "roll_and_gain",
     "spec_augment",

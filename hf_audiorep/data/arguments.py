@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bucketing import check_bucketing_arguments
 from .embedded import load_embedded_corpus
 from .semi_supervised import as_unlabeled, split_labeled
 from .sources import AudioSource, SplitNotFoundError, labels_outside_vocabulary, load_audio_source
@@ -54,6 +55,16 @@ class DataArguments:
     )
     shuffle_buffer: int = 1000
     """records in the shuffle buffer of a streamed dataset"""
+    max_duration: float | None = None
+    """dynamic batches for training: clips keep their length (up to --clip_seconds) and are batched by
+    duration, each batch padding to at most this many seconds (clips x longest) per process; the batch size
+    then varies (--per_device_batch_size is ignored). Default: fixed batches of clips cropped or padded
+    to --clip_seconds"""
+    num_buckets: int = 30
+    """with --max_duration: duration buckets, estimated from the first clips read"""
+    bucket_buffer_duration: float | None = None
+    """with --max_duration: seconds of decoded clips waiting in the buckets per process (memory: 64 kB per
+    second at 16 kHz); default 2 x num_buckets x max_duration"""
     num_decode_threads: int = 4
     """threads decoding and resampling clips ahead of the training step"""
     corpus_seed: int = 0
@@ -71,6 +82,12 @@ class DataArguments:
     its labels are never used"""
     unlabeled_split: str = "train"
     """split of --unlabeled_dataset read as unlabelled audio"""
+
+    def __post_init__(self):
+        if self.max_duration == 0:
+            self.max_duration = None  # None cannot be typed on the command line
+        if self.max_duration is not None:
+            check_bucketing_arguments(self.max_duration, self.num_buckets, self.bucket_buffer_duration)
 
     def resolve_clip_seconds(self, window_seconds: float | None = None) -> float:
         """Fills an unset ``clip_seconds``: ``window_seconds`` (the window of the pre-trained model a run
@@ -237,10 +254,20 @@ class StreamFactory:
         """This process's stream of ``role``; ``sharded=False`` gives every process the whole split
         (e.g. for a probe that each process fits identically). ``extra_columns``, ``ragged_columns``,
         ``collate_fn`` and ``return_index`` put more of each record in the batch (captions, token ids,
-        precomputed teacher embeddings, dataset indices): see ``AudioStream``."""
+        precomputed teacher embeddings, dataset indices): see ``AudioStream``.
+
+        With ``--max_duration``, training streams (``train=True``) have dynamic batches by duration, with
+        at most ``batch_size`` clips when it is given; evaluation streams keep fixed batches, in order."""
+        dynamic = {}
+        if train and self.data.max_duration is not None:
+            dynamic = {
+                "max_duration": self.data.max_duration,
+                "num_buckets": self.data.num_buckets,
+                "bucket_buffer_duration": self.data.bucket_buffer_duration,
+            }
         return AudioStream(
             self.sources[role],
-            batch_size=batch_size or self.batch_size,
+            batch_size=batch_size if dynamic else batch_size or self.batch_size,
             sample_rate=self.sample_rate,
             clip_seconds=_clip_seconds(self.data),
             train=train,
@@ -253,4 +280,5 @@ class StreamFactory:
             ragged_columns=ragged_columns,
             collate_fn=collate_fn,
             return_index=return_index,
+            **dynamic,
         )

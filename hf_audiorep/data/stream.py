@@ -10,6 +10,10 @@ state resumes there without decoding anything it skips.
 Corrupt records are skipped and counted in ``stats``, never raised; but a stream whose first
 records all fail (wrong column, unreadable dataset) raises, because it would otherwise spin.
 
+With ``max_duration`` the batches are dynamic instead: clips keep their own length (up to
+``clip_seconds``), are grouped by duration into buckets (``hf_audiorep.data.bucketing``) and batched so
+that each batch's padded duration stays under ``max_duration`` seconds; resuming stays exact.
+
 Besides audio and labels, a batch can carry any other columns of the records (captions, tag
 strings, token ids, teacher embeddings, per-frame targets), collated by kind or by one user
 ``collate_fn``, and each clip's index in the dataset (``return_index``).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import functools
 import itertools
 import logging
 import queue
@@ -47,6 +52,7 @@ from datasets import (
 from datasets.distributed import split_dataset_by_node
 
 from ..hub_errors import translate_hub_errors
+from .bucketing import DurationBucketer, check_bucketing_arguments, is_partial
 from .decode import crop_or_pad, decode_audio
 from .ontology import labels_to_multi_hot
 from .sources import AudioSource, load_audio_source
@@ -170,6 +176,18 @@ class _Chunk:
     decoded: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    bucketing: dict | None = None  # a bucketed stream's buckets after this batch (see AudioStream.state_dict)
+
+
+def _put_unless_stopped(out: queue.Queue, stop: threading.Event, item) -> bool:
+    """Hand ``item`` to the consumer, waiting while the queue is full; False once the consumer stopped."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class AudioStream:
@@ -227,10 +245,29 @@ class AudioStream:
             they need not be repeated in ``extra_columns``.
         collate_fn: ``collate_fn(records) -> dict`` replacing the collation of the extra columns.
         return_index: add each clip's dataset index as ``batch["indices"]`` (above).
+        max_duration: dynamic batches by duration: each batch holds clips of similar length whose padded
+            duration (``clips * longest``) is at most this many seconds; a clip longer than that is a batch
+            of its own. Clips are then cropped to ``clip_seconds`` only when longer (randomly when
+            training) and never padded to it: ``waveforms`` is padded to the batch's longest clip.
+            ``batch_size`` becomes the most clips per batch (None: no limit). See
+            ``hf_audiorep.data.bucketing``.
+        num_buckets: duration buckets of a ``max_duration`` stream, their boundaries estimated (so that
+            each holds the same total duration) from the clips that first fill the buffer.
+        bucket_buffer_duration: seconds of decoded clips waiting in the buckets of a ``max_duration``
+            stream (memory: ``4 * sample_rate`` bytes per second); default ``2 * num_buckets *
+            max_duration``. Larger mixes more clips per batch decision; smaller uses less memory.
 
     Epochs: ``__iter__`` yields the rest of the current epoch and does not advance it; call
     ``set_epoch(e)`` before each epoch. ``set_epoch`` with the current epoch keeps the position, so
     a loop that calls it after ``load_state_dict`` resumes mid-epoch.
+
+    Dynamic batches (``max_duration``): the number of batches per epoch is not known in advance (no ``len()``)
+    and differs between ranks, which the training loop allows (it counts steps). The bucket boundaries are
+    estimated once, on each rank from its own records, and kept for later epochs. At the end of an epoch what
+    is left in the buckets is packed in duration order; ``drop_last`` drops only the final batch, and only
+    when it has room for another clip as long as its longest. Resuming is exact: the state names the records
+    still waiting in the buckets, which a resumed stream reads and decodes again (the same clips, as crops
+    depend only on the position) before it reads on.
     """
 
     def __init__(
@@ -251,6 +288,9 @@ class AudioStream:
         ragged_columns: tuple[str, ...] | list[str] = (),
         collate_fn: Callable[[list[dict[str, Any]]], Mapping[str, Any]] | None = None,
         return_index: bool = False,
+        max_duration: float | None = None,
+        num_buckets: int = 30,
+        bucket_buffer_duration: float | None = None,
     ):
         if not isinstance(source, AudioSource):
             if not isinstance(source, Dataset | IterableDataset):
@@ -258,8 +298,12 @@ class AudioStream:
                     f"source must be an AudioSource or a datasets object, got {type(source).__name__}"
                 )
             source = load_audio_source(source)
+        if max_duration is not None:
+            check_bucketing_arguments(max_duration, num_buckets, bucket_buffer_duration, batch_size)
+        elif batch_size is None:
+            raise ValueError("batch_size must be a positive integer (None is allowed only with max_duration)")
         positive = {
-            "batch_size": batch_size,
+            "batch_size": batch_size if batch_size is not None else 1,
             "sample_rate": sample_rate,
             "world_size": world_size,
             "shuffle_buffer": shuffle_buffer,
@@ -275,7 +319,15 @@ class AudioStream:
             raise ValueError(f"num_decode_threads must be >= 0, got {num_decode_threads}")
 
         self.source = source
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size is not None else None
+        self.max_duration = float(max_duration) if max_duration is not None else None
+        self.num_buckets = int(num_buckets)
+        self.bucket_buffer_duration = (
+            float(bucket_buffer_duration)
+            if bucket_buffer_duration is not None
+            else 2.0 * self.num_buckets * (self.max_duration or 0.0)
+        )
+        self._buckets = _fresh_buckets(None)
         self.sample_rate = int(sample_rate)
         self.num_samples = int(round(clip_seconds * sample_rate))
         self.train = bool(train)
@@ -412,8 +464,17 @@ class AudioStream:
     def is_streaming(self) -> bool:
         return isinstance(self._dataset, IterableDataset)
 
+    @property
+    def is_bucketed(self) -> bool:
+        """Dynamic batches by duration (``max_duration``)."""
+        return self.max_duration is not None
+
     def __len__(self) -> int:
-        """Batches per epoch on this rank (map-style datasets only)."""
+        """Batches per epoch on this rank (map-style datasets with fixed-size batches only)."""
+        if self.is_bucketed:
+            raise TypeError(
+                "an AudioStream with max_duration has no len(): its batches are formed on the fly"
+            )
         if self.is_streaming:
             raise TypeError("a streamed AudioStream has no len(); train for a number of steps instead")
         n = len(self._epoch_indices())
@@ -428,9 +489,21 @@ class AudioStream:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
             self.epoch, self._consumed = epoch, 0
+            self._buckets = _fresh_buckets(self._buckets["boundaries"])
+
+    def _bucketing_settings(self) -> dict:
+        return {
+            "max_duration": self.max_duration,
+            "num_buckets": self.num_buckets,
+            "buffer_duration": self.bucket_buffer_duration,
+            "max_batch_size": self.batch_size,
+        }
 
     def state_dict(self) -> dict:
-        return {
+        """The position, as JSON data. ``examples_consumed`` counts the raw records read; a bucketed
+        stream adds ``bucketing``: its settings, the bucket ``boundaries``, the positions of the records
+        still ``waiting`` in the buckets and the number of ``batches`` taken this epoch."""
+        state = {
             "epoch": self.epoch,
             "examples_consumed": self._consumed,
             "seed": self.seed,
@@ -438,6 +511,9 @@ class AudioStream:
             "world_size": self.world_size,
             "stats": copy.deepcopy(self.stats),
         }
+        if self.is_bucketed:
+            state["bucketing"] = {**self._bucketing_settings(), **copy.deepcopy(self._buckets)}
+        return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Resume at ``state``: the next ``__iter__`` starts right after the last record consumed.
@@ -459,12 +535,51 @@ class AudioStream:
                 if strict:
                     raise ValueError(message + " (pass strict=False to resume anyway)")
                 logger.warning(message)
+        buckets = self._check_bucketing_state(state, strict)
         self.epoch = int(state["epoch"])
         self._consumed = int(state["examples_consumed"])
         if self._consumed < 0:
             raise ValueError(f"examples_consumed must be >= 0, got {self._consumed}")
+        self._buckets = buckets
         if "stats" in state:
             self.stats = copy.deepcopy(state["stats"])
+
+    def _check_bucketing_state(self, state: dict, strict: bool) -> dict:
+        """The buckets ``state`` restores (a fresh set when it has none to restore)."""
+        saved = state.get("bucketing")
+        if not self.is_bucketed:
+            if saved is not None and saved.get("waiting"):
+                raise ValueError(
+                    "the state was saved by a stream with max_duration (dynamic batches), with clips still "
+                    "waiting in its buckets; this stream has fixed-size batches and would skip them: build "
+                    f"it with max_duration={saved.get('max_duration')}"
+                )
+            return _fresh_buckets(None)
+        if saved is None:
+            if int(state["examples_consumed"]) > 0:
+                raise ValueError(
+                    "the state was saved by a stream with fixed-size batches; this stream has max_duration "
+                    "(dynamic batches), whose position it cannot continue exactly: resume with the same "
+                    "batching, or start the epoch over"
+                )
+            return _fresh_buckets(None)
+        changed = {k: (saved.get(k), v) for k, v in self._bucketing_settings().items() if saved.get(k) != v}
+        if changed:
+            message = (
+                "the state was saved with other bucketing settings (saved, now): "
+                + ", ".join(f"{k}={a} vs {b}" for k, (a, b) in changed.items())
+                + ": the batches differ from the interrupted run's"
+            )
+            if strict:
+                raise ValueError(message + " (pass strict=False to resume anyway)")
+            logger.warning(message)
+        return {
+            "boundaries": None
+            if saved.get("boundaries") is None
+            else [float(b) for b in saved["boundaries"]],
+            "waiting": [int(k) for k in saved.get("waiting", [])],
+            "batches": int(saved.get("batches", 0)),
+        }
 
     # -------------------------------------------------------------------------- raw records
 
@@ -480,8 +595,9 @@ class AudioStream:
         index (the dataset row for map-style datasets, the position for streams)."""
         if not self.is_streaming:
             indices = self._epoch_indices()
-            for lo in range(start, len(indices), self.batch_size):
-                rows_indices = indices[lo : lo + self.batch_size].tolist()
+            block = self.batch_size or 64
+            for lo in range(start, len(indices), block):
+                rows_indices = indices[lo : lo + block].tolist()
                 rows = self._dataset[rows_indices]
                 columns = list(rows)
                 for index, values in zip(rows_indices, zip(*rows.values(), strict=True), strict=True):
@@ -504,7 +620,10 @@ class AudioStream:
         try:
             wave = decode_audio(record[self.source.audio_column], self.sample_rate)
             rng = np.random.default_rng([self.seed, epoch, self.rank, position]) if self.train else None
-            wave, length = crop_or_pad(wave, self.num_samples, rng, self.train)
+            if self.is_bucketed and len(wave) <= self.num_samples:
+                length = len(wave)  # dynamic batches: padded to the batch's longest clip when collated
+            else:
+                wave, length = crop_or_pad(wave, self.num_samples, rng, self.train)
             column = self.source.label_column
             indices = self.source.vocabulary.indices(record[column]) if column else []
             if self.collate_fn is not None:
@@ -530,7 +649,7 @@ class AudioStream:
 
     def _collate(self, examples: list[_Example]) -> dict[str, Any]:
         batch: dict[str, Any] = {
-            "waveforms": torch.from_numpy(np.stack([e.waveform for e in examples])),
+            "waveforms": torch.from_numpy(_pad_and_stack([e.waveform for e in examples])),
             "lengths": torch.tensor([e.length for e in examples], dtype=torch.int64),
             "labels": torch.from_numpy(np.stack([e.target for e in examples])),
         }
@@ -556,15 +675,10 @@ class AudioStream:
         return batch
 
     def _produce(self, epoch: int, start: int, out: queue.Queue, stop: threading.Event) -> None:
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+        if self.is_bucketed:
+            return self._produce_bucketed(epoch, start, out, stop)
 
+        put = functools.partial(_put_unless_stopped, out, stop)
         threads = self.num_decode_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="audio-decode") if threads else None
         inflight: deque = deque()
@@ -626,6 +740,127 @@ class AudioStream:
             with _LIVE_LOCK:
                 _LIVE_PRODUCERS.pop(threading.current_thread(), None)
 
+    def _produce_bucketed(self, epoch: int, position: dict, out: queue.Queue, stop: threading.Event) -> None:
+        """``_produce`` for dynamic batches: decoded clips wait in duration buckets until a batch is taken.
+
+        ``position`` is the committed state: ``consumed`` raw records read, the positions still
+        ``waiting`` in the buckets, the bucket ``boundaries`` and the ``batches`` taken this epoch. The
+        waiting records are read and decoded again first, then the buckets are drained as the
+        interrupted run would have drained them, before any new record is read.
+        """
+
+        put = functools.partial(_put_unless_stopped, out, stop)
+        threads = self.num_decode_threads
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="audio-decode") if threads else None
+        inflight: deque = deque()
+        depth = max(8, 2 * threads) if pool else 0
+        bucketer = DurationBucketer(
+            self.max_duration,
+            self.num_buckets,
+            self.bucket_buffer_duration,
+            boundaries=position["boundaries"],
+            max_batch_size=self.batch_size,
+            seed=(self.seed, epoch, self.rank),
+        )
+        restoring = set(position["waiting"])
+        consumed = position["consumed"]  # raw records read before this iterator (waiting ones included)
+        batches = position["batches"]
+        chunk = _Chunk(None, consumed)
+        ever_decoded = self.stats["decoded"] > 0
+        failed_in_a_row = 0
+        restored = not restoring
+
+        def emit(clips, waiting: list[int] | None = None) -> bool:
+            nonlocal chunk, batches
+            batches += 1
+            chunk.batch = self._collate([clip.item for clip in clips])
+            # Counted when used, so that waiting clips decoded again after a resume are not counted twice.
+            chunk.decoded += len(clips)
+            chunk.consumed = consumed
+            chunk.bucketing = {
+                "boundaries": list(bucketer.boundaries),
+                "waiting": sorted(bucketer.keys()) if waiting is None else waiting,
+                "batches": batches,
+            }
+            done, chunk = chunk, _Chunk(None, consumed)
+            return put(done)
+
+        def drain() -> bool:
+            while bucketer.full:
+                if not emit(bucketer.pop(batches)):
+                    return False
+            return True
+
+        def handle(pos, result) -> bool:
+            nonlocal consumed, ever_decoded, failed_in_a_row, restored
+            result = result.result() if pool else result
+            if pos < consumed:  # a clip that was waiting in the buckets when the state was saved
+                if not isinstance(result, str):
+                    bucketer.add(pos, result.length / self.sample_rate, result)
+                return True
+            if not restored:
+                restored = True
+                if not drain():  # the buckets as they were, drained as the saved run would have
+                    return False
+            consumed = pos + 1
+            if isinstance(result, str):
+                chunk.skipped += 1
+                chunk.errors.append(result)
+                failed_in_a_row += 1
+                if not ever_decoded and failed_in_a_row >= ALL_FAILED_LIMIT:
+                    raise ValueError(self._all_failed_message(failed_in_a_row, chunk.errors))
+                return True
+            ever_decoded, failed_in_a_row = True, 0
+            bucketer.add(pos, result.length / self.sample_rate, result)
+            return drain()
+
+        try:
+            start = min(restoring | {consumed})
+            for pos, (index, record) in enumerate(self._raw_records(epoch, start), start):
+                if stop.is_set():
+                    return
+                if pos < consumed and pos not in restoring:
+                    continue  # used in a batch before the state was saved: not decoded again
+                if pool:
+                    inflight.append((pos, pool.submit(self._prepare, record, epoch, pos, index)))
+                else:
+                    inflight.append((pos, self._prepare(record, epoch, pos, index)))
+                while len(inflight) > depth:
+                    if not handle(*inflight.popleft()):
+                        return
+            while inflight:
+                if not handle(*inflight.popleft()):
+                    return
+            if not ever_decoded and chunk.skipped:
+                raise ValueError(self._all_failed_message(chunk.skipped, chunk.errors))
+            if not restored and not drain():
+                return
+            # One batch behind the packing, to know which is the last (drop_last); each keeps the waiting
+            # keys of the moment it was taken.
+            held = None
+            for clips in bucketer.flush(batches):
+                if held is not None and not emit(*held):
+                    return
+                held = (clips, sorted(bucketer.keys()))
+            dropped = []
+            if held is not None:
+                if self.drop_last and is_partial(held[0], self.max_duration, self.batch_size):
+                    dropped = held[0]
+                elif not emit(*held):
+                    return
+            chunk.consumed = consumed  # the end of the epoch, with the bookkeeping of a dropped tail
+            chunk.decoded += len(dropped)
+            boundaries = None if bucketer.boundaries is None else list(bucketer.boundaries)
+            chunk.bucketing = {"boundaries": boundaries, "waiting": [], "batches": batches}
+            put(chunk)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(err)
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+            with _LIVE_LOCK:
+                _LIVE_PRODUCERS.pop(threading.current_thread(), None)
+
     def _all_failed_message(self, count: int, errors: list[str]) -> str:
         return (
             f"the first {count} records of the stream all failed to decode or label, so the dataset or the "
@@ -637,6 +872,8 @@ class AudioStream:
 
     def _commit(self, chunk: _Chunk) -> None:
         self._consumed = chunk.consumed
+        if chunk.bucketing is not None:
+            self._buckets = chunk.bucketing
         self.stats["decoded"] += chunk.decoded
         for message in chunk.errors:
             self.stats["skipped"] += 1
@@ -651,6 +888,8 @@ class AudioStream:
         token = object()
         self._active = token
         epoch, start = self.epoch, self._consumed
+        if self.is_bucketed:
+            start = copy.deepcopy(self._buckets) | {"consumed": start}
         out: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
         producer = threading.Thread(
@@ -674,3 +913,19 @@ class AudioStream:
             # not joined: closing a datasets iterator can sleep for seconds (datasets waits out its
             # reader threads), and the producer touches nothing but its own queue.
             stop.set()
+
+
+def _fresh_buckets(boundaries: list[float] | None) -> dict:
+    """A bucketed stream's position within an epoch before its first batch."""
+    return {"boundaries": boundaries, "waiting": [], "batches": 0}
+
+
+def _pad_and_stack(waveforms: list[np.ndarray]) -> np.ndarray:
+    """``(B, longest)`` float32, each waveform zero-padded at the end (clips of a bucketed batch differ)."""
+    longest = max(len(w) for w in waveforms)
+    if all(len(w) == longest for w in waveforms):
+        return np.stack(waveforms)
+    out = np.zeros((len(waveforms), longest), dtype=np.float32)
+    for row, wave in zip(out, waveforms, strict=True):
+        row[: len(wave)] = wave
+    return out

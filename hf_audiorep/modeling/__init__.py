@@ -5,6 +5,7 @@ from ._layers import frames_to_patch_mask, get_2d_sincos_pos_embed
 from .configuration_audiomae import AudioMAEConfig
 from .configuration_bat import BAT_PRESETS, BATConfig
 from .configuration_cat import CAT_PRESETS, CATConfig
+from .configuration_zipformer import ZIPFORMER_PRESETS, ZipformerConfig
 from .feature_extraction_base import BaseAudioFeatureExtractor
 from .feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor, kaldi_fbank
 from .feature_extraction_log_mel import LogMelFeatureExtractor, stft_log_mel
@@ -31,6 +32,12 @@ from .modeling_cat import (
     CATModelOutput,
     CATPreTrainedModel,
     MultiResolutionStem,
+)
+from .modeling_zipformer import (
+    ZipformerForAudioClassification,
+    ZipformerModel,
+    ZipformerModelOutput,
+    ZipformerPreTrainedModel,
 )
 
 __all__ = [
@@ -60,7 +67,13 @@ __all__ = [
     "CAT_PRESETS",
     "LogMelFeatureExtractor",
     "MultiResolutionStem",
+    "ZIPFORMER_PRESETS",
+    "ZipformerConfig",
     "ZipformerFbankFeatureExtractor",
+    "ZipformerForAudioClassification",
+    "ZipformerModel",
+    "ZipformerModelOutput",
+    "ZipformerPreTrainedModel",
     "compute_block_mask_2d",
     "frames_to_patch_mask",
     "get_2d_sincos_pos_embed",

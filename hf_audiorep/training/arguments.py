@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .optim import LR_SCHEDULERS
+from .optim import LR_SCHEDULERS, OPTIMIZERS
 
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
 
@@ -33,18 +33,53 @@ class TrainingArguments:
     per_device_batch_size: int = _help(
         "clips per batch on each process (recipes build the stream with it)", 16
     )
-    learning_rate: float = _help("peak learning rate (of the last layer when layer_decay < 1)", 1e-4)
+    optimizer: str = _help(
+        "adamw | scaled_adam (Zipformer's: Adam scaled by each tensor's RMS, a learned scale per tensor, "
+        "its own clipping; no weight decay, no layer decay; use with lr ~0.045, --lr_scheduler eden and "
+        "--max_grad_norm 0)",
+        "adamw",
+    )
+    learning_rate: float = _help(
+        "peak learning rate (of the last layer when layer_decay < 1); scaled_adam with eden: ~0.045", 1e-4
+    )
     min_learning_rate: float = _help("learning rate reached at max_steps by the cosine/linear schedule", 1e-6)
     weight_decay: float = _help("AdamW weight decay; biases and 1-D parameters are exempt", 0.05)
-    adam_beta1: float = _help("AdamW beta1", 0.9)
+    adam_beta1: float = _help("AdamW and ScaledAdam beta1", 0.9)
     adam_beta2: float = _help("AdamW beta2", 0.999)
-    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
+    adam_epsilon: float = _help("AdamW and ScaledAdam epsilon", 1e-8)
     layer_decay: float = _help(
-        "layer-wise lr decay in (0, 1]; layer i of L gets lr * layer_decay ** (L + 1 - i); 1 = off", 1.0
+        "layer-wise lr decay in (0, 1] (AdamW only); layer i of L gets lr * layer_decay ** (L + 1 - i); "
+        "1 = off",
+        1.0,
     )
-    warmup_steps: int = _help("linear warmup steps (set this or warmup_ratio)", 0)
+    warmup_steps: int = _help(
+        "linear warmup steps (set this or warmup_ratio); from 0, or from half the rate with eden", 0
+    )
     warmup_ratio: float = _help("linear warmup as a fraction of max_steps (set this or warmup_steps)", 0.0)
-    lr_scheduler: str = _help("learning-rate schedule after warmup: cosine | linear | constant", "cosine")
+    lr_scheduler: str = _help(
+        "learning-rate schedule: cosine | linear | constant after warmup, or eden "
+        "(lr * ((b²+B²)/B²)^-¼ * ((e²+E²)/E²)^-¼ at step b, epoch e, with B, E the eden_lr_* fields)",
+        "cosine",
+    )
+    eden_lr_batches: float = _help("eden: B, the steps after which the rate decays markedly", 7500.0)
+    eden_lr_epochs: float = _help("eden: E, the epochs after which the rate decays markedly", 3.5)
+    eden_steps_per_epoch: float | None = _help(
+        "eden: optimizer steps that make one epoch, e = step / this (a fractional epoch); 0/None = no epoch "
+        "factor, as for an endless stream",
+        None,
+    )
+    scaled_adam_beta2: float = _help("ScaledAdam beta2", 0.98)
+    scaled_adam_clipping_scale: float | None = _help(
+        "ScaledAdam: clip the gradient norm to this times the median norm of recent steps; 0/None = off", 2.0
+    )
+    scaled_adam_clipping_update_period: int = _help(
+        "ScaledAdam: steps between estimates of the clipping threshold (its window of recent norms)", 100
+    )
+    scaled_adam_scalar_lr_scale: float = _help(
+        "ScaledAdam: lr factor of scalar parameters and of each tensor's learned scale", 0.1
+    )
+    scaled_adam_param_min_rms: float = _help("ScaledAdam: floor of each tensor's RMS", 1e-5)
+    scaled_adam_param_max_rms: float = _help("ScaledAdam: ceiling of each tensor's RMS", 3.0)
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step", 1)
     max_grad_norm: float | None = _help("clip the global gradient norm to this; 0/None = no clipping", 1.0)
     mixed_precision: str | None = _help(
@@ -106,7 +141,7 @@ class TrainingArguments:
                 setattr(self, name, None)
         _positive(self, "max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps")
         # On the command line None cannot be typed for an int/float, so 0 also means "off" for these.
-        for name in ("eval_steps", "checkpointing_steps", "max_grad_norm"):
+        for name in ("eval_steps", "checkpointing_steps", "max_grad_norm", "eden_steps_per_epoch"):
             if getattr(self, name) == 0:
                 setattr(self, name, None)
         _positive(self, "eval_steps", "checkpointing_steps", "save_total_limit", optional=True)
@@ -119,7 +154,9 @@ class TrainingArguments:
             )
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("adam_beta1", "adam_beta2"):
+        if self.scaled_adam_clipping_scale == 0:
+            self.scaled_adam_clipping_scale = None
+        for name in ("adam_beta1", "adam_beta2", "scaled_adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.adam_epsilon > 0:
@@ -138,6 +175,7 @@ class TrainingArguments:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (0/None: no clipping), got {self.max_grad_norm}")
+        self._check_optimizer()
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}"
@@ -150,6 +188,47 @@ class TrainingArguments:
             self.hub_model_id = Path(self.output_dir).absolute().name
         if self.hub_model_id is not None:
             _check_repo_id(self.hub_model_id, derived)
+
+    def _check_optimizer(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("eden_lr_batches", "eden_lr_epochs", "scaled_adam_scalar_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.eden_steps_per_epoch is not None and not self.eden_steps_per_epoch > 0:
+            raise ValueError(
+                f"eden_steps_per_epoch must be > 0 (0/None: no epoch factor), got {self.eden_steps_per_epoch}"
+            )
+        if self.scaled_adam_clipping_scale is not None and not self.scaled_adam_clipping_scale > 0:
+            raise ValueError(
+                "scaled_adam_clipping_scale must be > 0 (0/None: no clipping), got "
+                f"{self.scaled_adam_clipping_scale}"
+            )
+        _positive(self, "scaled_adam_clipping_update_period")
+        if not 0 < self.scaled_adam_param_min_rms < self.scaled_adam_param_max_rms:
+            raise ValueError(
+                "need 0 < scaled_adam_param_min_rms < scaled_adam_param_max_rms, got "
+                f"{self.scaled_adam_param_min_rms} and {self.scaled_adam_param_max_rms}"
+            )
+        if self.optimizer != "scaled_adam":
+            return
+        if self.layer_decay != 1.0:
+            raise ValueError(
+                f"layer_decay={self.layer_decay} applies to AdamW only; ScaledAdam scales each tensor's "
+                "update by its own RMS instead (use layer_decay=1)"
+            )
+        if self.max_grad_norm is not None:
+            # The loop's global clipping would run first and leave ScaledAdam's median-relative clipping
+            # nothing to do (with a sum-reduced loss it would clip every step).
+            raise ValueError(
+                f"max_grad_norm={self.max_grad_norm} would clip the gradients before ScaledAdam, which clips "
+                "them itself relative to the median recent norm (scaled_adam_clipping_scale): pass "
+                "max_grad_norm 0 with optimizer scaled_adam"
+            )
+
+    @property
+    def scaled_adam_betas(self) -> tuple[float, float]:
+        return (self.adam_beta1, self.scaled_adam_beta2)
 
     @property
     def adam_betas(self) -> tuple[float, float]:

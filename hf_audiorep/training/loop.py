@@ -49,7 +49,7 @@ from .checkpoint import (
     save_checkpoint,
     staging_dir,
 )
-from .optim import build_optimizer, build_param_groups, build_scheduler
+from .optim import build_optimizer, optimizer_from_args, scheduler_from_args
 
 logger = get_logger(__name__)
 
@@ -208,26 +208,24 @@ class TrainLoop:
 
         if optimizer_fn is not None:
             optimizer = _checked_optimizer(optimizer_fn(model, args), model)
-        else:
-            groups = (
-                param_groups_fn(model)
-                if param_groups_fn is not None
-                else build_param_groups(model, args.weight_decay, args.layer_decay)
-            )
+        elif param_groups_fn is not None:
+            if args.optimizer != "adamw":
+                raise ValueError(
+                    "param_groups_fn shapes the default AdamW only; use optimizer_fn for another"
+                )
             optimizer = build_optimizer(
-                groups, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_epsilon
+                param_groups_fn(model),
+                args.learning_rate,
+                args.weight_decay,
+                args.adam_betas,
+                args.adam_epsilon,
             )
+        else:
+            optimizer = optimizer_from_args(model, args)  # args.optimizer: AdamW (default) or ScaledAdam
         if scheduler_fn is not None:
             scheduler = _checked_scheduler(scheduler_fn(optimizer, args), optimizer)
         else:
-            scheduler = build_scheduler(
-                optimizer,
-                max_steps=args.max_steps,
-                warmup_steps=args.num_warmup_steps,
-                schedule=args.lr_scheduler,
-                learning_rate=args.learning_rate,
-                min_learning_rate=args.min_learning_rate,
-            )
+            scheduler = scheduler_from_args(optimizer, args)  # args.lr_scheduler, eden included
         # Prepared objects are what accelerate's save_state/load_state checkpoint, custom ones included.
         self.prepared_model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler

@@ -1,4 +1,11 @@
-"""Optimizer parameter groups (weight-decay exemptions, layer-wise lr decay) and lr schedules.
+"""Optimizer parameter groups (weight-decay exemptions, layer-wise lr decay), optimizers and lr schedules.
+
+Two optimizers (``TrainingArguments.optimizer``): AdamW over :func:`build_param_groups` (the default), and
+:class:`~hf_audiorep.training.scaled_adam.ScaledAdam` (Zipformer's), which has no weight decay and no layer
+decay: every trainable parameter goes in one group. Four schedules (``lr_scheduler``): warmup then cosine,
+linear or constant, or :class:`~hf_audiorep.training.scaled_adam.Eden`. :func:`optimizer_from_args` and
+:func:`scheduler_from_args` build either from the run's arguments (the ``optimizer_fn`` / ``scheduler_fn``
+signatures of :class:`~hf_audiorep.training.TrainLoop`).
 
 Layer-wise learning-rate decay follows BEiT / MAE fine-tuning: with ``L`` transformer layers, parameters
 are given a layer id in ``0 .. L + 1`` (0 = patch/position embeddings, ``i + 1`` = block ``i``,
@@ -16,9 +23,14 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-LR_SCHEDULERS = ("cosine", "linear", "constant")
+from .scaled_adam import Eden, ScaledAdam
+
+OPTIMIZERS = ("adamw", "scaled_adam")
+#: warmup + decay schedules of lr_multiplier
+DECAY_SCHEDULES = ("cosine", "linear", "constant")
+LR_SCHEDULERS = DECAY_SCHEDULES + ("eden",)
 
 # `.layers.3.`, `blocks.0.`, `.layer.11.` — the block index used by transformers, timm and BEiT-style code.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|blocks|layer)\.(\d+)(?:\.|$)")
@@ -151,8 +163,8 @@ def lr_multiplier(
     Linear warmup from 0 over ``warmup_steps``, then ``cosine`` or ``linear`` decay to ``min_ratio``
     (= min lr / lr) at ``max_steps``, or ``constant``.
     """
-    if schedule not in LR_SCHEDULERS:
-        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULERS}")
+    if schedule not in DECAY_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {DECAY_SCHEDULES}")
     if step < warmup_steps:
         return step / warmup_steps
     if schedule == "constant":
@@ -172,13 +184,33 @@ def build_scheduler(
     schedule: str = "cosine",
     learning_rate: float | None = None,
     min_learning_rate: float = 0.0,
-) -> LambdaLR:
+    eden_lr_batches: float | None = None,
+    eden_lr_epochs: float | None = None,
+    eden_steps_per_epoch: float | None = None,
+) -> LRScheduler:
     """Warmup + decay schedule stepped once per optimizer step.
 
     ``min_learning_rate`` is the floor of the unscaled (head) rate; layer-decayed groups keep their ratio,
     as in MAE's ``lr_sched``.
+
+    ``schedule="eden"`` builds :class:`~hf_audiorep.training.scaled_adam.Eden` instead (``eden_lr_batches``
+    and ``eden_lr_epochs`` required, ``warmup_steps`` as its warmup from half the rate, ``max_steps`` and the
+    minimum unused): each group decays from the lr it has now.
     """
-    if schedule not in LR_SCHEDULERS:
+    if schedule == "eden":
+        if eden_lr_batches is None or eden_lr_epochs is None:
+            raise ValueError(
+                "lr_scheduler 'eden' needs eden_lr_batches and eden_lr_epochs: build it with "
+                "scheduler_from_args(optimizer, args), or pass them"
+            )
+        return Eden(
+            optimizer,
+            lr_batches=eden_lr_batches,
+            lr_epochs=eden_lr_epochs,
+            steps_per_epoch=eden_steps_per_epoch,
+            warmup_batches=warmup_steps,
+        )
+    if schedule not in DECAY_SCHEDULES:
         raise ValueError(f"unknown lr_scheduler {schedule!r}; expected one of {LR_SCHEDULERS}")
     if learning_rate is None:
         learning_rate = max(group["lr"] for group in optimizer.param_groups)
@@ -190,3 +222,69 @@ def build_scheduler(
         return lr_multiplier(step, max_steps, warmup_steps, schedule, min_ratio)
 
     return LambdaLR(optimizer, factor)
+
+
+def build_scaled_adam(
+    params_or_groups: nn.Module | Iterable,
+    learning_rate: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    **kwargs,
+) -> ScaledAdam:
+    """:class:`~hf_audiorep.training.scaled_adam.ScaledAdam` over a model's trainable parameters (one group)
+    or over param-group dicts, whose ``lr_scale`` (default 1) multiplies ``learning_rate``; a group's
+    ``weight_decay`` is ignored (ScaledAdam has none). ``kwargs`` go to ScaledAdam (``clipping_scale``...)."""
+    if isinstance(params_or_groups, nn.Module):
+        params = [p for p in params_or_groups.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        groups = [{"params": params}]
+    else:
+        groups = [dict(g) if isinstance(g, dict) else {"params": [g]} for g in params_or_groups]
+    for group in groups:
+        group.pop("weight_decay", None)
+        group.setdefault("lr_scale", 1.0)
+        group["lr"] = learning_rate * group["lr_scale"]
+    return ScaledAdam(groups, lr=learning_rate, betas=betas, eps=eps, **kwargs)
+
+
+def optimizer_from_args(model: nn.Module, args) -> torch.optim.Optimizer:
+    """The optimizer ``args.optimizer`` names, over ``model`` (a ``TrainLoop`` ``optimizer_fn``).
+
+    ``adamw``: :func:`build_param_groups` (weight-decay exemptions, ``args.layer_decay``) and
+    :func:`build_optimizer`. ``scaled_adam``: all trainable parameters in one group at
+    ``args.learning_rate``, ``args.adam_beta1``, ``args.adam_epsilon`` and the ``args.scaled_adam_*`` fields.
+    """
+    if args.optimizer == "adamw":
+        groups = build_param_groups(model, args.weight_decay, args.layer_decay)
+        return build_optimizer(
+            groups, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_epsilon
+        )
+    if args.optimizer == "scaled_adam":
+        return build_scaled_adam(
+            model,
+            args.learning_rate,
+            betas=args.scaled_adam_betas,
+            eps=args.adam_epsilon,
+            clipping_scale=args.scaled_adam_clipping_scale,
+            clipping_update_period=args.scaled_adam_clipping_update_period,
+            scalar_lr_scale=args.scaled_adam_scalar_lr_scale,
+            param_min_rms=args.scaled_adam_param_min_rms,
+            param_max_rms=args.scaled_adam_param_max_rms,
+        )
+    raise ValueError(f"unknown optimizer {args.optimizer!r}; expected one of {OPTIMIZERS}")
+
+
+def scheduler_from_args(optimizer: torch.optim.Optimizer, args) -> LRScheduler:
+    """The schedule ``args.lr_scheduler`` names, on ``optimizer`` (a ``TrainLoop`` ``scheduler_fn``)."""
+    return build_scheduler(
+        optimizer,
+        max_steps=args.max_steps,
+        warmup_steps=args.num_warmup_steps,
+        schedule=args.lr_scheduler,
+        learning_rate=args.learning_rate,
+        min_learning_rate=args.min_learning_rate,
+        eden_lr_batches=args.eden_lr_batches,
+        eden_lr_epochs=args.eden_lr_epochs,
+        eden_steps_per_epoch=args.eden_steps_per_epoch,
+    )

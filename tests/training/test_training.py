@@ -1,7 +1,6 @@
 """The shared training loop: parameter groups, schedules, EMA, checkpoints, exact resume, and a real
 2-process (gloo) run. The toy model and the AudioStream stand-in live in tests/scripts/ddp_train_script.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from torch import nn
+from toy_training import fresh_accelerate_state, toy  # noqa: F401  (fresh_accelerate_state: autouse)
 from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor, set_seed
 
 from hf_audiorep.training import (
@@ -30,25 +29,6 @@ from hf_audiorep.training import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_train_script.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ddp_train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # transformers resolves the model's `config` annotation through it
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = _load_script()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # Accelerator state is a process-wide singleton; each test builds its own loops.
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def _args(tmp_path, **overrides) -> TrainingArguments:

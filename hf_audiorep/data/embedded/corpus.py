@@ -12,6 +12,12 @@ AudioSet: 10 s, 16 kHz multi-label clips that mix one to four synthesized sound 
   ``test``) and a ``heldout`` split of single-event clips of the held-out classes, for few-shot
   and open-set evaluation. Audio is stored as 16-bit FLAC bytes in an ``Audio`` column, so it is
   decoded by exactly the code path that serves Hub datasets.
+- Each clip also has *attributes* the event ontology does not name (:data:`ATTRIBUTE_TASKS`): how
+  its speech and music sound (pitch register, speaking rate, voices; tempo, mode, instrument
+  family, rhythm) and how it was recorded (room, distance, loudness, quality). They are rendered
+  into the audio, stored in one ClassLabel column per task (for linear probes) and mentioned, each
+  with some probability and in varied wording, in the caption, so that tags mined from captions
+  cover what the event labels miss, noisily, as real captions do.
 
 The corpus is cached on disk under a hash of its configuration and written atomically (a
 temporary directory renamed into place), so a crash never leaves half a cache behind.
@@ -36,11 +42,25 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .synth import SynthesizedEvent, render_background, synthesize
+from . import recording
+from .synth import (
+    SPEAKING_RATES,
+    STYLED_RECIPES,
+    TEMPI,
+    MusicStyle,
+    SpeechStyle,
+    SynthesizedEvent,
+    render_background,
+    synthesize,
+)
 from .tables import (
+    ATTRIBUTE_LEAD_INS,
+    ATTRIBUTE_TASKS,
     CAPTION_WORDS,
     EMBEDDED_ONTOLOGY,
+    NONE,
     SCENES,
+    AttributeTask,
     CaptionPhrases,
     EmbeddedOntology,
     OneOf,
@@ -50,9 +70,11 @@ from .tables import (
 )
 
 __all__ = [
+    "ATTRIBUTE_TASKS",
     "CORPUS_VERSION",
     "EMBEDDED_ONTOLOGY",
     "SCENES",
+    "AttributeTask",
     "CaptionPhrases",
     "EmbeddedOntology",
     "MAX_EVENTS",
@@ -67,7 +89,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever generation changes, so that old caches are not served for a new generator.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 SPLITS = ("train", "validation", "test", "heldout")
 MAX_EVENTS = 4
@@ -77,8 +99,10 @@ _EVENT_COUNT_PROBS = (0.3, 0.35, 0.22, 0.13)
 # single event is kept clearly audible.
 _SNR_DB = (-5.0, 20.0)
 _HELDOUT_SNR_DB = (0.0, 20.0)
-# Peak level of a finished clip (dBFS): peak-normalised to avoid clipping, at a random gain.
-_PEAK_DBFS = (-20.0, -1.0)
+# Where in the SNR range a near or a far source's SNR is drawn (fractions of the range): a far
+# source is fainter against the background, but the ranges overlap, so the level alone does not
+# tell the distance (the direct-to-reverberant ratio and the lost highs do).
+_DISTANCE_SNR_SPAN = {"near": (0.25, 1.0), "far": (0.0, 0.7)}
 
 # (scenes, classes) event weights, the scene-by-class table behind every draw.
 _SCENE_WEIGHTS = scene_weights(SCENES, EMBEDDED_ONTOLOGY)
@@ -144,23 +168,119 @@ def _active_power(x: np.ndarray, sample_rate: int) -> float:
     return float(active.mean()) if active.size else 0.0
 
 
+# --------------------------------------------------------------------------------------------
+# attributes
+# --------------------------------------------------------------------------------------------
+
+
+def _check_attribute_tables() -> None:
+    """The render tables (in code) and the task tables (in ``attributes.json``) name the same classes."""
+    expected = {
+        "speech_pitch": ("low", "mid", "high"),
+        "speech_rate": tuple(SPEAKING_RATES),
+        "music_tempo": tuple(TEMPI),
+        "music_mode": ("major", "minor"),
+        "music_rhythm": ("steady", "syncopated"),
+        "room": tuple(recording.ROOMS),
+        "distance": tuple(recording.DISTANCES),
+        "loudness": tuple(recording.LEVELS_DBFS),
+        "quality": recording.QUALITIES,
+    }
+    for name, classes in expected.items():
+        if name not in ATTRIBUTE_TASKS or ATTRIBUTE_TASKS[name].classes != classes:
+            raise ValueError(f"attributes.json: task {name!r} must have the classes {classes}")
+    for name in ("speech_voices", "music_instrument"):
+        if name not in ATTRIBUTE_TASKS:
+            raise ValueError(f"attributes.json: task {name!r} is missing")
+    if set(_DISTANCE_SNR_SPAN) != set(recording.DISTANCES):
+        raise ValueError("every distance class needs an SNR span")
+
+
+_check_attribute_tables()
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    """A clip's attribute classes (task name -> class name, ``"none"`` where a task does not
+    apply) and the styles its speech-like and musical events are rendered in."""
+
+    values: dict[str, str]
+    speech: SpeechStyle | None
+    music: MusicStyle | None
+
+
+def _draw_attributes(classes: list[int], rng: np.random.Generator) -> _Attributes:
+    names = [EMBEDDED_ONTOLOGY.names[c] for c in classes]
+    values = {}
+    for task in ATTRIBUTE_TASKS.values():
+        sources = [name for name in names if task.sources is None or name in task.sources]
+        if not sources:
+            values[task.name] = NONE
+        elif task.name == "speech_voices" and len(sources) > 1:
+            values[task.name] = "several"  # two speech events are two speakers
+        elif task.families is not None:  # derived, not drawn: one family, or an ensemble of several
+            values[task.name] = task.families[sources[0]] if len(sources) == 1 else "ensemble"
+        else:
+            values[task.name] = task.classes[int(rng.choice(len(task.classes), p=task.probabilities()))]
+    speech = music = None
+    if values["speech_rate"] != NONE:
+        # Several voices in one event when it is the clip's only speaker (else each event is one).
+        single = sum(name in ATTRIBUTE_TASKS["speech_voices"].sources for name in names) == 1
+        voices = int(rng.integers(2, 4)) if values["speech_voices"] == "several" and single else 1
+        # A whisper has no pitch: an unvoiced clip's register is never rendered.
+        register = values["speech_pitch"] if values["speech_pitch"] != NONE else "mid"
+        speech = SpeechStyle(register, values["speech_rate"], voices)
+    if values["music_tempo"] != NONE:
+        bpm = float(rng.uniform(*TEMPI[values["music_tempo"]]))
+        music = MusicStyle(bpm, values["music_mode"], values["music_rhythm"])
+    return _Attributes(values, speech, music)
+
+
+def _style(recipe: str, attributes: _Attributes):
+    kind = STYLED_RECIPES.get(recipe)
+    if kind is SpeechStyle:
+        return attributes.speech
+    if kind is MusicStyle:
+        return attributes.music
+    return None
+
+
 def _render_clip(
-    classes: list[int], scene: int, snr_range, clip_seconds: float, sample_rate: int, rng: np.random.Generator
+    classes: list[int],
+    scene: int,
+    attributes: _Attributes,
+    snr_range,
+    clip_seconds: float,
+    sample_rate: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[_Event]]:
+    """The clip's events over its scene's background, in its room, through its recording chain, at
+    its level. The content (background, events, their placement and SNR draws), the room and the
+    chain draw from separate generators spawned from ``rng``, so that clips that differ in one
+    recording attribute have the same content."""
+    content_rng, room_rng, chain_rng = rng.spawn(3)
+    values = attributes.values
     n = int(round(clip_seconds * sample_rate))
-    mix = render_background(SCENES[scene].draw_background(rng), n, sample_rate, rng)
+    background = render_background(SCENES[scene].draw_background(content_rng), n, sample_rate, content_rng)
+    sources = np.zeros(n, dtype=np.float32)
+    span = _DISTANCE_SNR_SPAN[values["distance"]]
     events = []
     for label in classes:
-        event: SynthesizedEvent = synthesize(EMBEDDED_ONTOLOGY.recipes[label], rng, sample_rate, clip_seconds)
+        recipe = EMBEDDED_ONTOLOGY.recipes[label]
+        event: SynthesizedEvent = synthesize(
+            recipe, content_rng, sample_rate, clip_seconds, _style(recipe, attributes)
+        )
         wave = event.waveform[:n]
-        start = int(rng.integers(0, n - wave.size + 1))
-        snr = float(rng.uniform(*snr_range))
+        start = int(content_rng.integers(0, n - wave.size + 1))
+        snr = float(snr_range[0] + (snr_range[1] - snr_range[0]) * content_rng.uniform(*span))
         power = _active_power(wave, sample_rate)
         if power > 0:  # the background has unit power
-            mix[start : start + wave.size] += wave * np.float32(np.sqrt(10 ** (snr / 10) / power))
+            sources[start : start + wave.size] += wave * np.float32(np.sqrt(10 ** (snr / 10) / power))
         events.append(_Event(label, start / sample_rate, (start + wave.size) / sample_rate, snr, event.units))
-    peak = float(np.max(np.abs(mix)))
-    mix *= np.float32(10 ** (rng.uniform(*_PEAK_DBFS) / 20) / peak)
+    room = recording.draw_room(values["room"], values["distance"], room_rng)
+    mix = background + recording.place_in_room(sources, room, sample_rate, room_rng)
+    mix = recording.degrade(mix, values["quality"], sample_rate, chain_rng)
+    mix = recording.set_level(mix, float(chain_rng.uniform(*recording.LEVELS_DBFS[values["loudness"]])))
     return mix, sorted(events, key=lambda e: (e.onset_s, e.label))
 
 
@@ -189,9 +309,7 @@ def _clause(event: _Event, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.random.Generator) -> str:
-    """A sentence describing the events in temporal order, their overlap, loudness, repetitions
-    and the scene, e.g. "In a quiet park, a dog barks twice while rain falls, then a bell rings."."""
+def _event_sentence(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.random.Generator) -> str:
     place = _pick(rng, scene.places)
     if len(events) == 1 and rng.random() < 0.3:
         noun = _pick(rng, EMBEDDED_ONTOLOGY.phrases[events[0].label].nouns)
@@ -206,6 +324,37 @@ def _caption(events: list[_Event], scene: Scene, clip_seconds: float, rng: np.ra
     return text[0].upper() + text[1:] + "."
 
 
+def _attribute_sentences(values: dict[str, str], rng: np.random.Generator) -> list[str]:
+    """One sentence per attribute group (speech, music, recording) that has an attribute mentioned:
+    each applicable attribute is mentioned with its task's probability, in one of its phrases."""
+    sentences = []
+    for group, lead_ins in ATTRIBUTE_LEAD_INS.items():
+        fragments = [
+            _pick(rng, task.phrases[values[task.name]])
+            for task in ATTRIBUTE_TASKS.values()
+            if task.group == group and values[task.name] != NONE and rng.random() < task.mention
+        ]
+        if not fragments:
+            continue
+        fragments = [fragments[i] for i in rng.permutation(len(fragments))]
+        text = fragments[-1]
+        if len(fragments) > 1:
+            text = ", ".join(fragments[:-1]) + _pick(rng, (" and ", ", and ")) + text
+        text = _pick(rng, lead_ins) + text
+        sentences.append(text[0].upper() + text[1:] + ".")
+    return sentences
+
+
+def _caption(
+    events: list[_Event], scene: Scene, values: dict[str, str], clip_seconds: float, rng: np.random.Generator
+) -> str:
+    """A sentence describing the events in temporal order, their overlap, prominence, repetitions
+    and the scene, e.g. "In a quiet park, a dog barks twice while rain falls, then a bell rings.",
+    then sentences on some of the clip's attributes, e.g. "The tempo is fast and the harmony is
+    minor. It sounds like a large hall."."""
+    return " ".join([_event_sentence(events, scene, clip_seconds, rng), *_attribute_sentences(values, rng)])
+
+
 # --------------------------------------------------------------------------------------------
 # splits, dataset, cache
 # --------------------------------------------------------------------------------------------
@@ -216,9 +365,21 @@ _CHUNK_CLIPS = 128
 _PARALLEL_MIN_CLIPS = 512
 
 
-def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: int | None = None):
-    """Columns of clips ``start`` to ``stop`` of a split of ``num_clips`` clips."""
-    seed, clip_seconds, sample_rate = config["seed"], config["clip_seconds"], config["sample_rate"]
+@dataclass(frozen=True)
+class _ClipPlan:
+    """What a clip will hold, drawn before anything is rendered: its scene, event classes and
+    attributes, and the generators that render its audio and write its caption."""
+
+    scene: int
+    classes: list[int]
+    attributes: _Attributes
+    render_rng: np.random.Generator
+    caption_rng: np.random.Generator
+
+
+def _clip_plans(split: str, num_clips: int, seed: int, start: int = 0, stop: int | None = None):
+    """The plans of clips ``start`` to ``stop`` of a split of ``num_clips`` clips, cheap to draw
+    without their audio."""
     code = _SPLIT_CODES[split]
     heldout = split == "heldout"
     classes = tuple(sorted(EMBEDDED_ONTOLOGY.heldout)) if heldout else EMBEDDED_ONTOLOGY.main_classes
@@ -226,9 +387,6 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
     allowed[list(classes)] = 1.0
     schedule_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, 1 << 30)))
     schedule = _class_schedule(classes, num_clips, schedule_rng)
-    rows: dict[str, list] = {
-        key: [] for key in ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")
-    }
     for index in range(start, num_clips if stop is None else min(stop, num_clips)):
         anchors = schedule[index]
         # One generator per clip, keyed by (seed, split, index): a clip does not change when the
@@ -236,8 +394,20 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(code, index)))
         scene = _draw_scene(anchors[0], rng)
         chosen = anchors if heldout else _draw_classes(anchors, scene, allowed, rng)
+        attributes = _draw_attributes(chosen, rng)
+        yield index, _ClipPlan(scene, chosen, attributes, *rng.spawn(2))
+
+
+def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: int | None = None):
+    """Columns of clips ``start`` to ``stop`` of a split of ``num_clips`` clips."""
+    seed, clip_seconds, sample_rate = config["seed"], config["clip_seconds"], config["sample_rate"]
+    snr_range = _HELDOUT_SNR_DB if split == "heldout" else _SNR_DB
+    columns = ("clip_id", "audio", "labels", "label_names", "caption", "scene", "events")
+    rows: dict[str, list] = {key: [] for key in columns + tuple(ATTRIBUTE_TASKS)}
+    for index, plan in _clip_plans(split, num_clips, seed, start, stop):
+        scene, attributes = plan.scene, plan.attributes
         waveform, events = _render_clip(
-            chosen, scene, _HELDOUT_SNR_DB if heldout else _SNR_DB, clip_seconds, sample_rate, rng
+            plan.classes, scene, attributes, snr_range, clip_seconds, sample_rate, plan.render_rng
         )
         clip_id = f"{split}_{index:05d}"
         labels = sorted({e.label for e in events})
@@ -245,7 +415,8 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
         rows["audio"].append({"bytes": _flac_bytes(waveform, sample_rate), "path": f"{clip_id}.flac"})
         rows["labels"].append(labels)
         rows["label_names"].append([EMBEDDED_ONTOLOGY.names[i] for i in labels])
-        rows["caption"].append(_caption(events, SCENES[scene], clip_seconds, rng))
+        caption = _caption(events, SCENES[scene], attributes.values, clip_seconds, plan.caption_rng)
+        rows["caption"].append(caption)
         rows["scene"].append(SCENES[scene].name)
         rows["events"].append(
             [
@@ -259,6 +430,8 @@ def _split_rows(split: str, num_clips: int, config: dict, start: int = 0, stop: 
                 for e in events
             ]
         )
+        for task in ATTRIBUTE_TASKS.values():
+            rows[task.column].append(task.names.index(attributes.values[task.name]))
     return rows
 
 
@@ -283,6 +456,7 @@ def _features(sample_rate: int):
                     "repetitions": Value("int32"),
                 }
             ),
+            **{task.column: ClassLabel(names=list(task.names)) for task in ATTRIBUTE_TASKS.values()},
         }
     )
 
@@ -477,8 +651,10 @@ def load_embedded_corpus(
     Returns:
         ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``, ``heldout`` and
         columns ``clip_id``, ``audio`` (``Audio(sampling_rate)``), ``labels`` (list of
-        ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``
-        and ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``).
+        ``ClassLabel`` over ``EMBEDDED_ONTOLOGY.names``), ``label_names``, ``caption``, ``scene``,
+        ``events`` (list of ``{label, onset_s, offset_s, snr_db, repetitions}``; ``snr_db`` is the
+        event's level against the background at the source, before the room) and one ``ClassLabel``
+        column per attribute task (:data:`ATTRIBUTE_TASKS`: ``speech_pitch``, ..., ``quality``).
     """
     counts = {
         "num_train": num_train,

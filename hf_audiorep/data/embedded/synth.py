@@ -13,6 +13,10 @@ The recipes are built from a handful of primitives:
 - a short-time (STFT) filter whose gain may change every hop, for moving formants and gusts;
 - envelopes and sparse impulse trains, for everything percussive.
 
+Speech-like and musical recipes also take a *style* (:class:`SpeechStyle`: pitch register,
+speaking rate, number of voices; :class:`MusicStyle`: tempo, mode, rhythm), the attributes the
+corpus's captions and attribute columns describe; without one they draw a random style.
+
 Only numpy is used; nothing loops over samples in Python (loops over a handful of notes or
 strikes are fine).
 """
@@ -29,7 +33,12 @@ import numpy as np
 
 __all__ = [
     "RECIPES",
+    "SPEAKING_RATES",
+    "STYLED_RECIPES",
+    "TEMPI",
     "BackgroundParams",
+    "MusicStyle",
+    "SpeechStyle",
     "SynthesizedEvent",
     "render_background",
     "synthesize",
@@ -416,7 +425,37 @@ def _consonants(n, sample_rate, onsets, rng, scale):
     return out
 
 
-def _speech(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, voiced=True):
+@dataclass(frozen=True)
+class SpeechStyle:
+    """How the speech-like recipes talk, beyond who talks (the class): ``register`` (``"low"``,
+    ``"mid"`` or ``"high"``: which part of the speaker's own pitch range, so a high man and a low woman
+    may share a pitch), ``rate`` (``"slow"``: ~2-3 syllables/s, or ``"fast"``: ~5-7) and ``voices``
+    (1, or 2-3 speakers of the class taking overlapping turns)."""
+
+    register: str = "mid"
+    rate: str = "fast"
+    voices: int = 1
+
+    def __post_init__(self):
+        if self.register not in _REGISTERS or self.rate not in SPEAKING_RATES or self.voices < 1:
+            raise ValueError(f"invalid speech style {self}")
+
+
+# Fraction (low, high) of a speaker's log pitch range each register covers; beyond [0, 1] reaches past
+# the class's usual range by 20 % of its width. The gaps between registers keep them apart.
+_REGISTERS = {"low": (-0.2, 0.3), "mid": (0.4, 0.6), "high": (0.7, 1.2)}
+SPEAKING_RATES = {"slow": (1.8, 3.0), "fast": (5.0, 7.0)}
+"""Syllables per second of each speaking rate of :class:`SpeechStyle`."""
+
+
+def _register_range(f0_range: tuple[float, float], register: str) -> tuple[float, float]:
+    low, high = np.log(f0_range)
+    a, b = _REGISTERS[register]
+    return float(np.exp(low + a * (high - low))), float(np.exp(low + b * (high - low)))
+
+
+def _utterance(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, voiced):
+    """One speaker's utterance: babble-like syllables through a moving vocal tract."""
     seconds = _duration(rng, 1.0, 4.0, max_seconds)
     n = _samples(seconds, sample_rate)
     scale = rng.uniform(*scale_range)
@@ -442,7 +481,28 @@ def _speech(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, vo
         1.0 if voiced else 1.8,
     )
     out = out / (np.max(np.abs(out)) + 1e-8) + _consonants(n, sample_rate, onsets, rng, scale)
-    return SynthesizedEvent(_normalize(out), onsets.size)
+    return out, onsets.size
+
+
+def _speech(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, voiced=True, style=None):
+    """Speech of a class (its pitch, vocal-tract scale and rate ranges), as ``style`` says when given."""
+    if style is None:
+        out, units = _utterance(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, voiced)
+        return SynthesizedEvent(_normalize(out), units)
+    f0_range, rate_range = _register_range(f0_range, style.register), SPEAKING_RATES[style.rate]
+    parts, onset, units = [], 0.0, 0
+    for _ in range(style.voices):  # a conversation: each speaker starts before the previous one ends
+        if onset >= max_seconds - 0.3 and parts:
+            break
+        seconds = max_seconds - onset
+        out, count = _utterance(rng, sample_rate, seconds, f0_range, scale_range, rate_range, voiced)
+        parts.append((int(onset * sample_rate), out * np.float32(rng.uniform(0.7, 1.0))))
+        onset += out.size / sample_rate * rng.uniform(0.4, 0.9)
+        units += count
+    mixed = np.zeros(max(start + part.size for start, part in parts), dtype=np.float32)
+    for start, part in parts:
+        _overlay(mixed, part, start)
+    return SynthesizedEvent(_normalize(mixed), units)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,34 +510,141 @@ def _speech(rng, sample_rate, max_seconds, f0_range, scale_range, rate_range, vo
 # --------------------------------------------------------------------------------------------
 
 
-def bell(rng, sample_rate, max_seconds):
-    f0 = _log_uniform(rng, 300, 1500)
+@dataclass(frozen=True)
+class MusicStyle:
+    """How the musical recipes play, beyond which instrument (the class): ``bpm`` (beats per
+    minute; every note starts on an eighth-note grid), ``mode`` (``"major"`` or ``"minor"``: the scale
+    the melody walks and the triads the chords stack) and ``rhythm`` (``"steady"``: a note on every
+    beat, the bar's first accented; ``"syncopated"``: tresillo-like patterns that start notes, and
+    put the accents, off the beat)."""
+
+    bpm: float = 100.0
+    mode: str = "major"
+    rhythm: str = "steady"
+
+    def __post_init__(self):
+        if not 30 <= self.bpm <= 300 or self.mode not in _MODES or self.rhythm not in _RHYTHMS:
+            raise ValueError(f"invalid music style {self}")
+
+
+TEMPI = {"slow": (60.0, 80.0), "medium": (95.0, 120.0), "fast": (140.0, 180.0)}
+"""Beats per minute of each tempo class (gaps between them, so a class is unambiguous)."""
+
+# Semitones of the seven scale degrees (natural minor: its 3rd, 6th and 7th are a semitone lower).
+_MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+# Inter-onset intervals in eighth notes, one 4/4 bar each: steady quarter notes, or syncopations
+# (3+3+2 tresillo and its relatives) whose onsets and accents fall between the beats.
+_RHYTHMS = {
+    "steady": ((2, 2, 2, 2),),
+    "syncopated": ((3, 3, 2), (1, 2, 2, 2, 1), (3, 2, 3), (2, 1, 2, 1, 2)),
+}
+# Chord progressions as scale degrees (0 = I), one chord a bar: I-IV-V-I, I-vi-IV-V, I-V-vi-IV.
+_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (0, 4, 5, 3))
+
+
+def _random_music_style(rng: np.random.Generator) -> MusicStyle:
+    return MusicStyle(
+        float(_log_uniform(rng, 60.0, 180.0)),
+        ("major", "minor")[int(rng.integers(2))],
+        ("steady", "syncopated")[int(rng.integers(2))],
+    )
+
+
+@dataclass(frozen=True)
+class _Score:
+    """Notes of a passage: onset and inter-onset interval (s), accent gain, scale ``degrees``
+    (0 = tonic, 7 = its octave), their pitch in ``semitones`` above the tonic, and the bar of each."""
+
+    onsets: np.ndarray
+    lengths: np.ndarray
+    accents: np.ndarray
+    degrees: np.ndarray
+    semitones: np.ndarray
+    bars: np.ndarray
+    scale: tuple[int, ...]
+
+
+def _degree_semitones(degrees, scale) -> np.ndarray:
+    degrees = np.asarray(degrees)
+    return 12 * (degrees // 7) + np.asarray(scale)[degrees % 7]
+
+
+def _score(rng, style: MusicStyle, seconds: float, max_seconds: float) -> _Score:
+    """A melody of about ``seconds`` on the style's grid: a random walk over the scale that leans
+    on the tonic triad (where major and minor differ, at the third) and comes home at the end."""
+    eighth = 30.0 / style.bpm
+    span = max(4, int(min(seconds, max_seconds) / eighth))  # eighths; at least two beats
+    patterns = _RHYTHMS[style.rhythm]
+    iois: list[int] = []
+    while sum(iois) < span:
+        iois.extend(patterns[int(rng.integers(len(patterns)))])
+    positions = np.concatenate([[0], np.cumsum(iois)[:-1]])
+    keep = (positions < span) & (positions * eighth + 0.1 <= max_seconds)
+    keep[:2] = positions[:2] * eighth < max_seconds  # two notes whenever they fit
+    positions, iois = positions[keep], np.asarray(iois)[keep]
+    on_beat = positions % 2 == 0
+    if style.rhythm == "steady":
+        accents = np.where(positions % 8 == 0, 1.0, 0.75)
+    else:
+        accents = np.where(on_beat & (positions % 8 != 0), 0.6, 1.0)
+    degree, degrees = 0, []
+    for _ in positions:
+        degrees.append(degree)
+        if rng.random() < 0.4:  # leap to a chord tone of the tonic triad
+            degree = 7 * (degree // 7) + int(rng.choice([0, 2, 4]))
+        else:
+            degree += int(rng.choice([-2, -1, 1, 2]))
+        degree = int(np.clip(degree, -3, 9))
+    if len(degrees) > 2:
+        degrees[-1] = 0 if degrees[-2] < 4 else 7
+    scale = _MODES[style.mode]
+    return _Score(
+        positions * eighth,
+        iois * eighth,
+        accents.astype(np.float32),
+        np.asarray(degrees),
+        _degree_semitones(degrees, scale),
+        positions // 8,
+        scale,
+    )
+
+
+def _music_style(rng, style):
+    return _random_music_style(rng) if style is None else style
+
+
+def bell(rng, sample_rate, max_seconds, style=None):
+    """A bell or chime struck on the notes of a tune (a carillon, station chimes)."""
+    score = _score(rng, _music_style(rng, style), rng.uniform(1.5, 5.0), max_seconds)
+    f0 = _log_uniform(rng, 300, 1000)
     ratios = np.array([0.5, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.2]) * rng.uniform(0.98, 1.02, 8)
     amps = rng.uniform(0.2, 1.0, 8) / ratios**0.5
-    tau = rng.uniform(0.6, 2.5)
+    tau = rng.uniform(0.4, 1.5)
     decays = tau / ratios ** rng.uniform(0.5, 1.0)
-    strikes = int(rng.integers(1, 4))
-    onsets = _onsets(rng, strikes, (0.4, 1.2), 0.1)
-    unit_seconds = min(3 * tau, 4.0, max_seconds)
-    onsets = _fit_units(onsets, 0.3, max_seconds)
+    unit_seconds = min(3 * tau, 2.5, max_seconds)
     n_unit = _samples(unit_seconds, sample_rate)
-    unit = _decaying_partials(f0 * ratios, amps, decays, n_unit, sample_rate, rng)
-    unit[: _samples(0.004, sample_rate)] *= np.linspace(0, 1, _samples(0.004, sample_rate), dtype=np.float32)
-    n = _samples(min(onsets[-1] + unit_seconds, max_seconds), sample_rate)
-    return SynthesizedEvent(_normalize(_repeat(unit, onsets, n, sample_rate, rng, 0.2)), onsets.size)
+    ramp = _samples(0.004, sample_rate)
+    units = {}
+    for semitone in np.unique(score.semitones):  # one rendering per pitch, reused by every strike
+        unit = _decaying_partials(f0 * 2 ** (semitone / 12) * ratios, amps, decays, n_unit, sample_rate, rng)
+        unit[:ramp] *= np.linspace(0, 1, ramp, dtype=np.float32)
+        units[int(semitone)] = unit
+    n = _samples(min(score.onsets[-1] + unit_seconds, max_seconds), sample_rate)
+    out = np.zeros(n, dtype=np.float32)
+    for onset, semitone, accent in zip(score.onsets, score.semitones, score.accents, strict=True):
+        _overlay(out, units[int(semitone)], int(onset * sample_rate), float(accent))
+    return SynthesizedEvent(_normalize(out), score.onsets.size)
 
 
-def flute(rng, sample_rate, max_seconds):
-    base = _log_uniform(rng, 350, 1000)
-    scale = np.array([0, 2, 4, 7, 9, 12])
-    notes = int(rng.integers(1, 6))
-    lengths = rng.uniform(0.2, 0.8, notes)
-    times = np.concatenate([[0.0], np.cumsum(lengths)])
-    seconds = min(times[-1], max_seconds)
+def flute(rng, sample_rate, max_seconds, style=None):
+    score = _score(rng, _music_style(rng, style), rng.uniform(1.5, 5.0), max_seconds)
+    base = _log_uniform(rng, 350, 900)
+    ends = score.onsets + score.lengths
+    seconds = min(ends[-1], max_seconds)
     n = _samples(seconds, sample_rate)
-    pitches = base * 2 ** (rng.choice(scale, notes) / 12)
+    pitches = base * 2 ** (score.semitones / 12)
     # Step-like melody with ~20 ms portamento between notes.
-    knots_t = np.stack([times[:-1] + 0.02, times[1:]], axis=1).reshape(-1)
+    knots_t = np.stack([score.onsets + 0.02, ends], axis=1).reshape(-1)
     f0 = _glide(n, sample_rate, knots_t, np.repeat(pitches, 2))
     t = _time(n, sample_rate)
     f0 = f0 * (1 + rng.uniform(0.003, 0.01) * np.sin(2 * np.pi * rng.uniform(4.5, 6.0) * t))
@@ -485,20 +652,20 @@ def flute(rng, sample_rate, max_seconds):
     tone = _harmonic_tone(f0, harmonics, sample_rate, rng)
     breath = _shaped_noise(n, sample_rate, rng, lambda f: _resonance(f, 2 * base, 1.5 * base))
     envelope = np.zeros(n, dtype=np.float32)
-    for start, length in zip(times[:-1], lengths, strict=True):
-        m = _samples(length, sample_rate)
-        note = _adsr(m, sample_rate, rng.uniform(0.04, 0.1), 0.05, 0.85, 0.06)
-        _overlay(envelope, note, int(start * sample_rate))
+    legato = rng.uniform(0.7, 0.95)
+    for start, length, accent in zip(score.onsets, score.lengths, score.accents, strict=True):
+        m = _samples(length * legato, sample_rate)
+        note = _adsr(m, sample_rate, rng.uniform(0.02, 0.06), 0.05, 0.85, 0.04)
+        _overlay(envelope, note, int(start * sample_rate), float(accent))
     out = (tone + rng.uniform(0.05, 0.2) * breath) * envelope
-    return SynthesizedEvent(_normalize(out), int(np.sum(times[:-1] < seconds)))
+    return SynthesizedEvent(_normalize(out), score.onsets.size)
 
 
-def plucked_string(rng, sample_rate, max_seconds):
-    notes = int(rng.integers(1, 7))
-    root = _log_uniform(rng, 82, 440)
-    onsets = _fit_units(_onsets(rng, notes, (0.15, 0.5), 0.2), 0.1, max_seconds)
-    tau = rng.uniform(0.5, 2.0)
-    seconds = min(onsets[-1] + 2 * tau, max_seconds)
+def plucked_string(rng, sample_rate, max_seconds, style=None):
+    score = _score(rng, _music_style(rng, style), rng.uniform(1.5, 5.0), max_seconds)
+    root = _log_uniform(rng, 110, 440)
+    tau = rng.uniform(0.4, 1.5)
+    seconds = min(score.onsets[-1] + 2 * tau, max_seconds)
     n = _samples(seconds, sample_rate)
     out = np.zeros(n, dtype=np.float32)
     # A string plucked at a fraction p of its length lacks the harmonics with nodes there.
@@ -506,9 +673,10 @@ def plucked_string(rng, sample_rate, max_seconds):
     pluck = rng.uniform(0.08, 0.3)
     bright = np.abs(np.sin(np.pi * k * pluck)) / k ** rng.uniform(0.8, 1.3)
     dark = bright / k**1.5
-    for onset in onsets:
-        f0 = root * 2 ** (rng.choice([0, 3, 5, 7, 10, 12]) / 12)
-        m = n - int(onset * sample_rate)
+    for onset, semitone, accent in zip(score.onsets, score.semitones, score.accents, strict=True):
+        f0 = root * 2 ** (semitone / 12)
+        start = int(onset * sample_rate)
+        m = min(n - start, _samples(4 * tau, sample_rate))  # -35 dB by then
         if m <= 0:
             continue
         phase = _phase(np.full(m, f0), sample_rate)
@@ -517,34 +685,38 @@ def plucked_string(rng, sample_rate, max_seconds):
         # The upper harmonics die first: cross-fade from the bright to the dark spectrum.
         fade = _exp_decay(m, sample_rate, tau * rng.uniform(0.1, 0.25), 1e-4)
         note = (hi * fade + lo * (1 - fade) * 3) * _exp_decay(m, sample_rate, tau, 0.001)
-        _overlay(out, note, int(onset * sample_rate), float(rng.uniform(0.6, 1.0)))
-    return SynthesizedEvent(_normalize(out), onsets.size)
+        _overlay(out, note, start, float(accent * rng.uniform(0.8, 1.0)))
+    return SynthesizedEvent(_normalize(out), score.onsets.size)
 
 
-def chord(rng, sample_rate, max_seconds):
-    shapes = [[0, 4, 7], [0, 3, 7], [0, 5, 7], [0, 4, 7, 11], [0, 3, 7, 10], [0, 4, 7, 12]]
-    changes = int(rng.integers(1, 3))
-    lengths = rng.uniform(0.8, 2.5, changes)
-    times = np.concatenate([[0.0], np.cumsum(lengths)])
-    seconds = min(times[-1], max_seconds)
+def chord(rng, sample_rate, max_seconds, style=None):
+    """Chords struck on the rhythm's onsets, one triad of the mode's progression per bar."""
+    score = _score(rng, _music_style(rng, style), rng.uniform(2.0, 6.0), max_seconds)
+    progression = _PROGRESSIONS[int(rng.integers(len(_PROGRESSIONS)))]
+    seventh = rng.random() < 0.3  # some players add the seventh
+    seconds = min(score.onsets[-1] + score.lengths[-1], max_seconds)
     n = _samples(seconds, sample_rate)
     harmonics = _spectral_tilt(12, rng.uniform(1.0, 2.0)) * rng.uniform(0.5, 1.0, 12)
     table = _harmonic_table(harmonics, rng)
+    root = _log_uniform(rng, 130, 330)
     out = np.zeros(n, dtype=np.float32)
-    attack, release = rng.uniform(0.02, 0.3), rng.uniform(0.2, 0.8)
-    for start, length in zip(times[:-1], lengths, strict=True):
-        m = min(_samples(length, sample_rate), n - int(start * sample_rate))
+    attack, sustain = rng.uniform(0.01, 0.08), rng.uniform(0.5, 0.9)
+    notes = zip(score.onsets, score.lengths, score.accents, score.bars, strict=True)
+    for onset, length, accent, bar in notes:
+        start = int(onset * sample_rate)
+        m = min(_samples(length, sample_rate), n - start)
         if m <= 0:
             continue
-        root = _log_uniform(rng, 130, 520)
-        shape = shapes[int(rng.integers(len(shapes)))]
+        degree = progression[int(bar) % len(progression)]
+        stack = (0, 2, 4, 6) if seventh else (0, 2, 4)
         voices = np.zeros(m, dtype=np.float32)
-        for interval in shape:
-            f0 = root * 2 ** ((interval + rng.normal(0, 0.05)) / 12)
+        for semitone in _degree_semitones([degree + s for s in stack], score.scale):
+            f0 = root * 2 ** ((semitone + rng.normal(0, 0.05)) / 12)
             if f0 * 3 < _BAND_EDGE * sample_rate:
                 voices += _read_table(table, np.mod(rng.random() + _phase(np.full(m, f0), sample_rate), 1.0))
-        _overlay(out, voices * _adsr(m, sample_rate, attack, 0.2, 0.8, release), int(start * sample_rate))
-    return SynthesizedEvent(_normalize(out), int(np.sum(times[:-1] < seconds)))
+        envelope = _adsr(m, sample_rate, attack, 0.1, sustain, min(0.1, 0.3 * length))
+        _overlay(out, voices * envelope, start, float(accent))
+    return SynthesizedEvent(_normalize(out), score.onsets.size)
 
 
 def whistle(rng, sample_rate, max_seconds):
@@ -566,24 +738,23 @@ def whistle(rng, sample_rate, max_seconds):
     return SynthesizedEvent(_normalize(out), segments)
 
 
-def mallet(rng, sample_rate, max_seconds):
-    strikes = int(rng.integers(2, 9))
-    onsets = _fit_units(_onsets(rng, strikes, (0.12, 0.4), 0.15), 0.05, max_seconds)
-    root = _log_uniform(rng, 180, 800)
+def mallet(rng, sample_rate, max_seconds, style=None):
+    score = _score(rng, _music_style(rng, style), rng.uniform(1.5, 5.0), max_seconds)
+    root = _log_uniform(rng, 180, 600)
     tau = rng.uniform(0.15, 0.6)
-    seconds = min(onsets[-1] + 3 * tau, max_seconds)
+    seconds = min(score.onsets[-1] + 3 * tau, max_seconds)
     n = _samples(seconds, sample_rate)
     out = np.zeros(n, dtype=np.float32)
     # A tuned bar's overtones sit near 4x and 10x the fundamental (marimba tuning).
     ratios = np.array([1.0, rng.uniform(3.9, 4.0), rng.uniform(9.2, 10.0)])
     amps = np.array([1.0, rng.uniform(0.1, 0.5), rng.uniform(0.02, 0.15)])
-    for onset in onsets:
-        f0 = root * 2 ** (rng.choice([0, 2, 4, 7, 9, 12]) / 12)
+    for onset, semitone, accent in zip(score.onsets, score.semitones, score.accents, strict=True):
+        f0 = root * 2 ** (semitone / 12)
         m = min(_samples(3 * tau, sample_rate), n - int(onset * sample_rate))
         if m > 0:
             note = _decaying_partials(f0 * ratios, amps, [tau, tau / 3, tau / 6], m, sample_rate, rng)
-            _overlay(out, note, int(onset * sample_rate), float(rng.uniform(0.6, 1.0)))
-    return SynthesizedEvent(_normalize(out), onsets.size)
+            _overlay(out, note, int(onset * sample_rate), float(accent * rng.uniform(0.8, 1.0)))
+    return SynthesizedEvent(_normalize(out), score.onsets.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -804,20 +975,21 @@ def keyboard_typing(rng, sample_rate, max_seconds):
 # --------------------------------------------------------------------------------------------
 
 
-def male_speech(rng, sample_rate, max_seconds):
-    return _speech(rng, sample_rate, max_seconds, (85, 150), (0.95, 1.05), (3.0, 5.5))
+def male_speech(rng, sample_rate, max_seconds, style=None):
+    return _speech(rng, sample_rate, max_seconds, (85, 150), (0.95, 1.05), (3.0, 5.5), style=style)
 
 
-def female_speech(rng, sample_rate, max_seconds):
-    return _speech(rng, sample_rate, max_seconds, (165, 255), (1.12, 1.22), (3.0, 5.5))
+def female_speech(rng, sample_rate, max_seconds, style=None):
+    return _speech(rng, sample_rate, max_seconds, (165, 255), (1.12, 1.22), (3.0, 5.5), style=style)
 
 
-def child_speech(rng, sample_rate, max_seconds):
-    return _speech(rng, sample_rate, max_seconds, (250, 400), (1.3, 1.45), (3.5, 6.5))
+def child_speech(rng, sample_rate, max_seconds, style=None):
+    return _speech(rng, sample_rate, max_seconds, (250, 400), (1.3, 1.45), (3.5, 6.5), style=style)
 
 
-def whisper(rng, sample_rate, max_seconds):
-    return _speech(rng, sample_rate, max_seconds, (100, 200), (0.95, 1.3), (3.0, 5.5), voiced=False)
+def whisper(rng, sample_rate, max_seconds, style=None):
+    # Unvoiced: a style's register has nothing to act on; its rate and voices do.
+    return _speech(rng, sample_rate, max_seconds, (100, 200), (0.95, 1.3), (3.0, 5.5), False, style)
 
 
 def laughter(rng, sample_rate, max_seconds):
@@ -1153,10 +1325,23 @@ RECIPES: dict[str, Callable[[np.random.Generator, int, float], SynthesizedEvent]
 """Recipe name -> ``recipe(rng, sample_rate, max_seconds) -> SynthesizedEvent``."""
 
 
+STYLED_RECIPES: dict[str, type] = {
+    **dict.fromkeys(("male_speech", "female_speech", "child_speech", "whisper"), SpeechStyle),
+    **dict.fromkeys(("bell", "flute", "plucked_string", "chord", "mallet"), MusicStyle),
+}
+"""Recipes that take a ``style``, and its type: how a speech-like source talks or how an instrument
+plays (recipes draw a random style of their own without one)."""
+
+
 def synthesize(
-    recipe: str, rng: np.random.Generator, sample_rate: int = 16000, max_seconds: float = 10.0
+    recipe: str,
+    rng: np.random.Generator,
+    sample_rate: int = 16000,
+    max_seconds: float = 10.0,
+    style: SpeechStyle | MusicStyle | None = None,
 ) -> SynthesizedEvent:
-    """Renders one random instance of ``recipe`` no longer than ``max_seconds``."""
+    """Renders one random instance of ``recipe`` no longer than ``max_seconds``, in ``style`` when
+    given (a :class:`SpeechStyle` or :class:`MusicStyle`, see :data:`STYLED_RECIPES`)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown sound recipe {recipe!r}; known recipes: {sorted(RECIPES)}")
     if not isinstance(sample_rate, int | np.integer) or sample_rate < 16000:
@@ -1164,7 +1349,12 @@ def synthesize(
         raise ValueError(f"sample_rate must be an integer >= 16000 Hz, got {sample_rate!r}")
     if not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
-    event = RECIPES[recipe](rng, int(sample_rate), float(max_seconds))
+    if style is None:
+        event = RECIPES[recipe](rng, int(sample_rate), float(max_seconds))
+    else:
+        if not isinstance(style, STYLED_RECIPES.get(recipe, ())):
+            raise ValueError(f"recipe {recipe!r} does not take a {type(style).__name__}")
+        event = RECIPES[recipe](rng, int(sample_rate), float(max_seconds), style=style)
     limit = _samples(max_seconds, sample_rate)
     if event.waveform.size > limit:  # rounding in a recipe may overshoot by a sample
         event = SynthesizedEvent(event.waveform[:limit], event.units)

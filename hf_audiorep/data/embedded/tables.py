@@ -10,6 +10,10 @@
 - ``scenes.json``: per scene, the ``places`` captions name, event ``weights`` by class name and
   the ``background`` recipe: ``[low, high]`` ranges (drawn uniformly) or ``{"one_of": [...]}``
   per :class:`~hf_audiorep.data.embedded.synth.BackgroundParams` field.
+- ``attributes.json``: the attribute tasks (what a clip's speech, music and recording are like,
+  which the event classes do not say): per task its classes, the event classes it describes, how
+  it is drawn, how often captions mention it and the phrases they use; and the lead-ins of the
+  caption sentences about each group of attributes.
 
 The classes are designed in families, one held out per family so that few-shot evaluation covers
 every kind of sound; similar pairs across families are deliberate (flute / whistle / owl, knock /
@@ -28,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +42,12 @@ from ..ontology import LabelGroup, LabelVocabulary
 from .synth import RECIPES, BackgroundParams
 
 __all__ = [
+    "ATTRIBUTE_LEAD_INS",
+    "ATTRIBUTE_TASKS",
     "EMBEDDED_ONTOLOGY",
     "SCENES",
     "CAPTION_WORDS",
+    "AttributeTask",
     "CaptionPhrases",
     "CaptionWords",
     "EmbeddedOntology",
@@ -269,3 +277,122 @@ def scene_weights(scenes=SCENES, ontology=EMBEDDED_ONTOLOGY) -> np.ndarray:
     if orphans:
         raise ValueError(f"classes {orphans} occur in no scene")
     return weights
+
+
+# --------------------------------------------------------------------------------------------
+# attribute tasks
+# --------------------------------------------------------------------------------------------
+
+NONE = "none"
+"""The class of an attribute task's column on a clip without the task's sources (no speech, say)."""
+
+
+@dataclass(frozen=True)
+class AttributeTask:
+    """A property of a clip that the event ontology does not name, and a downstream task on it.
+
+    The corpus draws it per clip, renders it into the audio, stores it in the ClassLabel column
+    ``column`` (class names :attr:`names`) and mentions it in the caption with probability ``mention``
+    (one of ``phrases[class]``, so mined tags are as noisy as real captions').
+
+    ``sources`` are the event classes it describes (``None``: every clip, e.g. the room). A clip with
+    none of them gets the extra class ``"none"``: train a probe on the clips where
+    :meth:`applies` (``classes`` are then exactly the label indices ``0..len(classes)-1``).
+    ``weights`` are the draw probabilities of ``classes`` (up to normalisation); ``None`` for a task
+    derived from the clip's events (``families`` maps each source class to its class).
+    """
+
+    name: str
+    group: str
+    classes: tuple[str, ...]
+    sources: frozenset[str] | None
+    weights: tuple[float, ...] | None
+    mention: float
+    phrases: dict[str, tuple[str, ...]]
+    families: dict[str, str] | None = None
+
+    @property
+    def column(self) -> str:
+        return self.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The column's ClassLabel names: ``classes``, then ``"none"`` for a task with sources."""
+        return self.classes if self.sources is None else (*self.classes, NONE)
+
+    def applies(self, value: int | str) -> bool:
+        """Whether a clip's column value (index or name) is one of the task's ``classes``."""
+        return (value if isinstance(value, str) else self.names[value]) != NONE
+
+    def probabilities(self) -> np.ndarray:
+        weights = np.asarray(self.weights, dtype=np.float64)
+        return weights / weights.sum()
+
+
+_ATTRIBUTE_GROUPS = ("speech", "music", "recording")
+
+
+def _load_attribute_tasks(ontology: EmbeddedOntology) -> dict[str, AttributeTask]:
+    table = _read_json("attributes.json")
+    tasks = {}
+    for raw in table["tasks"]:
+        name, classes = raw["name"], tuple(raw["classes"])
+        if raw["group"] not in _ATTRIBUTE_GROUPS:
+            raise ValueError(f"attributes.json: {name!r} has an unknown group {raw['group']!r}")
+        sources = None if raw["sources"] is None else frozenset(raw["sources"])
+        if sources is not None and not sources <= set(ontology.names):
+            raise ValueError(
+                f"attributes.json: {name!r} names unknown sources {sorted(sources - set(ontology.names))}"
+            )
+        weights = raw.get("weights")
+        families = raw.get("families")
+        if (weights is None) == (families is None):
+            raise ValueError(f"attributes.json: {name!r} needs either weights (drawn) or families (derived)")
+        if weights is not None and len(weights) != len(classes):
+            raise ValueError(f"attributes.json: {name!r} needs one weight per class")
+        if families is not None and (set(families) != sources or not set(families.values()) <= set(classes)):
+            raise ValueError(f"attributes.json: {name!r} families must map each source to a class")
+        if set(raw["phrases"]) != set(classes) or not all(raw["phrases"][c] for c in classes):
+            raise ValueError(f"attributes.json: {name!r} needs phrases for exactly its classes")
+        if NONE in classes or len(set(classes)) != len(classes):
+            raise ValueError(f"attributes.json: {name!r} classes must be distinct and not {NONE!r}")
+        tasks[name] = AttributeTask(
+            name,
+            raw["group"],
+            classes,
+            sources,
+            None if weights is None else tuple(float(w) for w in weights),
+            float(raw["mention"]),
+            {c: tuple(raw["phrases"][c]) for c in classes},
+            families,
+        )
+    _check_phrases_are_unambiguous(tasks, ontology)
+    return tasks
+
+
+def _check_phrases_are_unambiguous(tasks: dict[str, AttributeTask], ontology: EmbeddedOntology) -> None:
+    """An attribute phrase must not occur inside any other caption text, so that finding it in a
+    caption says which class was described (and tests can check it against the column)."""
+    phrases = [(task.name, c, p) for task in tasks.values() for c, ps in task.phrases.items() for p in ps]
+    others = [p for phrase in ontology.phrases for p in phrase.clauses + phrase.nouns]
+    others += [place for scene in SCENES for place in scene.places]
+    others += [*CAPTION_WORDS.loud, *CAPTION_WORDS.faint, *CAPTION_WORDS.overlap, *CAPTION_WORDS.after]
+    for name, cls, phrase in phrases:
+        clash = [p for _, _, p in phrases if p != phrase and phrase in p] + [o for o in others if phrase in o]
+        if clash:
+            raise ValueError(f"attributes.json: the {name} phrase {phrase!r} ({cls}) occurs in {clash[0]!r}")
+
+
+ATTRIBUTE_TASKS = types.MappingProxyType(_load_attribute_tasks(EMBEDDED_ONTOLOGY))
+"""Task name -> :class:`AttributeTask`, in column order: the corpus's attribute columns."""
+
+
+def _load_lead_ins() -> dict[str, tuple[str, ...]]:
+    lead_ins = _read_json("attributes.json")["lead_ins"]
+    if set(lead_ins) != set(_ATTRIBUTE_GROUPS):
+        raise ValueError(f"attributes.json: lead_ins must cover the groups {_ATTRIBUTE_GROUPS}")
+    return {group: tuple(lead_ins[group]) for group in _ATTRIBUTE_GROUPS}
+
+
+ATTRIBUTE_LEAD_INS = _load_lead_ins()
+"""Per attribute group (speech, music, recording), how a caption's sentence about it may begin."""
