@@ -19,11 +19,13 @@ from .probing import (
     evaluate_probe,
     train_probe,
 )
+from .task_probes import EVENTS, ProbeTask, corpus_probe_tasks, probe_tasks
 
 #: Local path of the `evaluate` metric module: ``evaluate.load(MAP_METRIC_PATH)`` works offline.
 MAP_METRIC_PATH = str(Path(__file__).parent / "metric_modules" / "audioset_map" / "audioset_map.py")
 
 __all__ = [
+    "EVENTS",
     "MAP_METRIC_PATH",
     "PROBES",
     "PROBE_PLOT_NAME",
@@ -31,6 +33,7 @@ __all__ = [
     "FeatureCache",
     "LayerFeatureEncoder",
     "ProbeArguments",
+    "ProbeTask",
     "ProbedEncoder",
     "TaggingScores",
     "accuracy",
@@ -38,6 +41,7 @@ __all__ = [
     "build_linear_probe",
     "build_probe",
     "collect_predictions",
+    "corpus_probe_tasks",
     "evaluate_classifier",
     "evaluate_probe",
     "extract_embeddings",
@@ -46,6 +50,7 @@ __all__ = [
     "mean_average_precision",
     "plot_curves",
     "probe_report",
+    "probe_tasks",
     "train_probe",
     "write_probe_results",
 ]

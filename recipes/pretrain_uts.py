@@ -1,0 +1,280 @@
+"""Pre-train a Zipformer with multi-label classification (MTC) on a unified tag system mined from captions
+(UTS), or on the dataset's ontology labels, and probe what it learned in and out of domain.
+
+Runs with no arguments on the embedded corpus (the `zipformer-small` preset, minutes on a CPU): mines a
+K-tag vocabulary from the corpus captions (captions -> tags -> df * log((N+1)/(df+1)) -> top K), trains the
+encoder to tag every clip with it, and linear-probes the frozen encoder at its initialisation and at the
+end on event tagging (the ontology labels, in domain) and on every attribute task of the corpus (speech,
+music and recording attributes the ontology does not name):
+
+    accelerate launch recipes/pretrain_uts.py                          # MTC on 100 mined tags
+    accelerate launch recipes/pretrain_uts.py --labels ontology        # the AudioSet-like baseline
+    accelerate launch recipes/pretrain_uts.py --vocabulary_size 50 --seed 1
+
+On a dataset with audio and a caption (or tags) column, e.g. a local folder of Parquet files, with
+ScaledAdam and the Eden schedule (Zipformer's) and dynamic batches of at most 600 s of audio per GPU:
+
+    accelerate launch --multi_gpu recipes/pretrain_uts.py --dataset data/uts --caption_column caption \
+        --preset zipformer-m --vocabulary_size 1500 --optimizer scaled_adam --lr_scheduler eden \
+        --learning_rate 0.045 --max_grad_norm 0 --max_duration 600 --max_steps 300000 \
+        --probe_tasks '' --output_dir outputs/uts-zipformer-m
+
+The output directory holds the `ZipformerForAudioClassification` checkpoint (its `config.id2label` is the
+tag vocabulary), the vocabulary as a standalone label file (`label_<K>.json`, Auden's format, with a
+`.meta.json` sidecar of document frequencies and scores), its `preprocessor_config.json`, and
+`eval_results.json` with the probes at initialisation and at the end. `AutoModel.from_pretrained` on it
+gives the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import AutoModelForAudioClassification, set_seed
+
+import hf_audiorep
+from hf_audiorep.data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
+from hf_audiorep.data.embedded import load_embedded_corpus
+from hf_audiorep.data.sources import load_audio_source
+from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
+from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, probe_tasks
+from hf_audiorep.hub import push_run
+from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
+from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep
+from hf_audiorep.training import TrainingArguments, TrainLoop
+from hf_audiorep.training.argument_parser import RecipeArgumentParser
+from hf_audiorep.training.checkpoint import write_json_atomic
+
+logger = logging.getLogger("pretrain_uts")
+
+OBJECTIVES = ("mtc",)
+LABEL_SYSTEMS = ("tags", "ontology")
+#: the label column the mined tags are written to (the corpus's own `labels` are the ontology's)
+TAG_LABEL_COLUMN = "tag_labels"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = None
+    """a saved Zipformer (directory or Hub id) to continue from; when unset a fresh one from --preset"""
+    preset: str = "zipformer-small"
+    """architecture preset of a fresh model: zipformer-small (CPU minutes) or zipformer-m (Auden's UTS)"""
+
+
+@dataclass
+class UTSArguments:
+    objective: str = "mtc"
+    """mtc: multi-label tagging with BCE on the label system (per-frame logits averaged over valid frames)"""
+    labels: str = "tags"
+    """tags: a vocabulary mined from the captions (UTS); ontology: the dataset's own labels (the baseline)"""
+    vocabulary_size: int = 100
+    """K, the tags kept by score df * log((N+1)/(df+1)); clips left without a kept tag are dropped"""
+    caption_column: str = "caption"
+    """column of captions the tags are mined from"""
+    tags_column: str | None = None
+    """column of tags given per clip (a list or a ';'-separated string): no extraction"""
+    tag_extractor: str = "default"
+    """default (offline keyword extractor), or a text-generation model id / path prompted for tags"""
+    vocabulary_file: str | None = None
+    """a saved label file (label_<K>.json, a folder or a Hub id) to label the clips with instead of mining
+    a vocabulary; tags are still extracted from the captions"""
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.labels not in LABEL_SYSTEMS:
+            raise ValueError(f"--labels must be one of {LABEL_SYSTEMS}, got {self.labels!r}")
+        if self.vocabulary_size < 1:
+            raise ValueError(f"--vocabulary_size must be >= 1, got {self.vocabulary_size}")
+
+
+@dataclass
+class UTSProbeArguments:
+    probe_tasks: str | None = "all"
+    """comma-separated probe tasks of the embedded corpus run at the initialisation and the end (events,
+    speech_pitch, ...; 'all'; '' to skip): linear probes of the frozen encoder on its train/test splits"""
+    probe_train_clips: int | None = None
+    """clips of the corpus train split the probes are fitted on (default: all)"""
+
+    def task_names(self) -> list[str] | None:
+        if self.probe_tasks == "all":
+            return None
+        return [name.strip() for name in self.probe_tasks.split(",") if name.strip()]
+
+
+@dataclass
+class UTSAugmentationArguments(AugmentationArguments):
+    mixup_prob: float = 0.0
+    """probability that a clip is mixed with another; UTS trains without mixup (lhotse SpecAugment only)"""
+
+
+@dataclass
+class UTSTrainingArguments(TrainingArguments):
+    """The shared loop's arguments, with defaults that train zipformer-small on the corpus in minutes."""
+
+    output_dir: str = "outputs/pretrain-uts"
+    max_steps: int = 300
+    per_device_batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    eval_steps: int | None = None
+    checkpointing_steps: int | None = 100
+
+
+def _tag_system(uts_args: UTSArguments, source, is_main: bool):
+    """The run's tag system and the train source relabelled with it (untagged clips dropped)."""
+    builder = TagSystemBuilder(
+        uts_args.tag_extractor,
+        caption_column=uts_args.caption_column,
+        tags_column=uts_args.tags_column,
+        label_column=TAG_LABEL_COLUMN,
+        progress=is_main,
+    )
+    if uts_args.vocabulary_file:
+        result = builder.apply(
+            source.dataset, builder.tag(source.dataset), TagSystem.from_pretrained(uts_args.vocabulary_file)
+        )
+    else:
+        result = builder.build(source.dataset, uts_args.vocabulary_size)
+    summary = result.summary
+    logger.info("tag system: %s", json.dumps(summary, default=str)[:2000])
+    return result.tag_system, load_audio_source(result.dataset, label_column=TAG_LABEL_COLUMN), summary
+
+
+def _model(model_args: ModelArguments, label_names, id2label=None):
+    id2label = id2label or dict(enumerate(label_names))
+    labels = {
+        "num_labels": len(id2label),
+        "id2label": id2label,
+        "label2id": {name: i for i, name in id2label.items()},
+        "problem_type": "multi_label_classification",
+    }
+    if model_args.model_name_or_path:
+        return AutoModelForAudioClassification.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=True, **labels
+        )
+    return AutoModelForAudioClassification.from_config(
+        hf_audiorep.config_from_preset(model_args.preset, **labels)
+    )
+
+
+def _probe(probe_args: UTSProbeArguments, data_args: DataArguments, sources):
+    """``evaluate(model, feature_extractor)``: the corpus probes, or None when --probe_tasks is empty.
+
+    On the embedded corpus the probes use the run's own train and test splits (their ontology labels and
+    attribute columns, whatever labels the run trains on); on another dataset, the corpus at its default
+    size."""
+    if not probe_args.probe_tasks:
+        return None
+    tasks = corpus_probe_tasks(probe_args.task_names())
+    if data_args.dataset == EMBEDDED and "test" in sources:
+        splits = {role: sources[role].dataset for role in ("train", "test")}
+    else:
+        corpus = load_embedded_corpus(
+            seed=data_args.corpus_seed, clip_seconds=data_args.resolve_clip_seconds()
+        )
+        splits = {"train": corpus["train"], "test": corpus["test"]}
+
+    def evaluate(model, feature_extractor) -> dict:
+        return probe_tasks(
+            model.base_model,
+            feature_extractor,
+            splits,
+            tasks,
+            clip_seconds=data_args.resolve_clip_seconds(),
+            train_clips=probe_args.probe_train_clips,
+        )
+
+    return evaluate
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _report(initial: dict, final: dict) -> str:
+    """Per task: the trivial baseline, the probe at initialisation, the probe of the trained encoder."""
+    rows = ["| task | metric | chance | initialisation | trained |", "|---|---|---:|---:|---:|"]
+    for key in final:
+        task, metric = key.split("/", 1)
+        if metric in ("probe_mAP", "probe_accuracy"):
+            name = metric.removeprefix("probe_")
+            values = (final.get(f"{task}/chance_{name}"), initial.get(key), final[key])
+            rows.append(f"| {task} | {name} | " + " | ".join(_number(v) for v in values) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = RecipeArgumentParser(
+        (ModelArguments, UTSArguments, UTSProbeArguments, DataArguments, UTSAugmentationArguments,
+         UTSTrainingArguments)
+    )  # fmt: skip
+    model_args, uts_args, probe_args, data_args, aug_args, train_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    state = PartialState(cpu=train_args.cpu)
+    sources = load_sources(data_args)
+    probe = _probe(probe_args, data_args, sources)  # before the train split is relabelled with tags
+    tag_summary = None
+    if uts_args.labels == "tags":
+        tag_system, sources["train"], tag_summary = _tag_system(
+            uts_args, sources["train"], state.is_main_process
+        )
+        # Periodic and final evaluation read the ontology labels: the tag task has no held-out labels.
+        sources = {"train": sources["train"]}
+        label_names, id2label = tag_system.names, tag_system.id2label
+    else:
+        tag_system = None
+        label_names, id2label = sources["train"].label_names, None
+    set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
+    model = _model(model_args, label_names, id2label)
+    feature_extractor = ZipformerFbankFeatureExtractor()
+    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
+    step = SupervisedClassificationStep(feature_extractor, aug_args)
+    loop = TrainLoop(
+        train_args, model, stream("train", train=True), step, feature_extractor=feature_extractor
+    )
+    if "eval" in sources:
+        loop.eval_fn = lambda m: evaluate_classifier(
+            m, stream("eval", False), feature_extractor, loop.accelerator
+        )
+    initial = probe(loop.model, feature_extractor) if probe is not None else {}
+    summary = loop.run()
+
+    results: dict = {
+        "objective": uts_args.objective,
+        "labels": uts_args.labels,
+        "num_labels": len(label_names),
+    }
+    if tag_summary is not None:
+        results["tag_system"] = tag_summary
+    if "test" in sources:
+        results.update(
+            evaluate_classifier(
+                loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_"
+            )
+        )
+    if probe is not None:
+        final = probe(loop.model, feature_extractor)
+        results.update({"probes": final, "probes_at_initialisation": initial})
+        summary.update(final)
+        if loop.accelerator.is_main_process:
+            print(_report(initial, final), flush=True)
+    if loop.accelerator.is_main_process:
+        if tag_system is not None:
+            tag_system.save(train_args.output_dir)
+        write_json_atomic(Path(train_args.output_dir, "eval_results.json"), results)
+    push_run(train_args)  # after eval_results.json is written
+    loop.finish()
+    return summary
+
+
+if __name__ == "__main__":
+    run_recipe(main)  # an unreachable Hub: one line from rank 0 and exit status 2, not a traceback per rank

@@ -1,0 +1,107 @@
+"""The UTS recipe run as users run it: MTC on a vocabulary mined from the corpus captions, or on the ontology
+labels; the vocabulary saved with the model and beside it; probes at initialisation and at the end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from recipe_utils import load_recipe
+from transformers import AutoConfig, AutoModel
+
+from hf_audiorep.data.embedded import ATTRIBUTE_TASKS, EMBEDDED_ONTOLOGY
+from hf_audiorep.data.tags import TagSystem
+from hf_audiorep.modeling import ZipformerForAudioClassification, ZipformerModel
+
+pytestmark = pytest.mark.slow
+
+CORPUS = {"clip_seconds": 1.0, "num_train_clips": 48, "num_eval_clips": 0, "num_test_clips": 24}
+
+
+def _args(output_dir, **overrides) -> list[str]:
+    options = {
+        **CORPUS,
+        "max_steps": 2,
+        "per_device_batch_size": 8,
+        "warmup_steps": 1,
+        "checkpointing_steps": 0,
+        "num_decode_threads": 1,
+        "vocabulary_size": 12,
+        "probe_tasks": "events,loudness",
+        "output_dir": str(output_dir),
+        "cpu": "true",
+    }
+    options.update(overrides)
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe("pretrain_uts")
+
+
+@pytest.fixture(scope="module")
+def tags_run(recipe, tmp_path_factory):
+    output = tmp_path_factory.mktemp("uts-tags")
+    summary = recipe.main(_args(output))
+    return output, summary
+
+
+def test_mined_vocabulary_is_the_models_labels_and_a_label_file(tags_run):
+    output, _ = tags_run
+    vocabulary = TagSystem.from_pretrained(output / "label_12.json")
+    config = AutoConfig.from_pretrained(output)
+    assert config.num_labels == len(vocabulary) == 12
+    assert [config.id2label[i] for i in range(12)] == list(vocabulary.names)
+    assert config.problem_type == "multi_label_classification"
+    # the tags come from the captions, not from the ontology
+    assert not set(vocabulary.names) <= set(EMBEDDED_ONTOLOGY.names)
+    assert isinstance(AutoModel.from_pretrained(output), ZipformerModel)
+
+
+def test_results_hold_probes_at_initialisation_and_end_and_the_tag_summary(tags_run):
+    output, summary = tags_run
+    results = json.loads((output / "eval_results.json").read_text())
+    assert results["labels"] == "tags" and results["num_labels"] == 12
+    assert results["tag_system"]["num_clips"] == CORPUS["num_train_clips"]
+    for probes in (results["probes"], results["probes_at_initialisation"]):
+        assert set(probes) >= {"events/probe_mAP", "loudness/probe_accuracy", "loudness/chance_accuracy"}
+        assert probes["events/probe_num_clips"] == CORPUS["num_test_clips"]
+        assert probes["events/probe_num_train_clips"] == CORPUS["num_train_clips"]
+    assert results["probes"] != results["probes_at_initialisation"]  # the encoder changed
+    assert summary["events/probe_mAP"] == results["probes"]["events/probe_mAP"]
+
+
+def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path):
+    recipe.main(_args(tmp_path, labels="ontology", probe_tasks="", max_steps=1))
+    model = ZipformerForAudioClassification.from_pretrained(tmp_path)
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == list(EMBEDDED_ONTOLOGY.names)
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["labels"] == "ontology" and "test_mAP" in results and "probes" not in results
+    assert not list(tmp_path.glob("label_*.json"))
+
+
+def test_a_saved_vocabulary_labels_the_clips(recipe, tags_run, tmp_path):
+    output, _ = tags_run
+    recipe.main(_args(tmp_path, vocabulary_file=output / "label_12.json", probe_tasks="", max_steps=1))
+    assert AutoConfig.from_pretrained(tmp_path).id2label == AutoConfig.from_pretrained(output).id2label
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"labels": "audioset"}, "--labels must be one of"),
+        ({"objective": "ar"}, "--objective must be one of"),
+        ({"vocabulary_size": 0}, "--vocabulary_size must be >= 1"),
+        ({"probe_tasks": "events,tempo_of_birds"}, "unknown probe task"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(recipe, tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        recipe.main(_args(tmp_path, **overrides))
+
+
+def test_every_attribute_task_is_a_probe_task(recipe):
+    from hf_audiorep.evaluation import corpus_probe_tasks
+
+    assert [task.name for task in corpus_probe_tasks()] == ["events", *ATTRIBUTE_TASKS]
