@@ -228,6 +228,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     # step 8 is in the middle of epoch 1 and dropout draws must come back from the checkpoint.
     def run(output_dir, step_fn, resume=None):
         args = _resume_args(tmp_path, output_dir, resume)
+        args.eval_steps = 4  # evaluations at 4 and 8 live in the checkpoint, the one at 12 after resuming
         set_seed(0)
         model = toy.ToyModel(toy.ToyConfig())
         ema = ModelEMA(model, decay=0.5, end_decay=0.9, ramp_steps=6)
@@ -239,11 +240,13 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
             step_fn,
             extra_state={"ema": ema},
             on_optimizer_step=[lambda model, step: ema.update(model)],
+            eval_fn=lambda model: {"head_sum": float(model.head.weight.detach().sum())},
         )
         return loop, ema, loop.run()
 
     reference = {}
     loop_a, ema_a, _ = run(tmp_path / "a", toy.classification_step(reference))
+    assert [row["step"] for row in loop_a.eval_history] == [4, 8, 12]
 
     with pytest.raises(toy.Crash):
         run(tmp_path / "b", toy.crashing_step(toy.classification_step(), after_calls=8 * 2))
@@ -256,6 +259,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     resumed = {}
     loop_b, ema_b, summary = run(tmp_path / "b", toy.classification_step(resumed), resume="latest")
     assert summary["resumed_from_checkpoint"].endswith("step_8") and summary["global_step"] == 12
+    assert loop_b.eval_history == loop_a.eval_history  # the evaluations before the crash come back too
+    assert state["epoch"] == 1  # step 8 of 6-step epochs
     assert resumed["losses"] == reference["losses"][16:]
     assert resumed["indices"] == reference["indices"][16 * 4 :]
     _assert_same_weights(loop_a, loop_b)
@@ -371,6 +376,8 @@ def test_latest_ignores_unfinished_saves_and_rotation_keeps_the_limit(tmp_path):
         (fake / f"step_{step}").mkdir(parents=True)
         (fake / f"step_{step}" / "trainer_state.json").write_text("{}")
     assert find_latest_checkpoint(fake).name == "step_10"  # numeric, not lexical, order
+    (tmp_path / "empty").mkdir()
+    assert find_latest_checkpoint(tmp_path / "empty") is None  # "latest" on a first launch: start fresh
     assert [p.name for p in rotate_checkpoints(fake, 1)] == ["step_2", "step_9"]
 
 
