@@ -502,7 +502,8 @@ def test_training_top_k_is_capped_by_the_real_tokens():
 def test_gates_queries_and_class_weights_are_not_weight_decayed(probe, exempt):
     from hf_audiorep.training.optim import build_param_groups
 
-    head = build_probe(probe, L, D, C)
+    # per-class gates are 2-D: only the name exempts them (1-D parameters are exempt by their shape)
+    head = build_probe(probe, L, D, C, **({"gate_granularity": "layer_class"} if probe == "cgp" else {}))
     names = {id(p): n for n, p in head.named_parameters()}
     undecayed = {
         names[id(p)] for g in build_param_groups(head, 0.05) if g["weight_decay"] == 0 for p in g["params"]
