@@ -274,3 +274,48 @@ def test_read_returns_float32_features_and_the_masks(tmp_path):
     assert features.dtype == torch.float32 and features.shape[0] == 2
     assert mask.dtype == torch.bool and not mask[0].all() and mask[1].all()
     torch.testing.assert_close(labels, torch.cat([b["labels"] for b in batches])[[1, 4]])
+
+
+def test_the_fingerprint_changes_with_everything_the_features_depend_on():
+    """A cache is reused only under the same fingerprint: a changed weight, config, front end, layer choice
+    or token pooling must give another one (else stale features would be probed)."""
+    from probing_utils import tiny_audiomae
+
+    from hf_audiorep.evaluation.probing import LayerFeatureEncoder
+    from hf_audiorep.evaluation.probing.cache import encoder_fingerprint
+
+    def fingerprint(edit=None, **options):
+        model, feature_extractor = tiny_audiomae(seed=0)
+        if edit is not None:
+            edit(model, feature_extractor)
+        return encoder_fingerprint(LayerFeatureEncoder(model, feature_extractor, "hf_audiorep", **options))
+
+    reference = fingerprint()
+    assert fingerprint() == reference  # a rebuilt identical encoder reuses its cache
+    assert len(reference) == 64 and int(reference, 16) >= 0  # a SHA-256 hex digest
+
+    def one_weight(model, _):
+        with torch.no_grad():
+            next(iter(model.state_dict().values())).view(-1)[-1] += 1e-3
+
+    def last_weight(model, _):
+        with torch.no_grad():
+            list(model.state_dict().values())[-1].view(-1)[0] += 1e-3
+
+    def config(model, _):
+        model.config.layer_norm_eps = 1e-5
+
+    def front_end(_, feature_extractor):
+        feature_extractor.mean = feature_extractor.mean + 0.5
+
+    variants = {
+        "first tensor": fingerprint(one_weight),
+        "last tensor": fingerprint(last_weight),
+        "config": fingerprint(config),
+        "feature extractor": fingerprint(front_end),
+        "layers": fingerprint(layers=[0, 1]),
+        "token pooling": fingerprint(token_pooling=2),
+    }
+    for name, value in variants.items():
+        assert value != reference, name
+    assert len(set(variants.values())) == len(variants)
