@@ -123,7 +123,7 @@ class UTSTrainingArguments(TrainingArguments):
     max_steps: int = 300
     per_device_batch_size: int = 16
     # Zipformer's own optimizer: on the corpus (zipformer-small, 300 steps, tags K=100, 1 seed) it beat
-    # AdamW at 2e-3 + cosine in domain (event probe mAP 0.337 vs 0.314) and on 9 of 12 attribute tasks
+    # AdamW at 2e-3 + cosine in domain (event probe mAP 0.337 vs 0.314) and on 10 of 11 attribute tasks
     # (docs/benchmarks.md). `--optimizer adamw --lr_scheduler cosine --learning_rate 2e-3 --max_grad_norm 1`
     # gives the AdamW run.
     optimizer: str = "scaled_adam"
