@@ -122,10 +122,11 @@ class UTSTrainingArguments(TrainingArguments):
     output_dir: str = "outputs/pretrain-uts"
     max_steps: int = 300
     per_device_batch_size: int = 16
-    # Zipformer's own optimizer: on the corpus (zipformer-small, 300 steps, tags K=100, 1 seed) it beat
-    # AdamW at 2e-3 + cosine in domain (event probe mAP 0.337 vs 0.314) and on 10 of 11 attribute tasks
-    # (docs/benchmarks.md). `--optimizer adamw --lr_scheduler cosine --learning_rate 2e-3 --max_grad_norm 1`
-    # gives the AdamW run.
+    # Zipformer's own optimizer (Auden's): on the corpus (zipformer-small, 300 steps, tags K=100, 1 seed) its
+    # encoder probed better than AdamW's at 2e-3 + cosine, in domain (event mAP 0.337 vs 0.314) and on 10 of
+    # 11 attribute tasks; neither run's training loss got below the label priors yet (docs/benchmarks.md),
+    # so this is provisional. AdamW: --optimizer adamw --lr_scheduler cosine --learning_rate 2e-3
+    # --max_grad_norm 1.
     optimizer: str = "scaled_adam"
     """adamw | scaled_adam (default here: Zipformer's; it clips by itself, so --max_grad_norm stays 0)"""
     lr_scheduler: str = "eden"
