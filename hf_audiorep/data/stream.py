@@ -674,13 +674,30 @@ class AudioStream:
                 batch[name] = values
         return batch
 
-    def _produce(self, epoch: int, start: int, out: queue.Queue, stop: threading.Event) -> None:
-        if self.is_bucketed:
-            return self._produce_bucketed(epoch, start, out, stop)
-
+    def _produce(self, epoch: int, start, out: queue.Queue, stop: threading.Event) -> None:
+        """The prefetch thread: fills ``out`` with chunks (a collated batch and its bookkeeping), then hands
+        any error to the consumer, which re-raises it; the decode pool and the producer's registration end
+        with it. ``start`` is the raw position (fixed batches) or the bucketing state (dynamic batches)."""
         put = functools.partial(_put_unless_stopped, out, stop)
         threads = self.num_decode_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="audio-decode") if threads else None
+        try:
+            if self.is_bucketed:
+                self._produce_bucketed(epoch, start, put, stop, pool)
+            else:
+                self._produce_fixed(epoch, start, put, stop, pool)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(err)
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+            with _LIVE_LOCK:
+                _LIVE_PRODUCERS.pop(threading.current_thread(), None)
+
+    def _produce_fixed(
+        self, epoch: int, start: int, put: Callable, stop: threading.Event, pool: ThreadPoolExecutor | None
+    ) -> None:
+        """``_produce`` for fixed batches of ``batch_size`` clips, from raw position ``start``."""
         inflight: deque = deque()
         examples: list = []
         chunk = _Chunk(None, start)
@@ -707,40 +724,39 @@ class AudioStream:
                 return put(done)
             return True
 
-        try:
-            end = start  # position after the last raw record pulled
-            for position, (index, record) in enumerate(self._raw_records(epoch, start), start):
-                if stop.is_set():
-                    return
-                end = position + 1
-                if pool:
-                    inflight.append((position, pool.submit(self._prepare, record, epoch, position, index)))
-                else:
-                    inflight.append((position, self._prepare(record, epoch, position, index)))
-                # Keep one batch of records decoding while earlier results are collated.
-                while len(inflight) > (self.batch_size if pool else 0):
-                    if not handle(*inflight.popleft()):
-                        return
-            while inflight:
+        end = start  # position after the last raw record pulled
+        for position, (index, record) in enumerate(self._raw_records(epoch, start), start):
+            if stop.is_set():
+                return
+            end = position + 1
+            if pool:
+                inflight.append((position, pool.submit(self._prepare, record, epoch, position, index)))
+            else:
+                inflight.append((position, self._prepare(record, epoch, position, index)))
+            # Keep one batch of records decoding while earlier results are collated.
+            while len(inflight) > (self.batch_size if pool else 0):
                 if not handle(*inflight.popleft()):
                     return
-            if not ever_decoded and chunk.skipped:
-                raise ValueError(self._all_failed_message(chunk.skipped, chunk.errors))
-            if examples and not self.drop_last:
-                if not put(_Chunk(self._collate(examples), end, chunk.decoded, chunk.skipped, chunk.errors)):
-                    return
-                chunk = _Chunk(None, end)
-            chunk.consumed = end  # the end of the epoch, with the bookkeeping of any dropped tail
-            put(chunk)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(err)
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
-            with _LIVE_LOCK:
-                _LIVE_PRODUCERS.pop(threading.current_thread(), None)
+        while inflight:
+            if not handle(*inflight.popleft()):
+                return
+        if not ever_decoded and chunk.skipped:
+            raise ValueError(self._all_failed_message(chunk.skipped, chunk.errors))
+        if examples and not self.drop_last:
+            if not put(_Chunk(self._collate(examples), end, chunk.decoded, chunk.skipped, chunk.errors)):
+                return
+            chunk = _Chunk(None, end)
+        chunk.consumed = end  # the end of the epoch, with the bookkeeping of any dropped tail
+        put(chunk)
 
-    def _produce_bucketed(self, epoch: int, position: dict, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce_bucketed(
+        self,
+        epoch: int,
+        position: dict,
+        put: Callable,
+        stop: threading.Event,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
         """``_produce`` for dynamic batches: decoded clips wait in duration buckets until a batch is taken.
 
         ``position`` is the committed state: ``consumed`` raw records read, the positions still
@@ -749,9 +765,7 @@ class AudioStream:
         interrupted run would have drained them, before any new record is read.
         """
 
-        put = functools.partial(_put_unless_stopped, out, stop)
         threads = self.num_decode_threads
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="audio-decode") if threads else None
         inflight: deque = deque()
         depth = max(8, 2 * threads) if pool else 0
         bucketer = DurationBucketer(
@@ -814,52 +828,44 @@ class AudioStream:
             bucketer.add(pos, result.length / self.sample_rate, result)
             return drain()
 
-        try:
-            start = min(restoring | {consumed})
-            for pos, (index, record) in enumerate(self._raw_records(epoch, start), start):
-                if stop.is_set():
-                    return
-                if pos < consumed and pos not in restoring:
-                    continue  # used in a batch before the state was saved: not decoded again
-                if pool:
-                    inflight.append((pos, pool.submit(self._prepare, record, epoch, pos, index)))
-                else:
-                    inflight.append((pos, self._prepare(record, epoch, pos, index)))
-                while len(inflight) > depth:
-                    if not handle(*inflight.popleft()):
-                        return
-            while inflight:
+        start = min(restoring | {consumed})
+        for pos, (index, record) in enumerate(self._raw_records(epoch, start), start):
+            if stop.is_set():
+                return
+            if pos < consumed and pos not in restoring:
+                continue  # used in a batch before the state was saved: not decoded again
+            if pool:
+                inflight.append((pos, pool.submit(self._prepare, record, epoch, pos, index)))
+            else:
+                inflight.append((pos, self._prepare(record, epoch, pos, index)))
+            while len(inflight) > depth:
                 if not handle(*inflight.popleft()):
                     return
-            if not ever_decoded and chunk.skipped:
-                raise ValueError(self._all_failed_message(chunk.skipped, chunk.errors))
-            if not restored and not drain():
+        while inflight:
+            if not handle(*inflight.popleft()):
                 return
-            # One batch behind the packing, to know which is the last (drop_last); each keeps the waiting
-            # keys of the moment it was taken.
-            held = None
-            for clips in bucketer.flush(batches):
-                if held is not None and not emit(*held):
-                    return
-                held = (clips, sorted(bucketer.keys()))
-            dropped = []
-            if held is not None:
-                if self.drop_last and is_partial(held[0], self.max_duration, self.batch_size):
-                    dropped = held[0]
-                elif not emit(*held):
-                    return
-            chunk.consumed = consumed  # the end of the epoch, with the bookkeeping of a dropped tail
-            chunk.decoded += len(dropped)
-            boundaries = None if bucketer.boundaries is None else list(bucketer.boundaries)
-            chunk.bucketing = {"boundaries": boundaries, "waiting": [], "batches": batches}
-            put(chunk)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(err)
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
-            with _LIVE_LOCK:
-                _LIVE_PRODUCERS.pop(threading.current_thread(), None)
+        if not ever_decoded and chunk.skipped:
+            raise ValueError(self._all_failed_message(chunk.skipped, chunk.errors))
+        if not restored and not drain():
+            return
+        # One batch behind the packing, to know which is the last (drop_last); each keeps the waiting
+        # keys of the moment it was taken.
+        held = None
+        for clips in bucketer.flush(batches):
+            if held is not None and not emit(*held):
+                return
+            held = (clips, sorted(bucketer.keys()))
+        dropped = []
+        if held is not None:
+            if self.drop_last and is_partial(held[0], self.max_duration, self.batch_size):
+                dropped = held[0]
+            elif not emit(*held):
+                return
+        chunk.consumed = consumed  # the end of the epoch, with the bookkeeping of a dropped tail
+        chunk.decoded += len(dropped)
+        boundaries = None if bucketer.boundaries is None else list(bucketer.boundaries)
+        chunk.bucketing = {"boundaries": boundaries, "waiting": [], "batches": batches}
+        put(chunk)
 
     def _all_failed_message(self, count: int, errors: list[str]) -> str:
         return (
