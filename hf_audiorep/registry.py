@@ -27,12 +27,18 @@ from transformers.configuration_utils import PreTrainedConfig
 
 from .modeling.configuration_audiomae import AUDIOMAE_PRESETS, AudioMAEConfig
 from .modeling.configuration_bat import BAT_PRESETS, BATConfig
+from .modeling.configuration_beats import BEATS_PRESETS, BEATsConfig
 from .modeling.configuration_cat import CAT_PRESETS, CATConfig
+from .modeling.configuration_cp_mobile import CP_MOBILE_PRESETS, CPMobileConfig
 from .modeling.configuration_zipformer import ZIPFORMER_PRESETS, ZipformerConfig
+from .modeling.feature_extraction_beats import BEATsFeatureExtractor
 from .modeling.feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor
+from .modeling.feature_extraction_log_mel import LogMelFeatureExtractor
 from .modeling.modeling_audiomae import AudioMAEForAudioClassification, AudioMAEForPreTraining, AudioMAEModel
 from .modeling.modeling_bat import BATForAudioClassification, BATForPreTraining, BATModel
+from .modeling.modeling_beats import BEATsForAudioClassification, BEATsModel
 from .modeling.modeling_cat import CATForAudioClassification, CATForPreTraining, CATModel
+from .modeling.modeling_cp_mobile import CPMobileForAudioClassification, CPMobileModel
 from .modeling.modeling_zipformer import ZipformerForAudioClassification, ZipformerModel
 
 __all__ = [
@@ -188,6 +194,33 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ),
     ),
     Architecture(
+        name="beats",
+        config_class=BEATsConfig,
+        base_model=BEATsModel,
+        heads={AutoModelForAudioClassification: BEATsForAudioClassification},
+        feature_extractor=BEATsFeatureExtractor,
+        presets=BEATS_PRESETS,
+        lora_target_modules=(
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "fc1",
+            "fc2",
+        ),
+        card_notes=(
+            "BEATs (microsoft/unilm beats/), the ContrastASC teacher, checked numerically against the "
+            "reference code on a tiny random model with every path on (gated relative position bias, "
+            "deep-norm, positional conv, padding mask): outputs agree within 1e-5. The released checkpoints "
+            "are not on the Hub and none was converted here: build the config from a checkpoint's own cfg "
+            "(hf_audiorep.conversion.beats); the beats-iter3 preset's values (relative position bias with "
+            "its gate, deep-norm, 320 buckets up to 800) are believed, not verified. The weight-normalised "
+            "positional conv is folded into a plain weight, so fine-tuning updates that weight directly; the "
+            "reference's layer-wise gradient scaling is not reproduced (use layer-wise learning-rate decay). "
+            "Padding is reduced to patches the reference's way, which is not exactly each patch's own frames."
+        ),
+    ),
+    Architecture(
         name="zipformer",
         config_class=ZipformerConfig,
         base_model=ZipformerModel,
@@ -205,6 +238,27 @@ ARCHITECTURES: tuple[Architecture, ...] = (
             "zipformer-m preset uses Auden's feed-forward widths (3 x encoder_dim), not icefall's "
             "Zipformer-M; which one the UTS paper used is unknown. The MTC loss is mean-reduced BCE (Auden "
             "and icefall sum it)."
+        ),
+    ),
+    Architecture(
+        name="cp_mobile",
+        config_class=CPMobileConfig,
+        base_model=CPMobileModel,
+        heads={AutoModelForAudioClassification: CPMobileForAudioClassification},
+        feature_extractor=LogMelFeatureExtractor,
+        presets=CP_MOBILE_PRESETS,
+        card_notes=(
+            "CP-Mobile as the CP-JKU DCASE code builds it (checked numerically against the DCASE 2024 "
+            "baseline and the DCASE 2023 CP-Mobile with GRN: identical logits from the same weights). "
+            "ContrastASC's student released no code, so its layout is a guess: by default (embedding_size "
+            "unset) the output block's 1x1 convolution emits the classes, as in the CP-JKU network, and the "
+            "clip embedding is the pooled last feature map; with embedding_size set, the output block emits "
+            "an embedding of that size and a linear or cosine head classifies it. The LayerNorm option of "
+            "the output block (output_norm='layer') is a LayerNorm over channels at each time-frequency "
+            "position, our reading of ContrastASC's change. Which sizes the paper's 6K-126K students have is "
+            "unknown; the presets span the CP-JKU width settings. Clips are independent of their batch's "
+            "padding (padded columns are zeroed where they would mix in); the CP-JKU code, trained on "
+            "fixed 1-s clips, has no padding to handle."
         ),
     ),
 )

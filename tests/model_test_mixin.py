@@ -14,8 +14,15 @@ it) and provides:
   recompute (e.g. ``("pos_embed",)``, mel banks, windows).
 
 Optional: ``deterministic_overrides`` (config changes that remove randomness the gradient
-checkpointing check cannot replay; by default it relies on checkpointing's RNG replay) and
-``expected_num_hidden_states(config)``.
+checkpointing check cannot replay; by default it relies on checkpointing's RNG replay),
+``expected_num_hidden_states(config)`` and ``expected_hidden_state_shapes(model_class, config, inputs)``
+(default: every hidden state ``(batch, tokens, hidden_size)``; a CNN returns feature maps of its own
+shape per block).
+
+A family without attention (a CNN such as CP-Mobile) sets ``has_attentions = False``, as transformers'
+own model tests do: it must then declare no attention backend (no SDPA support), and the SDPA/eager
+check compares the model with itself. A model whose class sets ``supports_gradient_checkpointing =
+False`` must refuse to enable it (a ValueError) instead of passing the checkpointing check.
 
 The family's entry in :mod:`hf_audiorep.registry` (found from the config's ``model_type``) supplies the
 Auto classes: ``model_classes`` must list exactly its base model and heads.
@@ -74,6 +81,7 @@ class ModelTesterMixin:
     invalid_config_values: list[tuple[str, Any]] = []
     expected_non_persistent_buffers: tuple[str, ...] = ()
     deterministic_overrides: dict[str, Any] = {}
+    has_attentions: bool = True
 
     # ---- hooks the test class provides ---------------------------------------------------
 
@@ -108,6 +116,15 @@ class ModelTesterMixin:
 
     def expected_num_hidden_states(self, config) -> int:
         return config.num_hidden_layers + 1
+
+    def expected_hidden_state_shapes(self, model_class, config, inputs) -> list[tuple[int, ...]]:
+        """The shape of each hidden state: ``(batch, tokens, hidden_size)`` for every one by default."""
+        if is_pretraining(model_class):
+            num_tokens = self.expected_pretraining_sequence_length(config, inputs)
+        else:
+            num_tokens = self.expected_sequence_length(config, inputs)
+        shape = (inputs["input_values"].shape[0], num_tokens, config.hidden_size)
+        return [shape] * self.expected_num_hidden_states(config)
 
     def get_pretraining_inputs(self, config, inputs) -> dict[str, torch.Tensor]:
         raise NotImplementedError("a family with a *ForPreTraining model must define get_pretraining_inputs")
@@ -155,6 +172,10 @@ class ModelTesterMixin:
 
     def test_default_attention_is_sdpa(self):
         for model_class in self.model_classes:
+            if not self.has_attentions:
+                # Nothing to choose: a family without attention must not claim an attention backend.
+                assert not model_class._supports_sdpa, model_class.__name__
+                continue
             model = self.build(model_class, self.get_config())
             assert model.config._attn_implementation == "sdpa", model_class.__name__
 
@@ -169,12 +190,8 @@ class ModelTesterMixin:
                 outputs = model(**model_inputs, output_hidden_states=True)
             hidden_states = outputs.hidden_states
             assert hidden_states is not None and len(hidden_states) == self.expected_num_hidden_states(config)
-            if is_pretraining(model_class):
-                num_tokens = self.expected_pretraining_sequence_length(config, inputs)
-            else:
-                num_tokens = self.expected_sequence_length(config, inputs)
-            for state in hidden_states:
-                assert state.shape == (batch_size, num_tokens, config.hidden_size)
+            expected_shapes = self.expected_hidden_state_shapes(model_class, config, inputs)
+            assert [tuple(state.shape) for state in hidden_states] == [tuple(s) for s in expected_shapes]
             if is_pretraining(model_class):
                 # The self-supervised loss needs no labels; the prediction is per clip.
                 assert outputs.loss is not None and outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
@@ -298,6 +315,11 @@ class ModelTesterMixin:
         inputs = self.get_inputs(config)
         for model_class in self.model_classes:
             model = self.build(model_class, config).train()
+            if not model_class.supports_gradient_checkpointing:
+                with pytest.raises(ValueError, match="checkpointing"):
+                    model.activation_checkpointing_enable()
+                assert not model.is_activation_checkpointing
+                continue
             kwargs = self.forward_kwargs(model_class, config, inputs)
             # Checkpointed blocks run their inner layers again in the backward pass: count the calls.
             calls = [0]

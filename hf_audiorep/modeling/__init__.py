@@ -1,12 +1,16 @@
 """Model code: torch + transformers only, single-dot imports, shippable as Hub remote code."""
 
 from ._bootstrap import compute_block_mask_2d, make_teacher_targets
+from ._heads import CosineClassifier
 from ._layers import frames_to_patch_mask, get_2d_sincos_pos_embed
 from .configuration_audiomae import AudioMAEConfig
 from .configuration_bat import BAT_PRESETS, BATConfig
+from .configuration_beats import BEATS_PRESETS, BEATsConfig
 from .configuration_cat import CAT_PRESETS, CATConfig
+from .configuration_cp_mobile import CP_MOBILE_PRESETS, CPMobileConfig
 from .configuration_zipformer import ZIPFORMER_PRESETS, ZipformerConfig
 from .feature_extraction_base import BaseAudioFeatureExtractor
+from .feature_extraction_beats import BEATsFeatureExtractor
 from .feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor, kaldi_fbank
 from .feature_extraction_log_mel import LogMelFeatureExtractor, stft_log_mel
 from .modeling_audiomae import (
@@ -24,6 +28,11 @@ from .modeling_bat import (
     BATModelOutput,
     BATPreTrainedModel,
 )
+from .modeling_beats import (
+    BEATsForAudioClassification,
+    BEATsModel,
+    BEATsPreTrainedModel,
+)
 from .modeling_cat import (
     CATForAudioClassification,
     CATForPreTraining,
@@ -32,6 +41,12 @@ from .modeling_cat import (
     CATModelOutput,
     CATPreTrainedModel,
     MultiResolutionStem,
+)
+from .modeling_cp_mobile import (
+    CPMobileForAudioClassification,
+    CPMobileModel,
+    CPMobileModelOutput,
+    CPMobilePreTrainedModel,
 )
 from .modeling_zipformer import (
     ZipformerForAudioClassification,
@@ -56,6 +71,12 @@ __all__ = [
     "BATModelOutput",
     "BATPreTrainedModel",
     "BAT_PRESETS",
+    "BEATS_PRESETS",
+    "BEATsConfig",
+    "BEATsFeatureExtractor",
+    "BEATsForAudioClassification",
+    "BEATsModel",
+    "BEATsPreTrainedModel",
     "BaseAudioFeatureExtractor",
     "CATConfig",
     "CATForAudioClassification",
@@ -65,6 +86,13 @@ __all__ = [
     "CATModelOutput",
     "CATPreTrainedModel",
     "CAT_PRESETS",
+    "CPMobileConfig",
+    "CPMobileForAudioClassification",
+    "CPMobileModel",
+    "CPMobileModelOutput",
+    "CPMobilePreTrainedModel",
+    "CP_MOBILE_PRESETS",
+    "CosineClassifier",
     "LogMelFeatureExtractor",
     "MultiResolutionStem",
     "ZIPFORMER_PRESETS",

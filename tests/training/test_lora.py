@@ -1,7 +1,9 @@
 """LoRA through peft (hf_audiorep/adapters.py) on every architecture of the registry, default targets.
 
-Each check runs for every entry of ``ARCHITECTURES`` on a tiny classifier; the recipe's side (the adapter
-directory, ``--merge_lora``) is in tests/recipes/test_finetune_lora.py.
+Each check runs for every entry of ``ARCHITECTURES`` that declares default LoRA targets, on a tiny classifier;
+a family without them (CP-Mobile: a CNN with no linear layer in its blocks, of at most 127K parameters) must
+refuse LoRA without named targets. The recipe's side (the adapter directory, ``--merge_lora``) is in
+tests/recipes/test_finetune_lora.py.
 """
 
 import re
@@ -41,9 +43,28 @@ def batch(config, seed: int = 0):
     return features, labels
 
 
-@pytest.fixture(params=ARCHITECTURES, ids=[a.name for a in ARCHITECTURES])
+WITH_TARGETS = [a for a in ARCHITECTURES if a.lora_target_modules]
+WITHOUT_TARGETS = [a for a in ARCHITECTURES if not a.lora_target_modules]
+
+
+@pytest.fixture(params=WITH_TARGETS, ids=[a.name for a in WITH_TARGETS])
 def architecture(request):
     return request.param
+
+
+@pytest.mark.parametrize("architecture_name", [a.name for a in WITHOUT_TARGETS])
+def test_a_family_without_default_targets_needs_them_named(architecture_name):
+    architecture = _named(architecture_name)
+    config = architecture.config_class.from_preset(next(iter(architecture.presets)), num_labels=3)
+    with torch.device("meta"):
+        model = AutoModelForAudioClassification.from_config(config)
+    with pytest.raises(ValueError, match=f"the {architecture_name} architecture declares no default LoRA"):
+        apply_lora(model, lora_r=4)
+
+
+def test_the_vit_families_declare_targets():
+    # The split above must not quietly drop a family that has linear blocks.
+    assert {"audiomae", "cat", "bat", "zipformer"} <= {a.name for a in WITH_TARGETS}
 
 
 def _named(architecture_name: str) -> Architecture:
