@@ -1,9 +1,19 @@
 """Data: the embedded corpus, AudioSet and other sources, decoding, batching, augmentation."""
 
 from .arguments import DataArguments, StreamFactory, load_sources
-from .augment import MixupOutput, mixup, random_erasing, roll_and_gain, spec_augment
+from .augment import (
+    MixupOutput,
+    device_impulse_response,
+    freq_mixstyle,
+    frequency_mask,
+    mixup,
+    random_erasing,
+    roll_and_gain,
+    spec_augment,
+    time_roll,
+)
 from .decode import CorruptAudioError, crop_or_pad, decode_audio
-from .embedded import EMBEDDED_ONTOLOGY, load_embedded_corpus
+from .embedded import EMBEDDED_ONTOLOGY, load_embedded_corpus, load_embedded_scenes
 from .ontology import (
     AUDIOSET_ONTOLOGY,
     LabelGroup,
@@ -12,7 +22,7 @@ from .ontology import (
     labels_to_multi_hot,
 )
 from .semi_supervised import SemiSupervisedBatches, split_labeled
-from .sources import AudioSource, load_audio_source
+from .sources import AudioSource, label_frequencies, load_audio_source
 from .stream import AudioStream
 from .tags import (
     AudioCaptioner,
@@ -47,9 +57,14 @@ __all__ = [
     "build_tag_system",
     "crop_or_pad",
     "decode_audio",
+    "device_impulse_response",
+    "freq_mixstyle",
+    "frequency_mask",
     "labels_to_multi_hot",
+    "label_frequencies",
     "load_audio_source",
     "load_embedded_corpus",
+    "load_embedded_scenes",
     "load_sources",
     "mixup",
     "parse_generated_tags",
@@ -57,4 +72,5 @@ __all__ = [
     "roll_and_gain",
     "spec_augment",
     "split_labeled",
+    "time_roll",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bucketing import check_bucketing_arguments
-from .embedded import load_embedded_corpus
+from .embedded import load_embedded_corpus, load_embedded_scenes
 from .semi_supervised import as_unlabeled, split_labeled
 from .sources import AudioSource, SplitNotFoundError, labels_outside_vocabulary, load_audio_source
 from .stream import AudioStream
@@ -16,6 +16,8 @@ from .stream import AudioStream
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+#: the embedded acoustic-scene corpus (scene labels, recording devices; ContrastASC)
+EMBEDDED_SCENES = "embedded-scenes"
 ROLES = ("train", "eval", "test")
 #: --eval_split's default: the 'validation' split when the dataset has one, else no periodic evaluation
 AUTO_EVAL_SPLIT = "auto"
@@ -26,7 +28,9 @@ DEFAULT_CLIP_SECONDS = 10.0
 @dataclass
 class DataArguments:
     dataset: str = EMBEDDED
-    """'embedded' (built-in corpus), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds) or a path"""
+    """'embedded' (built-in event corpus), 'embedded-scenes' (built-in acoustic-scene corpus: 1-s clips at
+    32 kHz, a 'scene' label, recording devices), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds)
+    or a path"""
     dataset_config: str | None = None
     """Hub config (agkphysics/AudioSet: balanced, unbalanced, full;
     confit/audioset-16khz-wds: 20k, 500k, 2m)"""
@@ -91,14 +95,21 @@ class DataArguments:
 
     def resolve_clip_seconds(self, window_seconds: float | None = None) -> float:
         """Fills an unset ``clip_seconds``: ``window_seconds`` (the window of the pre-trained model a run
-        starts from, whose clips it was trained on) or 10 s; an explicit value is kept."""
+        starts from, whose clips it was trained on) or the dataset's default (10 s; the scene corpus's 1 s);
+        an explicit value is kept."""
         if self.clip_seconds is None:
-            self.clip_seconds = window_seconds or DEFAULT_CLIP_SECONDS
+            self.clip_seconds = window_seconds or _clip_seconds(self)
         return self.clip_seconds
 
 
+#: clip length of the scene corpus when --clip_seconds is not given (DCASE's 1-s segments)
+SCENE_CLIP_SECONDS = 1.0
+
+
 def _clip_seconds(data: DataArguments) -> float:
-    return data.clip_seconds if data.clip_seconds is not None else DEFAULT_CLIP_SECONDS
+    if data.clip_seconds is not None:
+        return data.clip_seconds
+    return SCENE_CLIP_SECONDS if data.dataset == EMBEDDED_SCENES else DEFAULT_CLIP_SECONDS
 
 
 def _split_names(data: DataArguments, roles) -> dict[str, str]:
@@ -120,7 +131,7 @@ def _load(data: DataArguments, name: str, split: str, **kwargs) -> AudioSource:
 def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
     """The sources of a run by role (train / eval / test, and 'unlabeled' for semi-supervised runs)."""
     splits = _split_names(data, roles)
-    if data.dataset == EMBEDDED:
+    if data.dataset in (EMBEDDED, EMBEDDED_SCENES):
         sources = _embedded_sources(data, splits)
     else:
         sources = _dataset_sources(data, splits)
@@ -151,13 +162,17 @@ def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, 
         ("num_test", data.num_test_clips),
     )
     kwargs.update({key: value for key, value in sizes if value is not None})
-    corpus = load_embedded_corpus(**kwargs)
+    if data.dataset == EMBEDDED_SCENES:
+        corpus = load_embedded_scenes(**kwargs)
+        label_column = data.label_column or "scene"
+    else:
+        corpus = load_embedded_corpus(**kwargs)
+        label_column = data.label_column
     if data.eval_split == AUTO_EVAL_SPLIT and "eval" in splits and len(corpus[splits["eval"]]) == 0:
         logger.info("the corpus has no validation clips (--num_eval_clips 0): no evaluation during training")
         del splits["eval"]
     return {
-        role: load_audio_source(corpus[split], label_column=data.label_column)
-        for role, split in splits.items()
+        role: load_audio_source(corpus[split], label_column=label_column) for role, split in splits.items()
     }
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
@@ -134,6 +135,36 @@ class AudioSource:
     @property
     def is_streaming(self) -> bool:
         return isinstance(self.dataset, IterableDataset)
+
+
+def label_frequencies(source: AudioSource, max_records: int | None = None) -> np.ndarray:
+    """The fraction of records that carry each class, ``(num_classes,)`` float64, read from the label
+    column alone (no audio is decoded): the label prior a fresh multi-label head can start from
+    (``objectives.classification.init_bias_from_prior``).
+
+    A streamed source is read up to ``max_records`` records (required then: a stream may never end); a
+    map-style one whole, or its first ``max_records``.
+    """
+    if source.label_column is None:
+        raise ValueError("the source has no label column, so it has no label frequencies")
+    dataset = source.dataset
+    if source.is_streaming and max_records is None:
+        raise ValueError("max_records is required for a streamed source (the stream may never end)")
+    if max_records is not None:
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        dataset = (
+            dataset.take(max_records)
+            if source.is_streaming
+            else dataset.select(range(min(max_records, len(dataset))))
+        )
+    counts, records = np.zeros(source.num_classes), 0
+    for record in dataset.select_columns([source.label_column]):
+        counts[source.label_to_index(record[source.label_column])] += 1
+        records += 1
+    if records == 0:
+        raise ValueError("the source has no records, so it has no label frequencies")
+    return counts / records
 
 
 def load_audio_source(

@@ -25,24 +25,22 @@ temporary directory renamed into place), so a crash never leaves half a cache be
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import hashlib
-import inspect
-import io
 import json
-import logging
 import os
-import shutil
-import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from . import recording
+from .generation import (
+    PARALLEL_MIN_CLIPS,
+    CorpusSpec,
+    bind_cache_path,
+    check_generation_arguments,
+    load_or_generate,
+)
+from .generation import flac_bytes as _flac_bytes
+from .generation import generation_workers as _generation_workers  # noqa: F401 (benchmarks/bench_corpus.py)
 from .synth import (
     SPEAKING_RATES,
     STYLED_RECIPES,
@@ -85,8 +83,6 @@ __all__ = [
     "corpus_cache_path",
     "load_embedded_corpus",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Bump whenever generation changes, so that old caches are not served for a new generator.
 CORPUS_VERSION = 2
@@ -284,14 +280,6 @@ def _render_clip(
     return mix, sorted(events, key=lambda e: (e.onset_s, e.label))
 
 
-def _flac_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
-    pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    # Level 0: the fastest encoder setting; FLAC's higher levels save only a few percent on noisy audio.
-    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16", compression_level=0.0)
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------
 # captions
 # --------------------------------------------------------------------------------------------
@@ -361,8 +349,7 @@ def _caption(
 
 _SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}
 _CHUNK_CLIPS = 128
-# Below this many clips, starting worker processes (each imports the library) costs more than it saves.
-_PARALLEL_MIN_CLIPS = 512
+_PARALLEL_MIN_CLIPS = PARALLEL_MIN_CLIPS
 
 
 @dataclass(frozen=True)
@@ -461,116 +448,38 @@ def _features(sample_rate: int):
     )
 
 
-def _generation_workers(num_proc: int | None, total_clips: int) -> int:
-    if num_proc is not None:
-        if num_proc < 1:
-            raise ValueError(f"num_proc must be >= 1, got {num_proc}")
-        return num_proc
-    if total_clips < _PARALLEL_MIN_CLIPS:
-        return 1
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 def _split_rows_job(job: tuple) -> dict[str, list]:
     return _split_rows(*job)
 
 
-def _write_corpus(config: dict, directory: Path, num_proc: int | None = None) -> None:
-    """Generates the splits one at a time into ``directory`` (``<split>/`` each, in
-    ``Dataset.save_to_disk`` format), so that only one split is ever held in memory.
-
-    Clips are independent (one RNG per clip), so chunks of a split are rendered by ``num_proc`` worker
-    processes; the result is identical to a sequential run.
-    """
-    from datasets import Dataset, DatasetInfo, concatenate_datasets
-    from tqdm.auto import tqdm
-
-    features = _features(config["sample_rate"])
+def _spec(config: dict) -> CorpusSpec:
+    # Built per load, so that the module's chunk size (which tests shrink) is read when it is used.
     description = (
         "Embedded hf_audiorep corpus: procedurally synthesized multi-label sound events over acoustic-scene "
         f"backgrounds, with captions. Generator version {CORPUS_VERSION}; configuration {json.dumps(config)}."
     )
-    info = DatasetInfo(description=description, features=features)
-    total = sum(config[f"num_{split}"] for split in SPLITS)
-    workers = _generation_workers(num_proc, total)
-    pool = None
-    if workers > 1:
-        # The platform's default start method (fork on Linux, as datasets' own num_proc uses): the workers
-        # only run numpy and soundfile, and spawn would re-import torch and transformers in each of them.
-        pool = concurrent.futures.ProcessPoolExecutor(workers)
-    written = []
-    progress = tqdm(total=total, desc="Generating the embedded corpus", unit="clip", disable=None)
-    try:
-        for split in SPLITS:
-            num_clips = config[f"num_{split}"]
-            if num_clips == 0:
-                continue  # datasets cannot save and reload a table without rows; _read_corpus makes it
-            # Chunks bound the memory of Arrow conversion (several times the audio bytes while it runs).
-            jobs = [
-                (split, num_clips, config, start, start + _CHUNK_CLIPS)
-                for start in range(0, num_clips, _CHUNK_CLIPS)
-            ]
-            chunks = []
-            for rows in pool.map(_split_rows_job, jobs) if pool else map(_split_rows_job, jobs):
-                chunks.append(Dataset.from_dict(rows, features=features, info=info.copy(), split=split))
-                progress.update(len(rows["clip_id"]))
-            dataset = concatenate_datasets(chunks, info=info.copy(), split=split)
-            with _quiet_progress_bars():
-                dataset.save_to_disk(str(directory / split))
-            written.append(split)
-    finally:
-        progress.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    # The same index file DatasetDict.save_to_disk writes, so that datasets.load_from_disk(path)
-    # also opens the cache; our own marker is written last, by the caller.
-    (directory / "dataset_dict.json").write_text(json.dumps({"splits": written}))
-
-
-def _read_corpus(directory: Path, config: dict):
-    from datasets import Dataset, DatasetDict
-
-    features = _features(config["sample_rate"])
-    return DatasetDict(
-        {
-            split: Dataset.load_from_disk(str(directory / split))
-            if config[f"num_{split}"]
-            else Dataset.from_dict({name: [] for name in features}, features=features, split=split)
-            for split in SPLITS
-        }
+    return CorpusSpec(
+        title="the embedded corpus",
+        cache_name="corpus",
+        splits=SPLITS,
+        features=_features(config["sample_rate"]),
+        description=description,
+        rows_job=_split_rows_job,
+        chunk_clips=_CHUNK_CLIPS,
+        parallel_min_clips=_PARALLEL_MIN_CLIPS,
     )
 
 
 def _validate(seed, counts: dict[str, object], clip_seconds, sample_rate) -> None:
-    def is_int(value):
-        return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not is_int(sample_rate) or sample_rate < 16000:
-        raise ValueError(f"sample_rate must be an integer >= 16000 Hz, got {sample_rate!r}")
-    is_number = isinstance(clip_seconds, int | float | np.number) and not isinstance(clip_seconds, bool)
-    if not is_number or not 0.5 <= clip_seconds <= 60:
-        raise ValueError(f"clip_seconds must be a number in [0.5, 60], got {clip_seconds!r}")
+    check_generation_arguments(seed, counts, clip_seconds, sample_rate)
     minimum = -(-len(EMBEDDED_ONTOLOGY.main_classes) // MAX_EVENTS)
     for name, value in counts.items():
-        if not is_int(value) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if name != "num_heldout" and 0 < value < minimum:
             raise ValueError(
                 f"{name}={value} is too small for every one of the {len(EMBEDDED_ONTOLOGY.main_classes)} "
                 f"classes to occur in the split (at most {MAX_EVENTS} events per clip): "
                 f"use 0 or at least {minimum}"
             )
-
-
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hf_audiorep" / "corpus"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hf_audiorep" / "corpus"
 
 
 def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate) -> dict:
@@ -584,40 +493,6 @@ def _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds
         "clip_seconds": float(clip_seconds),
         "sample_rate": int(sample_rate),
     }
-
-
-def _config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars():
-    """Silences datasets' per-split "Saving the dataset" bars (four of them per corpus), restoring
-    the user's setting afterwards."""
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-_MARKER = "corpus.json"
-_STALE_SECONDS = 3600.0
-
-
-def _remove_stale_temporaries(root: Path, key: str) -> None:
-    """Deletes temporary directories of this configuration left by a crashed run (older than an
-    hour: a live run finishes in seconds, so they cannot belong to one)."""
-    for path in root.glob(f".tmp-{key}-*"):
-        try:
-            if time.time() - path.stat().st_mtime > _STALE_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def load_embedded_corpus(
@@ -664,53 +539,16 @@ def load_embedded_corpus(
     }
     _validate(seed, counts, clip_seconds, sample_rate)
     config = _config(seed, num_train, num_validation, num_test, num_heldout, clip_seconds, sample_rate)
-    key = _config_hash(config)
-    root = _cache_root(cache_dir)
-    final = root / key
-    if (final / _MARKER).is_file():
-        try:
-            return _read_corpus(final, config)
-        except Exception as err:  # a damaged cache is regenerated, not fatal
-            logger.warning("embedded corpus cache %s is unreadable (%s); regenerating it", final, err)
-            shutil.rmtree(final, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root, key)
-    if final.exists():  # without its marker: not a finished cache
-        shutil.rmtree(final, ignore_errors=True)
-
-    start = time.perf_counter()
-    tmp = root / f".tmp-{key}-{uuid.uuid4().hex}"
-    try:
-        tmp.mkdir()
-        _write_corpus(config, tmp, num_proc)
-        (tmp / _MARKER).write_text(json.dumps(config, indent=2))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same configuration first; its copy is identical.
-            if not (final / _MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    elapsed = time.perf_counter() - start
-    logger.info("generated the embedded corpus (%s) in %.1f s into %s", config, elapsed, final)
-    return _read_corpus(final, config)
+    return load_or_generate(_spec(config), config, cache_dir, num_proc)
 
 
-def corpus_cache_path(*args, **kwargs) -> Path:
+corpus_cache_path = bind_cache_path(
+    load_embedded_corpus,
+    _config,
+    "corpus",
     """Directory where :func:`load_embedded_corpus` caches the corpus of this configuration.
 
     Takes the loader's arguments, with its defaults (its signature is the loader's, without ``num_proc``:
     the corpus does not depend on it), so the two cannot drift apart.
-    """
-    bound = corpus_cache_path.__signature__.bind(*args, **kwargs)
-    bound.apply_defaults()
-    config = dict(bound.arguments)
-    cache_dir = config.pop("cache_dir")
-    return _cache_root(cache_dir) / _config_hash(_config(**config))
-
-
-_LOADER_PARAMETERS = inspect.signature(load_embedded_corpus).parameters.values()
-corpus_cache_path.__signature__ = inspect.Signature(
-    [p for p in _LOADER_PARAMETERS if p.name != "num_proc"], return_annotation="Path"
+    """,
 )
