@@ -1,4 +1,5 @@
-"""The ``hf-audiorep`` command: tag audio files, inspect a saved model, build a tag vocabulary."""
+"""The ``hf-audiorep`` command: tag audio files, inspect a saved model, build a tag vocabulary, evaluate an
+encoder few-shot."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import sys
 from pathlib import Path
 
 
+def _check_model_path(model_dir: str) -> None:
+    # "org/name" may be a Hub id; an absolute, relative or deeper path can only be a directory.
+    if not Path(model_dir).exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1):
+        raise SystemExit(f"hf-audiorep: error: no such model directory: {model_dir}")
+
+
 def _load(model_dir: str, device: str):
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -17,9 +24,7 @@ def _load(model_dir: str, device: str):
     from .hub_errors import translate_hub_errors
     from .inference import label_names
 
-    # "org/name" may be a Hub id; an absolute, relative or deeper path can only be a directory.
-    if not Path(model_dir).exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1):
-        raise SystemExit(f"hf-audiorep: error: no such model directory: {model_dir}")
+    _check_model_path(model_dir)
     try:
         # A Hub id that cannot be fetched becomes one line naming the model and what to check.
         with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
@@ -156,8 +161,6 @@ def _cmd_push(args) -> int:
 def _load_tag_input(args):
     """The clips ``build-tags`` reads: the embedded corpus, a JSON-lines manifest, a saved dataset, an audio
     folder (or Parquet/WebDataset folder), or a Hub dataset."""
-    import datasets
-
     name = args.dataset
     if name == "embedded":
         from .data.embedded import load_embedded_corpus
@@ -176,6 +179,17 @@ def _load_tag_input(args):
         if args.split not in corpus:
             raise ValueError(f"the embedded corpus has no split {args.split!r}; it has {sorted(corpus)}")
         return corpus[args.split]
+    data = _load_local_or_hub(name, args.split, audio_column=args.audio_column if args.captioner else None)
+    if args.num_clips is not None and args.num_clips < len(data):
+        data = data.select(range(args.num_clips))
+    return data
+
+
+def _load_local_or_hub(name: str, split: str, audio_column: str | None = None):
+    """A split of a JSON-lines or CSV manifest, a saved dataset, an audio (or Parquet/WebDataset) folder, or
+    a Hub dataset."""
+    import datasets
+
     path = Path(name)
     manifest_suffixes = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
     if path.is_file() and path.name.endswith(manifest_suffixes):
@@ -191,23 +205,19 @@ def _load_tag_input(args):
     ):
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
-            if args.split not in data:
-                raise ValueError(f"{path} has no split {args.split!r}; it has {sorted(data)}")
-            data = data[args.split]
+            if split not in data:
+                raise ValueError(f"{path} has no split {split!r}; it has {sorted(data)}")
+            data = data[split]
     elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         if not path.exists():
             raise ValueError(f"no such file or folder: {name}")
         from .data.sources import load_audio_source
 
-        data = load_audio_source(
-            name, args.split, audio_column=args.audio_column if args.captioner else None
-        ).dataset
+        data = load_audio_source(name, split, audio_column=audio_column).dataset
     else:  # a Hub dataset
         from .data.sources import load_audio_source
 
-        data = load_audio_source(name, args.split).dataset
-    if args.num_clips is not None and args.num_clips < len(data):
-        data = data.select(range(args.num_clips))
+        data = load_audio_source(name, split).dataset
     return data
 
 
@@ -275,6 +285,82 @@ def _cmd_build_tags(args) -> int:
     return 0
 
 
+def _load_few_shot_input(args):
+    """The clips of ``few-shot``: a split of the embedded corpus (only that split is generated) or of any
+    input ``build-tags`` reads."""
+    if args.dataset != "embedded":
+        data = _load_local_or_hub(args.dataset, args.split)
+        if args.num_clips is not None and args.num_clips < len(data):
+            data = data.select(range(args.num_clips))
+        return data
+    import inspect
+
+    from .data.embedded import load_embedded_corpus
+
+    defaults = inspect.signature(load_embedded_corpus).parameters
+    counts = {name: 0 for name in defaults if name.startswith("num_") and name != "num_proc"}
+    asked = f"num_{args.split}"
+    if asked not in counts:
+        splits = ", ".join(name.removeprefix("num_") for name in counts)
+        raise ValueError(f"the embedded corpus has the splits {splits}, not {args.split!r}")
+    # A clip depends on (seed, split, index) only, so this split alone holds the same clips as in the full
+    # corpus, without rendering the others.
+    counts[asked] = args.num_clips if args.num_clips is not None else defaults[asked].default
+    return load_embedded_corpus(seed=args.corpus_seed, **counts)[args.split]
+
+
+def _load_encoder(model: str, device: str):
+    """The frozen encoder of a saved model directory or Hub id, of any kind (this library, transformers,
+    CLAP); an error is one line naming the model."""
+    from .hub_errors import translate_hub_errors
+    from .objectives.teachers import FrozenTeacher
+
+    _check_model_path(model)
+    try:
+        with translate_hub_errors(model, repo_type="model", hint="or pass a local model directory"):
+            return FrozenTeacher.from_pretrained(model, device=device)
+    except (OSError, ValueError, TypeError) as err:  # no config.json, no feature extractor, not audio
+        raise SystemExit(f"hf-audiorep few-shot: error: cannot load an encoder from {model}: {err}") from None
+
+
+def _cmd_few_shot(args) -> int:
+    from .evaluation.few_shot import few_shot_encoder
+
+    try:
+        data = _load_few_shot_input(args)
+        encoder = _load_encoder(args.model, args.device)
+        result = few_shot_encoder(
+            encoder,
+            None,
+            data,
+            label_column=args.label_column,
+            n_way=args.n_way,
+            k_shot=args.k_shot,
+            n_query=args.n_query,
+            num_episodes=args.episodes,
+            seed=args.seed,
+            methods=args.methods,
+            batch_size=args.batch_size,
+        )
+    except (ValueError, OSError) as err:  # a bad label column, too few classes, a missing input
+        raise SystemExit(f"hf-audiorep few-shot: error: {err}") from None
+    print(f"{args.model} on {args.dataset} [{args.split}], classes from {args.label_column!r}")
+    print(result.format_table())
+    if args.output is not None:
+        record = {
+            "model": args.model,
+            "dataset": args.dataset,
+            "split": args.split,
+            "label_column": args.label_column,
+            **result.to_dict(),
+        }
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"results: {output}")
+    return 0
+
+
 def _length_or_none(data):
     try:
         return len(data)
@@ -295,6 +381,30 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _at_least_two_or_all(text: str):
+    """``--n-way``: an integer >= 2 (one class is no classification), or ``all``."""
+    if text == "all":
+        return None
+    value = _positive(int)(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 or 'all', got {text}")
+    return value
+
+
+def _positive_or_all(text: str):
+    return None if text == "all" else _positive(int)(text)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(func=_cmd_push)
     _add_build_tags(sub)
+    _add_few_shot(sub)
     return parser
 
 
@@ -428,6 +539,104 @@ def _add_build_tags(sub) -> None:
     build.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="also upload the label files")
     build.add_argument("--private", action="store_true", help="create the Hub repository as private")
     build.set_defaults(func=_cmd_build_tags)
+
+
+def _add_few_shot(sub) -> None:
+    from .evaluation.few_shot import FEW_SHOT_METHODS
+
+    few = sub.add_parser(
+        "few-shot",
+        help="few-shot open-set accuracy of a frozen encoder on held-out classes",
+        description="Embed every clip of a split once with a frozen encoder (any model of this library, a "
+        "transformers audio model or CLAP), then run N-way K-shot episodes on its classes: nearest "
+        "prototype by cosine similarity and logistic regression on the L2-normalised support clips, each "
+        "scored by macro accuracy on the query clips. Prints the mean over episodes with a 95% "
+        "t-interval; --output also writes every episode's accuracy as JSON. Options take - or _.",
+    )
+    few.add_argument("model", help="a saved model directory (or a Hub id when online)")
+    few.add_argument(
+        "--dataset",
+        default="embedded",
+        help="'embedded' (the generated corpus), a folder saved by datasets' save_to_disk, a JSON-lines "
+        "manifest, an audio folder with a metadata file, or a Hub dataset id (default: embedded)",
+    )
+    few.add_argument(
+        "--split",
+        default="heldout",
+        help="the split to read; the embedded corpus's heldout split holds single-event clips of classes "
+        "no training split has (default: heldout)",
+    )
+    few.add_argument(
+        "--label-column",
+        "--label_column",
+        dest="label_column",
+        default="labels",
+        help="the column with each clip's class: a class label, a string, or a list holding exactly one "
+        "label (default: labels)",
+    )
+    few.add_argument(
+        "--n-way",
+        "--n_way",
+        dest="n_way",
+        type=_at_least_two_or_all,
+        default=5,
+        help="classes per episode, or 'all' for every class with enough clips (default: 5)",
+    )
+    few.add_argument(
+        "--k-shot", "--k_shot", dest="k_shot", type=_positive(int), default=5, help="support clips per class"
+    )
+    few.add_argument(
+        "--n-query",
+        "--n_query",
+        dest="n_query",
+        type=_positive_or_all,
+        default=15,
+        help="query clips per class, or 'all' for every clip not in the support; a class with fewer than "
+        "k-shot + n-query clips is left out (default: 15)",
+    )
+    few.add_argument(
+        "--episodes", type=_positive(int), default=100, help="how many episodes to average (default: 100)"
+    )
+    few.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="episode seed: the same seed draws the same episodes for every encoder (default: 0)",
+    )
+    few.add_argument(
+        "--methods",
+        nargs="+",
+        choices=FEW_SHOT_METHODS,
+        default=list(FEW_SHOT_METHODS),
+        help="the classifiers (default: both)",
+    )
+    few.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=_positive(int),
+        default=16,
+        help="clips per forward pass (default: 16)",
+    )
+    few.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    few.add_argument(
+        "--num-clips",
+        "--num_clips",
+        dest="num_clips",
+        type=_positive(int),
+        default=None,
+        help="embedded: generate this many clips of the split; otherwise: read only the first N clips",
+    )
+    few.add_argument(
+        "--corpus-seed",
+        "--corpus_seed",
+        dest="corpus_seed",
+        type=_non_negative_int,
+        default=0,
+        help="embedded corpus seed (default: 0)",
+    )
+    few.add_argument("--output", default=None, help="write the results as JSON to this file")
+    few.set_defaults(func=_cmd_few_shot)
 
 
 def main(argv: list[str] | None = None) -> int:

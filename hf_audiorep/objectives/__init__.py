@@ -6,26 +6,64 @@ pre-training, the losses several of them share, and frozen teachers that serve e
 """
 
 from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
-from .classification import AugmentationArguments, SupervisedClassificationStep
+from .classification import AugmentationArguments, SupervisedClassificationStep, init_bias_from_prior
 from .consistency import ConsistencyArguments, ConsistencyClassificationStep
+from .contrastive import ProjectionHead, mixup_supcon_loss
+from .distillation import (
+    ContrastiveMemory,
+    CRDEmbed,
+    CRDLoss,
+    DistillationLoss,
+    DistillationLossOutput,
+    InBatchCRDLoss,
+    kd_loss,
+    nce_loss,
+)
+from .distillation_step import (
+    TEACHER_EMBEDDING_COLUMN,
+    TEACHER_LOGITS_COLUMN,
+    DistillationArguments,
+    DistillationStep,
+    SceneAugmentationArguments,
+    StudentWithDistillation,
+    build_distillation_loss,
+)
 from .features import waveform_features
 from .losses import consistency_loss
 from .masked_autoencoder import MaskedAutoencoderStep, evaluate_reconstruction
 from .teachers import TEACHER_KINDS, FrozenTeacher, clap_input_features, precompute_teacher_embeddings
 
 __all__ = [
+    "TEACHER_EMBEDDING_COLUMN",
+    "TEACHER_LOGITS_COLUMN",
+    "DistillationArguments",
+    "DistillationStep",
+    "SceneAugmentationArguments",
+    "StudentWithDistillation",
+    "build_distillation_loss",
     "TEACHER_KINDS",
     "AugmentationArguments",
     "BootstrapPretrainingStep",
     "ConsistencyArguments",
     "ConsistencyClassificationStep",
+    "ContrastiveMemory",
+    "CRDEmbed",
+    "CRDLoss",
+    "DistillationLoss",
+    "DistillationLossOutput",
     "FrozenTeacher",
+    "InBatchCRDLoss",
     "MaskedAutoencoderStep",
+    "ProjectionHead",
     "SupervisedClassificationStep",
     "build_ema_teacher",
     "clap_input_features",
     "consistency_loss",
     "evaluate_reconstruction",
+    "kd_loss",
+    "init_bias_from_prior",
+    "mixup_supcon_loss",
+    "nce_loss",
     "precompute_teacher_embeddings",
     "waveform_features",
 ]

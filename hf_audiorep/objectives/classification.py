@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.augment import mixup, roll_and_gain, scaled_mask_widths, spec_augment
 from .features import waveform_features
@@ -50,6 +52,40 @@ class AugmentationArguments:
             freq_mask=freq if self.freq_mask is None else self.freq_mask,
             time_mask=time if self.time_mask is None else self.time_mask,
         )
+
+
+def init_bias_from_prior(model: nn.Module, frequencies, floor: float = 1e-4) -> None:
+    """Start a fresh multi-label head at the label prior: its bias becomes each class's log-odds
+    ``log(p / (1 - p))`` (p clamped to ``[floor, 1 - floor]``), so the first logits predict the label
+    frequencies, as Lin et al. (2017, focal loss) start a detector's classifier.
+
+    Why: with a zero bias the first steps of BCE are spent on the priors, and a from-scratch encoder whose
+    clip features share one large common component (a Zipformer's, a ViT's) fits them along that component,
+    which leaves the head and the encoder learning the audio very slowly (docs/benchmarks.md, UTS
+    diagnosis).
+
+    Args:
+        model: a classifier of the library (its ``classifier`` is an ``nn.Linear`` with a bias).
+        frequencies: ``(num_labels,)`` fraction of training clips carrying each label
+            (``data.label_frequencies``).
+        floor: clamp of the frequencies, so a label never seen keeps a finite bias.
+    """
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise ValueError(
+            f"{type(model).__name__} has no linear classifier with a bias (its classifier is "
+            f"{type(head).__name__}), so its bias cannot start at the label prior"
+        )
+    p = torch.as_tensor(np.asarray(frequencies, dtype=np.float64))
+    if not bool(((p >= 0) & (p <= 1)).all()):
+        raise ValueError("frequencies must be fractions of clips, in [0, 1]")
+    p = p.clamp(floor, 1 - floor)
+    if p.shape != head.bias.shape:
+        raise ValueError(
+            f"frequencies must have one value per label {tuple(head.bias.shape)}, got {tuple(p.shape)}"
+        )
+    with torch.no_grad():
+        head.bias.copy_(torch.log(p / (1 - p)).to(head.bias))
 
 
 class SupervisedClassificationStep:

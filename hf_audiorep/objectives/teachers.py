@@ -553,8 +553,11 @@ def precompute_teacher_embeddings(
     sample_rate: int | None = None,
     audio_column: str | None = None,
     overwrite: bool = False,
+    logits_column: str | None = None,
 ):
-    """Add the teacher's embedding of every clip to ``dataset`` as a column of float32 lists.
+    """Add the teacher's embedding of every clip to ``dataset`` as a column of float32 lists (and, with
+    ``logits_column``, its class logits as another), so that a student's step reads them from the batch and
+    never calls the teacher (knowledge distillation's targets, CRD's teacher features).
 
     Args:
         dataset: a ``datasets.Dataset`` (or ``IterableDataset``, mapped lazily) with an audio column.
@@ -564,7 +567,9 @@ def precompute_teacher_embeddings(
         sample_rate: rate the clips are decoded at before the teacher resamples them (default: the
             teacher's own rate, so nothing is resampled twice).
         audio_column: the audio column (default: detected as ``load_audio_source`` does).
-        overwrite: replace an existing ``column`` instead of raising.
+        overwrite: replace an existing ``column`` (or ``logits_column``) instead of raising.
+        logits_column: also add the teacher's logits (``FrozenTeacher.logits``; the teacher needs a
+            classification head) under this name.
 
     Clips are decoded with the library's decoder (``data.decode.decode_audio``) and embedded whole.
     A clip that cannot be decoded gets an all-NaN embedding and a warning; the stream counts such a record
@@ -591,8 +596,13 @@ def precompute_teacher_embeddings(
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     features = dataset.features
     audio_column = find_audio_column(dataset, audio_column)
-    if features is not None and column in features and not overwrite:
-        raise ValueError(f"the dataset already has a column {column!r}; pass overwrite=True to replace it")
+    if logits_column is not None and teacher.classifier is None:
+        raise TypeError(f"logits_column needs a teacher with a classification head; {teacher!r} has none")
+    if logits_column == column:
+        raise ValueError(f"column and logits_column must differ, both are {column!r}")
+    for name in (column, logits_column):
+        if features is not None and name in features and not overwrite:
+            raise ValueError(f"the dataset already has a column {name!r}; pass overwrite=True to replace it")
 
     from datasets import Audio
 
@@ -610,28 +620,36 @@ def precompute_teacher_embeddings(
             except CorruptAudioError:
                 waves.append(None)
         good = [w for w in waves if w is not None]
-        out = np.full((len(waves), teacher.embedding_dim), np.nan, dtype=np.float32)
+        outputs = {
+            name: np.full((len(waves), width), np.nan, dtype=np.float32) for name, width in widths.items()
+        }
         if good:
-            width = max(len(w) for w in good)
-            batch = torch.zeros(len(good), width)
+            longest = max(len(w) for w in good)
+            batch = torch.zeros(len(good), longest)
             for row, wave in enumerate(good):
                 batch[row, : len(wave)] = torch.from_numpy(wave)
+            batch = batch.to(teacher.device)
             lengths = torch.tensor([len(w) for w in good], dtype=torch.int64)
-            embedded = teacher.embed(batch.to(teacher.device), lengths, sample_rate).cpu().numpy()
             rows = [i for i, w in enumerate(waves) if w is not None]
-            out[rows] = embedded
+            outputs[column][rows] = teacher.embed(batch, lengths, sample_rate).cpu().numpy()
+            if logits_column is not None:
+                outputs[logits_column][rows] = teacher.logits(batch, lengths, sample_rate).cpu().numpy()
         failed = len(waves) - len(good)
         if failed:
             failures[0] += failed
             logger.warning(
                 "%d clip(s) could not be decoded; their %r is NaN (%d so far)", failed, column, failures[0]
             )
-        return {column: list(out)}
+        return {name: list(values) for name, values in outputs.items()}
 
+    widths = {column: teacher.embedding_dim}
+    if logits_column is not None:
+        widths[logits_column] = teacher.num_labels
     new_features = None
     if features is not None:
         new_features = dataset.features.copy()
-        new_features[column] = List(Value("float32"), length=teacher.embedding_dim)
+        for name, width in widths.items():
+            new_features[name] = List(Value("float32"), length=width)
     kwargs: dict[str, Any] = {
         "batched": True,
         "batch_size": batch_size,
@@ -644,8 +662,11 @@ def precompute_teacher_embeddings(
         # Hashing the closure would pickle the teacher's weights; the fingerprint names what the column
         # depends on instead (a weight checksum tells two teachers of the same name apart).
         name = getattr(teacher.model.config, "_name_or_path", "") or type(teacher.model).__name__
-        checksum = float(sum(p.detach().double().sum() for p in teacher.model.parameters()))
-        fingerprint = Hasher.hash((dataset._fingerprint, name, checksum, teacher.kind, column, sample_rate))
+        weights = (teacher.classifier or teacher.model).parameters()  # the classifier holds the encoder too
+        checksum = float(sum(p.detach().double().sum() for p in weights))
+        fingerprint = Hasher.hash(
+            (dataset._fingerprint, name, checksum, teacher.kind, column, logits_column, sample_rate)
+        )
         kwargs.update(new_fingerprint=fingerprint, desc=f"teacher embeddings -> {column!r}")
     dataset = dataset.map(embed_batch, **kwargs)
     if isinstance(original, Audio) and original.decode:

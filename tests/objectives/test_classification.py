@@ -107,3 +107,47 @@ def test_loss_is_bce_for_tags_and_cross_entropy_for_one_class_in_float32():
     torch.testing.assert_close(
         loss, F.binary_cross_entropy_with_logits(model.head(features.mean(1)), batch["labels"])
     )
+
+
+def test_a_fresh_head_starts_at_the_label_prior():
+    import io
+
+    import numpy as np
+    import soundfile
+    from datasets import Audio, ClassLabel, Dataset, Features, List
+
+    from hf_audiorep.data import label_frequencies, load_audio_source
+    from hf_audiorep.modeling import ZipformerConfig, ZipformerForAudioClassification
+    from hf_audiorep.objectives import init_bias_from_prior
+
+    names = ["dog", "bell", "rain"]
+    labels = [["dog"], ["dog", "bell"], [], ["dog"]]
+    features = Features({"audio": Audio(sampling_rate=16000), "labels": List(ClassLabel(names=names))})
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(160), 16000, format="WAV")
+    audio = [{"bytes": buffer.getvalue(), "path": None}] * 4
+    dataset = Dataset.from_dict(
+        {"audio": audio, "labels": [[names.index(n) for n in x] for x in labels]}, features
+    )
+    source = load_audio_source(dataset, label_column="labels")
+    frequencies = label_frequencies(source)
+    assert frequencies.tolist() == [0.75, 0.25, 0.0]
+    assert label_frequencies(source, max_records=2).tolist() == [1.0, 0.5, 0.0]
+
+    config = ZipformerConfig.from_preset(
+        "zipformer-small", num_labels=3, problem_type="multi_label_classification"
+    )
+    model = ZipformerForAudioClassification(config)
+    init_bias_from_prior(model, frequencies)
+    # sigmoid(bias) is the prior, with a never-seen label clamped to a finite floor
+    probabilities = torch.sigmoid(model.classifier.bias.double())
+    torch.testing.assert_close(
+        probabilities[:2], torch.tensor([0.75, 0.25], dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    assert 0 < probabilities[2] < 1.01e-4
+    with pytest.raises(ValueError, match="one value per label"):
+        init_bias_from_prior(model, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        init_bias_from_prior(model, [0.5, 1.5, 0.1])
+    with pytest.raises(ValueError, match="max_records"):
+        label_frequencies(source, max_records=0)
