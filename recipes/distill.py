@@ -49,6 +49,7 @@ from hf_audiorep.objectives import (
     build_distillation_loss,
     precompute_teacher_embeddings,
 )
+from hf_audiorep.objectives.features import embedding_width
 from hf_audiorep.registry import architecture_for
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
@@ -171,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     set_seed(train_args.seed)
     student, feature_extractor = _student(student_args, sources["train"].label_names)
-    pooled = student.config.embedding_size or student.config.hidden_size
-    loss = build_distillation_loss(distill_args, pooled, teacher.embedding_dim, len(sources["train"].dataset))
+    loss = build_distillation_loss(
+        distill_args, embedding_width(student.config), teacher.embedding_dim, len(sources["train"].dataset)
+    )
     model = StudentWithDistillation(student, loss)
 
     _unseen_device_source(sources)

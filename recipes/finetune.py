@@ -43,10 +43,15 @@ from hf_audiorep.inference import model_window_seconds
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, CATConfig
 from hf_audiorep.objectives import (
     AugmentationArguments,
+    ClassifierWithProjection,
     ConsistencyArguments,
     ConsistencyClassificationStep,
+    ContrastiveArguments,
+    ProjectionHead,
+    SupConClassificationStep,
     SupervisedClassificationStep,
 )
+from hf_audiorep.objectives.features import embedding_width
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -262,6 +267,11 @@ def _log_augmentation(aug_args: AugmentationArguments, feature_extractor) -> Non
     )
 
 
+def _classifier_of(model):
+    """The classifier a run trains (inside the training-only wrapper of a contrastive run)."""
+    return model.model if isinstance(model, ClassifierWithProjection) else model
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = RecipeArgumentParser(
         (
@@ -269,12 +279,13 @@ def main(argv: list[str] | None = None) -> dict:
             DataArguments,
             AugmentationArguments,
             ConsistencyArguments,
+            ContrastiveArguments,
             LoraArguments,
             FinetuneTrainingArguments,
         )
     )
-    model_args, data_args, aug_args, cr_args, lora_args, train_args = parser.parse_args_into_dataclasses(
-        args=argv
+    model_args, data_args, aug_args, cr_args, con_args, lora_args, train_args = (
+        parser.parse_args_into_dataclasses(args=argv)
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if model_args.problem_type not in ("multi_label_classification", "single_label_classification"):
@@ -283,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{model_args.problem_type!r}"
         )
     _check_lora(lora_args, model_args, train_args)
+    if con_args.supcon_weight > 0 and (cr_args.consistency_regularization or lora_args.lora_r):
+        raise ValueError("--supcon_weight cannot be combined with --consistency_regularization or --lora_r")
     # The process layout is needed before the loop exists, to shard the data once per rank.
     state = PartialState(cpu=train_args.cpu)
     saved_extractor = _pretrained_feature_extractor(model_args) if model_args.model_name_or_path else None
@@ -306,22 +319,32 @@ def main(argv: list[str] | None = None) -> dict:
                 raise ValueError("--unlabeled_ratio > 0 needs --unlabeled_dataset")
             unlabeled_batch = max(1, round(cr_args.unlabeled_ratio * train_args.per_device_batch_size))
             train_batches = SemiSupervisedBatches(train_batches, stream("unlabeled", True, unlabeled_batch))
+    elif con_args.supcon_weight > 0:
+        # ContrastASC's teacher: CE + a mixup-aware supervised contrastive loss on a training-only projection.
+        projection = ProjectionHead(embedding_width(model.config), con_args.projection_dim)
+        model = ClassifierWithProjection(model, projection)
+        step = SupConClassificationStep(
+            feature_extractor, aug_args, con_args.supcon_weight, con_args.supcon_temperature, single_label
+        )
     else:
         step = SupervisedClassificationStep(feature_extractor, aug_args, single_label=single_label)
     loop = TrainLoop(train_args, model, train_batches, step, feature_extractor=feature_extractor)
+    classifier = _classifier_of
     if lora_args.merge_lora:
         from hf_audiorep.adapters import merged_model
 
         loop.export_fn = merged_model
+    elif con_args.supcon_weight > 0:
+        loop.export_fn = classifier
     if "eval" in sources:
         loop.eval_fn = lambda m: evaluate_classifier(
-            m, stream("eval", False), feature_extractor, loop.accelerator
+            classifier(m), stream("eval", False), feature_extractor, loop.accelerator
         )
     summary = loop.run()
 
     if "test" in sources:
         test = evaluate_classifier(
-            loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_"
+            classifier(loop.model), stream("test", False), feature_extractor, loop.accelerator, "test_"
         )
         summary.update(test)
         if loop.accelerator.is_main_process:

@@ -8,7 +8,13 @@ pre-training, the losses several of them share, and frozen teachers that serve e
 from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
 from .classification import AugmentationArguments, SupervisedClassificationStep, init_bias_from_prior
 from .consistency import ConsistencyArguments, ConsistencyClassificationStep
-from .contrastive import ProjectionHead, mixup_supcon_loss
+from .contrastive import (
+    ClassifierWithProjection,
+    ContrastiveArguments,
+    ProjectionHead,
+    SupConClassificationStep,
+    mixup_supcon_loss,
+)
 from .distillation import (
     ContrastiveMemory,
     CRDEmbed,
@@ -34,6 +40,9 @@ from .masked_autoencoder import MaskedAutoencoderStep, evaluate_reconstruction
 from .teachers import TEACHER_KINDS, FrozenTeacher, clap_input_features, precompute_teacher_embeddings
 
 __all__ = [
+    "ClassifierWithProjection",
+    "ContrastiveArguments",
+    "SupConClassificationStep",
     "TEACHER_EMBEDDING_COLUMN",
     "TEACHER_LOGITS_COLUMN",
     "DistillationArguments",

@@ -8,11 +8,22 @@ Recognition"); with one-hot labels this is SupCon (Khosla et al.) with one view 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionHead", "mixup_supcon_loss"]
+from .classification import SupervisedClassificationStep
+from .features import logits_and_embedding
+
+__all__ = [
+    "ClassifierWithProjection",
+    "ContrastiveArguments",
+    "ProjectionHead",
+    "SupConClassificationStep",
+    "mixup_supcon_loss",
+]
 
 
 class ProjectionHead(nn.Module):
@@ -81,3 +92,57 @@ def mixup_supcon_loss(
     log_prob = logits.log_softmax(dim=-1).masked_fill(~not_self[keep], 0.0)
     pair_weights = weights[keep] / weights[keep].sum(1, keepdim=True)
     return -(pair_weights * log_prob).sum(1).mean()
+
+
+@dataclass
+class ContrastiveArguments:
+    """ContrastASC's teacher fine-tuning: ``CE + supcon_weight * mixup_supcon_loss`` on a projection of the
+    encoder's clip embedding (the projection is training-only; the saved model is the classifier)."""
+
+    supcon_weight: float = 0.0
+    """weight of the mixup-aware supervised contrastive loss (ContrastASC: 0.25); 0 turns it off"""
+    supcon_temperature: float = 0.1
+    """temperature of the contrastive loss"""
+    projection_dim: int = 128
+    """width of the contrastive projection (a 2-layer MLP on the clip embedding)"""
+
+    def __post_init__(self):
+        if not self.supcon_weight >= 0:
+            raise ValueError(f"supcon_weight must be >= 0, got {self.supcon_weight}")
+        if not self.supcon_temperature > 0:
+            raise ValueError(f"supcon_temperature must be > 0, got {self.supcon_temperature}")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+
+
+class ClassifierWithProjection(nn.Module):
+    """What a contrastive fine-tuning run trains: the classifier and the projection head, in one module so
+    that one optimizer and one checkpoint cover both. Only ``model`` is published (``export_fn``)."""
+
+    def __init__(self, model: nn.Module, projection: nn.Module):
+        super().__init__()
+        self.model = model
+        self.projection = projection
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+class SupConClassificationStep(SupervisedClassificationStep):
+    """The supervised step plus ``weight * mixup_supcon_loss(projection(embedding), mixed labels)`` on a
+    `ClassifierWithProjection`; the labels after mixup give the pair weights."""
+
+    def __init__(
+        self, feature_extractor, augmentation, weight: float, temperature: float, single_label=False
+    ):
+        super().__init__(feature_extractor, augmentation, single_label=single_label)
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(
+        self, model: ClassifierWithProjection, batch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features, mask, labels = self.features(model, batch)
+        logits, embedding = logits_and_embedding(model.model, features, mask)
+        ce = self.loss(logits, labels)
+        supcon = mixup_supcon_loss(model.projection(embedding), labels, self.temperature)
+        return ce + self.weight * supcon, {"ce": ce.detach(), "supcon": supcon.detach()}

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.augment import device_impulse_response, freq_mixstyle, frequency_mask, time_roll
 from .distillation import CRDLoss, DistillationLoss, InBatchCRDLoss
-from .features import waveform_features
+from .features import logits_and_embedding, waveform_features
 
 __all__ = [
     "TEACHER_EMBEDDING_COLUMN",
@@ -191,19 +191,12 @@ class DistillationStep:
         features, mask = waveform_features(self.feature_extractor, waveforms, lengths)
         if model.training:
             features = self._augment_features(features)
-        caught = {}
-        hook = student.base_model.register_forward_hook(
-            lambda module, args, output: caught.__setitem__("pooled", output.pooler_output)
-        )
-        try:
-            logits = student(input_values=features, attention_mask=mask).logits
-        finally:
-            hook.remove()
+        logits, pooled = logits_and_embedding(student, features, mask)
         out = model.distillation(
             student_logits=logits,
             labels=batch["labels"],
             teacher_logits=batch.get(TEACHER_LOGITS_COLUMN),
-            student_features=caught.get("pooled"),
+            student_features=pooled,
             teacher_features=batch.get(TEACHER_EMBEDDING_COLUMN),
             indices=batch.get("indices"),
         )

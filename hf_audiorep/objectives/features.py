@@ -14,3 +14,28 @@ def waveform_features(
     """
     with torch.autocast(waveforms.device.type, enabled=False):
         return feature_extractor.batch_features(waveforms.float(), lengths)
+
+
+def logits_and_embedding(
+    classifier, features: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier's logits and its base encoder's clip embedding (``pooler_output``) from one forward.
+
+    The embedding is caught on its way into the head (a forward hook on ``classifier.base_model``), so the
+    contrastive and distillation losses that need it do not run the encoder twice.
+    """
+    caught = {}
+    hook = classifier.base_model.register_forward_hook(
+        lambda module, args, output: caught.__setitem__("pooled", output.pooler_output)
+    )
+    try:
+        logits = classifier(input_values=features, attention_mask=mask).logits
+    finally:
+        hook.remove()
+    return logits, caught["pooled"]
+
+
+def embedding_width(config) -> int:
+    """Width of a model's clip embedding (``pooler_output``): its ``embedding_size`` when the family has one
+    (CP-Mobile's ContrastASC layout), else ``hidden_size``."""
+    return getattr(config, "embedding_size", None) or config.hidden_size

@@ -14,6 +14,7 @@ from hf_audiorep.objectives import (
     StudentWithDistillation,
     build_distillation_loss,
 )
+from hf_audiorep.objectives.features import embedding_width
 
 NUM_LABELS, TEACHER_DIM, N_DATA = 4, 12, 16
 
@@ -28,8 +29,8 @@ def _student(**overrides) -> CPMobileForAudioClassification:
 
 def _model(args: DistillationArguments, **overrides) -> StudentWithDistillation:
     student = _student(**overrides)
-    pooled = student.config.embedding_size or student.config.hidden_size
-    return StudentWithDistillation(student, build_distillation_loss(args, pooled, TEACHER_DIM, N_DATA))
+    width = embedding_width(student.config)
+    return StudentWithDistillation(student, build_distillation_loss(args, width, TEACHER_DIM, N_DATA))
 
 
 def _batch(seed: int = 0) -> dict:

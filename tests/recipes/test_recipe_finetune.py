@@ -239,7 +239,9 @@ def test_spec_augment_defaults_scale_to_the_input_and_explicit_values_stay():
     assert (step.aug.time_mask, step.aug.freq_mask) == (39, 48)
 
 
-@pytest.mark.parametrize("recipe", ["finetune", "pretrain_audiomae", "pretrain_cat"])
+@pytest.mark.parametrize(
+    "recipe", ["finetune", "pretrain_audiomae", "pretrain_cat", "distill", "pretrain_uts"]
+)
 def test_every_recipe_option_has_help(recipe, capsys):
     """`recipes/<name>.py --help` documents every option (HfArgumentParser alone showed only a few)."""
     module = load_recipe(recipe)
@@ -255,3 +257,25 @@ def test_every_recipe_option_has_help(recipe, capsys):
 
     undocumented = [b.split()[0] for b in blocks if all(is_syntax(w) for w in ("--" + b).split())]
     assert not undocumented, undocumented
+
+
+def test_supervised_contrastive_teacher_saves_only_the_classifier(tmp_path, caplog):
+    # ContrastASC's stage 1 on the scene corpus: CE + 0.25 x mixup-aware SupCon on a training-only projection
+    out = tmp_path / "teacher"
+    recipe = load_recipe("finetune")
+    args = [
+        "--dataset", "embedded-scenes", "--problem_type", "single_label_classification",
+        "--preset", "audiomae-tiny", "--max_length", "112", "--num_train_clips", "22",
+        "--num_eval_clips", "0", "--num_test_clips", "11", "--max_steps", "2", "--per_device_batch_size", "8",
+        "--warmup_steps", "1", "--eval_steps", "0", "--checkpointing_steps", "0", "--num_decode_threads", "1",
+        "--logging_steps", "1", "--supcon_weight", "0.25", "--output_dir", str(out), "--cpu", "true",
+    ]  # fmt: skip
+    with caplog.at_level("INFO"):
+        recipe.main(args)
+    assert '"supcon"' in caplog.text  # the contrastive term was trained and logged
+    model = AutoModelForAudioClassification.from_pretrained(out)
+    assert model.config.problem_type == "single_label_classification"
+    assert not any("projection" in key for key in model.state_dict())
+    assert json.loads((out / "eval_results.json").read_text())["test_num_clips"] == 11
+    with pytest.raises(ValueError, match="cannot be combined"):
+        recipe.main([*args, "--consistency_regularization", "true"])
