@@ -52,6 +52,7 @@ from hf_audiorep.objectives import (
     SupervisedClassificationStep,
 )
 from hf_audiorep.objectives.features import embedding_width
+from hf_audiorep.registry import architecture_for
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -189,8 +190,16 @@ def _model(model_args: ModelArguments, label_names: list[str], feature_extractor
         **head,
     )
     model = AutoModelForAudioClassification.from_config(config)
-    feature_extractor = AudioFbankFeatureExtractor(target_length=config.max_length)
-    return model, feature_extractor
+    return model, _fresh_feature_extractor(config)
+
+
+def _fresh_feature_extractor(config):
+    """The front end of a fresh model's family (the registry's); the ViTs' fixed-length fbank is cut to the
+    model's ``max_length`` frames."""
+    extractor = architecture_for(config.model_type).feature_extractor
+    if extractor is AudioFbankFeatureExtractor:
+        return extractor(target_length=config.max_length)
+    return extractor()
 
 
 def _check_lora(lora_args: LoraArguments, model_args: ModelArguments, train_args) -> None:

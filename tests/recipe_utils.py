@@ -7,6 +7,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def as_argv(options: dict) -> list[str]:
+    """``{"max_steps": 2}`` -> ``["--max_steps", "2"]``: a recipe's command line from a dict of options."""
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
 def load_recipe(name: str):
     """Import ``recipes/<name>.py`` as a module (the recipes are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
@@ -36,7 +41,7 @@ def tiny_finetune_args(**overrides) -> list[str]:
         "cpu": "true",
     }
     options.update(overrides)
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    return as_argv(options)
 
 
 #: a few-second bootstrap pre-training run (CAT and BAT recipes) on a tiny corpus
@@ -61,4 +66,4 @@ RECIPE_TINY = {
 
 def recipe_args(output_dir, **overrides) -> list[str]:
     options = {**RECIPE_TINY, "output_dir": str(output_dir), **overrides}
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    return as_argv(options)

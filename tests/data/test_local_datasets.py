@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from recipe_utils import load_recipe
+from recipe_utils import as_argv, load_recipe
 
 from hf_audiorep.data.arguments import DataArguments, load_sources
 from hf_audiorep.data.decode import AUDIO_EXTENSIONS, decode_audio
@@ -119,7 +119,7 @@ def test_finetune_single_label_on_a_local_folder(tmp_path, caplog):
         "cpu": "true",
         "output_dir": out,
     }
-    argv = [part for key, value in args.items() for part in (f"--{key}", str(value))]
+    argv = as_argv(args)
     with caplog.at_level(logging.INFO):
         summary = load_recipe("finetune").main(argv)
     results = json.loads((out / "eval_results.json").read_text())

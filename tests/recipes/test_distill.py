@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from recipe_utils import load_recipe
+from recipe_utils import as_argv, load_recipe
 from transformers import AutoModelForAudioClassification
 
 from hf_audiorep import config_from_preset
@@ -53,7 +53,7 @@ def _args(output_dir, teacher, **overrides) -> list[str]:
         "cpu": "true",
     }
     options.update(overrides)
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    return as_argv(options)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from recipe_utils import load_recipe
+from recipe_utils import as_argv, load_recipe
 from transformers import AutoConfig, AutoModel
 
-from hf_audiorep.data.embedded import ATTRIBUTE_TASKS, EMBEDDED_ONTOLOGY
+from hf_audiorep.data.embedded import ATTRIBUTE_TASKS, EMBEDDED_ONTOLOGY, load_embedded_corpus
 from hf_audiorep.data.tags import TagSystem
 from hf_audiorep.modeling import ZipformerForAudioClassification, ZipformerModel
 
@@ -32,7 +33,7 @@ def _args(output_dir, **overrides) -> list[str]:
         "cpu": "true",
     }
     options.update(overrides)
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    return as_argv(options)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,17 @@ def test_results_hold_probes_at_initialisation_and_end_and_the_tag_summary(tags_
     assert summary["events/probe_mAP"] == results["probes"]["events/probe_mAP"]
 
 
-def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path):
+def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path, monkeypatch):
+    priors = []
+    original = recipe.init_bias_from_prior
+    monkeypatch.setattr(recipe, "init_bias_from_prior", lambda m, f: (priors.append(f), original(m, f)))
     recipe.main(_args(tmp_path, labels="ontology", probe_tasks="", max_steps=1))
+    # the fresh head started at the training split's label frequencies
+    train = load_embedded_corpus(clip_seconds=1.0, num_train=48, num_validation=0, num_test=24)["train"]
+    expected = np.zeros(len(EMBEDDED_ONTOLOGY.names))
+    for labels in train["labels"]:
+        expected[labels] += 1
+    assert len(priors) == 1 and np.allclose(priors[0], expected / len(train))
     model = ZipformerForAudioClassification.from_pretrained(tmp_path)
     assert [model.config.id2label[i] for i in range(model.config.num_labels)] == list(EMBEDDED_ONTOLOGY.names)
     results = json.loads((tmp_path / "eval_results.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 from probing_utils import save_tiny_ast
-from recipe_utils import load_recipe
+from recipe_utils import as_argv, load_recipe
 
 from hf_audiorep.evaluation.probing import CacheBudgetError, FeatureCache, evaluate_probe, load_probe_head
 
@@ -31,7 +31,7 @@ TINY = {
 
 def tiny_probe_args(**overrides) -> list[str]:
     options = {**TINY, **overrides}
-    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+    return as_argv(options)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,150 @@
+"""ContrastASC on the embedded scene corpus: a teacher fine-tuned with or without the supervised contrastive
+term, then CP-Mobile students of several sizes trained with CE, CE + KD or CE + KD + CRD, with BatchNorm or
+LayerNorm in the output block; each scored closed-set, on unseen devices and 5-shot on held-out scenes.
+
+Every run is ``recipes/finetune.py`` (teachers) or ``recipes/distill.py`` (students); a finished run (its
+``eval_results.json`` exists) is reused, so an interrupted sweep resumes. Prints one table (mean +- std over
+the seeds) and writes it to ``<work_dir>/summary.md``. Arguments after ``--`` go to every student run.
+
+    python experiments/contrastasc_students.py --seeds 0 1 2 --presets cp-mobile-6k cp-mobile-18k \
+        cp-mobile-dcase24 --norms batch layer --losses ce kd crd --work_dir outputs/contrastasc
+
+The teacher is a CP-Mobile of the largest preset (``--teacher_preset``) trained from scratch: on a CPU the
+paper's BEATs teacher cannot be fine-tuned, and no pre-trained BEATs weights can be downloaded here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LOSSES = {"ce": ("0", "0"), "kd": ("1", "0"), "crd": ("1", "0.8")}  # (kd_weight, crd_weight)
+SCENE_AUGMENTATION = ["--time_mask", "0", "--freq_mask", "48"]
+
+
+def _run(recipe: str, output_dir: Path, args: list[str]) -> dict:
+    results = output_dir / "eval_results.json"
+    if not results.exists():
+        command = [
+            sys.executable,
+            str(ROOT / "recipes" / f"{recipe}.py"),
+            *args,
+            "--output_dir",
+            str(output_dir),
+        ]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+    return json.loads(results.read_text())
+
+
+def _teacher(work_dir: Path, preset: str, supcon: bool, seed: int, steps: int) -> Path:
+    output = work_dir / f"teacher_{'supcon' if supcon else 'ce'}_s{seed}"
+    args = [
+        "--dataset",
+        "embedded-scenes",
+        "--problem_type",
+        "single_label_classification",
+        "--preset",
+        preset,
+    ]
+    args += ["--seed", str(seed), "--max_steps", str(steps), "--per_device_batch_size", "32"]
+    args += ["--learning_rate", "3e-3", "--mixup_alpha", "0.3", "--eval_steps", "0", *SCENE_AUGMENTATION]
+    args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
+    if supcon:
+        args += ["--supcon_weight", "0.25"]
+    _run("finetune", output, args)
+    return output
+
+
+COLUMNS = (
+    "closed-set accuracy",
+    "unseen-device accuracy",
+    "5-shot prototype",
+    "5-shot logistic",
+    "5-shot prototype at init",
+)
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def _row(results: dict) -> dict[str, float]:
+    few_shot, initial = results["few_shot"]["scores"], results["few_shot_at_initialisation"]["scores"]
+    values = (
+        results["test_accuracy"],
+        results["unseen_device_accuracy"],
+        few_shot["prototype"]["accuracy"],
+        few_shot["logistic"]["accuracy"],
+        initial["prototype"]["accuracy"],
+    )
+    return dict(zip(COLUMNS, values, strict=True))
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of teachers and students")
+    parser.add_argument("--presets", nargs="+", default=["cp-mobile-6k"], help="student presets")
+    parser.add_argument("--norms", nargs="+", default=["batch", "layer"], help="output-block norms")
+    parser.add_argument(
+        "--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES), help="student losses"
+    )
+    parser.add_argument(
+        "--teachers", nargs="+", default=["supcon"], choices=["supcon", "ce"], help="teachers"
+    )
+    parser.add_argument("--teacher_preset", default="cp-mobile-dcase23", help="the teacher's architecture")
+    parser.add_argument("--teacher_steps", type=int, default=600, help="teacher fine-tuning steps")
+    parser.add_argument("--work_dir", type=Path, default=Path("outputs/contrastasc"), help="runs and summary")
+    args = parser.parse_args(argv)
+
+    rows: dict[str, list[dict[str, float]]] = {}
+    for seed in args.seeds:
+        for kind in args.teachers:
+            teacher = _teacher(args.work_dir, args.teacher_preset, kind == "supcon", seed, args.teacher_steps)
+            rows.setdefault(f"teacher {kind} ({args.teacher_preset})", []).append(
+                {
+                    "closed-set accuracy": json.loads((teacher / "eval_results.json").read_text())[
+                        "test_accuracy"
+                    ]
+                }
+            )
+            for preset in args.presets:
+                for norm in args.norms:
+                    for loss in args.losses:
+                        kd, crd = LOSSES[loss]
+                        name = f"{preset} {norm} {loss} <- {kind}"
+                        output = args.work_dir / f"{preset}_{norm}_{loss}_{kind}_s{seed}"
+                        student_args = ["--teacher", str(teacher), "--preset", preset, "--output_norm", norm]
+                        student_args += ["--kd_weight", kd, "--crd_weight", crd, "--seed", str(seed)]
+                        student_args += [
+                            "--disable_progress_bar",
+                            "true",
+                            "--num_decode_threads",
+                            "1",
+                            *extra,
+                        ]
+                        rows.setdefault(name, []).append(_row(_run("distill", output, student_args)))
+    lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for name, values in rows.items():
+        lines.append(
+            f"| {name} | " + " | ".join(_cell([v[c] for v in values if c in v]) for c in COLUMNS) + " |"
+        )
+    summary = "\n".join(lines)
+    print(summary)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / "summary.md").write_text(summary + "\n")
+
+
+if __name__ == "__main__":
+    main()
