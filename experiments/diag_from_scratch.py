@@ -47,11 +47,12 @@ from hf_audiorep.modeling import (
 CLIP_SECONDS = 3.0
 
 
-def precompute(corpus, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features ``(n, 298, 128)`` of each clip's first 3 s, the labels of the events heard in them, and the
-    clip's own (10-s) labels, denser, which the memorisation checks use (any labels can be memorised)."""
+def precompute(corpus, split: str, n: int, fe=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (by default ``(n, 298, 128)`` Kaldi fbank) of each clip's first 3 s, the labels of the events
+    heard in them, and the clip's own labels, denser, which the memorisation checks use (any labels can be
+    memorised)."""
     dataset = corpus[split].select(range(n))
-    fe = AudioFbankFeatureExtractor(target_length=None)  # 298 frames: no padding to 1024
+    fe = fe or AudioFbankFeatureExtractor(target_length=None)  # 298 frames: no padding to 1024
     stream = AudioStream(load_audio_source(dataset), batch_size=50, train=False, clip_seconds=CLIP_SECONDS)
     features, clip_labels = [], []
     for batch in stream:
@@ -149,9 +150,10 @@ def scores(model, x) -> torch.Tensor:
     return torch.cat([model(x[i : i + 50]) for i in range(0, len(x), 50)])
 
 
-def train(model, x, y, lr: float, steps: int, warmup: int = 0, batch: int = 16, on_step=None):
-    """AdamW (weight decay 0.05), linear warmup then cosine to 0; random batches from a fixed generator."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+def train(model, x, y, lr: float, steps: int, warmup: int = 0, batch: int = 16, on_step=None, optimizer=None):
+    """AdamW (weight decay 0.05) unless ``optimizer`` is given, linear warmup then cosine to 0; random batches
+    from a fixed generator."""
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
 
     def factor(step):
         if step < warmup:

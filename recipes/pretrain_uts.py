@@ -41,13 +41,13 @@ from transformers import AutoModelForAudioClassification, set_seed
 import hf_audiorep
 from hf_audiorep.data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
 from hf_audiorep.data.embedded import load_embedded_corpus
-from hf_audiorep.data.sources import load_audio_source
+from hf_audiorep.data.sources import label_frequencies, load_audio_source
 from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
 from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, probe_tasks
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep
+from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep, init_bias_from_prior
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -66,6 +66,9 @@ class ModelArguments:
     """a saved Zipformer (directory or Hub id) to continue from; when unset a fresh one from --preset"""
     preset: str = "zipformer-small"
     """architecture preset of a fresh model: zipformer-small (CPU minutes) or zipformer-m (Auden's UTS)"""
+    prior_bias_init: bool = True
+    """start a fresh model's head at the label prior (its bias at each label's log-odds in the training
+    split); without it the first hundreds of steps only fit the label frequencies (docs/benchmarks.md)"""
 
 
 @dataclass
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         label_names, id2label = sources["train"].label_names, None
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model = _model(model_args, label_names, id2label)
+    if model_args.prior_bias_init and not model_args.model_name_or_path:
+        init_bias_from_prior(model, label_frequencies(sources["train"]))
     feature_extractor = ZipformerFbankFeatureExtractor()
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
     step = SupervisedClassificationStep(feature_extractor, aug_args)
