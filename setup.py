@@ -47,6 +47,9 @@ setup(
     extras_require={
         "train": ["peft>=0.21,<1", "tensorboard>=2.16"],
         "demo": ["gradio>=6.31,<7"],
+        # ONNX export and int8 quantisation for devices (hf_audiorep.export, `hf-audiorep export`); onnxscript
+        # is what torch.onnx.export's dynamo path translates with.
+        "export": ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "onnxscript>=0.7,<1"],
         "test": [
             "pytest>=9",
             "timm>=1.0",
@@ -55,6 +58,9 @@ setup(
             "tensorboard>=2.16",
             "selenium>=4.51",
             "ruff>=0.14",
+            "onnx>=1.23,<2",
+            "onnxruntime>=1.32,<2",
+            "onnxscript>=0.7,<1",
         ],
     },
     entry_points={"console_scripts": ["hf-audiorep=hf_audiorep.cli:main"]},
