@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from step_utils import BINS, CLASSES, extractor, waveform_batch
 
-from hf_audiorep.objectives import ProjectionHead, mixup_supcon_loss
+from hf_audiorep.objectives import (
+    AugmentationArguments,
+    ClassifierWithProjection,
+    ContrastiveArguments,
+    ProjectionHead,
+    SupConClassificationStep,
+    mixup_supcon_loss,
+)
 
 
 def khosla_supcon(z: torch.Tensor, labels: list[int], temperature: float) -> torch.Tensor:
@@ -116,3 +124,45 @@ def test_projection_head_shapes_and_layer_norm():
     assert head(torch.randn(3, 12)).shape == (3, 4)
     assert isinstance(ProjectionHead(12, 4, layer_norm=True).norm, torch.nn.LayerNorm)
     assert head.fc1.out_features == 6 and ProjectionHead(12, 4).fc1.out_features == 12
+
+
+class _PooledModel(torch.nn.Module):
+    """A classifier whose ``base_model`` returns a ``pooler_output``, the way the library's models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.base_model = _MeanPool()
+        self.head = torch.nn.Linear(BINS, CLASSES)
+
+    def forward(self, input_values, attention_mask=None):
+        return type("Output", (), {"logits": self.head(self.base_model(input_values).pooler_output)})()
+
+
+class _MeanPool(torch.nn.Module):
+    def forward(self, input_values):
+        return type("Output", (), {"pooler_output": input_values.mean(1)})()
+
+
+def test_supcon_step_adds_the_weighted_contrastive_term_on_the_projected_embedding():
+    torch.manual_seed(0)
+    model = ClassifierWithProjection(_PooledModel(), ProjectionHead(BINS, 8)).eval()
+    batch = waveform_batch()
+    batch["labels"] = F.one_hot(torch.arange(8) % 2, 4).float()
+    no_aug = AugmentationArguments(mixup_prob=0.0, freq_mask=0, time_mask=0)
+    step = SupConClassificationStep(extractor(), no_aug, weight=0.25, temperature=0.1)
+    loss, logs = step(model, batch)
+    features, _ = extractor().batch_features(batch["waveforms"], batch["lengths"])
+    pooled = features.mean(1)
+    ce = F.binary_cross_entropy_with_logits(model.model.head(pooled), batch["labels"])
+    supcon = mixup_supcon_loss(model.projection(pooled), batch["labels"], 0.1)
+    torch.testing.assert_close(logs["ce"], ce)
+    torch.testing.assert_close(logs["supcon"], supcon)
+    torch.testing.assert_close(loss, ce + 0.25 * supcon)
+    # the wrapper is the classifier to every caller but the step
+    assert torch.equal(model(features).logits, model.model(features).logits)
+
+
+def test_contrastive_arguments_are_checked():
+    for field, value in (("supcon_weight", -0.1), ("supcon_temperature", 0.0), ("projection_dim", 0)):
+        with pytest.raises(ValueError, match=field):
+            ContrastiveArguments(**{field: value})
