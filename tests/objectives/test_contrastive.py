@@ -149,12 +149,12 @@ def test_supcon_step_adds_the_weighted_contrastive_term_on_the_projected_embeddi
     batch = waveform_batch()
     batch["labels"] = F.one_hot(torch.arange(8) % 2, 4).float()
     no_aug = AugmentationArguments(mixup_prob=0.0, freq_mask=0, time_mask=0)
-    step = SupConClassificationStep(extractor(), no_aug, weight=0.25, temperature=0.1)
+    step = SupConClassificationStep(extractor(), no_aug, weight=0.25, temperature=0.2)
     loss, logs = step(model, batch)
     features, _ = extractor().batch_features(batch["waveforms"], batch["lengths"])
     pooled = features.mean(1)
     ce = F.binary_cross_entropy_with_logits(model.model.head(pooled), batch["labels"])
-    supcon = mixup_supcon_loss(model.projection(pooled), batch["labels"], 0.1)
+    supcon = mixup_supcon_loss(model.projection(pooled), batch["labels"], 0.2)
     torch.testing.assert_close(logs["ce"], ce)
     torch.testing.assert_close(logs["supcon"], supcon)
     torch.testing.assert_close(loss, ce + 0.25 * supcon)
@@ -166,3 +166,12 @@ def test_contrastive_arguments_are_checked():
     for field, value in (("supcon_weight", -0.1), ("supcon_temperature", 0.0), ("projection_dim", 0)):
         with pytest.raises(ValueError, match=field):
             ContrastiveArguments(**{field: value})
+
+
+def test_documented_defaults_of_the_head_and_the_loss():
+    assert isinstance(ProjectionHead(8, 4).norm, torch.nn.Identity)
+    assert isinstance(ProjectionHead(8, 4, layer_norm=True).norm, torch.nn.LayerNorm)
+    z, y = torch.randn(6, 4), F.one_hot(torch.arange(6) % 2, 2).float()
+    torch.testing.assert_close(mixup_supcon_loss(z, y), mixup_supcon_loss(z, y, temperature=0.1))
+    assert ContrastiveArguments().supcon_weight == 0.0 and ContrastiveArguments().projection_dim == 128
+    ContrastiveArguments(projection_dim=1)  # a width of one is allowed

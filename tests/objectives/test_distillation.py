@@ -238,3 +238,68 @@ def test_distillation_arguments_are_checked():
         with_memory(logits, torch.tensor([0, 1]), torch.randn(2, 3), torch.randn(2, 6), torch.randn(2, 8))
     with pytest.raises(ValueError, match="labels"):
         with_memory(logits, torch.tensor([0, 1, 2]), torch.randn(2, 3))
+
+
+def test_crd_loss_is_the_sum_of_its_two_nce_terms_with_its_own_settings():
+    torch.manual_seed(0)
+    crd = CRDLoss(
+        6, 10, n_data=20, feat_dim=4, num_negatives=5, temperature=0.3, momentum=0.2, z_momentum=0.9
+    )
+    memory = crd.memory
+    assert (memory.temperature, memory.momentum, memory.z_momentum) == (0.3, 0.2, 0.9)
+    assert memory.num_negatives == 5 and memory.memory_student.shape == (20, 4)
+    student, teacher = torch.randn(3, 6), torch.randn(3, 10)
+    indices, negatives = torch.tensor([1, 4, 7]), torch.tensor([[0, 2, 3, 5, 6]] * 3)
+    crd.eval()
+    memory.z_student.fill_(5.0)
+    memory.z_teacher.fill_(7.0)
+    loss = crd(student, teacher, indices, negatives)
+    s_scores, t_scores = memory(crd.embed_student(student), crd.embed_teacher(teacher), indices, negatives)
+    torch.testing.assert_close(loss, nce_loss(s_scores, 20) + nce_loss(t_scores, 20))
+    # the two terms differ, so a difference of them would not pass
+    assert not torch.allclose(nce_loss(s_scores, 20), nce_loss(t_scores, 20))
+
+
+def test_documented_defaults():
+    crd = CRDLoss(6, 10, n_data=20)
+    assert crd.memory.memory_student.shape[1] == 128 and crd.memory.num_negatives == 16384
+    assert (crd.memory.temperature, crd.memory.momentum, crd.memory.z_momentum) == (0.07, 0.5, 0.99)
+    loss = DistillationLoss(crd)
+    assert (loss.ce_weight, loss.kd_weight, loss.crd_weight, loss.temperature) == (1.0, 1.0, 0.8, 4.0)
+    in_batch = InBatchCRDLoss(6, 10)
+    assert in_batch.temperature == 0.07 and in_batch.queue.shape[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0), "temperature"),
+        (lambda: ContrastiveMemory(4, 10, temperature=-1.0), "temperature"),
+        (lambda: ContrastiveMemory(4, 10, num_negatives=0), "num_negatives"),
+        (lambda: ContrastiveMemory(4, 10, momentum=1.0), "momentum"),
+        (lambda: ContrastiveMemory(4, 10, z_momentum=1.5), "z_momentum"),
+        (lambda: InBatchCRDLoss(4, 4, temperature=0.0), "temperature"),
+        (lambda: InBatchCRDLoss(4, 4, queue_size=-1), "queue_size"),
+        (lambda: DistillationLoss(None, ce_weight=-1.0, crd_weight=0.0), "ce_weight"),
+        (lambda: DistillationLoss(None, kd_weight=float("nan"), crd_weight=0.0), "kd_weight"),
+        (lambda: DistillationLoss(None, crd_weight=-0.5), "crd_weight"),
+        (lambda: DistillationLoss(None, ce_weight=0.0, kd_weight=0.0, crd_weight=0.0), "all 0"),
+        (lambda: DistillationLoss(None, crd_weight=0.8), "crd must be"),
+        (lambda: DistillationLoss(None, crd_weight=0.0, temperature=0.0), "temperature"),
+    ],
+)
+def test_bad_settings_name_the_argument(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
+
+
+def test_one_num_negative_is_enough_and_indices_must_be_one_per_clip():
+    memory = ContrastiveMemory(4, 10, num_negatives=1)
+    assert memory.sample_negatives(torch.tensor([3, 4])).shape == (2, 1)
+    embed = F.normalize(torch.randn(2, 4), dim=-1)
+    with pytest.raises(ValueError, match="indices must be"):
+        memory(embed, embed, torch.tensor([[3], [4]]))
+    with pytest.raises(ValueError, match="required when kd_weight"):
+        DistillationLoss(None, crd_weight=0.0)(torch.zeros(2, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="required when crd_weight"):
+        DistillationLoss(InBatchCRDLoss(3, 3), kd_weight=0.0)(torch.zeros(2, 3), torch.tensor([0, 1]))
