@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
+from probing_utils import tiny_wav2vec2
 from scipy import stats
 
 from hf_audiorep import AudioMAEConfig, AudioMAEModel
@@ -275,24 +276,10 @@ def test_an_encoder_is_scored_on_its_own_embeddings(heldout):
 
 
 def test_a_transformers_encoder_without_a_pooler_is_scored(heldout):
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 8),
-        num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2,
-    )
-    model = Wav2Vec2Model(config)
+    model, feature_extractor = tiny_wav2vec2()
     result = few_shot_encoder(
         model,
-        Wav2Vec2FeatureExtractor(return_attention_mask=True),
+        feature_extractor,
         heldout,
         label_column="labels",
         n_way=None,
