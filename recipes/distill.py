@@ -112,12 +112,13 @@ class DistillTrainingArguments(TrainingArguments):
 
 def _teacher_columns(teacher: FrozenTeacher, source, args: DistillationArguments, batch_size: int):
     """The train source with the teacher's embeddings (and logits, for KD) as columns."""
-    names = tuple(teacher.classifier.config.id2label[i] for i in range(teacher.num_labels))
-    if args.kd_weight > 0 and names != tuple(source.label_names):
-        raise ValueError(
-            f"the teacher's {len(names)} labels {names[:5]}... are not the dataset's "
-            f"{len(source.label_names)} {tuple(source.label_names)[:5]}...: KD needs one label order"
-        )
+    if args.kd_weight > 0:  # an embedding-only teacher (CRD alone) has no labels to match
+        names = tuple(teacher.classifier.config.id2label[i] for i in range(teacher.num_labels))
+        if names != tuple(source.label_names):
+            raise ValueError(
+                f"the teacher's {len(names)} labels {names[:5]}... are not the dataset's "
+                f"{len(source.label_names)} {tuple(source.label_names)[:5]}...: KD needs one label order"
+            )
     dataset = precompute_teacher_embeddings(
         source.dataset,
         teacher,

@@ -164,7 +164,9 @@ class DistillationStep:
         impulse_responses: np.ndarray | torch.Tensor | None = None,
     ):
         self.feature_extractor = feature_extractor
-        self.aug = augmentation or SceneAugmentationArguments(0, 0.0, 0.0, 0.3, 0)
+        self.aug = augmentation or SceneAugmentationArguments(
+            roll_samples=0, dir_prob=0.0, mixstyle_prob=0.0, freq_mask=0
+        )
         self.impulse_responses = None if impulse_responses is None else torch.as_tensor(impulse_responses)
 
     def _augment_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 from recipe_utils import as_argv, load_recipe
-from transformers import AutoModelForAudioClassification
+from transformers import AutoModel, AutoModelForAudioClassification
 
 from hf_audiorep import config_from_preset
 from hf_audiorep.data.embedded.scene_corpus import HELDOUT_SCENES, SCENE_NAMES
@@ -124,3 +124,13 @@ def test_a_teacher_with_other_labels_is_refused(recipe, tmp_path):
 def test_the_teacher_is_required(recipe, tmp_path):
     with pytest.raises(ValueError, match="--teacher is required"):
         recipe.main(_args(tmp_path / "out", "", max_steps=1))
+
+
+def test_an_encoder_without_a_head_teaches_by_crd_alone(recipe, tmp_path):
+    teacher = tmp_path / "encoder"
+    config = config_from_preset("audiomae-tiny", max_length=112)
+    AutoModel.from_config(config).save_pretrained(teacher)
+    AudioFbankFeatureExtractor(target_length=112).save_pretrained(teacher)
+    recipe.main(_args(tmp_path / "out", teacher, kd_weight=0, max_steps=1, few_shot_split=""))
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert "few_shot" not in results and results["test_num_clips"] == 33
