@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import datetime as dt
+import fcntl
 import json
 import os
 import re
@@ -268,6 +269,18 @@ def write_report(results: dict) -> None:
     REPORT.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _store(module: str, result: dict) -> dict:
+    """Merge one module's result into results.json under a lock: runs of other modules may be writing."""
+    with open(BUILD / ".results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+        results[module] = result
+        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        os.replace(tmp, RESULTS)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="targets to run (path, dotted or short name); default all")
@@ -303,8 +316,8 @@ def main() -> None:
             if previous is not None and "error" in previous:
                 previous = None
             exclude = tuple(args.exclude_tests)
-            results[target["module"]] = run_target(target, defaults, args.max_children, previous, exclude)
-            RESULTS.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            result = run_target(target, defaults, args.max_children, previous, exclude)
+            results = _store(target["module"], result)
     write_report(results)
     print(f"report: {REPORT.relative_to(ROOT)}")
 

@@ -188,6 +188,8 @@ def test_cached_and_uncached_probing_give_the_same_logits(family, probe, tmp_pat
     probed = ProbedEncoder(encoder, head).eval()
     with torch.no_grad():
         uncached = torch.cat([probed(b["waveforms"], b["lengths"], SAMPLE_RATE) for b in batches]).numpy()
+    # NaN features would give NaN logits on both sides, which assert_allclose calls equal.
+    assert np.isfinite(cached).all()
     np.testing.assert_allclose(uncached, cached, rtol=1e-5, atol=1e-5)
     # The cache's float16 is the only approximation: without it the logits still agree closely.
     with torch.no_grad():
