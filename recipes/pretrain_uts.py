@@ -69,6 +69,9 @@ class ModelArguments:
     prior_bias_init: bool = True
     """start a fresh model's head at the label prior (its bias at each label's log-odds in the training
     split); without it the first hundreds of steps only fit the label frequencies (docs/benchmarks.md)"""
+    classifier_norm: str | None = None
+    """the head's input: none (Auden's head) | batch (frames standardised over the batch before the
+    classifier, which learns faster from scratch: docs/benchmarks.md); default: the preset's / checkpoint's"""
 
 
 @dataclass
@@ -172,6 +175,8 @@ def _model(model_args: ModelArguments, label_names, id2label=None):
         "label2id": {name: i for i, name in id2label.items()},
         "problem_type": "multi_label_classification",
     }
+    if model_args.classifier_norm is not None:
+        labels["classifier_norm"] = model_args.classifier_norm
     if model_args.model_name_or_path:
         return AutoModelForAudioClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **labels

@@ -304,6 +304,19 @@ class ZipformerModel(ZipformerPreTrainedModel):
         )
 
 
+def _normalise_valid_frames(
+    norm: nn.BatchNorm1d, frames: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``norm`` over the valid frames only, so that padding never enters the batch statistics; padded frames
+    come back as zeros (the clip's mean skips them)."""
+    if mask is None:
+        return norm(frames.flatten(0, 1)).view_as(frames)
+    valid = mask.bool()
+    normalised = frames.new_zeros(frames.shape)
+    normalised[valid] = norm(frames[valid])
+    return normalised
+
+
 class ZipformerForAudioClassification(ZipformerPreTrainedModel):
     """Zipformer encoder + Auden's MTC head: dropout and a linear layer on every output frame, logits averaged
     over each clip's valid frames (icefall's AudioSet tagger has the same head).
@@ -318,6 +331,11 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
         self.num_labels = config.num_labels
         self.zipformer = ZipformerModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
+        # Standardised frames let plain gradient steps fit the small directions that tell clips apart rather
+        # than the one large direction an untrained encoder's frames share (docs/benchmarks.md).
+        self.classifier_norm = None
+        if config.classifier_norm == "batch" and config.num_labels > 0:
+            self.classifier_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
         self.classifier = classifier_head(config)
         self.post_init()
 
@@ -337,6 +355,9 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
         outputs: ZipformerModelOutput = self.zipformer(
             input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states
         )
-        frame_logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        frames = outputs.last_hidden_state
+        if self.classifier_norm is not None:
+            frames = _normalise_valid_frames(self.classifier_norm, frames, outputs.attention_mask)
+        frame_logits = self.classifier(self.dropout(frames))
         logits = masked_mean(frame_logits, outputs.attention_mask, dim=1)
         return classification_output(self, logits, labels, outputs, **kwargs)

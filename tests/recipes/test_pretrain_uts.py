@@ -77,7 +77,7 @@ def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path, monkeypat
     priors = []
     original = recipe.init_bias_from_prior
     monkeypatch.setattr(recipe, "init_bias_from_prior", lambda m, f: (priors.append(f), original(m, f)))
-    recipe.main(_args(tmp_path, labels="ontology", probe_tasks="", max_steps=1))
+    recipe.main(_args(tmp_path, labels="ontology", probe_tasks="", max_steps=1, classifier_norm="batch"))
     # the fresh head started at the training split's label frequencies
     train = load_embedded_corpus(clip_seconds=1.0, num_train=48, num_validation=0, num_test=24)["train"]
     expected = np.zeros(len(EMBEDDED_ONTOLOGY.names))
@@ -86,6 +86,8 @@ def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path, monkeypat
     assert len(priors) == 1 and np.allclose(priors[0], expected / len(train))
     model = ZipformerForAudioClassification.from_pretrained(tmp_path)
     assert [model.config.id2label[i] for i in range(model.config.num_labels)] == list(EMBEDDED_ONTOLOGY.names)
+    # --classifier_norm reached the head, and its statistics were trained and saved
+    assert model.config.classifier_norm == "batch" and model.classifier_norm.num_batches_tracked == 1
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["labels"] == "ontology" and "test_mAP" in results and "probes" not in results
     assert not list(tmp_path.glob("label_*.json"))

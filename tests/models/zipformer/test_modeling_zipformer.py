@@ -300,6 +300,55 @@ def test_multi_label_loss_and_dropout_only_in_training():
     assert not torch.allclose(model(features, mask).logits, out.logits)
 
 
+def _standardised_head_logits(model, hidden, lengths, mean, var):
+    logits = []
+    for i, length in enumerate(lengths):
+        frames = (hidden[i, : frames_out(length)] - mean) / torch.sqrt(var + model.classifier_norm.eps)
+        logits.append((frames @ model.classifier.weight.T + model.classifier.bias).mean(0))
+    return torch.stack(logits)
+
+
+def test_batch_classifier_norm_standardises_the_valid_frames_only():
+    quiet = dict(
+        hidden_dropout_prob=0.0, position_dropout_prob=0.0, feature_mask_prob=0.0, classifier_dropout=0.0
+    )
+    config = tiny_config(num_labels=3, classifier_norm="batch", **quiet)
+    model = build(ZipformerForAudioClassification, config).train()
+    lengths = [119, 60]
+    features, mask = random_batch(config, lengths)
+    with torch.no_grad():
+        hidden = model.zipformer(features, mask).last_hidden_state
+        logits = model(features, mask).logits  # training: the batch's statistics, then running ones updated
+    valid = torch.cat([hidden[i, : frames_out(n)] for i, n in enumerate(lengths)])
+    mean, var = valid.mean(0), valid.var(0, unbiased=False)
+    torch.testing.assert_close(logits, _standardised_head_logits(model, hidden, lengths, mean, var))
+    # The padded frames (zeros here) would move the statistics had they entered them.
+    assert hidden.shape[1] * 2 > valid.shape[0]
+    momentum = model.classifier_norm.momentum
+    torch.testing.assert_close(model.classifier_norm.running_mean, momentum * mean)
+    torch.testing.assert_close(model.classifier_norm.running_var, (1 - momentum) + momentum * valid.var(0))
+    model.eval()  # evaluation: the running statistics, whatever the batch
+    with torch.no_grad():
+        alone = model(features[1:, : lengths[1]], mask[1:, : lengths[1]]).logits
+    expected = _standardised_head_logits(
+        model, hidden[1:], lengths[1:], model.classifier_norm.running_mean, model.classifier_norm.running_var
+    )
+    torch.testing.assert_close(alone, expected)
+
+
+def test_classifier_norm_default_is_auden_head_and_bad_values_are_named(tmp_path):
+    assert build(ZipformerForAudioClassification, tiny_config()).classifier_norm is None
+    model = build(ZipformerForAudioClassification, tiny_config(classifier_norm="batch"))
+    model.save_pretrained(tmp_path)
+    loaded = ZipformerForAudioClassification.from_pretrained(tmp_path)
+    assert loaded.config.classifier_norm == "batch" and isinstance(
+        loaded.classifier_norm, torch.nn.BatchNorm1d
+    )
+    assert loaded.classifier_norm.affine is False
+    with pytest.raises(ValueError, match="classifier_norm"):
+        tiny_config(classifier_norm="layer")
+
+
 def test_head_checkpoint_loads_as_the_encoder(tmp_path):
     import hf_audiorep  # noqa: F401  (registers the Auto classes)
 
