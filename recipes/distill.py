@@ -39,6 +39,7 @@ from hf_audiorep.evaluation import evaluate_classifier, few_shot_encoder, model_
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.objectives import (
+    DEVICE_COLUMN,
     TEACHER_EMBEDDING_COLUMN,
     TEACHER_LOGITS_COLUMN,
     DistillationArguments,
@@ -129,6 +130,21 @@ def _teacher_columns(teacher: FrozenTeacher, source, args: DistillationArguments
     return load_audio_source(dataset, label_column=source.label_column, label_names=source.vocabulary)
 
 
+def _dir_device_ids(aug_args: SceneAugmentationArguments, source) -> tuple[int, ...] | None:
+    """The ids of --dir_devices in the training split's ``device`` ClassLabel (None: every clip)."""
+    names = [n.strip() for n in aug_args.dir_devices.split(",") if n.strip()]
+    if not names or aug_args.dir_prob == 0:
+        return None
+    feature = (source.dataset.features or {}).get(DEVICE_COLUMN)
+    known = list(getattr(feature, "names", None) or [])
+    if not known:
+        raise ValueError(f"--dir_devices {aug_args.dir_devices!r}: the training split has no device labels")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--dir_devices names unknown devices {unknown}; the dataset's are {known}")
+    return tuple(known.index(n) for n in names)
+
+
 def _student(student_args: StudentArguments, label_names):
     id2label = dict(enumerate(label_names))
     config = hf_audiorep.config_from_preset(
@@ -181,13 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
     _unseen_device_source(sources)
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
     columns = (TEACHER_EMBEDDING_COLUMN,) + ((TEACHER_LOGITS_COLUMN,) if distill_args.kd_weight > 0 else ())
-    train_batches = stream("train", train=True, extra_columns=columns, return_index=True)
     irs = (
         device_impulse_responses(feature_extractor.sampling_rate)
         if data_args.dataset == EMBEDDED_SCENES
         else None
     )
-    step = DistillationStep(feature_extractor, aug_args, irs)
+    dir_devices = _dir_device_ids(aug_args, sources["train"]) if irs is not None else None
+    if dir_devices is not None:
+        columns += (DEVICE_COLUMN,)
+    train_batches = stream("train", train=True, extra_columns=columns, return_index=True)
+    step = DistillationStep(feature_extractor, aug_args, irs, dir_devices)
     loop = TrainLoop(train_args, model, train_batches, step, feature_extractor=feature_extractor)
     loop.export_fn = lambda m: m.student
     if "eval" in sources:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bucketing import check_bucketing_arguments
-from .embedded import load_embedded_corpus, load_embedded_scenes
+from .embedded import SCENE_CLASSES, load_embedded_corpus, load_embedded_scenes
 from .semi_supervised import as_unlabeled, split_labeled
 from .sources import AudioSource, SplitNotFoundError, labels_outside_vocabulary, load_audio_source
 from .stream import AudioStream
@@ -165,6 +165,8 @@ def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, 
     if data.dataset == EMBEDDED_SCENES:
         corpus = load_embedded_scenes(**kwargs)
         label_column = data.label_column or "scene"
+        if label_column == "scene":
+            corpus = _closed_set_scenes(corpus)
     else:
         corpus = load_embedded_corpus(**kwargs)
         label_column = data.label_column
@@ -173,6 +175,19 @@ def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, 
         del splits["eval"]
     return {
         role: load_audio_source(corpus[split], label_column=label_column) for role, split in splits.items()
+    }
+
+
+def _closed_set_scenes(corpus):
+    """The scene corpus with its closed-set splits labelled over the closed-set scenes only: a classifier
+    must not get outputs for the held-out scenes, which it never sees in training (those are for few-shot
+    evaluation). The closed set comes first in the full ClassLabel, so the stored indices stay valid."""
+    from datasets import ClassLabel
+
+    closed = ClassLabel(names=list(SCENE_CLASSES))
+    return {
+        name: split if name == "heldout" else split.cast_column("scene", closed)
+        for name, split in corpus.items()
     }
 
 

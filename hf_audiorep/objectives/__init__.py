@@ -26,6 +26,7 @@ from .distillation import (
     nce_loss,
 )
 from .distillation_step import (
+    DEVICE_COLUMN,
     TEACHER_EMBEDDING_COLUMN,
     TEACHER_LOGITS_COLUMN,
     DistillationArguments,
@@ -44,6 +45,7 @@ __all__ = [
     "ContrastiveArguments",
     "SupConClassificationStep",
     "TEACHER_EMBEDDING_COLUMN",
+    "DEVICE_COLUMN",
     "TEACHER_LOGITS_COLUMN",
     "DistillationArguments",
     "DistillationStep",

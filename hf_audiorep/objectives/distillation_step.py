@@ -9,6 +9,7 @@ step costs the student's forward and backward only, and teacher and student can 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from .distillation import CRDLoss, DistillationLoss, InBatchCRDLoss
 from .features import logits_and_embedding, waveform_features
 
 __all__ = [
+    "DEVICE_COLUMN",
     "TEACHER_EMBEDDING_COLUMN",
     "TEACHER_LOGITS_COLUMN",
     "DistillationArguments",
@@ -31,6 +33,7 @@ __all__ = [
 
 TEACHER_EMBEDDING_COLUMN = "teacher_embedding"
 TEACHER_LOGITS_COLUMN = "teacher_logits"
+DEVICE_COLUMN = "device"
 CRD_VARIANTS = ("memory", "in_batch")
 
 
@@ -43,6 +46,10 @@ class SceneAugmentationArguments:
     dir_prob: float = 0.6
     """device impulse responses: probability that a clip is convolved with a response of the augmentation
     microphones (which record nothing in the corpus); 0 off"""
+    dir_devices: str = "A"
+    """device impulse responses: the recording devices (comma-separated names of the dataset's `device`
+    column) whose clips may be convolved; CP-JKU's recipe: the reference device A only, the others being
+    recordings by other microphones already; '' = every clip"""
     mixstyle_prob: float = 0.4
     """Freq-MixStyle: probability that a batch's per-bin statistics are mixed; 0 off"""
     mixstyle_alpha: float = 0.3
@@ -155,6 +162,8 @@ class DistillationStep:
         augmentation: the scene augmentations, applied in training mode only (default: none).
         impulse_responses: ``(N, K)`` bank for the device impulse-response augmentation (at the student's
             rate); None turns it off.
+        dir_device_ids: the batch's device ids (its ``device`` column) whose clips the impulse responses may
+            convolve; None: every clip.
     """
 
     def __init__(
@@ -162,19 +171,26 @@ class DistillationStep:
         feature_extractor,
         augmentation: SceneAugmentationArguments | None = None,
         impulse_responses: np.ndarray | torch.Tensor | None = None,
+        dir_device_ids: Sequence[int] | None = None,
     ):
         self.feature_extractor = feature_extractor
         self.aug = augmentation or SceneAugmentationArguments(
             roll_samples=0, dir_prob=0.0, mixstyle_prob=0.0, freq_mask=0
         )
         self.impulse_responses = None if impulse_responses is None else torch.as_tensor(impulse_responses)
+        self.dir_device_ids = None if dir_device_ids is None else torch.as_tensor(list(dir_device_ids))
 
-    def _augment_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _augment_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor, devices) -> torch.Tensor:
         if self.aug.roll_samples:
             waveforms = time_roll(waveforms, lengths, self.aug.roll_samples)
         if self.aug.dir_prob > 0 and self.impulse_responses is not None:
+            eligible = None
+            if self.dir_device_ids is not None:
+                if devices is None:
+                    raise ValueError(f"dir_device_ids needs the batch's {DEVICE_COLUMN!r} column")
+                eligible = torch.isin(devices, self.dir_device_ids.to(devices.device))
             waveforms = device_impulse_response(
-                waveforms, self.impulse_responses, self.aug.dir_prob, lengths=lengths
+                waveforms, self.impulse_responses, self.aug.dir_prob, eligible=eligible, lengths=lengths
             )
         return waveforms
 
@@ -189,7 +205,7 @@ class DistillationStep:
         student = model.student
         waveforms, lengths = batch["waveforms"], batch["lengths"]
         if model.training:
-            waveforms = self._augment_waveforms(waveforms, lengths)
+            waveforms = self._augment_waveforms(waveforms, lengths, batch.get(DEVICE_COLUMN))
         features, mask = waveform_features(self.feature_extractor, waveforms, lengths)
         if model.training:
             features = self._augment_features(features)

@@ -135,3 +135,27 @@ def test_arguments_are_checked():
         build_distillation_loss(DistillationArguments(), 8, 8, None)
     in_batch = build_distillation_loss(DistillationArguments(crd="in_batch"), 8, 8, None)
     assert type(in_batch.crd).__name__ == "InBatchCRDLoss"
+
+
+def test_device_impulse_responses_reach_only_the_chosen_devices_clips(monkeypatch):
+    import hf_audiorep.objectives.distillation_step as module
+
+    aug = SceneAugmentationArguments(roll_samples=0, dir_prob=1.0, mixstyle_prob=0.0, freq_mask=0)
+    irs = torch.zeros(1, 32)
+    irs[0, 10] = 1.0  # a pure 10-sample delay
+    step = DistillationStep(LogMelFeatureExtractor(sampling_rate=16000), aug, irs, dir_device_ids=(0, 2))
+    seen = []
+    original = module.waveform_features
+    monkeypatch.setattr(module, "waveform_features", lambda fe, w, n: (seen.append(w), original(fe, w, n))[1])
+    model = _model(DistillationArguments(ce_weight=1.0, kd_weight=0.0, crd_weight=0.0)).train()
+    batch = {**_batch(), "device": torch.tensor([0, 1, 2, 3])}
+    step(model, batch)
+    waveforms, delivered = batch["waveforms"], seen[0]
+    for i in (0, 2):  # devices 0 and 2: delayed by the response
+        torch.testing.assert_close(delivered[i, 10:], waveforms[i, :-10])
+        assert delivered[i, :10].abs().max() < 1e-6  # (an FFT convolution: zero up to rounding)
+    for i in (1, 3):  # the other devices' clips as recorded
+        torch.testing.assert_close(delivered[i], waveforms[i])
+    without_devices = {k: v for k, v in batch.items() if k != "device"}
+    with pytest.raises(ValueError, match="'device' column"):
+        step(model, without_devices)

@@ -11,7 +11,7 @@ from recipe_utils import as_argv, load_recipe
 from transformers import AutoModel, AutoModelForAudioClassification
 
 from hf_audiorep import config_from_preset
-from hf_audiorep.data.embedded.scene_corpus import HELDOUT_SCENES, SCENE_NAMES
+from hf_audiorep.data.embedded.scene_corpus import HELDOUT_SCENES, SCENE_CLASSES
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, CPMobileForAudioClassification
 from hf_audiorep.objectives import FrozenTeacher
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 CORPUS = {"num_train_clips": 22, "num_eval_clips": 0, "num_test_clips": 33}
 
 
-def _teacher(path, names=SCENE_NAMES):
+def _teacher(path, names=SCENE_CLASSES):
     id2label = dict(enumerate(names))
     config = config_from_preset(
         "audiomae-tiny",
@@ -89,7 +89,8 @@ def test_the_student_is_saved_with_its_options(run):
     student = AutoModelForAudioClassification.from_pretrained(output)
     assert isinstance(student, CPMobileForAudioClassification)
     assert student.config.output_norm == "layer"
-    assert [student.config.id2label[i] for i in range(len(SCENE_NAMES))] == list(SCENE_NAMES)
+    # the closed-set scenes only: the held-out ones are never trained, they are for few-shot evaluation
+    assert [student.config.id2label[i] for i in range(student.config.num_labels)] == list(SCENE_CLASSES)
     # the loss's heads and memory banks are training state, not part of the published student
     assert not any("distillation" in key or "memory" in key for key in student.state_dict())
 
@@ -134,3 +135,23 @@ def test_an_encoder_without_a_head_teaches_by_crd_alone(recipe, tmp_path):
     recipe.main(_args(tmp_path / "out", teacher, kd_weight=0, max_steps=1, few_shot_split=""))
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert "few_shot" not in results and results["test_num_clips"] == 33
+
+
+def test_dir_devices_name_the_training_splits_devices(recipe):
+    from types import SimpleNamespace
+
+    from datasets import ClassLabel, Dataset, Features
+
+    from hf_audiorep.objectives import SceneAugmentationArguments
+
+    devices = Features({"device": ClassLabel(names=["A", "B", "S1"])})
+    source = SimpleNamespace(dataset=Dataset.from_dict({"device": [0, 2]}, features=devices))
+    assert recipe._dir_device_ids(SceneAugmentationArguments(dir_devices="A, S1"), source) == (0, 2)
+    assert recipe._dir_device_ids(SceneAugmentationArguments(), source) == (0,)  # CP-JKU: device A only
+    assert recipe._dir_device_ids(SceneAugmentationArguments(dir_devices=""), source) is None  # every clip
+    assert recipe._dir_device_ids(SceneAugmentationArguments(dir_prob=0.0), source) is None
+    with pytest.raises(ValueError, match=r"unknown devices \['Z'\]"):
+        recipe._dir_device_ids(SceneAugmentationArguments(dir_devices="A,Z"), source)
+    unlabelled = SimpleNamespace(dataset=Dataset.from_dict({"clip": [0]}))
+    with pytest.raises(ValueError, match="no device labels"):
+        recipe._dir_device_ids(SceneAugmentationArguments(), unlabelled)

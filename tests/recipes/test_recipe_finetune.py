@@ -12,6 +12,7 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClass
 
 import hf_audiorep
 from hf_audiorep import cli
+from hf_audiorep.data.embedded import SCENE_CLASSES
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep
 
@@ -275,6 +276,7 @@ def test_supervised_contrastive_teacher_saves_only_the_classifier(tmp_path, capl
     assert '"supcon"' in caplog.text  # the contrastive term was trained and logged
     model = AutoModelForAudioClassification.from_pretrained(out)
     assert model.config.problem_type == "single_label_classification"
+    assert list(model.config.id2label.values()) == list(SCENE_CLASSES)  # no output for a held-out scene
     assert not any("projection" in key for key in model.state_dict())
     assert json.loads((out / "eval_results.json").read_text())["test_num_clips"] == 11
     with pytest.raises(ValueError, match="cannot be combined"):
