@@ -756,6 +756,18 @@ class LayerDecayMixin:
         """``{parameter name: layer id}`` for every parameter, see `get_layer_id`."""
         return {name: self.get_layer_id(name) for name, _ in self.named_parameters()}
 
+    def freeze_feature_encoder(self) -> None:
+        """Stop training what sits below the first block (the parameters of layer id 0: the patch projection
+        or convolutional stem, and the CLS token and positional parameters where the family has them).
+
+        transformers' audio-classification example calls it unless run with ``--freeze_feature_encoder
+        False`` (there it freezes wav2vec2's convolutional waveform encoder); the library's own recipes never
+        do.
+        """
+        for name, param in self.named_parameters():
+            if self.get_layer_id(name) == 0:
+                param.requires_grad = False
+
     @property
     def num_layer_ids(self) -> int:
         """Number of distinct layer ids (``num_hidden_layers + 2``)."""
