@@ -52,6 +52,10 @@ def select(targets: list[dict], names: list[str]) -> list[dict]:
     for name in names:
         key = name.removesuffix(".py").replace(".", "/")
         hits = [t for t in targets if t["module"].removesuffix(".py").endswith(key)]
+        # A whole path component wins over a suffix: "_layers" is modeling/_layers.py, not also
+        # modeling/_zipformer_layers.py.
+        exact = [t for t in hits if ("/" + t["module"].removesuffix(".py")).endswith("/" + key)]
+        hits = exact or hits
         if not hits:
             sys.exit(f"no target matches {name!r}; targets: {', '.join(t['module'] for t in targets)}")
         chosen += [t for t in hits if t not in chosen]
