@@ -2,9 +2,14 @@
 default (``--freeze_feature_encoder True``): every family has it, it freezes what sits below the first
 block, and the example's call sequence then trains the rest."""
 
-import pytest
 import torch
-from test_hf_trainer import FAMILIES, run_example_sequence, save_pretrained_encoder, tiny_config
+from test_hf_trainer import (  # noqa: F401  (audio_folder: the module fixture, shared)
+    FAMILIES,
+    audio_folder,
+    run_example_sequence,
+    save_pretrained_encoder,
+    tiny_config,
+)
 from transformers import AutoModelForAudioClassification
 
 #: what each family puts below its first block, written out: the patch projection or convolutional stem, the
@@ -42,20 +47,12 @@ def test_freeze_feature_encoder_freezes_the_stem_only(architecture):
     assert frozen == expected
 
 
-@pytest.fixture(scope="module")
-def audio_folder(tmp_path_factory):
-    from test_hf_trainer import ACCURACY_METRIC, write_audio_folder
-
-    root = tmp_path_factory.mktemp("example")
-    (root / "accuracy").mkdir()
-    (root / "accuracy" / "accuracy.py").write_text(ACCURACY_METRIC)
-    write_audio_folder(root / "data")
-    return root
-
-
 @FAMILIES
 def test_the_example_default_freezes_the_stem_and_trains_the_rest(
-    architecture, audio_folder, tmp_path, monkeypatch
+    architecture,
+    audio_folder,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    monkeypatch,
 ):
     encoder_dir = save_pretrained_encoder(architecture, tmp_path / "encoder")
     torch.manual_seed(0)
