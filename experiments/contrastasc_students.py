@@ -17,30 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+from _runs import mean_std_cell, run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 LOSSES = {"ce": ("0", "0"), "kd": ("1", "0"), "crd": ("1", "0.8")}  # (kd_weight, crd_weight)
 SCENE_AUGMENTATION = ["--time_mask", "0", "--freq_mask", "48"]
-
-
-def _run(recipe: str, output_dir: Path, args: list[str]) -> dict:
-    results = output_dir / "eval_results.json"
-    if not results.exists():
-        command = [
-            sys.executable,
-            str(ROOT / "recipes" / f"{recipe}.py"),
-            *args,
-            "--output_dir",
-            str(output_dir),
-        ]
-        print("$", " ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads(results.read_text())
 
 
 def _teacher(work_dir: Path, preset: str, supcon: bool, seed: int, steps: int) -> Path:
@@ -58,7 +41,7 @@ def _teacher(work_dir: Path, preset: str, supcon: bool, seed: int, steps: int) -
     args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
     if supcon:
         args += ["--supcon_weight", "0.25"]
-    _run("finetune", output, args)
+    run_recipe("finetune", output, args)
     return output
 
 
@@ -69,12 +52,6 @@ COLUMNS = (
     "5-shot logistic",
     "5-shot prototype at init",
 )
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def _row(results: dict) -> dict[str, float]:
@@ -134,11 +111,13 @@ def main() -> None:
                             "1",
                             *extra,
                         ]
-                        rows.setdefault(name, []).append(_row(_run("distill", output, student_args)))
+                        rows.setdefault(name, []).append(_row(run_recipe("distill", output, student_args)))
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, values in rows.items():
         lines.append(
-            f"| {name} | " + " | ".join(_cell([v[c] for v in values if c in v]) for c in COLUMNS) + " |"
+            f"| {name} | "
+            + " | ".join(mean_std_cell([v[c] for v in values if c in v]) for c in COLUMNS)
+            + " |"
         )
     summary = "\n".join(lines)
     print(summary)

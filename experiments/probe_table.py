@@ -1,0 +1,231 @@
+"""Issue "BAT and Convex Gated Probing": three encoders pre-trained with the same CPU time, each probed
+five ways on the same cached features, beside full fine-tuning and the random initialisation.
+
+Stages, each resumable (a finished run's results file is reused):
+
+1. calibrate: two short runs of each pre-training recipe measure its CPU seconds per step (one thread;
+   CPU time rather than wall-clock, which on a shared machine varies several fold with the load);
+2. pre-train each encoder (AudioMAE-tiny by MAE, CAT-small and BAT-small by bootstrapping) for the steps
+   that fit ``--budget_minutes`` of CPU time (equal compute, each at its recipe's own batch and
+   learning rate; all on the corpus's 4-s clips, so every encoder is probed on the same clips);
+3. probe every encoder (and its random initialisation: ``--random_init_probes``) with ``recipes/probe.py``
+   (the encoder runs once per clip into a shared cache, then linear / weighted sum / attentive /
+   CGP top-k 3 / CGP top-k 1 heads are trained on it), for each seed;
+4. fine-tune each pre-trained encoder fully with ``recipes/finetune.py`` (the settings that fine-tune
+   these small encoders without wrecking their lower layers: docs/benchmarks.md), for each seed.
+
+The seeds are those of the probe heads and of fine-tuning; each encoder is pre-trained once (seed 0).
+Probes run seed-major (every probe of seed 0 before seed 1), then the fine-tuning runs, the slowest, so a
+stopped sweep still gives complete rows. Prints the table (mean +- std over the seeds that finished) with
+the share of the linear -> fine-tuning gap CGP closes, and writes it to ``<work_dir>/summary.md``.
+
+    OMP_NUM_THREADS=1 python experiments/probe_table.py --seeds 0 1 2 --budget_minutes 8 \\
+        --work_dir outputs/probe_table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+from pathlib import Path
+
+import numpy as np
+from _runs import mean_std_cell, run_recipe
+
+from hf_audiorep.evaluation.probing.report import plot_layer_weights
+
+# name -> (pre-training recipe, preset, recipe arguments besides the defaults)
+ENCODERS = {
+    "AudioMAE-tiny": (
+        "pretrain_audiomae",
+        "audiomae-tiny",
+        ["--max_length", "400", "--per_device_batch_size", "32", "--learning_rate", "1e-3"],
+    ),
+    "CAT-small": ("pretrain_cat", "cat-small", []),
+    "BAT-small": ("pretrain_bat", "bat-small", []),
+}
+# column -> recipes/probe.py arguments
+PROBES = {
+    "linear": ["--probe", "linear"],
+    "weighted sum": ["--probe", "weighted_sum"],
+    "attentive": ["--probe", "attentive"],
+    "CGP (top-k 3)": ["--probe", "cgp", "--prototype_topk", "3"],
+    "CGP (top-k 1)": ["--probe", "cgp", "--prototype_topk", "1"],
+}
+FINETUNE = [
+    "--learning_rate", "1e-2", "--layer_decay", "0.2", "--mixup_prob", "0", "--max_steps", "300",
+    "--warmup_steps", "30", "--eval_steps", "0", "--checkpointing_steps", "0",
+]  # fmt: skip
+COMMON = ["--clip_seconds", "4", "--cpu", "true", "--num_decode_threads", "1"]
+CALIBRATION_STEPS = (5, 25)
+
+
+def _pretrain_args(recipe: str, preset: str, extra: list[str], steps: int) -> list[str]:
+    args = [*COMMON, "--preset", preset, *extra, "--max_steps", str(steps), "--seed", "0"]
+    return [*args, "--disable_progress_bar", "true", "--checkpointing_steps", "0", "--eval_steps", "0"]
+
+
+def _cpu_run(
+    recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json"
+) -> float:
+    """Run a recipe once and return the CPU seconds it used (kept beside its results, so a rerun reuses it).
+    CPU time, not wall-clock: on a machine shared with other jobs the wall-clock of a step varies several
+    fold with the load, its CPU time hardly."""
+    record = output_dir / "cpu_seconds.json"
+    if not record.exists():
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_recipe(recipe, output_dir, args, results_file)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        record.write_text(json.dumps({"cpu_seconds": cpu}))
+    return json.loads(record.read_text())["cpu_seconds"]
+
+
+def _cpu_seconds_per_step(work_dir: Path, name: str) -> float:
+    """From two short runs, so that start-up (imports, corpus, model) cancels out."""
+    recipe, preset, extra = ENCODERS[name]
+    cpu = {}
+    for steps in CALIBRATION_STEPS:
+        args = _pretrain_args(recipe, preset, extra, steps)
+        args += ["--warmup_steps", "1", "--eval_on_start", "false", "--probe_dataset", ""]
+        cpu[steps] = _cpu_run(recipe, work_dir / f"calibrate_{preset}_{steps}", args, "train_results.json")
+    short, long = CALIBRATION_STEPS
+    return (cpu[long] - cpu[short]) / (long - short)
+
+
+def _pretrain(work_dir: Path, name: str, budget_seconds: float) -> tuple[Path, dict]:
+    recipe, preset, extra = ENCODERS[name]
+    per_step = _cpu_seconds_per_step(work_dir, name)
+    steps = max(20, math.floor(budget_seconds / per_step))
+    warmup = ["--warmup_steps", str(max(1, steps // 20))]
+    output = work_dir / f"pretrain_{preset}"
+    cpu = _cpu_run(recipe, output, [*_pretrain_args(recipe, preset, extra, steps), *warmup])
+    results = json.loads((output / "eval_results.json").read_text())
+    train = json.loads((output / "train_results.json").read_text())
+    info = {"steps": train["global_step"], "seconds": train["train_runtime"], "cpu_per_step": per_step}
+    return output, {**info, "cpu_seconds": cpu, **results}
+
+
+def _probe(work_dir: Path, encoder: str, probe: str, seed: int, report_only: bool) -> float | None:
+    slug = probe.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
+    source = ["--model_name_or_path", encoder] if not encoder.startswith("random:") else []
+    if encoder.startswith("random:"):
+        source = ["--preset", encoder.split(":", 1)[1], "--max_length", "400"]
+    name = Path(encoder).name if not encoder.startswith("random:") else encoder.replace(":", "_")
+    args = [*source, *PROBES[probe], "--token_pooling", "8", "--seed", str(seed), *COMMON]
+    args += ["--cache_dir", str(work_dir / "cache" / name)]
+    results = run_recipe(
+        "probe", work_dir / "probes" / f"{name}_{slug}_s{seed}", args, report_only=report_only
+    )
+    return None if results is None else results["test_mAP"]
+
+
+def _finetune(work_dir: Path, encoder: Path, seed: int, report_only: bool) -> float | None:
+    args = ["--model_name_or_path", str(encoder), *FINETUNE, *COMMON, "--seed", str(seed)]
+    args += ["--disable_progress_bar", "true"]
+    output = work_dir / "finetune" / f"{encoder.name}_s{seed}"
+    results = run_recipe("finetune", output, args, report_only=report_only)
+    return None if results is None else results["test_mAP"]
+
+
+def _gate_figures(work_dir: Path, encoders: list[str], seeds: list[int]) -> list[Path]:
+    """Where CGP puts its weight: the layer gates of each pre-trained encoder's CGP probes (top-k 1 and 3),
+    averaged over the seeds that finished, as one bar chart per encoder."""
+    figures = []
+    for name in encoders:
+        preset = ENCODERS[name][1]
+        runs = [
+            json.loads(path.read_text())
+            for seed in seeds
+            for slug in ("CGP_topk_1", "CGP_topk_3")
+            if (
+                path := work_dir / "probes" / f"pretrain_{preset}_{slug}_s{seed}" / "layer_weights.json"
+            ).exists()
+        ]
+        if not runs:
+            continue
+        mean = np.mean([run["weights"] for run in runs], axis=0)
+        title = f"{name}: CGP layer gates, mean of {len(runs)} probes (top-k 1 and 3, seeds)"
+        figures.append(
+            plot_layer_weights(mean, runs[0]["layers"], work_dir / f"cgp_gates_{preset}.png", title)
+        )
+    return figures
+
+
+def _table(rows: dict[str, dict[str, list[float]]], columns: list[str]) -> str:
+    lines = ["| encoder | " + " | ".join(columns) + " | CGP share of the linear -> fine-tune gap |"]
+    lines.append("|---|" + "---:|" * (len(columns) + 1))
+    for name, cells in rows.items():
+        mean = {c: sum(v) / len(v) for c, v in cells.items() if v}
+        share = ""
+        if {"linear", "CGP (top-k 3)", "fine-tuning"} <= mean.keys():
+            gap = mean["fine-tuning"] - mean["linear"]
+            best_cgp = max(mean.get("CGP (top-k 3)", -1), mean.get("CGP (top-k 1)", -1))
+            share = f"{(best_cgp - mean['linear']) / gap:+.2f} (gap {gap:+.3f})" if gap else "no gap"
+        lines.append(
+            f"| {name} | " + " | ".join(mean_std_cell(cells.get(c, [])) for c in columns) + f" | {share} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds of the probes and fine-tuning"
+    )
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
+    parser.add_argument(
+        "--random_init_probes",
+        nargs="*",
+        default=["linear", "CGP (top-k 1)"],
+        choices=list(PROBES),
+        help="probes of each encoder's random initialisation (what a pre-trained row is read against)",
+    )
+    parser.add_argument(
+        "--budget_minutes", type=float, default=8.0, help="training CPU minutes of every encoder (one thread)"
+    )
+    parser.add_argument("--no_finetune", action="store_true", help="skip full fine-tuning")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="start no probe or fine-tuning run: the table of those finished",
+    )
+    parser.add_argument("--work_dir", type=Path, default=Path("outputs/probe_table"), help="runs and summary")
+    args = parser.parse_args()
+
+    pretrained = {name: _pretrain(args.work_dir, name, args.budget_minutes * 60) for name in args.encoders}
+    columns = [*args.probes] + ([] if args.no_finetune else ["fine-tuning"])
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed in args.seeds:
+        for name, (output, _) in pretrained.items():
+            preset = ENCODERS[name][1]
+            for encoder, row, probes in (
+                (str(output), name, args.probes),
+                (f"random:{preset}", f"{name}, random init", args.random_init_probes),
+            ):
+                for probe in probes:
+                    value = _probe(args.work_dir, encoder, probe, seed, args.report_only)
+                    rows.setdefault(row, {}).setdefault(probe, []).extend([] if value is None else [value])
+    for seed in [] if args.no_finetune else args.seeds:  # after every probe: the slowest runs come last
+        for name, (output, _) in pretrained.items():
+            value = _finetune(args.work_dir, output, seed, args.report_only)
+            rows[name].setdefault("fine-tuning", []).extend([] if value is None else [value])
+    pretraining = "\n".join(
+        f"- {name}: {info['steps']} steps ({info['cpu_per_step']:.2f} CPU s a step calibrated) in "
+        f"{info['cpu_seconds']:.0f} CPU s of the whole run, {info['seconds']:.0f} s of training wall-clock; "
+        f"the recipe's sklearn probe {info['eval_history'][0]['probe_mAP']:.3f} at init -> "
+        f"{info['probe_mAP']:.3f}"
+        for name, (_, info) in pretrained.items()
+    )
+    summary = _table(rows, columns) + "\n\nPre-training (equal CPU time):\n" + pretraining
+    figures = _gate_figures(args.work_dir, args.encoders, args.seeds)
+    summary += "\n\nCGP gate figures: " + ", ".join(str(f) for f in figures)
+    print(summary)
+    (args.work_dir / "summary.md").write_text(summary + "\n")
+
+
+if __name__ == "__main__":
+    main()
