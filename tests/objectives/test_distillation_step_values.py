@@ -10,31 +10,18 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distillation_step import NUM_LABELS, TEACHER_DIM, _model  # the one tiny student
 
 import hf_audiorep.objectives.distillation_step as module
-from hf_audiorep.modeling import CPMobileConfig, CPMobileForAudioClassification, LogMelFeatureExtractor
+from hf_audiorep.modeling import LogMelFeatureExtractor
 from hf_audiorep.objectives import (
     DistillationArguments,
     DistillationStep,
     SceneAugmentationArguments,
-    StudentWithDistillation,
     build_distillation_loss,
 )
-from hf_audiorep.objectives.features import embedding_width
 
-NUM_LABELS, TEACHER_DIM, N_DATA = 4, 12, 16
 OFF = {"roll_samples": 0, "dir_prob": 0.0, "mixstyle_prob": 0.0, "freq_mask": 0}
-
-
-def _model(args: DistillationArguments) -> StudentWithDistillation:
-    torch.manual_seed(0)
-    config = CPMobileConfig.from_preset(
-        "cp-mobile-6k", num_labels=NUM_LABELS, problem_type="single_label_classification"
-    )
-    student = CPMobileForAudioClassification(config)
-    return StudentWithDistillation(
-        student, build_distillation_loss(args, embedding_width(config), TEACHER_DIM, N_DATA)
-    )
 
 
 def _batch(seed: int = 0, lengths=(16000, 16000, 16000, 16000)) -> dict:
