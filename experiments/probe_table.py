@@ -110,10 +110,13 @@ def _pretrain(work_dir: Path, name: str, budget_seconds: float) -> tuple[Path, d
 
 def _probe(work_dir: Path, encoder: str, probe: str, seed: int, report_only: bool) -> float | None:
     slug = probe.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
-    source = ["--model_name_or_path", encoder] if not encoder.startswith("random:") else []
-    if encoder.startswith("random:"):
-        source = ["--preset", encoder.split(":", 1)[1], "--max_length", "400"]
-    name = Path(encoder).name if not encoder.startswith("random:") else encoder.replace(":", "_")
+    if encoder.startswith("random:"):  # the preset's random initialisation, at the corpus's 4-s window
+        source, name = (
+            ["--preset", encoder.split(":", 1)[1], "--max_length", "400"],
+            encoder.replace(":", "_"),
+        )
+    else:
+        source, name = ["--model_name_or_path", encoder], Path(encoder).name
     args = [*source, *PROBES[probe], "--token_pooling", "8", "--seed", str(seed), *COMMON]
     args += ["--cache_dir", str(work_dir / "cache" / name)]
     results = run_recipe(
