@@ -119,8 +119,9 @@ class ProbeHeadArguments:
     """cgp: one convex combination of the layers for all classes (layer) or one per class (layer_class)"""
     prototypes_per_class: int = 10
     """prototype and cgp: prototypes per class (J)"""
-    prototype_topk: int = 3
-    """prototype and cgp: tokens averaged into a prototype's score in training (evaluation takes the best)"""
+    prototype_topk: int = 1
+    """prototype and cgp: tokens averaged into a prototype's score in training (evaluation takes the best;
+    the CGP reference's 3 probed worse on every encoder measured: docs/benchmarks.md)"""
     attention_heads: int = 8
     """attentive: heads of the attention pooling (must divide the encoder width)"""
     epochs: int = 100

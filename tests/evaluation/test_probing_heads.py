@@ -177,7 +177,7 @@ def _learnable_cache(clips: int = 48, layers: int = L, seed: int = 0) -> _ArrayC
 def test_prototype_class_weights_stay_non_negative_after_training_steps(probe):
     def trained(constrained: bool) -> torch.Tensor:
         torch.manual_seed(0)
-        head = build_probe(probe, L, D, C, prototypes_per_class=3)
+        head = build_probe(probe, L, D, C, prototypes_per_class=3, topk=3)
         if not constrained:
             head.project_ = lambda: None
         train_probe(head, _learnable_cache(), epochs=3, batch_size=8, learning_rate=0.05, seed=0)
@@ -472,10 +472,10 @@ def test_every_head_reloads_with_its_options_and_gives_the_same_logits(probe, tm
 
 def test_prototype_probe_defaults_and_its_topk_reaches_the_head():
     default = build_probe("prototype", L, D, C)
-    assert default.options() == {"prototypes_per_class": 10, "topk": 3}
-    assert default.prototype_head.topk == 3 and default.prototype_head.prototypes.shape == (10 * C, D)
-    assert build_probe("prototype", L, D, C, topk=1).prototype_head.topk == 1
-    assert build_probe("cgp", L, D, C, topk=1).prototype_head.topk == 1
+    assert default.options() == {"prototypes_per_class": 10, "topk": 1}
+    assert default.prototype_head.topk == 1 and default.prototype_head.prototypes.shape == (10 * C, D)
+    assert build_probe("prototype", L, D, C, topk=3).prototype_head.topk == 3
+    assert build_probe("cgp", L, D, C, topk=3).prototype_head.topk == 3
 
 
 def test_training_top_k_is_capped_by_the_real_tokens():
