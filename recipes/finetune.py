@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -50,6 +51,7 @@ from hf_audiorep.objectives import (
     ProjectionHead,
     SupConClassificationStep,
     SupervisedClassificationStep,
+    init_classifier_from_probe,
 )
 from hf_audiorep.objectives.features import embedding_width
 from hf_audiorep.registry import architecture_for
@@ -85,6 +87,10 @@ class ModelArguments:
     classifier_init_std: float | None = None
     """std of the new head (AudioMAE models); AudioMAE's recipe on a pre-trained encoder: 2e-5. Default: the
     config's (0.02; a near-zero head stalls training from scratch)"""
+    lp_ft: bool = False
+    """LP-FT (Kumar et al., 2022): before fine-tuning, set the head to a logistic-regression probe fitted on
+    the frozen encoder's embeddings of the train split (one encoder pass), so the first steps do not rewrite
+    a pre-trained encoder to fit a random head"""
 
 
 @dataclass
@@ -313,13 +319,17 @@ def main(argv: list[str] | None = None) -> dict:
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names, saved_extractor)
+    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
+    single_label = model_args.problem_type == "single_label_classification"
+    if model_args.lp_ft:  # before any wrapper (LoRA, projection): the head of the plain classifier
+        clips = init_classifier_from_probe(
+            model, stream("train", False), feature_extractor, not single_label, gather_object
+        )
+        logger.info("LP-FT: the head starts as a logistic-regression probe fitted on %d train clips", clips)
     if lora_args.lora_r:
         model = _with_lora(model, lora_args, model_args)
     _log_augmentation(aug_args, feature_extractor)
 
-    stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
-
-    single_label = model_args.problem_type == "single_label_classification"
     train_batches = stream("train", train=True)
     if cr_args.consistency_regularization:
         step = ConsistencyClassificationStep(feature_extractor, aug_args, cr_args, single_label)

@@ -28,7 +28,7 @@ from .metrics import accuracy, mean_average_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_embeddings", "linear_probe", "linear_probe_encoder"]
+__all__ = ["extract_embeddings", "fit_linear_classifier", "linear_probe", "linear_probe_encoder"]
 
 
 @torch.no_grad()
@@ -225,3 +225,69 @@ def linear_probe_encoder(
     train_X, train_Y = extract_embeddings(model, train_batches, feature_extractor, device, max_train_batches)
     test_X, test_Y = extract_embeddings(model, test_batches, feature_extractor, device, max_test_batches)
     return linear_probe(train_X, train_Y, test_X, test_Y, multi_label=multi_label, C=C, max_iter=max_iter)
+
+
+def fit_linear_classifier(
+    train_X, train_Y, multi_label: bool = True, C: float = 1.0, max_iter: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's logistic regression as the weights of a linear layer on the raw embeddings.
+
+    Fitted as `linear_probe` fits it (standardised features, L-BFGS, one binary model per class or one
+    multinomial model), then the standardisation is folded in: ``logits = X @ weight.T + bias`` on the
+    un-standardised ``X`` equals the probe's decision function. What LP-FT (Kumar et al., 2022) starts a
+    fine-tuning head from.
+
+    A class the train split gives one value only gets a zero weight and the log-odds of its (Laplace-smoothed)
+    frequency; a single-label class never seen gets a zero weight and a bias below every seen class's.
+
+    Returns:
+        ``weight`` ``(classes, D)`` and ``bias`` ``(classes,)``, float32.
+    """
+    if not C > 0:
+        raise ValueError(f"C must be positive, got {C!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
+    scaler = StandardScaler().fit(train_X)
+    standardised = scaler.transform(train_X)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if multi_label:
+            positive = np.asarray(train_Y, dtype=np.float64) >= 0.5
+            weight, bias = _fit_binary_per_class(standardised, positive, C, max_iter)
+        else:
+            weight, bias = _fit_multinomial(standardised, train_Y, C, max_iter)
+    # w . (x - mean) / scale + b  ==  (w / scale) . x + (b - (w / scale) . mean)
+    weight = weight / scaler.scale_
+    bias = bias - weight @ scaler.mean_
+    if not multi_label:
+        # A class no train clip has is never predicted over a seen one: a constant logit below the lowest
+        # logit of any seen class on the train clips, by the log of the clip count.
+        y = train_Y.argmax(axis=1) if train_Y.ndim == 2 else train_Y.astype(np.int64)
+        seen = np.zeros(len(bias), dtype=bool)
+        seen[y] = True
+        bias[~seen] = (train_X @ weight[seen].T + bias[seen]).min() - np.log(len(y) + 1)
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def _fit_binary_per_class(X, Y, C, max_iter):
+    weight, bias = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
+    for c in range(Y.shape[1]):
+        positives = int(Y[:, c].sum())
+        if 0 < positives < len(Y):
+            classifier = LogisticRegression(C=C, max_iter=max_iter).fit(X, Y[:, c])
+            weight[c], bias[c] = classifier.coef_[0], classifier.intercept_[0]
+        else:
+            bias[c] = np.log((positives + 0.5) / (len(Y) - positives + 0.5))
+    return weight, bias
+
+
+def _fit_multinomial(X, Y, C, max_iter):
+    num_classes = Y.shape[1] if Y.ndim == 2 else int(Y.max()) + 1
+    y = Y.argmax(axis=1) if Y.ndim == 2 else Y.astype(np.int64)
+    seen = np.unique(y)
+    weight, bias = np.zeros((num_classes, X.shape[1])), np.zeros(num_classes)
+    if len(seen) > 1:
+        classifier = LogisticRegression(C=C, max_iter=max_iter).fit(X, y)
+        weight[classifier.classes_], bias[classifier.classes_] = classifier.coef_, classifier.intercept_
+    return weight, bias

@@ -6,7 +6,12 @@ pre-training, the losses several of them share, and frozen teachers that serve e
 """
 
 from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
-from .classification import AugmentationArguments, SupervisedClassificationStep, init_bias_from_prior
+from .classification import (
+    AugmentationArguments,
+    SupervisedClassificationStep,
+    init_bias_from_prior,
+    init_classifier_from_probe,
+)
 from .consistency import ConsistencyArguments, ConsistencyClassificationStep
 from .contrastive import (
     ClassifierWithProjection,
@@ -73,6 +78,7 @@ __all__ = [
     "evaluate_reconstruction",
     "kd_loss",
     "init_bias_from_prior",
+    "init_classifier_from_probe",
     "mixup_supcon_loss",
     "nce_loss",
     "precompute_teacher_embeddings",

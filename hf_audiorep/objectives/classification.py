@@ -88,6 +88,62 @@ def init_bias_from_prior(model: nn.Module, frequencies, floor: float = 1e-4) -> 
         head.bias.copy_(torch.log(p / (1 - p)).to(head.bias))
 
 
+def init_classifier_from_probe(
+    model: nn.Module,
+    batches,
+    feature_extractor,
+    multi_label: bool = True,
+    gather=None,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> int:
+    """LP-FT (Kumar et al., 2022): set the classifier to a logistic-regression probe of the frozen encoder.
+
+    Why: a fresh head's first gradients rewrite the encoder's lower layers before the head is any good
+    (the feature distortion LP-FT names; measured for CAT in docs/benchmarks.md), and a head trained by a
+    few epochs of SGD stays below the converged probe. Starting from the probe fine-tuning begins where
+    probing ends.
+
+    Args:
+        model: a classifier of the library whose ``classifier`` is an ``nn.Linear`` on the encoder's
+            ``pooler_output`` (for the Zipformer, the per-frame head without ``classifier_norm``: the mean of
+            its frame logits is the linear layer on the mean frame, which is the pooled output).
+        batches: the train split without augmentation (``AudioStream(train=False)``).
+        feature_extractor: the model's (``batch_features``).
+        multi_label: one binary probe per class (tagging) or one multinomial probe.
+        gather: ``gather(list) -> list`` of every process's items (``accelerate.utils.gather_object``) when
+            each process reads its own shard, so every rank fits the same head on every clip.
+        C, max_iter: the probe's regularisation and L-BFGS iterations (`linear_probe`).
+
+    Returns:
+        The number of clips the probe was fitted on.
+    """
+    from ..evaluation.linear_probe import extract_embeddings, fit_linear_classifier
+
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear) or getattr(model.config, "classifier_norm", "none") != "none":
+        raise ValueError(
+            "LP-FT needs a linear classifier on the pooled embedding; "
+            f"{type(model).__name__}'s classifier is {type(head).__name__}"
+            + (" behind classifier_norm" if isinstance(head, nn.Linear) else "")
+        )
+    X, Y = extract_embeddings(model, batches, feature_extractor)
+    if gather is not None:
+        parts = gather([(X, Y)])
+        X, Y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    weight, bias = fit_linear_classifier(X, Y, multi_label=multi_label, C=C, max_iter=max_iter)
+    if weight.shape != tuple(head.weight.shape):
+        raise ValueError(
+            f"the probe has {weight.shape[0]} classes x {weight.shape[1]} features but the classifier is "
+            f"{tuple(head.weight.shape)}: the batches' labels are not the model's"
+        )
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        if head.bias is not None:
+            head.bias.copy_(torch.from_numpy(bias))
+    return len(X)
+
+
 class SupervisedClassificationStep:
     """``step_fn(model, batch) -> (loss, logs)`` for multi-label tagging or single-label classification."""
 
