@@ -14,16 +14,32 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def collect_predictions(model, batches, feature_extractor, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of this process's share of ``batches`` (an AudioStream at evaluation)."""
+def collect_predictions(
+    model, batches, feature_extractor, device=None, accelerator=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets of this process's share of ``batches`` (an AudioStream at evaluation).
+
+    When the model's parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3:
+    :func:`~hf_audiorep.training.checkpoint.shards_parameters` of ``accelerator``), every forward gathers the
+    weights from all ranks, so every rank must run as many forwards as the others, while the shards of an
+    evaluation stream can differ by a batch or more at the tail. The ranks then run in lockstep: before each
+    batch they agree (one gather of two numbers) whether any rank still has one, and a rank whose shard is
+    done runs a one-clip stand-in of silence through the model, whose output it discards. Otherwise nothing
+    is exchanged between the processes.
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+
+    def forward(waveforms: torch.Tensor, lengths: torch.Tensor):
+        features, mask = feature_extractor.batch_features(waveforms, lengths)
+        return model(input_values=features, attention_mask=mask)
+
+    if _parameters_sharded(accelerator):
+        batches = _in_lockstep(batches, lambda *mine: _agree(accelerator, device, *mine), forward, device)
     logits, targets = [], []
     for batch in batches:
-        waveforms = batch["waveforms"].to(device, non_blocking=True)
-        features, mask = feature_extractor.batch_features(waveforms, batch["lengths"].to(device))
-        out = model(input_values=features, attention_mask=mask)
+        out = forward(batch["waveforms"].to(device, non_blocking=True), batch["lengths"].to(device))
         _check_columns(out.logits, batch["labels"])
         logits.append(out.logits.float().cpu().numpy())
         targets.append(batch["labels"].numpy())
@@ -32,6 +48,37 @@ def collect_predictions(model, batches, feature_extractor, device=None) -> tuple
     if not logits:
         return np.zeros((0, num_classes), np.float32), np.zeros((0, num_classes), np.float32)
     return np.concatenate(logits), np.concatenate(targets)
+
+
+def _parameters_sharded(accelerator) -> bool:
+    from ..training.checkpoint import shards_parameters  # the training package is not needed otherwise
+
+    return accelerator is not None and accelerator.num_processes > 1 and shards_parameters(accelerator)
+
+
+def _agree(accelerator, device, has_batch: bool, num_samples: int) -> tuple[bool, int]:
+    """Whether any rank still has a batch, and the widest of those batches (in samples): one gather."""
+    mine = torch.tensor([[int(has_batch), num_samples]], dtype=torch.long, device=device)
+    every = accelerator.gather(mine).reshape(-1, 2)
+    return bool(every[:, 0].any()), int(every[:, 1].max())
+
+
+def _in_lockstep(batches, agree, forward, device):
+    """This rank's ``batches``, yielded one per round while any rank has one left; in a round where this
+    rank has none, ``forward`` runs on a stand-in (one silent clip as wide as the other ranks' batches) and
+    nothing is yielded. ``agree(has_batch, num_samples) -> (any_rank_has_one, widest)`` is the collective."""
+    iterator = iter(batches)
+    exhausted = False
+    while True:
+        batch = None if exhausted else next(iterator, None)
+        exhausted = batch is None
+        any_left, widest = agree(not exhausted, 0 if exhausted else int(batch["waveforms"].shape[-1]))
+        if not any_left:
+            return
+        if not exhausted:
+            yield batch
+        else:
+            forward(torch.zeros(1, widest, device=device), torch.full((1,), widest, device=device))
 
 
 def _check_columns(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -51,10 +98,11 @@ def evaluate_classifier(
     share, gathered. A single-label evaluation warns, naming them, of classes it never predicted.
 
     Each process evaluates its own shard; the arrays are gathered as objects because shards differ in
-    length at the tail, which tensor gathering would pad or drop.
+    length at the tail, which tensor gathering would pad or drop. A model whose parameters are sharded
+    (FSDP) runs in lockstep on every rank, see :func:`collect_predictions`.
     """
     device = accelerator.device if accelerator is not None else None
-    logits, targets = collect_predictions(model, batches, feature_extractor, device)
+    logits, targets = collect_predictions(model, batches, feature_extractor, device, accelerator)
     if accelerator is not None and accelerator.num_processes > 1:
         parts = gather_object([(logits, targets)])
         logits = np.concatenate([p[0] for p in parts])

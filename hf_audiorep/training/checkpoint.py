@@ -14,11 +14,23 @@ The run's final model and the recipes' result files are published with the same 
 (:func:`staging_dir`, :func:`publish_files`, :func:`write_json_atomic`): written beside their destination
 under a ``.tmp-`` name, synced, then renamed into place.
 
-Loading never unpickles arbitrary objects: weights are safetensors, and accelerate 1.15 reads
-``optimizer.bin``, ``scheduler.bin`` and the RNG files through ``accelerate.utils.load``, i.e.
-``torch.load(weights_only=True)`` plus an allow-list of numpy array types for the RNG states. Only
-accelerate's ``register_for_checkpointing`` objects are read with ``weights_only=False``; that is why
-``extra_state`` objects are stored here as safetensors + JSON instead.
+Loading never unpickles arbitrary objects (FSDP's sharded checkpoints aside, see below): weights are
+safetensors, and accelerate 1.15 reads ``optimizer.bin``, ``scheduler.bin`` and the RNG files through
+``accelerate.utils.load``, i.e. ``torch.load(weights_only=True)`` plus an allow-list of numpy array types
+for the RNG states. Only accelerate's ``register_for_checkpointing`` objects are read with
+``weights_only=False``; that is why ``extra_state`` objects are stored here as safetensors + JSON instead.
+
+Under FSDP (``recipes/accelerate_configs/fsdp_vit.yaml``: ``fsdp_state_dict_type: SHARDED_STATE_DICT``) the
+weights and the optimizer state are sharded: ``save_state`` writes ``pytorch_model_fsdp_0/`` and
+``optimizer_0/`` instead of ``model.safetensors`` and ``optimizer.bin``, each a
+``torch.distributed.checkpoint`` directory in which every rank writes its own ``__<rank>_0.distcp`` file and
+the main process a ``.metadata`` index. Resuming needs the same number of processes (checked below). The
+tensors of those files are read with ``torch.load(weights_only=True)``, but ``torch.distributed.checkpoint``
+(torch 2.14) unpickles the ``.metadata`` index and the non-tensor entries (``pickle.load``,
+``weights_only=False``): resume an FSDP run only from checkpoints it wrote itself. The final model is not
+affected: ``save_pretrained`` writes the gathered, full state dict as safetensors.
+A model copy kept in ``extra_state`` (an EMA teacher) cannot follow a sharded model:
+:func:`check_extra_state_supported` refuses it.
 """
 
 from __future__ import annotations
@@ -36,9 +48,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from accelerate.utils import load as accelerate_safe_load
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 logger = get_logger(__name__)
 
@@ -219,6 +232,38 @@ def named_extra_state(extra_state) -> dict[str, Any]:
     return items
 
 
+def shards_parameters(accelerator: Accelerator) -> bool:
+    """True when each process holds only a shard of the model's parameters: FSDP, or DeepSpeed ZeRO-3."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return getattr(accelerator.state.deepspeed_plugin, "zero_stage", None) == 3
+    return False
+
+
+def check_extra_state_supported(accelerator: Accelerator, extra_state: Mapping[str, Any]) -> None:
+    """Refuse ``extra_state`` objects that hold a copy of a model (e.g. a
+    :class:`~hf_audiorep.training.ModelEMA`, CAT/BAT's bootstrap teacher) when the parameters are sharded.
+
+    Such an EMA is a full, unsharded copy built before ``prepare``, updated from the student's parameters
+    (under FSDP, each rank's shard of them) and saved by the main process alone; under FSDP or ZeRO-3 its
+    update would pair whole tensors with shards, and a teacher forward would need the gathers that only the
+    prepared model performs. Rather than train a wrong teacher, this raises; DDP and DeepSpeed ZeRO-2
+    (which shard gradients and optimizer state but keep whole parameters on every rank) support EMA
+    teachers.
+    """
+    if not shards_parameters(accelerator):
+        return
+    for name, obj in extra_state.items():
+        if isinstance(obj, nn.Module) or isinstance(getattr(obj, "module", None), nn.Module):
+            raise NotImplementedError(
+                f"extra_state[{name!r}] ({type(obj).__name__}) holds a copy of a model, e.g. an EMA teacher "
+                f"(CAT/BAT bootstrap pre-training); it cannot follow a model whose parameters are sharded "
+                f"({accelerator.distributed_type}). Train it with DDP or with DeepSpeed ZeRO-2 "
+                "(recipes/accelerate_configs/deepspeed_zero2.yaml), which keep whole parameters on every rank"
+            )
+
+
 def save_extra_state(directory: Path, name: str, obj) -> None:
     """Store ``obj.state_dict()`` — a flat dict of tensors and JSON values — as safetensors + JSON."""
     state = obj.state_dict()
@@ -340,6 +385,12 @@ def load_checkpoint(
             f"run has {accelerator.num_processes}: each rank's data position cannot be mapped onto a "
             "different world size"
         )
+    # A resume starts at an optimizer-step boundary. accelerate's GradientState is shared by every
+    # Accelerator of the process, and an accumulation interrupted in this process leaves it at "no sync";
+    # FSDP2's optimizer load first builds the optimizer's state with a zero-gradient step() through the
+    # prepared optimizer, which then skips the step: the saved state would load into nothing, and training
+    # would go on with a fresh Adam, silently.
+    accelerator.gradient_state._set_sync_gradients(True)
     with _quiet_accelerate_io():
         accelerator.load_state(str(checkpoint))
     _check_rng_restored(checkpoint, accelerator.process_index)

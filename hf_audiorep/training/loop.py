@@ -30,9 +30,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, send_to_device, set_seed
 from accelerate.utils.operations import ignorant_find_batch_size
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 from transformers.utils import ADAPTER_CONFIG_NAME, CONFIG_NAME
@@ -40,6 +41,7 @@ from transformers.utils import ADAPTER_CONFIG_NAME, CONFIG_NAME
 from .arguments import TrainingArguments
 from .checkpoint import (
     TMP_PREFIX,
+    check_extra_state_supported,
     checkpoints_root,
     list_checkpoints,
     load_checkpoint,
@@ -47,6 +49,7 @@ from .checkpoint import (
     publish_files,
     resolve_checkpoint,
     save_checkpoint,
+    shards_parameters,
     staging_dir,
 )
 from .optim import build_optimizer, optimizer_from_args, scheduler_from_args
@@ -131,6 +134,12 @@ class TrainLoop:
 
     After :meth:`run`, ``loop.model`` is the trained (unwrapped) model and ``loop.accelerator`` is still
     usable, e.g. to evaluate a test split across processes.
+
+    Under FSDP (``accelerate launch --config_file recipes/accelerate_configs/fsdp_vit.yaml``) ``prepare``
+    shards the model in place: ``loop.model`` is then the sharded module (its parameters are DTensors; call
+    it on every rank), checkpoints hold each rank's shards, and the final ``save_pretrained`` gathers the full
+    weights. EMA teachers in ``extra_state`` and ``export_fn`` need whole parameters and raise
+    ``NotImplementedError`` there (and under DeepSpeed ZeRO-3).
     """
 
     _exit_hook_registered = False
@@ -203,6 +212,8 @@ class TrainLoop:
             # process per optimizer step (it assumes a prepared, sharded dataloader).
             step_scheduler_with_optimizer=False,
         )
+        check_extra_state_supported(self.accelerator, self.extra_state)  # no EMA copy of a sharded model
+        _set_deepspeed_batch_size(self.accelerator, args.per_device_batch_size)
         # Different streams of dropout / masking / augmentation per rank, as each rank sees different clips.
         set_seed(args.seed, device_specific=True)
 
@@ -242,6 +253,12 @@ class TrainLoop:
     def run(self) -> dict:
         """Train to ``max_steps`` (resuming if asked), evaluate, save; returns the run summary."""
         args, accelerator = self.args, self.accelerator
+        if self.export_fn is not None and shards_parameters(accelerator):
+            # Checked before training: the export would see each rank's shards, not the trained weights.
+            raise NotImplementedError(
+                "export_fn (e.g. a LoRA merge or distill.py's student) needs the whole model, but its "
+                f"parameters are sharded ({accelerator.distributed_type}); train with DDP or DeepSpeed ZeRO-2"
+            )
         if accelerator.is_main_process:
             os.makedirs(args.output_dir, exist_ok=True)
         if args.log_with is not None:
@@ -552,6 +569,8 @@ class _Window:
 
     def add_step(self, grad_norm) -> None:
         if grad_norm is not None:  # DeepSpeed may not report one
+            if isinstance(grad_norm, DTensor):  # FSDP2: the norm of the sharded gradients, reduced over ranks
+                grad_norm = grad_norm.full_tensor()
             self.grad_norm_sum += torch.as_tensor(grad_norm, device=self.device).detach().to(torch.float64)
             self.grad_norm_steps += 1
 
@@ -657,6 +676,17 @@ def _checked_scheduler(scheduler, optimizer: torch.optim.Optimizer) -> LRSchedul
     if scheduler.optimizer is not optimizer:
         raise ValueError("scheduler_fn's schedule must drive the optimizer it was given")
     return scheduler
+
+
+def _set_deepspeed_batch_size(accelerator: Accelerator, per_device_batch_size: int) -> None:
+    """DeepSpeed takes an ``auto`` micro-batch size from a prepared dataloader, which the loop never has (see
+    the module docstring): fill it from ``args.per_device_batch_size``, which the recipes build streams with.
+    """
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = per_device_batch_size
 
 
 def _destroy_process_group() -> None:

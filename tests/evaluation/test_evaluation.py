@@ -176,6 +176,7 @@ class _Accelerator:
 
     def __init__(self, num_processes):
         self.num_processes, self.device, self.is_main_process = num_processes, torch.device("cpu"), True
+        self.distributed_type = "MULTI_CPU"  # DDP: whole parameters on every rank, no lockstep
 
 
 def _tagging_batches(logits, targets, batch_size=2):
