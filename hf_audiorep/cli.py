@@ -380,19 +380,28 @@ def _print_latency(name: str, path: Path, features, repeats: int) -> None:
 def _cmd_export(args) -> int:
     import importlib.util
 
-    needed = ("onnx", "onnxruntime", "onnxscript")
+    needed = ("onnx", "onnxruntime", "onnxscript") if args.format == "onnx" else ()
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise SystemExit(
             f"hf-audiorep export: error: needs {', '.join(missing)}: pip install 'hf_audiorep[export]'"
         )
+    if args.int8 and args.format != "onnx":
+        raise SystemExit("hf-audiorep export: error: --int8 quantises the ONNX graph, not --format pt2")
+    if args.format == "pt2":
+        return _export_pt2(args)
     from .export import check_onnx_parity, export_onnx, quantize_int8, top1_agreement
 
     model, feature_extractor = _load(args.model, "cpu")
     out = Path(args.output_dir)
     try:
         fp32 = export_onnx(
-            model, feature_extractor, out / "model.onnx", seconds=args.seconds, opset=args.opset
+            model,
+            feature_extractor,
+            out / "model.onnx",
+            seconds=args.seconds,
+            opset=args.opset,
+            dynamic_length=args.dynamic_length,
         )
         features = _export_clips(args, feature_extractor)
     except (ValueError, OSError) as err:  # an unwritable folder, an unsupported opset, too many clips
@@ -400,7 +409,7 @@ def _cmd_export(args) -> int:
     calibration, check = features[: args.calibration_clips], features[args.calibration_clips :]
     print(f"{fp32}  ({fp32.stat().st_size:,} bytes)")
     print(
-        f"  input_values {tuple(check.shape[1:])} per clip of {args.seconds:g} s; "
+        f"  input_values {_frames_text(check, args)} per clip of {args.seconds:g} s; "
         f"front end: {out / 'preprocessor_config.json'}"
     )
     print(f"  fp32 vs torch: max abs diff of the logits {check_onnx_parity(model, fp32, check):.3g}")
@@ -414,6 +423,40 @@ def _cmd_export(args) -> int:
             f"(calibrated on {len(calibration)} others)"
         )
         _print_latency("int8", int8, check, args.repeats)
+    return 0
+
+
+def _frames_text(features, args, frames: tuple[int, int | None] | None = None) -> str:
+    """``(frames, bins)``, or with ``--dynamic-length`` the range of frames the graph takes."""
+    if not args.dynamic_length:
+        return str(tuple(features.shape[1:]))
+    if frames is None:
+        return f"(frames, {features.shape[-1]}) (any length the model takes)"
+    low, high = frames
+    return f"(frames, {features.shape[-1]}) with {low} <= frames <= {'any' if high is None else high}"
+
+
+def _export_pt2(args) -> int:
+    """``--format pt2``: a `torch.export` program, its front end and config, and its parity with PyTorch."""
+    from .export import calibration_features, check_program_parity, export_program, frame_range, save_program
+
+    model, feature_extractor = _load(args.model, "cpu")
+    out = Path(args.output_dir)
+    try:
+        example = calibration_features(feature_extractor, num_clips=2, seconds=args.seconds)
+        program = export_program(model, example, dynamic_length=args.dynamic_length)
+        path = save_program(program, out / "model.pt2")
+        feature_extractor.save_pretrained(out)
+        model.config.save_pretrained(out)
+        check = _export_clips(args, feature_extractor)[args.calibration_clips :]
+    except (ValueError, OSError) as err:  # an unwritable folder, too many clips
+        raise SystemExit(f"hf-audiorep export: error: {err}") from None
+    print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print(
+        f"  input_values {_frames_text(check, args, frame_range(program))} per clip; "
+        f"front end: {out / 'preprocessor_config.json'}"
+    )
+    print(f"  pt2 vs torch: max abs diff of the logits {check_program_parity(model, program, check):.3g}")
     return 0
 
 
@@ -740,6 +783,21 @@ def _add_export(sub) -> None:
     )
     export.add_argument(
         "--repeats", type=_positive(int), default=50, help="timed runs per latency (default: 50)"
+    )
+    export.add_argument(
+        "--format",
+        choices=("onnx", "pt2"),
+        default="onnx",
+        help="'onnx': model.onnx through torch's ONNX exporter (default); 'pt2': model.pt2, a torch.export "
+        "program (torch.export.load; no --int8, no latency)",
+    )
+    export.add_argument(
+        "--dynamic-length",
+        "--dynamic_length",
+        dest="dynamic_length",
+        action="store_true",
+        help="a symbolic time axis: the graph takes clips of any length the model accepts (printed), not "
+        "only clips of --seconds; no attention mask either way",
     )
     export.set_defaults(func=_cmd_export)
 

@@ -1,4 +1,5 @@
-"""ONNX export, int8 quantisation and CPU latency of a classifier, for devices (ContrastASC's students first).
+"""ONNX and `torch.export` of the models, int8 quantisation and CPU latency, for devices (ContrastASC's
+students first).
 
 The graph holds the model on its features, not the front end: ``input_values`` ``(batch, frames, bins)`` in,
 ``logits`` ``(batch, num_labels)`` out. The feature extractor is saved beside the graph as
@@ -13,7 +14,44 @@ with a mask would leave the padded frames out). A ViT's extractor pads every cli
 (``seconds`` does not change its graph) and the PyTorch model masks patches made only of padding; the graph
 does not, so the two agree exactly on clips that fill ``target_length``. One graph input keeps the runtime's
 contract simple and the quantiser's calibration to one tensor; the batch axis is dynamic, the time axis
-fixed.
+fixed unless ``dynamic_length=True``.
+
+`torch.export` (`export_program`, saved as ``.pt2`` with `save_program`) gives the same function as an
+``ExportedProgram``: a classifier's ``logits``, or an encoder's ``last_hidden_state`` and ``pooler_output``,
+with a symbolic batch axis and, by default, a symbolic time axis. Every family of the library (AudioMAE,
+CAT, BAT, BEATs, CP-Mobile, Zipformer; encoder and classifier) exports with both, to a program and to an
+ONNX graph (`export_onnx` with ``dynamic_length=True``), and both agree with eager PyTorch to rounding
+(``tests/test_export_families.py``: tiny models of each family, batch sizes and lengths other than the
+example's). No architecture has to be exported at a fixed length:
+
+- CP-Mobile, BEATs and Zipformer are convolutions and attention over the frames they are given: any length
+  from the shortest their strided front ends reduce to at least two frames, up to ``max_length`` (BEATs,
+  Zipformer: the models' own input check; CP-Mobile has none).
+- The ViTs (AudioMAE, CAT, BAT) are not tied to their patch grid either: a shorter clip takes the first rows
+  of the fixed 2-D sin-cos positions (row-major, time first), as in eager mode, and a length that is not a
+  whole number of patches is zero-padded inside the graph. Their time axis runs from two time patches to
+  ``max_length``, the longest grid the position table holds; a longer clip cannot run (eager mode refuses
+  it too) without a model built with a larger ``max_length``.
+
+Two shape rules hold in every graph: an axis the exporter saw as symbolic is assumed not to be 1, so a clip
+must reduce to at least two time steps wherever the model strides or patches (a one-patch ViT clip, a BEATs
+clip under 32 frames); and the example must hold two clips or more, or the batch axis is fixed. `frame_range`
+gives the range the exporter recorded for the input; a ``.pt2`` program also checks the derived sizes and
+raises on a clip it cannot take; an ONNX graph does not check, and its result is then undefined.
+
+Model code changed for the exporter (numerically unchanged in eager mode): `_layers.pad_to_patches`
+and the patch-grid ceilings avoid a branch on the padding amount and negative operands of ``%`` and ``//``
+(torch's ONNX exporter translates those with C's truncation, giving a ViT clip of 57 frames a 3-patch
+position table for 4 patches); the Zipformer splits its attention's query/key slices with ``unflatten``
+rather than ``reshape`` and makes its convolution module's output contiguous before the Linear (both left
+guards that refused a batch of one clip), and upsamples a stack's output by gathering frame ``t // factor``
+rather than repeating and cutting (the cut fixed the parity of the example's length).
+
+Masks: neither graph takes an ``attention_mask``; they compute what the model computes without one, on
+clips whose every frame is real. With a dynamic time axis, give each clip at its own length (or batch clips
+of one length) instead of padding; a zero-padded clip is scored with its padding, where PyTorch with the
+mask would leave it out (a ViT's extractor pads to ``target_length``: drop the padding, or export the model
+and feed it full clips).
 
 Quantisation is static, in QDQ form (`quantize_int8`): weights int8 per output channel, activations uint8
 with ranges calibrated on a few clips. Dynamic quantisation would only quantise MatMul/Gemm, which leaves a
@@ -24,6 +62,7 @@ convolutions, whose channels differ widely in scale.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import statistics
 import tempfile
@@ -32,19 +71,30 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import sympy
 import torch
 
 __all__ = [
     "calibration_features",
     "check_onnx_parity",
+    "check_program_parity",
     "embedded_scene_features",
     "export_onnx",
+    "export_program",
+    "frame_range",
     "load_for_export",
     "onnx_latency",
     "onnx_logits",
+    "onnx_outputs",
+    "output_names",
+    "program_outputs",
     "quantize_int8",
+    "save_program",
     "top1_agreement",
 ]
+
+#: what an encoder's graph returns; a classifier's returns ``logits``
+ENCODER_OUTPUTS = ("last_hidden_state", "pooler_output")
 
 
 def load_for_export(model_dir: str | Path):
@@ -58,16 +108,25 @@ def load_for_export(model_dir: str | Path):
     return model, AutoFeatureExtractor.from_pretrained(model_dir)
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The model as a function of its features alone, returning a tensor (ONNX has no ModelOutput)."""
+def output_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """What the exported graph of ``model`` returns: ``("logits",)`` for a classifier (a model whose forward
+    takes ``labels``), `ENCODER_OUTPUTS` for an encoder."""
+    return ("logits",) if "labels" in inspect.signature(model.forward).parameters else ENCODER_OUTPUTS
 
-    def __init__(self, model: torch.nn.Module, input_name: str):
+
+class _Outputs(torch.nn.Module):
+    """The model as a function of its features alone, returning ``{name: tensor}`` for `output_names` (an
+    exported graph has no ModelOutput; ONNX takes the values in that order)."""
+
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.input_name = input_name
+        self.input_name = model.main_input_name
+        self.names = output_names(model)
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        return self.model(**{self.input_name: input_values}).logits
+    def forward(self, input_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.model(**{self.input_name: input_values})
+        return {name: outputs[name] for name in self.names}
 
 
 def _features(feature_extractor, waveforms: torch.Tensor) -> torch.Tensor:
@@ -120,6 +179,90 @@ def embedded_scene_features(feature_extractor, num_clips: int, *, seconds: float
     return calibration_features(feature_extractor, waveforms, seconds=seconds)
 
 
+def _example_features(model: torch.nn.Module, example_inputs) -> torch.Tensor:
+    if example_inputs is not None:
+        return torch.from_numpy(_input_values(example_inputs))
+    config = model.config
+    # One second of 10 ms frames, or the longest input the model takes if that is shorter.
+    frames = min(100, getattr(config, "max_length", None) or 100)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, frames, config.num_mel_bins, generator=generator)
+
+
+def export_program(
+    model: torch.nn.Module,
+    example_inputs=None,
+    *,
+    dynamic_batch: bool = True,
+    dynamic_length: bool = True,
+) -> torch.export.ExportedProgram:
+    """``model`` on its features as a `torch.export.ExportedProgram` (see the module docstring).
+
+    Args:
+        model: an encoder (``...Model``: the program returns ``last_hidden_state`` and ``pooler_output``) or
+            a classifier (``...ForAudioClassification``: ``logits``); exported in eval mode.
+        example_inputs: ``input_values`` ``(batch, frames, bins)`` (array, tensor or a mapping holding it)
+            to trace with; ``None`` gives two clips of 100 frames of noise (fewer when ``max_length`` is).
+            With a dynamic axis, give it at least two clips and two frames: the exporter fixes an axis of
+            size 1.
+        dynamic_batch: a symbolic batch axis; ``False`` fixes it to the example's.
+        dynamic_length: a symbolic time axis, over the lengths the model accepts (`frame_range`);
+            ``False`` fixes it to the example's.
+
+    Returns:
+        The program; ``program.module()(input_values)`` returns ``{name: tensor}`` for `output_names`, and
+        `save_program` writes it as ``.pt2``.
+    """
+    example = _example_features(model, example_inputs)
+    dims = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch")
+    if dynamic_length:
+        # The range is the model's: its input checks and shape arithmetic bound it (`frame_range`).
+        dims[1] = torch.export.Dim.DYNAMIC
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                _Outputs(model).eval(),
+                (example,),
+                dynamic_shapes={"input_values": dims or None},
+                strict=False,
+            )
+    finally:
+        model.train(was_training)
+
+
+def frame_range(program: torch.export.ExportedProgram) -> tuple[int, int | None]:
+    """The shortest and longest ``frames`` (``None``: unbounded) the program's time axis takes; both are the
+    example's length when that axis is fixed."""
+    (name,) = program.graph_signature.user_inputs
+    frames = next(node for node in program.graph.nodes if node.name == name)
+    size = frames.meta["val"].shape[1]
+    if isinstance(size, int):
+        return size, size
+    bounds = program.range_constraints[size.node.expr]
+    # An unbounded axis ends at torch's own integer infinity, which is no sympy Integer.
+    upper = int(bounds.upper) if isinstance(bounds.upper, sympy.Integer) else None
+    return int(bounds.lower), upper
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Write ``program`` to ``path`` (a ``.pt2`` file; `torch.export.load` reads it back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    return path
+
+
+def program_outputs(program: torch.export.ExportedProgram, inputs) -> dict[str, np.ndarray]:
+    """The outputs of ``program`` for ``inputs`` (``input_values``, or a mapping holding it), by name."""
+    with torch.no_grad():
+        outputs = program.module()(torch.from_numpy(_input_values(inputs)))
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
 def export_onnx(
     model: torch.nn.Module | str | Path,
     feature_extractor,
@@ -128,19 +271,25 @@ def export_onnx(
     seconds: float = 1.0,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    dynamic_length: bool = False,
 ) -> Path:
     """Export ``model`` on its features to ``path`` (a ``.onnx`` file) and save the front end beside it.
 
     Args:
-        model: an ``...ForAudioClassification`` model, or a saved model directory / Hub id to load one from.
+        model: an ``...ForAudioClassification`` model (the graph returns ``logits``) or an encoder
+            (``last_hidden_state``, ``pooler_output``), or a saved classifier directory / Hub id to load one
+            from.
         feature_extractor: its front end; ``None`` with a directory loads the directory's.
         path: the ``.onnx`` file; ``preprocessor_config.json`` and ``config.json`` go to its folder.
-        seconds: clip length the graph takes (its fixed time axis).
+        seconds: clip length of the example the graph is traced with: its time axis unless
+            ``dynamic_length``.
         opset: ONNX opset; default torch's exporter's.
         dynamic_batch: a symbolic batch axis; ``False`` fixes it to one clip.
+        dynamic_length: a symbolic time axis (``frames``), over the lengths the model accepts (the module
+            docstring; `frame_range` of `export_program`'s program).
 
     Returns:
-        ``path``. The graph's input is ``input_values``, its output ``logits``; see the module docstring.
+        ``path``. The graph's input is ``input_values``; see the module docstring.
     """
     if isinstance(model, str | Path):
         loaded, loaded_extractor = load_for_export(model)
@@ -151,29 +300,27 @@ def export_onnx(
         raise ValueError(f"opset must be a positive ONNX opset version, got {opset!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
     # Two clips: an exporter specialises a size-1 axis to a constant, which would defeat the dynamic batch.
     example = calibration_features(feature_extractor, num_clips=2 if dynamic_batch else 1, seconds=seconds)
-    dynamic_shapes = {"input_values": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-    try:
-        # The exporter's progress lines go to stdout and say nothing to act on; its failures still raise.
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(
-                _LogitsOnly(model, model.main_input_name).eval(),
-                (example,),
-                str(path),
-                input_names=["input_values"],
-                output_names=["logits"],
-                opset_version=opset,
-                dynamic_shapes=dynamic_shapes,
-                external_data=False,  # one self-contained file; the students are far below protobuf's 2 GB
-                dynamo=True,
-                verbose=False,
-            )
-    finally:
-        model.train(was_training)
-    _strip_and_label(path, {"model_type": model.config.model_type, "clip_seconds": f"{seconds:g}"})
+    program = export_program(model, example, dynamic_batch=dynamic_batch, dynamic_length=dynamic_length)
+    # The exporter's progress lines go to stdout and say nothing to act on; its failures still raise.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(
+            program,
+            (example,),
+            str(path),
+            input_names=["input_values"],
+            output_names=list(output_names(model)),
+            opset_version=opset,
+            external_data=False,  # one self-contained file; the students are far below protobuf's 2 GB
+            dynamo=True,
+            verbose=False,
+        )
+    metadata = {"model_type": model.config.model_type, "clip_seconds": f"{seconds:g}"}
+    if dynamic_length:
+        low, high = frame_range(program)
+        metadata = {"model_type": model.config.model_type, "frames": f"{low}-{'' if high is None else high}"}
+    _strip_and_label(path, metadata)
     feature_extractor.save_pretrained(path.parent)
     model.config.save_pretrained(path.parent)
     return path
@@ -181,13 +328,20 @@ def export_onnx(
 
 def _strip_and_label(path: Path, metadata: dict[str, str]) -> None:
     """Drop the exporter's per-node debug records (source lines, FX names: most of a small student's file,
-    and nothing a runtime reads) and record what a runtime needs to feed the graph."""
+    and nothing a runtime reads), name the symbolic axes (``batch``, ``frames``: the exporter's are ``s0``,
+    ``s1``...) and record what a runtime needs to feed the graph."""
     import onnx
 
     graph = onnx.load(str(path))
     for node in graph.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+    batch, frames = graph.graph.input[0].type.tensor_type.shape.dim[:2]
+    names = {dim.dim_param: name for dim, name in ((batch, "batch"), (frames, "frames")) if dim.dim_param}
+    for value in (*graph.graph.input, *graph.graph.output, *graph.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
     for key, value in metadata.items():
         graph.metadata_props.add(key=f"hf_audiorep.{key}", value=value)
     onnx.save(graph, str(path))
@@ -212,25 +366,56 @@ def _input_values(inputs) -> np.ndarray:
     return np.ascontiguousarray(inputs, dtype=np.float32)
 
 
+def onnx_outputs(path: str | Path, inputs) -> dict[str, np.ndarray]:
+    """Every output of the graph at ``path`` for ``inputs`` (``input_values``, or a mapping holding it), by
+    name, on the CPU."""
+    session = _session(path)
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"input_values": _input_values(inputs)}), strict=True))
+
+
 def onnx_logits(path: str | Path, inputs) -> np.ndarray:
     """The graph's logits for ``inputs`` (``input_values``, or a mapping holding it), on the CPU."""
     return _session(path).run(["logits"], {"input_values": _input_values(inputs)})[0]
 
 
-def _torch_logits(model: torch.nn.Module, inputs) -> np.ndarray:
+def _torch_outputs(model: torch.nn.Module, inputs) -> dict[str, np.ndarray]:
     features = torch.from_numpy(_input_values(inputs))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return model(**{model.main_input_name: features}).logits.float().cpu().numpy()
+            outputs = model(**{model.main_input_name: features})
     finally:
         model.train(was_training)
+    return {name: outputs[name].float().cpu().numpy() for name in output_names(model)}
+
+
+def _torch_logits(model: torch.nn.Module, inputs) -> np.ndarray:
+    return _torch_outputs(model, inputs)["logits"]
+
+
+def _largest_difference(expected: dict[str, np.ndarray], exported: dict[str, np.ndarray]) -> float:
+    """Largest absolute difference over the outputs both hold; infinite when a shape differs (broadcasting
+    would hide it)."""
+    worst = 0.0
+    for name, value in exported.items():
+        if value.shape != expected[name].shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(expected[name] - value).max(initial=0.0)))
+    return worst
 
 
 def check_onnx_parity(model: torch.nn.Module, path: str | Path, inputs) -> float:
-    """Largest absolute difference between the logits of ``model`` (PyTorch) and the graph at ``path``."""
-    return float(np.abs(_torch_logits(model, inputs) - onnx_logits(path, inputs)).max())
+    """Largest absolute difference between the outputs of ``model`` (PyTorch) and the graph at ``path``
+    (``logits`` for a classifier; ``last_hidden_state`` and ``pooler_output`` for an encoder)."""
+    return _largest_difference(_torch_outputs(model, inputs), onnx_outputs(path, inputs))
+
+
+def check_program_parity(model: torch.nn.Module, program: torch.export.ExportedProgram, inputs) -> float:
+    """Largest absolute difference between the outputs of ``model`` (PyTorch, eager) and ``program`` (from
+    `export_program`, or `torch.export.load` of a saved one)."""
+    return _largest_difference(_torch_outputs(model, inputs), program_outputs(program, inputs))
 
 
 def top1_agreement(model: torch.nn.Module, path: str | Path, inputs) -> float:

@@ -18,9 +18,13 @@ from hf_audiorep.cli import build_parser, main
 from hf_audiorep.export import (
     calibration_features,
     check_onnx_parity,
+    check_program_parity,
     export_onnx,
+    export_program,
+    frame_range,
     onnx_latency,
     onnx_logits,
+    program_outputs,
     quantize_int8,
     top1_agreement,
 )
@@ -204,7 +208,16 @@ def test_cli_export_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     printed = capsys.readouterr().out
-    options = ("--int8", "--seconds", "--opset", "--calibration-clips", "--calibration-data", "--repeats")
+    options = (
+        "--int8",
+        "--seconds",
+        "--opset",
+        "--calibration-clips",
+        "--calibration-data",
+        "--repeats",
+        "--format",
+        "--dynamic-length",
+    )
     for option in options:
         assert option in printed, option
     export = build_parser()._subparsers._group_actions[0].choices["export"]
@@ -216,3 +229,66 @@ def test_cli_export_refuses_non_positive_options(option, tmp_path):
     with pytest.raises(SystemExit) as error:
         main(["export", str(tmp_path), str(tmp_path / "out"), option])
     assert error.value.code == 2  # argparse's usage error, before any model is loaded
+
+
+def test_cli_export_pt2_writes_a_program_that_matches_torch(tmp_path, capsys):
+    model = _tiny_cp_mobile(id2label={i: f"scene_{i}" for i in range(NUM_LABELS)})
+    model.save_pretrained(tmp_path / "model")
+    LogMelFeatureExtractor().save_pretrained(tmp_path / "model")
+    out = tmp_path / "pt2"
+    argv = ["export", str(tmp_path / "model"), str(out), "--format", "pt2", "--dynamic-length"]
+    assert main([*argv, "--calibration-data", "noise", "--calibration-clips", "2"]) == 0
+    for name in ("model.pt2", "preprocessor_config.json", "config.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "model.onnx").exists()
+    printed = capsys.readouterr().out
+    diff = float(re.search(r"pt2 vs torch: max abs diff of the logits (\S+)", printed).group(1))
+    assert diff < FP32_TOLERANCE
+    # CP-Mobile has no longest clip; the shortest is set by its stem's strides.
+    shortest = int(re.search(r"with (\d+) <= frames <= any per clip", printed).group(1))
+    # The saved program takes clips of other lengths and batch sizes than the CLI's 1-s example, the
+    # shortest printed one included.
+    program = torch.export.load(str(out / "model.pt2"))
+    features = _tones(LogMelFeatureExtractor(), 3)
+    assert 1 < shortest < features.shape[1]
+    for clips in (torch.cat([features, features.flip(1)], dim=1), features[:1, :shortest]):
+        assert check_program_parity(model, program, clips) < FP32_TOLERANCE
+
+
+def test_cli_export_refuses_int8_of_a_program(tmp_path):
+    with pytest.raises(SystemExit) as error:
+        main(["export", str(tmp_path), str(tmp_path / "out"), "--format", "pt2", "--int8"])
+    assert "--int8" in str(error.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnx_graph_with_a_dynamic_length_takes_longer_clips(tmp_path):
+    model = _tiny_cp_mobile()
+    extractor = LogMelFeatureExtractor()
+    path = export_onnx(model, extractor, tmp_path / "model.onnx", dynamic_length=True)
+    features = _tones(extractor, 2)
+    longer = torch.cat([features, features.flip(1)], dim=1)  # two seconds, the example's is one
+    assert check_onnx_parity(model, path, longer) < FP32_TOLERANCE
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata["hf_audiorep.frames"] == f"{frame_range(export_program(model, features))[0]}-"
+    # Without it the time axis is the example's, as before.
+    fixed = onnx.load(str(export_onnx(model, extractor, tmp_path / "fixed" / "model.onnx"))).graph.input[0]
+    assert fixed.type.tensor_type.shape.dim[1].dim_value == features.shape[1]
+
+
+def test_program_with_a_fixed_length_refuses_another(tmp_path):
+    model = _tiny_cp_mobile()
+    features = _tones(LogMelFeatureExtractor(), 2)
+    program = export_program(model, features, dynamic_length=False)
+    assert frame_range(program) == (features.shape[1], features.shape[1])
+    assert check_program_parity(model, program, features[:1]) < FP32_TOLERANCE
+    with pytest.raises(Exception, match="input_values"):  # torch's guard names the input and its size
+        program_outputs(program, features[:, :-3])
+
+
+def test_parity_is_infinite_when_a_shape_differs():
+    from hf_audiorep.export import _largest_difference
+
+    expected = {"logits": np.zeros((2, 3), dtype=np.float32)}
+    assert _largest_difference(expected, {"logits": np.zeros((1, 3), dtype=np.float32)}) == math.inf
+    assert _largest_difference(expected, {"logits": np.full((2, 3), -0.25, dtype=np.float32)}) == 0.25

@@ -379,14 +379,21 @@ def spectrogram_as_image(
 
 def patch_grid_shape(num_frames: int, num_mel_bins: int, patch_size: int) -> tuple[int, int]:
     """``(grid_t, grid_f)`` of a ``num_frames``-frame input once its time axis is padded to whole patches."""
-    return -(-num_frames // patch_size), num_mel_bins // patch_size
+    # A ceiling without negative operands: the ONNX exporter rounds a negative floor division toward zero.
+    return (num_frames + patch_size - 1) // patch_size, num_mel_bins // patch_size
 
 
 def pad_to_patches(input_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Zero-pad the time axis (``-2``) to a multiple of ``patch_size``; the partial last patch is kept, since
-    it holds real frames (`frames_to_patch_mask` counts it as real)."""
-    pad = -input_values.shape[-2] % patch_size
-    return nn.functional.pad(input_values, (0, 0, 0, pad)) if pad else input_values
+    it holds real frames (`frames_to_patch_mask` counts it as real).
+
+    Written for `torch.export` and ONNX: a symbolic length (a ``SymInt``, not an ``int``) is padded by its
+    amount even when that is zero (a branch on it would fix the example's case in the graph), and the modulo
+    has no negative operand (the ONNX exporter translates one with C's truncation, not Python's floor)."""
+    pad = (patch_size - input_values.shape[-2] % patch_size) % patch_size
+    if isinstance(pad, int) and pad == 0:
+        return input_values
+    return nn.functional.pad(input_values, (0, 0, 0, pad))
 
 
 def init_patch_projection_(conv: nn.Conv2d) -> None:
@@ -541,7 +548,7 @@ def frames_to_patch_mask(attention_mask: torch.Tensor, patch_size: int, grid_f: 
     if attention_mask.ndim != 2:
         raise ValueError(f"attention_mask must be (batch, frames), got shape {tuple(attention_mask.shape)}")
     batch, num_frames = attention_mask.shape
-    grid_t = -(-num_frames // patch_size)
+    grid_t = (num_frames + patch_size - 1) // patch_size
     frames = torch.zeros(batch, grid_t * patch_size, dtype=torch.bool, device=attention_mask.device)
     frames[:, :num_frames] = attention_mask.bool()
     real_columns = frames.view(batch, grid_t, patch_size).any(dim=-1)

@@ -356,9 +356,11 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         batch, num_frames, _ = x.shape
         heads, qd, pd = self.num_heads, self.query_head_dim, self.pos_head_dim
         proj = self.in_proj(x)
-        query = proj[..., : heads * qd].reshape(batch, num_frames, heads, qd).transpose(1, 2)
-        key = proj[..., heads * qd : 2 * heads * qd].reshape(batch, num_frames, heads, qd).transpose(1, 2)
-        pos_query = proj[..., 2 * heads * qd :].reshape(batch, num_frames, heads, pd).transpose(1, 2)
+        # unflatten, not reshape, of these slices: a reshape's view-or-copy test on a slice compares sizes,
+        # which `torch.export` would keep as a guard that refuses a batch of one clip.
+        query = proj[..., : heads * qd].unflatten(-1, (heads, qd)).transpose(1, 2)
+        key = proj[..., heads * qd : 2 * heads * qd].unflatten(-1, (heads, qd)).transpose(1, 2)
+        pos_query = proj[..., 2 * heads * qd :].unflatten(-1, (heads, pd)).transpose(1, 2)
         # (heads, pd, 2T - 1): the positional keys of every offset -(T - 1) .. T - 1
         pos_keys = self.linear_pos(pos_emb).reshape(-1, heads, pd).permute(1, 2, 0)
         rel_scores = torch.matmul(pos_query, pos_keys).contiguous()  # (batch, heads, T, 2T - 1)
@@ -441,7 +443,9 @@ class ConvolutionModule(nn.Module):
         x = x * gate.sigmoid()
         if key_padding_mask is not None:
             x = x.masked_fill(key_padding_mask[..., None], 0.0)
-        x = self.depthwise_conv(x.transpose(1, 2)).transpose(1, 2)
+        # contiguous: a Linear on the transposed view folds its batch only after a size test, which
+        # `torch.export` would keep as a guard that refuses a batch of one clip (the values are the same).
+        x = self.depthwise_conv(x.transpose(1, 2)).transpose(1, 2).contiguous()
         return self.out_proj(swoosh_r(x))
 
 

@@ -157,7 +157,10 @@ class ZipformerStack(nn.Module):
         """Back to 50 frames/s, mixed with the stack's input."""
         if self.upsample is None:
             return hidden_states
-        upsampled = self.upsample(hidden_states)[:, : stack_input.shape[1]]
+        # Frame t of the stack's input reads frame t // factor: the repeat cut to that length, gathered
+        # directly so that `torch.export` need not compare the two lengths (it would fix their parity).
+        frames = torch.arange(stack_input.shape[1], device=hidden_states.device) // self.upsample.upsample
+        upsampled = hidden_states.index_select(1, frames)
         return self.out_combiner(stack_input, upsampled)
 
 
