@@ -1,6 +1,7 @@
 """Running the recipes in-process from tests: loading a recipe file, tiny argument sets."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -67,3 +68,16 @@ RECIPE_TINY = {
 def recipe_args(output_dir, **overrides) -> list[str]:
     options = {**RECIPE_TINY, "output_dir": str(output_dir), **overrides}
     return as_argv(options)
+
+
+def launch_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an ``accelerate launch`` of CPU processes from a test: offline, a fresh HF_HOME,
+    the repository importable, one thread per process (two processes share the machine's cores)."""
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }

@@ -106,6 +106,17 @@ def test_the_prefetch_thread_is_a_daemon():
     iterator.close()
 
 
+def _interrupted_after(make, k: int):
+    """The record positions of the first ``k`` batches of a fresh ``make()`` stream and its state then (the
+    iterator closed, as a run stopped after its k-th step)."""
+    stream = make()
+    iterator = iter(stream)
+    head = [_records(next(iterator)) for _ in range(k)]
+    state = stream.state_dict()
+    iterator.close()
+    return head, state
+
+
 def test_a_bucketed_stream_resumed_from_every_batch_delivers_every_record_once():
     # Clips of 600 and 1500 samples (kept whole: clip_seconds is 1600 samples), batches of at most 0.3 s
     # padded (4800 samples), a buffer of 0.5 s: after each batch some clips still wait in the buckets, and
@@ -124,11 +135,7 @@ def test_a_bucketed_stream_resumed_from_every_batch_delivers_every_record_once()
     assert all(len(b) * max(lengths[i] for i in b) <= 0.3 * SR for b in reference)
     waited = 0
     for k in range(1, len(reference)):
-        stream = make()
-        iterator = iter(stream)
-        head = [_records(next(iterator)) for _ in range(k)]
-        state = stream.state_dict()
-        iterator.close()
+        head, state = _interrupted_after(make, k)
         used = {r for b in head for r in b}
         # waiting: the records read (up to the position) and not used, less the corrupt one
         assert set(state["bucketing"]["waiting"]) == set(range(state["examples_consumed"])) - used - {3}
@@ -185,11 +192,7 @@ def test_a_resumed_bucketed_stream_takes_the_batches_still_due_before_it_reads_o
     reference = [_records(b) for b in make()]
     assert reference == _bucketer_batches(lengths, settings)
     for k in range(1, len(reference)):
-        stream = make()
-        iterator = iter(stream)
-        head = [_records(next(iterator)) for _ in range(k)]
-        state = stream.state_dict()
-        iterator.close()
+        head, state = _interrupted_after(make, k)
         resumed = make()
         resumed.load_state_dict(state)
         assert head + [_records(b) for b in resumed] == reference, k

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from recipe_utils import load_recipe, recipe_args
+from recipe_utils import launch_env, load_recipe, recipe_args
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -291,20 +291,12 @@ def test_recipe_streams_a_parquet_dataset_with_precomputed_rr_targets(pretrained
 def test_recipe_runs_on_two_processes_with_accelerate_launch(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU: DDP over the student, one EMA teacher
     per rank kept identical by identical updates, each rank on its own shard."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = launch_env(tmp_path)
     command = [
         str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

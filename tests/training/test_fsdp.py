@@ -30,6 +30,7 @@ RUN_TIMEOUT_S = 400  # about 1.5 min on a busy 2-core machine
 
 sys.path.insert(0, str(SCRIPT.parent))
 import fsdp_train_script as fsdp_script  # noqa: E402
+from recipe_utils import launch_env  # noqa: E402
 from toy_training import fresh_accelerate_state  # noqa: E402, F401  (autouse: resets accelerate's state)
 
 # ------------------------------------------------------------------------------------------- config files
@@ -213,14 +214,7 @@ def test_resume_restores_a_step_boundary_after_an_interrupted_accumulation(tmp_p
 
 def _launch(out: Path, tmp_path: Path) -> None:
     accelerate = Path(sys.executable).parent / "accelerate"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = launch_env(tmp_path)
     command = [
         str(accelerate), "launch", "--config_file", str(CONFIGS / "fsdp_vit.yaml"), "--num_processes", "2",
         "--mixed_precision", "no", str(SCRIPT),

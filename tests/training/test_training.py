@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_utils import launch_env
 from safetensors.torch import load_file
 from torch import nn
 from toy_training import fresh_accelerate_state, toy  # noqa: F401  (fresh_accelerate_state: autouse)
@@ -457,14 +458,7 @@ def test_final_save_eval_and_tensorboard_logs(tmp_path):
 def test_two_process_cpu_run_shards_data_and_resumes_exactly(tmp_path):
     accelerate = Path(sys.executable).parent / "accelerate"
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = launch_env(tmp_path)
     command = [
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
