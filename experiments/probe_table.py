@@ -171,7 +171,12 @@ def _table(rows: dict[str, dict[str, list[float]]], columns: list[str]) -> str:
         if {"linear", "CGP (top-k 3)"} <= mean.keys() and tuned:
             gap = max(tuned) - mean["linear"]  # against the better of plain fine-tuning and LP-FT
             best_cgp = max(mean.get("CGP (top-k 3)", -1), mean.get("CGP (top-k 1)", -1))
-            share = f"{(best_cgp - mean['linear']) / gap:+.2f} (gap {gap:+.3f})" if gap else "no gap"
+            # No share of a gap that is not there (fine-tuning at or below linear): the ratio means nothing.
+            share = (
+                f"{(best_cgp - mean['linear']) / gap:+.2f} (gap {gap:+.3f})"
+                if gap > 0
+                else f"none (gap {gap:+.3f})"
+            )
         lines.append(
             f"| {name} | " + " | ".join(mean_std_cell(cells.get(c, [])) for c in columns) + f" | {share} |"
         )
