@@ -179,17 +179,33 @@ def _load_tag_input(args):
         if args.split not in corpus:
             raise ValueError(f"the embedded corpus has no split {args.split!r}; it has {sorted(corpus)}")
         return corpus[args.split]
-    data = _load_local_or_hub(name, args.split, audio_column=args.audio_column if args.captioner else None)
+    data = _load_local_or_hub(
+        name,
+        args.split,
+        audio_column=args.audio_column if args.captioner else None,
+        audio_root=args.audio_root,
+    )
     if args.num_clips is not None and args.num_clips < len(data):
         data = data.select(range(args.num_clips))
     return data
 
 
-def _load_local_or_hub(name: str, split: str, audio_column: str | None = None):
-    """A split of a JSON-lines or CSV manifest, a saved dataset, an audio (or Parquet/WebDataset) folder, or
-    a Hub dataset."""
+def _load_local_or_hub(name: str, split: str, audio_column: str | None = None, audio_root: str | None = None):
+    """A split of a Lhotse cut manifest, a JSON-lines or CSV manifest, a saved dataset, an audio (or
+    Parquet/WebDataset) folder, or a Hub dataset.
+
+    Cut manifests are read with their audio (found under ``audio_root``) only when ``audio_column`` is
+    asked for (a captioner listens to it); otherwise their text alone, keeping every cut."""
     import datasets
 
+    from .data.lhotse_cuts import load_lhotse_cuts
+    from .data.sources import cut_manifests_for_split
+
+    cut_manifests = cut_manifests_for_split(name, split)
+    if cut_manifests is not None:
+        return load_lhotse_cuts(cut_manifests, audio_root, require_audio=audio_column is not None)
+    if audio_root is not None:
+        raise ValueError(f"--audio_root is read for Lhotse cut manifests only, and {name} is not one")
     path = Path(name)
     manifest_suffixes = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
     if path.is_file() and path.name.endswith(manifest_suffixes):
@@ -567,9 +583,17 @@ def _add_build_tags(sub) -> None:
     build.add_argument(
         "--dataset",
         default="embedded",
-        help="'embedded' (the generated corpus), a JSON-lines manifest (.jsonl), a folder saved by "
+        help="'embedded' (the generated corpus), a JSON-lines manifest (.jsonl), a Lhotse cut manifest "
+        "(.jsonl.gz: its columns are id, caption, tags and, with --captioner, audio), a folder saved by "
         "datasets' save_to_disk, an audio folder with a metadata file, or a Hub dataset id "
         "(default: embedded)",
+    )
+    build.add_argument(
+        "--audio_root",
+        default=None,
+        help="Lhotse cut manifests with --captioner: the folder their audio is found in (see "
+        "hf_audiorep/data/lhotse_cuts.py); cuts without audio are dropped. Captions or tags in the "
+        "manifest need no audio",
     )
     build.add_argument("--split", default="train", help="the split to read (default: train)")
     build.add_argument(

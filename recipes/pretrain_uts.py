@@ -21,6 +21,18 @@ audio per GPU:
         --preset zipformer-m --vocabulary_size 1500 --max_duration 600 --max_steps 300000 \
         --probe_tasks '' --output_dir outputs/uts-zipformer-m
 
+Auden's UTS manifests (Lhotse cuts, `AudenAI/UTS`) carry captions and tags but not the audio, which comes
+from the source corpora: `--audio_root` is the folder it is found in (as <audio_root>/<source>/<recording
+id>.wav, <audio_root>/<recording id>.flac, ...: hf_audiorep/data/lhotse_cuts.py); cuts whose audio is not
+there are dropped and counted. One manifest is the train split (so `--test_split ''`; `{split}` in the path
+names one manifest per split); mine the tags from the captions, or train on the manifest's own tags:
+
+    accelerate launch --multi_gpu recipes/pretrain_uts.py --dataset cuts_train.jsonl.gz \
+        --audio_root /data/audio --caption_column caption --test_split '' --preset zipformer-m \
+        --vocabulary_size 1500 --max_duration 600 --probe_tasks '' --output_dir outputs/uts-zipformer-m
+    accelerate launch recipes/pretrain_uts.py --dataset cuts_train.jsonl.gz --audio_root /data/audio \
+        --tags_column tags --test_split '' --vocabulary_size 2000 --probe_tasks ''
+
 The output directory holds the `ZipformerForAudioClassification` checkpoint (its `config.id2label` is the
 tag vocabulary), the vocabulary as a standalone label file (`label_<K>.json`, Auden's format, with a
 `.meta.json` sidecar of document frequencies and scores), its `preprocessor_config.json`, and
@@ -242,7 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     state = PartialState(cpu=train_args.cpu)
-    sources = load_sources(data_args)
+    # Mined tags discard the eval and test splits (their labels are not tags), so a local dataset's are not
+    # even read: their free-string labels would otherwise have to be the train split's.
+    only_train = uts_args.labels == "tags" and data_args.dataset != EMBEDDED
+    sources = load_sources(data_args, ("train",) if only_train else ("train", "eval", "test"))
     probe = _probe(probe_args, data_args, sources)  # before the train split is relabelled with tags
     tag_summary = None
     if uts_args.labels == "tags":

@@ -14,6 +14,7 @@ from .augment import (
 )
 from .decode import CorruptAudioError, crop_or_pad, decode_audio
 from .embedded import EMBEDDED_ONTOLOGY, load_embedded_corpus, load_embedded_scenes
+from .lhotse_cuts import is_lhotse_cut_manifest, load_lhotse_cuts
 from .ontology import (
     AUDIOSET_ONTOLOGY,
     LabelGroup,
@@ -60,11 +61,13 @@ __all__ = [
     "device_impulse_response",
     "freq_mixstyle",
     "frequency_mask",
+    "is_lhotse_cut_manifest",
     "labels_to_multi_hot",
     "label_frequencies",
     "load_audio_source",
     "load_embedded_corpus",
     "load_embedded_scenes",
+    "load_lhotse_cuts",
     "load_sources",
     "mixup",
     "parse_generated_tags",

@@ -30,7 +30,12 @@ class DataArguments:
     dataset: str = EMBEDDED
     """'embedded' (built-in event corpus), 'embedded-scenes' (built-in acoustic-scene corpus: 1-s clips at
     32 kHz, a 'scene' label, recording devices), a Hub id (agkphysics/AudioSet, confit/audioset-16khz-wds)
-    or a path"""
+    or a path (a folder, a glob, or Lhotse cut manifests .jsonl.gz with --audio_root, where {split} in the
+    path is replaced by the split's name)"""
+    audio_root: str | None = None
+    """Lhotse cut manifests (e.g. Auden's UTS, whose sources name a corpus, not a file): the folder their
+    audio is found in, as <audio_root>/<source>, <audio_root>/<source>/<recording id>.<ext> or
+    <audio_root>/<recording id>.<ext> (hf_audiorep/data/lhotse_cuts.py); cuts without audio are dropped"""
     dataset_config: str | None = None
     """Hub config (agkphysics/AudioSet: balanced, unbalanced, full;
     confit/audioset-16khz-wds: 20k, 500k, 2m)"""
@@ -124,6 +129,7 @@ def _load(data: DataArguments, name: str, split: str, **kwargs) -> AudioSource:
         split=split,
         streaming=data.streaming,
         config_name=data.dataset_config,
+        audio_root=data.audio_root,
         **{"label_column": data.label_column, **kwargs},
     )
 

@@ -17,6 +17,10 @@ Layouts understood:
   names], "label_id": [class indices]}``. The Hub card does not document the keys, so the vocabulary
   accepts names, MIDs or indices under any of the usual keys and prefers names (see
   ``LabelVocabulary.indices``); the audio column is whichever column is an ``Audio`` feature.
+- Lhotse cut manifests (``.jsonl`` / ``.jsonl.gz``, e.g. Auden's UTS), whose audio is found under
+  ``audio_root`` (see ``lhotse_cuts``): one manifest, or a glob of them, is the train split; a folder holds
+  one manifest (or several) per split, named ``<anything>_<split>.jsonl.gz`` (``valid`` and ``dev`` also
+  name the validation split); a ``{split}`` in the path is replaced by the split's name.
 - local Parquet files or WebDataset ``.tar`` shards (a directory, optionally with split
   sub-directories as above, or a glob), and audio folders (folder-per-label, or a ``metadata.csv``
   with ``file_name`` and a labels column).
@@ -45,6 +49,7 @@ from datasets.packaged_modules.audiofolder.audiofolder import AudioFolder
 from ..hub_errors import check_hub_reachable, translate_hub_errors
 from .decode import AUDIO_EXTENSIONS
 from .embedded import EMBEDDED_ONTOLOGY
+from .lhotse_cuts import is_lhotse_cut_manifest, load_lhotse_cuts
 from .ontology import AUDIOSET_ONTOLOGY, LabelVocabulary, is_mid
 
 logger = logging.getLogger(__name__)
@@ -53,6 +58,12 @@ _AUDIO_KEYS = ("audio", "flac", "wav", "mp3", "ogg", "opus", "m4a")
 _LABEL_COLUMNS = ("labels", "label", "json", "tags", "mids", "human_labels")
 # How datasets says a split is missing: 'Unknown split "x"' (prepared data), 'Bad split: x' (streaming).
 _MISSING_SPLIT = re.compile(r"^(Unknown split|Bad split)")
+_CUT_MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz")
+#: other names of a split in a folder of cut manifests (Lhotse recipes name the validation split 'dev')
+_CUT_SPLIT_ALIASES = {"validation": ("valid", "dev"), "test": ("eval",)}
+#: the split a manifest holds is the last part of its name after one of these
+_CUT_SPLIT_SEPARATORS = ("_", "-", ".")
+SPLIT_PLACEHOLDER = "{split}"
 
 
 class SplitNotFoundError(ValueError):
@@ -179,6 +190,7 @@ def load_audio_source(
     label_names: Sequence[str] | LabelVocabulary | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
+    audio_root: str | os.PathLike | None = None,
 ) -> AudioSource:
     """Open ``name_or_path`` (Hub id, local path or glob, or a ``datasets`` object) as an ``AudioSource``.
 
@@ -186,7 +198,8 @@ def load_audio_source(
     vocabulary and class order, e.g. when the labels are free strings that are not AudioSet classes and
     the dataset cannot be scanned (streaming). ``config_name`` picks a Hub
     config (``balanced``, ``unbalanced``, ``full``; ``20k``, ``500k``, ``2m``) or, for a local copy,
-    the matching sub-directory layout.
+    the matching sub-directory layout. ``audio_root`` is the folder a Lhotse cut manifest's audio is found
+    in (``lhotse_cuts``); it is an error for any other dataset.
     """
     columns = {"audio_column": audio_column, "label_column": label_column, "label_names": label_names}
     if isinstance(name_or_path, DatasetDict | IterableDatasetDict):
@@ -202,6 +215,13 @@ def load_audio_source(
 
     name = os.fspath(name_or_path)
     common = {"streaming": streaming, "cache_dir": cache_dir}
+    manifests = cut_manifests_for_split(name, split)
+    if manifests is not None:
+        # Map-style even when streaming is asked for: the manifest is read whole to resolve its audio.
+        dataset = load_lhotse_cuts(manifests, audio_root, cache_dir=cache_dir)
+        return _make_source(dataset, "lhotse-cuts", **columns)
+    if audio_root is not None:
+        raise ValueError(f"audio_root is read for Lhotse cut manifests only, and {name!r} is not one")
     if name in ("parquet", "webdataset", "audiofolder") and data_files is not None:
         dataset = datasets.load_dataset(name, data_files=data_files, split=split, **common)
         return _make_source(dataset, "audioset-parquet" if name == "parquet" else name, **columns)
@@ -251,6 +271,11 @@ def _load_local(path, split, config_name, columns, common):
     if not files:
         raise ValueError(f"no files match {path!r}")
     exts = {Path(f).suffix for f in files}
+    if any(f.endswith(_CUT_MANIFEST_SUFFIXES) for f in files):
+        raise ValueError(
+            f"{path!r}: JSON-lines files that are not Lhotse cut manifests (a cut's first line has "
+            "'recording' and 'supervisions'); other datasets are Parquet or .tar files, or audio folders"
+        )
     if exts == {".parquet"}:
         builder, layout = "parquet", "audioset-parquet"
     elif exts == {".tar"}:
@@ -260,6 +285,85 @@ def _load_local(path, split, config_name, columns, common):
     # One split named "train" holds exactly the files chosen above.
     dataset = datasets.load_dataset(builder, data_files={"train": files}, split="train", **common)
     return _make_source(dataset, layout, **columns)
+
+
+def _is_cut_manifest_name(path: str) -> bool:
+    return path.endswith(_CUT_MANIFEST_SUFFIXES)
+
+
+def cut_manifests_for_split(path: str, split: str) -> list[str] | None:
+    """The Lhotse cut manifests of ``split`` at ``path`` (a file, a glob, a folder, or a path with
+    ``{split}``), or None when ``path`` holds no cut manifest (another kind of dataset).
+
+    Raises ``SplitNotFoundError`` when it holds cut manifests but none of ``split``.
+    """
+    if SPLIT_PLACEHOLDER in path:
+        siblings = _cut_manifest_files(path.replace(SPLIT_PLACEHOLDER, "*"))
+        if not siblings:
+            return None
+        files = _cut_manifest_files(path.replace(SPLIT_PLACEHOLDER, split))
+        if not files:
+            raise SplitNotFoundError(
+                f"no cut manifest of split {split!r} at {path.replace(SPLIT_PLACEHOLDER, split)} (the files "
+                f"{path} names are {[os.path.basename(f) for f in siblings[:5]]})"
+            )
+        return files
+    if os.path.isdir(path):
+        return _folder_cut_manifests(Path(path), split)
+    files = _cut_manifest_files(path)
+    if not files:
+        return None
+    if split != "train":
+        raise SplitNotFoundError(
+            f"{path} is the train split only (one manifest or a glob of them): name the manifests of a "
+            f"{split!r} split with {SPLIT_PLACEHOLDER} in the path, or put <name>_<split>.jsonl.gz files in "
+            "a folder"
+        )
+    return files
+
+
+def _cut_manifest_files(path: str) -> list[str]:
+    """The cut manifests ``path`` (a file or a glob) names; an error when it mixes them with other files."""
+    files = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+    # Only JSON-lines names are opened: a glob of Parquet shards must not be read to tell.
+    files = [f for f in files if os.path.isfile(f)]
+    manifests = [f for f in files if _is_cut_manifest_name(f) and is_lhotse_cut_manifest(f)]
+    if manifests and len(manifests) != len(files):
+        others = [os.path.basename(f) for f in files if f not in manifests][:3]
+        raise ValueError(
+            f"{path!r} matches Lhotse cut manifests and other files ({others}): name only one kind"
+        )
+    return manifests
+
+
+def _folder_cut_manifests(root: Path, split: str) -> list[str] | None:
+    """The manifests of ``split`` directly in ``root``: those whose name ends with the split (or an alias,
+    after '_', '-' or '.'); when no manifest names any split, all of them form the train split."""
+    manifests = sorted(
+        str(p) for p in root.iterdir() if _is_cut_manifest_name(p.name) and is_lhotse_cut_manifest(p)
+    )
+    if not manifests:
+        return None
+    names = (split, *_CUT_SPLIT_ALIASES.get(split, ()))
+    found = [m for m in manifests if _names_split(m, names)]
+    if found:
+        return found
+    known = ("train", "validation", "test", *(a for aliases in _CUT_SPLIT_ALIASES.values() for a in aliases))
+    if split == "train" and not any(_names_split(m, known) for m in manifests):
+        return manifests
+    raise SplitNotFoundError(
+        f"{root} has no cut manifest of split {split!r} (named <anything>_{split}.jsonl.gz); its manifests "
+        f"are {[os.path.basename(m) for m in manifests[:8]]}"
+    )
+
+
+def _names_split(path: str, names) -> bool:
+    """Whether a manifest's name ends with one of the split ``names``: ``uts_cuts_train.jsonl.gz``,
+    ``cuts_train-clean-100.jsonl``."""
+    stem = os.path.basename(path)
+    for suffix in sorted(_CUT_MANIFEST_SUFFIXES, key=len, reverse=True):
+        stem = stem.removesuffix(suffix)
+    return any(stem == n or stem.endswith(tuple(sep + n for sep in _CUT_SPLIT_SEPARATORS)) for n in names)
 
 
 def _load_audio_folder(root: Path, split: str, common: dict):
