@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +15,28 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: where finished runs' results are kept in the repository, one JSON per run, so a sweep resumes on a fresh
+#: checkout (``outputs/`` is not committed) and its table can be regenerated from what earlier sessions ran
+RESULTS = ROOT / "experiments" / "results"
+
+
 def run_recipe(
     recipe: str,
     output_dir: Path,
     args: list[str],
     results_file: str = "eval_results.json",
     report_only: bool = False,
+    archive: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict | None:
-    """``python recipes/<recipe>.py ARGS --output_dir OUTPUT_DIR`` unless its results file already exists;
-    with ``report_only`` a missing run is not started and gives None (a summary of what has finished)."""
+    """``python recipes/<recipe>.py ARGS --output_dir OUTPUT_DIR`` unless its results already exist (in
+    ``archive`` when given, else in the run's results file); with ``report_only`` a missing run is not
+    started and gives None (a summary of what has finished). A finished run's results (with its
+    ``train_results.json`` as ``train_results``) are copied to ``archive``; ``env`` adds to the subprocess's
+    environment."""
     results = output_dir / results_file
+    if archive is not None and archive.exists():
+        return json.loads(archive.read_text())
     if not results.exists() and report_only:
         return None
     if not results.exists():
@@ -35,9 +48,31 @@ def run_recipe(
             str(output_dir),
         ]
         print("$", " ".join(command), flush=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run(command, check=True, cwd=ROOT, env=env)
-    return json.loads(results.read_text())
+        run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        subprocess.run(command, check=True, cwd=ROOT, env=run_env)
+    data = json.loads(results.read_text())
+    if archive is not None:
+        # The run's training summary (time, last logged loss, command) goes with its results.
+        train = output_dir / "train_results.json"
+        if results_file != train.name and train.exists():
+            data["train_results"] = json.loads(train.read_text())
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def cpu_run(recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json") -> float:
+    """Run a recipe once and return the CPU seconds it used (kept beside its results, so a rerun reuses it).
+    CPU time, not wall-clock: on a machine shared with other jobs the wall-clock of a step varies several
+    fold with the load, its CPU time hardly."""
+    record = output_dir / "cpu_seconds.json"
+    if not record.exists():
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_recipe(recipe, output_dir, args, results_file)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        record.write_text(json.dumps({"cpu_seconds": cpu}))
+    return json.loads(record.read_text())["cpu_seconds"]
 
 
 def mean_std_cell(values: list[float]) -> str:

@@ -28,11 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 from pathlib import Path
 
 import numpy as np
-from _runs import mean_std_cell, run_recipe
+from _runs import cpu_run, mean_std_cell, run_recipe
 
 from hf_audiorep.evaluation.probing.report import plot_layer_weights
 
@@ -67,22 +66,6 @@ def _pretrain_args(recipe: str, preset: str, extra: list[str], steps: int) -> li
     return [*args, "--disable_progress_bar", "true", "--checkpointing_steps", "0", "--eval_steps", "0"]
 
 
-def _cpu_run(
-    recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json"
-) -> float:
-    """Run a recipe once and return the CPU seconds it used (kept beside its results, so a rerun reuses it).
-    CPU time, not wall-clock: on a machine shared with other jobs the wall-clock of a step varies several
-    fold with the load, its CPU time hardly."""
-    record = output_dir / "cpu_seconds.json"
-    if not record.exists():
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        run_recipe(recipe, output_dir, args, results_file)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        record.write_text(json.dumps({"cpu_seconds": cpu}))
-    return json.loads(record.read_text())["cpu_seconds"]
-
-
 def _cpu_seconds_per_step(work_dir: Path, name: str) -> float:
     """From two short runs, so that start-up (imports, corpus, model) cancels out."""
     recipe, preset, extra = ENCODERS[name]
@@ -90,7 +73,7 @@ def _cpu_seconds_per_step(work_dir: Path, name: str) -> float:
     for steps in CALIBRATION_STEPS:
         args = _pretrain_args(recipe, preset, extra, steps)
         args += ["--warmup_steps", "1", "--eval_on_start", "false", "--probe_dataset", ""]
-        cpu[steps] = _cpu_run(recipe, work_dir / f"calibrate_{preset}_{steps}", args, "train_results.json")
+        cpu[steps] = cpu_run(recipe, work_dir / f"calibrate_{preset}_{steps}", args, "train_results.json")
     short, long = CALIBRATION_STEPS
     return (cpu[long] - cpu[short]) / (long - short)
 
@@ -101,7 +84,7 @@ def _pretrain(work_dir: Path, name: str, budget_seconds: float) -> tuple[Path, d
     steps = max(20, math.floor(budget_seconds / per_step))
     warmup = ["--warmup_steps", str(max(1, steps // 20))]
     output = work_dir / f"pretrain_{preset}"
-    cpu = _cpu_run(recipe, output, [*_pretrain_args(recipe, preset, extra, steps), *warmup])
+    cpu = cpu_run(recipe, output, [*_pretrain_args(recipe, preset, extra, steps), *warmup])
     results = json.loads((output / "eval_results.json").read_text())
     train = json.loads((output / "train_results.json").read_text())
     info = {"steps": train["global_step"], "seconds": train["train_runtime"], "cpu_per_step": per_step}

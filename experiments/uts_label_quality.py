@@ -3,41 +3,59 @@ ontology (the AudioSet-like labels) or on tag vocabularies of several sizes mine
 encoder then linear-probed in domain (event tagging) and out of domain (the corpus's attribute tasks).
 
 The paper's direction: mined tags win out of domain, ontology labels in domain, and an intermediate
-vocabulary size is best. Every run is ``recipes/pretrain_uts.py`` with the same seed, data and steps; a
-finished run (its ``eval_results.json`` exists) is reused, so an interrupted sweep resumes.
+vocabulary size is best. Every run is ``recipes/pretrain_uts.py`` with the same seed, data and steps, by
+default the protocol of the first run that learned its labels (900 steps of 16 x 3-s clips, SpecAugment off;
+docs/benchmarks.md). Runs go ``--jobs`` at a time, one thread each. A finished run's results are kept in
+``experiments/results/uts_label_quality/<protocol>/`` (committed), so the sweep resumes on a fresh checkout
+and ``--report_only`` rebuilds the table from whatever has finished:
 
-    python experiments/uts_label_quality.py --seeds 0 1 2 --vocabulary_sizes 25 100 256 \
-        --work_dir outputs/uts_label_quality
+    python experiments/uts_label_quality.py --seeds 0 1 2 --vocabulary_sizes 25 100 256 --jobs 2
 
 Prints one table, mean +- std over the seeds per label system and task (the probe at initialisation and
-the trivial baseline beside it), and writes it to ``<work_dir>/summary.md``. Arguments after ``--`` go to
-every recipe run (e.g. ``-- --clip_seconds 4 --max_steps 400``).
+the trivial baseline beside it), and writes it to ``<work_dir>/summary.md``. Arguments after ``--`` replace
+the protocol's recipe arguments (e.g. ``-- --clip_seconds 4 --max_steps 400``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import RESULTS, run_recipe  # noqa: E402
+
 METRICS = ("probe_mAP", "probe_accuracy")
+#: the recipe arguments of every run unless replaced after ``--``: the protocol of the first UTS run whose
+#: training loss clearly left the label prior (docs/benchmarks.md, "A run that learns its labels")
+PROTOCOL = (
+    "--clip_seconds 3 --max_steps 900 --freq_mask 0 --time_mask 0 --logging_steps 50 "
+    "--disable_progress_bar true --num_decode_threads 1"
+).split()
 
 
-def _run(output_dir: Path, labels: str, k: int | None, seed: int, extra: list[str]) -> dict:
-    results = output_dir / "eval_results.json"
-    if not results.exists():
-        command = [sys.executable, str(ROOT / "recipes" / "pretrain_uts.py"), "--labels", labels]
-        command += ["--seed", str(seed), "--output_dir", str(output_dir), *extra]
-        if k is not None:
-            command += ["--vocabulary_size", str(k)]
-        print("$", " ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads(results.read_text())
+def protocol_name(extra: list[str]) -> str:
+    """A short stable name for a list of recipe arguments: results of different protocols never mix."""
+    return hashlib.sha1(" ".join(extra).encode()).hexdigest()[:10]
+
+
+def _run(work_dir: Path, archive: Path, labels: str, k: int | None, seed: int, extra: list[str], report_only):
+    name = f"{labels}{'' if k is None else f'_k{k}'}_s{seed}"
+    args = ["--labels", labels, "--seed", str(seed), *extra]
+    args += [] if k is None else ["--vocabulary_size", str(k)]
+    return run_recipe(
+        "pretrain_uts",
+        work_dir / name,
+        args,
+        report_only=report_only,
+        archive=archive / f"{name}.json",
+        env={"OMP_NUM_THREADS": "1"},
+    )
 
 
 def _cell(values: list[float]) -> str:
@@ -67,22 +85,47 @@ def summarize(runs: dict[str, list[dict]]) -> str:
 
 def main() -> None:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else PROTOCOL
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--vocabulary_sizes", type=int, nargs="+", default=[25, 100, 256])
-    parser.add_argument("--work_dir", type=Path, default=Path("outputs/uts_label_quality"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    parser.add_argument(
+        "--vocabulary_sizes", type=int, nargs="+", default=[25, 100, 256], help="K of each mined vocabulary"
+    )
+    parser.add_argument(
+        "--work_dir", type=Path, default=Path("outputs/uts_label_quality"), help="the runs' folders"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--report_only", action="store_true", help="table of finished runs; start none")
     args = parser.parse_args(argv)
+    archive = RESULTS / "uts_label_quality" / protocol_name(extra)
+    archive.mkdir(parents=True, exist_ok=True)
+    (archive / "protocol.json").write_text(json.dumps({"recipe": "pretrain_uts", "arguments": extra}) + "\n")
     systems = {"ontology": ("ontology", None), **{f"tags K={k}": ("tags", k) for k in args.vocabulary_sizes}}
+    cells = [(name, seed) for seed in args.seeds for name in systems]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {
+            (name, seed): pool.submit(
+                _run, args.work_dir, archive, *systems[name], seed, extra, args.report_only
+            )
+            for name, seed in cells
+        }
     runs: dict[str, list[dict]] = {name: [] for name in systems}
-    for seed in args.seeds:
-        for name, (labels, k) in systems.items():
-            directory = args.work_dir / f"{labels}{'' if k is None else f'_k{k}'}_s{seed}"
-            runs[name].append(_run(directory, labels, k, seed, extra))
+    for (name, _), future in futures.items():
+        if future.result() is not None:
+            runs[name].append(future.result())
+    runs = {name: r for name, r in runs.items() if r}
+    if not runs:
+        print("no finished runs")
+        return
     table = summarize(runs)
+    counts = {name: len(r) for name, r in runs.items()}
     sizes = {name: r[0].get("num_labels") for name, r in runs.items()}
-    text = f"seeds {args.seeds}; labels per system {sizes}; recipe arguments {extra}\n\n{table}\n"
+    text = (
+        f"seeds {args.seeds} (finished runs per system {counts}); labels per system {sizes}; "
+        f"recipe arguments {extra}\n\n{table}\n"
+    )
+    args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "summary.md").write_text(text)
     print(text)
 

@@ -469,6 +469,9 @@ class TrainLoop:
             "training_command": self.training_command or launch_command(),
             "recipe": _recipe_name(),
         }
+        if self.log_history:
+            # The mean over the whole run hides where the loss ended; the last logging window shows it.
+            summary["last_log"] = dict(self.log_history[-1])
         if self.eval_history:
             summary.update({k: v for k, v in self.eval_history[-1].items() if k != "step"})
         return summary

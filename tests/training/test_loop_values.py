@@ -151,6 +151,7 @@ def test_accumulated_steps_fire_logging_eval_and_checkpoints_on_their_steps_and_
     assert summary["global_step"] == 7 and summary["epoch"] == 1
     assert summary["train_loss"] == pytest.approx(sum(c[1] for c in calls) / 21, rel=1e-6)
     assert summary["train_clips"] == 21 * 4
+    assert summary["last_log"] == loop.log_history[-1] and summary["last_log"]["step"] == 7
     assert summary["train_clips_per_second"] == pytest.approx(84 / summary["train_runtime"])
     assert summary["eval_score"] == 70.0 and "step" not in summary
     assert summary["resumed_from_checkpoint"] is None and summary["world_size"] == 1
