@@ -9,7 +9,7 @@ CAT-small get the number of steps that fits that budget in CPU time, measured fr
 recipe (one thread; so start-up cancels out). Results are kept in ``experiments/results/uts_encoders/``
 (committed), so the comparison resumes on a fresh checkout:
 
-    python experiments/uts_encoders.py --seeds 0 --vocabulary_size 100
+    OMP_NUM_THREADS=1 python experiments/uts_encoders.py --seeds 0 --vocabulary_size 100
 
 Prints the table (mean +- std over seeds) and writes it to ``<work_dir>/summary.md``.
 """
@@ -46,9 +46,19 @@ ENCODERS = {
     ),
     "CAT-small": ("pretrain_cat", "cat-small", ["--max_length", str(FRAMES)]),
 }
-COMMON = ["--clip_seconds", str(CLIP_SECONDS), "--cpu", "true", "--num_decode_threads", "1"]
+COMMON = [
+    "--clip_seconds",
+    str(CLIP_SECONDS),
+    "--cpu",
+    "true",
+    "--num_decode_threads",
+    "1",
+    "--eval_on_start",
+    "false",
+]
 CALIBRATION_STEPS = (5, 25)
 METRICS = ("probe_mAP", "probe_accuracy")
+ZIPFORMER_RUNS = RESULTS / "uts_label_quality" / protocol_name(PROTOCOL)
 
 
 def _pretrain_args(recipe_args: list[str], preset: str, steps: int, seed: int) -> list[str]:
@@ -101,13 +111,23 @@ def _encoder_results(work_dir: Path, name: str, budget: float, seed: int) -> dic
 
 
 def _zipformer_runs(labels: str, k: int | None, seeds: list[int]) -> list[dict]:
-    folder = RESULTS / "uts_label_quality" / protocol_name(PROTOCOL)
+    """The finished Zipformer runs of the label-quality protocol for these seeds (any may be missing)."""
     name = f"{labels}{'' if k is None else f'_k{k}'}"
-    runs = [folder / f"{name}_s{seed}.json" for seed in seeds]
-    missing = [str(path) for path in runs if not path.exists()]
-    if missing:
-        raise SystemExit(f"run experiments/uts_label_quality.py first: missing {missing}")
-    return [json.loads(path.read_text()) for path in runs]
+    runs = [ZIPFORMER_RUNS / f"{name}_s{seed}.json" for seed in seeds]
+    return [json.loads(path.read_text()) for path in runs if path.exists()]
+
+
+def _budget_seconds() -> float:
+    """Mean training time of every finished Zipformer run of the protocol (one thread each)."""
+    times = [
+        json.loads(path.read_text()).get("train_results", {}) for path in ZIPFORMER_RUNS.glob("*_s*.json")
+    ]
+    times = [t["train_runtime"] for t in times if "train_runtime" in t]
+    if not times:
+        raise SystemExit(
+            f"no finished Zipformer run in {ZIPFORMER_RUNS}: run experiments/uts_label_quality.py"
+        )
+    return float(np.mean(times))
 
 
 def _table(columns: dict[str, list[dict]]) -> str:
@@ -144,12 +164,12 @@ def main() -> None:
         "Zipformer ontology": _zipformer_runs("ontology", None, args.seeds),
         f"Zipformer tags K={args.vocabulary_size}": _zipformer_runs("tags", args.vocabulary_size, args.seeds),
     }
-    # The Zipformer runs' training time (one thread each): the budget every other encoder gets in CPU time.
-    times = [r["train_results"]["train_runtime"] for runs in zipformer.values() for r in runs]
-    budget = float(np.mean(times))
+    # The Zipformer runs' training time: the budget every other encoder gets in CPU time.
+    budget = _budget_seconds()
     others = {}
     for name in ENCODERS:
         others[name] = [_encoder_results(args.work_dir, name, budget, seed) for seed in args.seeds]
+    zipformer = {name: runs for name, runs in zipformer.items() if runs}
     table = _table({**zipformer, **others})
     steps = {name: [r["steps"] for r in runs] for name, runs in others.items()}
     text = f"budget {budget:.0f} CPU s per encoder; steps {steps}; seeds {args.seeds}\n\n{table}\n"

@@ -80,6 +80,28 @@ def summarize(runs: dict[str, list[dict]]) -> str:
         cells = [_cell([c for c in chance if c is not None]), _cell(initial)]
         cells += [_cell([r["probes"][key] for r in runs[system]]) for system in systems]
         rows.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
+
+    # Out of domain in one number: the mean accuracy over the attribute tasks (every task but events).
+    def attributes(probes: dict) -> float:
+        return float(np.mean([v for k, v in probes.items() if k.endswith("/probe_accuracy")]))
+
+    chance = [
+        np.mean([v for k, v in r["probes"].items() if k.endswith("/chance_accuracy")])
+        for r in runs[systems[0]]
+    ]
+    cells = [_cell(chance), _cell([attributes(r["probes_at_initialisation"]) for r in runs[systems[0]]])]
+    cells += [_cell([attributes(r["probes"]) for r in runs[system]]) for system in systems]
+    rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
+    # Did each run learn its labels? Its last logged training loss against the prior-only BCE.
+    for label, value in (
+        (
+            "training loss, last logged window",
+            lambda r: r.get("train_results", {}).get("last_log", {}).get("loss"),
+        ),
+        ("prior-only BCE of its labels", lambda r: r.get("label_prior_bce")),
+    ):
+        cells = ["", ""] + [_cell([v for r in runs[s] if (v := value(r)) is not None]) for s in systems]
+        rows.append(f"| {label} | BCE | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

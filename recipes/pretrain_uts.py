@@ -59,7 +59,12 @@ from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, prob
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep, init_bias_from_prior
+from hf_audiorep.objectives import (
+    AugmentationArguments,
+    SupervisedClassificationStep,
+    init_bias_from_prior,
+    prior_only_bce,
+)
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -70,6 +75,8 @@ OBJECTIVES = ("mtc",)
 LABEL_SYSTEMS = ("tags", "ontology")
 #: the label column the mined tags are written to (the corpus's own `labels` are the ontology's)
 TAG_LABEL_COLUMN = "tag_labels"
+#: records of a streamed train split read for the label prior
+PRIOR_RECORDS = 10_000
 
 
 @dataclass
@@ -272,8 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
         label_names, id2label = sources["train"].label_names, None
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model = _model(model_args, label_names, id2label)
+    # A stream may never end: its label prior is read from its first records.
+    prior_records = PRIOR_RECORDS if sources["train"].is_streaming else None
+    frequencies = label_frequencies(sources["train"], max_records=prior_records)
     if model_args.prior_bias_init and not model_args.model_name_or_path:
-        init_bias_from_prior(model, label_frequencies(sources["train"]))
+        init_bias_from_prior(model, frequencies)
     feature_extractor = ZipformerFbankFeatureExtractor()
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
     step = SupervisedClassificationStep(feature_extractor, aug_args)
@@ -291,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         "objective": uts_args.objective,
         "labels": uts_args.labels,
         "num_labels": len(label_names),
+        # what the training loss is read against: a run that ends here learned the label frequencies only
+        "label_prior_bce": prior_only_bce(frequencies),
     }
     if tag_summary is not None:
         results["tag_system"] = tag_summary

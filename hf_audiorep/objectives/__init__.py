@@ -11,6 +11,7 @@ from .classification import (
     SupervisedClassificationStep,
     init_bias_from_prior,
     init_classifier_from_probe,
+    prior_only_bce,
 )
 from .consistency import ConsistencyArguments, ConsistencyClassificationStep
 from .contrastive import (
@@ -78,6 +79,7 @@ __all__ = [
     "evaluate_reconstruction",
     "kd_loss",
     "init_bias_from_prior",
+    "prior_only_bce",
     "init_classifier_from_probe",
     "mixup_supcon_loss",
     "nce_loss",

@@ -88,6 +88,19 @@ def init_bias_from_prior(model: nn.Module, frequencies, floor: float = 1e-4) -> 
         head.bias.copy_(torch.log(p / (1 - p)).to(head.bias))
 
 
+def prior_only_bce(frequencies) -> float:
+    """The multi-label BCE (mean over clips and labels) of predicting every label's training frequency for
+    every clip: ``mean_c H(p_c)``, the binary entropy of each label's frequency. Where a learner that ignores
+    the audio ends (and where a head started by :func:`init_bias_from_prior` begins), so a training loss is
+    read against it: a run whose loss stays at this value has learned the label frequencies only."""
+    p = np.asarray(frequencies, dtype=np.float64)
+    if p.ndim != 1 or p.size == 0 or not bool(((p >= 0) & (p <= 1)).all()):
+        raise ValueError("frequencies must be a non-empty 1-D array of fractions of clips, in [0, 1]")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -(np.where(p > 0, p * np.log(p), 0.0) + np.where(p < 1, (1 - p) * np.log1p(-p), 0.0))
+    return float(entropy.mean())
+
+
 def init_classifier_from_probe(
     model: nn.Module,
     batches,

@@ -2,6 +2,8 @@
 the model in training and in evaluation, each augmentation's switch and arguments, the loss, and the
 arguments' checks. Values are checked against the feature extractor and torch's losses, called directly."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +153,16 @@ def test_a_fresh_head_starts_at_the_label_prior():
         init_bias_from_prior(model, [0.5, 1.5, 0.1])
     with pytest.raises(ValueError, match="max_records"):
         label_frequencies(source, max_records=0)
+
+
+def test_prior_only_bce_is_the_loss_of_predicting_the_frequencies():
+    from hf_audiorep.objectives import prior_only_bce
+
+    multi_hot = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0], [1, 0, 1, 1], [1, 0, 0, 1]], dtype=torch.float64)
+    frequencies = multi_hot.mean(0)  # 1, 0, 0.5, 0.5: labels on every clip or none cost nothing
+    expected = F.binary_cross_entropy(frequencies.expand_as(multi_hot), multi_hot).item()
+    assert prior_only_bce(frequencies.numpy()) == pytest.approx(expected, rel=1e-12)
+    assert prior_only_bce([0.5, 0.5]) == pytest.approx(math.log(2), rel=1e-12)
+    for bad in ([], [0.5, 1.5], [[0.5]]):
+        with pytest.raises(ValueError, match="fractions of clips"):
+            prior_only_bce(bad)

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from recipe_utils import as_argv, load_recipe
 from transformers import AutoConfig, AutoModel
 
@@ -90,6 +92,13 @@ def test_ontology_labels_train_on_the_corpus_classes(recipe, tmp_path, monkeypat
     assert model.config.classifier_norm == "batch" and model.classifier_norm.num_batches_tracked == 1
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["labels"] == "ontology" and "test_mAP" in results and "probes" not in results
+    # the loss a prior-only learner ends at, as BCE of the frequencies against every clip's labels
+    multi_hot = torch.zeros(len(train), len(expected))
+    for i, labels in enumerate(train["labels"]):
+        multi_hot[i, labels] = 1
+    prior = torch.as_tensor(expected / len(train), dtype=torch.float32).expand_as(multi_hot)
+    bce = F.binary_cross_entropy(prior, multi_hot).item()
+    assert results["label_prior_bce"] == pytest.approx(bce, rel=1e-5)
     assert not list(tmp_path.glob("label_*.json"))
 
 
