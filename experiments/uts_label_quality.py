@@ -117,13 +117,20 @@ def main() -> None:
     parser.add_argument(
         "--work_dir", type=Path, default=Path("outputs/uts_label_quality"), help="the runs' folders"
     )
+    parser.add_argument(
+        "--ontology",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train on the ontology labels (the AudioSet-like baseline; default: yes)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--report_only", action="store_true", help="table of finished runs; start none")
     args = parser.parse_args(argv)
     archive = RESULTS / "uts_label_quality" / protocol_name(extra)
     archive.mkdir(parents=True, exist_ok=True)
     (archive / "protocol.json").write_text(json.dumps({"recipe": "pretrain_uts", "arguments": extra}) + "\n")
-    systems = {"ontology": ("ontology", None), **{f"tags K={k}": ("tags", k) for k in args.vocabulary_sizes}}
+    systems = {"ontology": ("ontology", None)} if args.ontology else {}
+    systems.update({f"tags K={k}": ("tags", k) for k in args.vocabulary_sizes})
     cells = [(name, seed) for seed in args.seeds for name in systems]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {
