@@ -131,23 +131,40 @@ def _budget_seconds() -> float:
 
 
 def _table(columns: dict[str, list[dict]]) -> str:
-    """Rows: task x metric; columns: chance, then per encoder its random init and its trained encoder."""
-    first = next(iter(columns.values()))[0]["probes"]
-    header = ["task", "metric", "chance"]
-    for name in columns:
-        header += [f"{name} init", name]
+    """Rows: task x metric (and the mean attribute accuracy); columns: chance, then each encoder, after its
+    architecture's random initialisation (once: the Zipformer runs of one seed share theirs)."""
+    reference = next(iter(columns.values()))
+    cells_of = {"chance": lambda runs, value: [value(r["probes"], "chance") for r in reference]}
+    header, getters = ["task", "metric", "chance"], [cells_of["chance"]]
+    shown_inits = set()
+    for name, runs in columns.items():
+        architecture = name.split()[0]
+        if architecture not in shown_inits:
+            shown_inits.add(architecture)
+            header.append(f"{architecture} init")
+            getters.append(lambda _, value, runs=runs: [value(r["probes_at_initialisation"]) for r in runs])
+        header.append(name)
+        getters.append(lambda _, value, runs=runs: [value(r["probes"]) for r in runs])
     rows = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for key in first:
+    for key in reference[0]["probes"]:
         task, metric = key.split("/", 1)
         if metric not in METRICS:
             continue
         short = metric.removeprefix("probe_")
-        cells = [mean_std_cell([r["probes"][f"{task}/chance_{short}"] for r in next(iter(columns.values()))])]
-        for runs in columns.values():
-            cells.append(mean_std_cell([r["probes_at_initialisation"][key] for r in runs]))
-            cells.append(mean_std_cell([r["probes"][key] for r in runs]))
+
+        def value(probes, kind="probe", task=task, short=short):
+            return probes[f"{task}/{kind}_{short}"]
+
+        cells = [mean_std_cell(get(None, value)) for get in getters]
         rows.append(f"| {task} | {short} | " + " | ".join(cells) + " |")
+    cells = [mean_std_cell(get(None, _attributes)) for get in getters]
+    rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _attributes(probes: dict, kind: str = "probe") -> float:
+    """Out of domain in one number: the mean accuracy over the attribute tasks (events has none)."""
+    return float(np.mean([v for k, v in probes.items() if k.endswith(f"/{kind}_accuracy")]))
 
 
 def main() -> None:
