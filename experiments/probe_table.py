@@ -1,7 +1,9 @@
 """Issue "BAT and Convex Gated Probing": three encoders pre-trained with the same CPU time, each probed
 five ways on the same cached features, beside full fine-tuning and the random initialisation.
 
-Stages, each resumable (a finished run's results file is reused):
+Stages, each resumable: a finished run's results are kept in ``experiments/results/probe_table/<budget>min/``
+(committed), so the sweep resumes on a fresh checkout; an archived pre-training is re-run at its archived step
+count (same seed, same encoder) only when a new probe or fine-tuning needs the encoder:
 
 1. calibrate: two short runs of each pre-training recipe measure its CPU seconds per step (one thread;
    CPU time rather than wall-clock, which on a shared machine varies several fold with the load);
@@ -31,7 +33,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from _runs import cpu_run, mean_std_cell, run_recipe
+from _runs import RESULTS, cpu_run, mean_std_cell, run_recipe
 
 from hf_audiorep.evaluation.probing.report import plot_layer_weights
 
@@ -78,20 +80,40 @@ def _cpu_seconds_per_step(work_dir: Path, name: str) -> float:
     return (cpu[long] - cpu[short]) / (long - short)
 
 
-def _pretrain(work_dir: Path, name: str, budget_seconds: float) -> tuple[Path, dict]:
+def _archive(budget_minutes: float, *parts: str) -> Path:
+    """Where a finished run's results are kept in the repository, by pre-training budget: a sweep resumes
+    from them on a fresh checkout (``outputs/`` does not survive one)."""
+    return RESULTS.joinpath("probe_table", f"{budget_minutes:g}min", *parts[:-1], f"{parts[-1]}.json")
+
+
+def _pretrain(work_dir: Path, name: str, budget_seconds: float, report_only: bool) -> tuple[Path, dict]:
     recipe, preset, extra = ENCODERS[name]
+    output = work_dir / f"pretrain_{preset}"
+    archive = _archive(budget_seconds / 60, f"pretrain_{preset}")
+    if archive.exists():
+        # The archived step count, not a new calibration: the same seed and steps give the same encoder the
+        # archived probes were fitted on (so a resumed sweep's new seeds probe that encoder too).
+        info = json.loads(archive.read_text())
+        if not report_only and not (output / "eval_results.json").exists():
+            args = _pretrain_args(recipe, preset, extra, info["steps"])
+            cpu_run(recipe, output, [*args, "--warmup_steps", str(max(1, info["steps"] // 20))])
+        return output, info
     per_step = _cpu_seconds_per_step(work_dir, name)
     steps = max(20, math.floor(budget_seconds / per_step))
     warmup = ["--warmup_steps", str(max(1, steps // 20))]
-    output = work_dir / f"pretrain_{preset}"
     cpu = cpu_run(recipe, output, [*_pretrain_args(recipe, preset, extra, steps), *warmup])
     results = json.loads((output / "eval_results.json").read_text())
     train = json.loads((output / "train_results.json").read_text())
     info = {"steps": train["global_step"], "seconds": train["train_runtime"], "cpu_per_step": per_step}
-    return output, {**info, "cpu_seconds": cpu, **results}
+    info = {**info, "cpu_seconds": cpu, **results}
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_text(json.dumps(info, indent=1) + "\n")
+    return output, info
 
 
-def _probe(work_dir: Path, encoder: str, probe: str, seed: int, report_only: bool) -> float | None:
+def _probe(
+    work_dir: Path, budget: float, encoder: str, probe: str, seed: int, report_only: bool
+) -> float | None:
     slug = probe.replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
     if encoder.startswith("random:"):  # the preset's random initialisation, at the corpus's 4-s window
         source, name = (
@@ -102,21 +124,24 @@ def _probe(work_dir: Path, encoder: str, probe: str, seed: int, report_only: boo
         source, name = ["--model_name_or_path", encoder], Path(encoder).name
     args = [*source, *PROBES[probe], "--token_pooling", "8", "--seed", str(seed), *COMMON]
     args += ["--cache_dir", str(work_dir / "cache" / name)]
-    results = run_recipe(
-        "probe", work_dir / "probes" / f"{name}_{slug}_s{seed}", args, report_only=report_only
-    )
+    run = f"{name}_{slug}_s{seed}"
+    archive = _archive(budget, "probes", run)
+    results = run_recipe("probe", work_dir / "probes" / run, args, report_only=report_only, archive=archive)
     return None if results is None else results["test_mAP"]
 
 
 FINETUNINGS = {"fine-tuning": ("finetune", []), "LP-FT": ("lpft", ["--lp_ft", "true"])}
 
 
-def _finetune(work_dir: Path, encoder: Path, seed: int, report_only: bool, kind: str) -> float | None:
+def _finetune(
+    work_dir: Path, budget: float, encoder: Path, seed: int, report_only: bool, kind: str
+) -> float | None:
     folder, extra = FINETUNINGS[kind]
     args = ["--model_name_or_path", str(encoder), *FINETUNE, *extra, *COMMON, "--seed", str(seed)]
     args += ["--disable_progress_bar", "true"]
     output = work_dir / folder / f"{encoder.name}_s{seed}"
-    results = run_recipe("finetune", output, args, report_only=report_only)
+    archive = _archive(budget, folder, output.name)
+    results = run_recipe("finetune", output, args, report_only=report_only, archive=archive)
     return None if results is None else results["test_mAP"]
 
 
@@ -198,7 +223,10 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/probe_table"), help="runs and summary")
     args = parser.parse_args()
 
-    pretrained = {name: _pretrain(args.work_dir, name, args.budget_minutes * 60) for name in args.encoders}
+    budget = args.budget_minutes
+    pretrained = {}
+    for name in args.encoders:
+        pretrained[name] = _pretrain(args.work_dir, name, budget * 60, args.report_only)
     columns = [*args.probes, *args.finetunings]
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
@@ -209,12 +237,12 @@ def main() -> None:
                 (f"random:{preset}", f"{name}, random init", args.random_init_probes),
             ):
                 for probe in probes:
-                    value = _probe(args.work_dir, encoder, probe, seed, args.report_only)
+                    value = _probe(args.work_dir, budget, encoder, probe, seed, args.report_only)
                     rows.setdefault(row, {}).setdefault(probe, []).extend([] if value is None else [value])
     for seed in args.seeds:  # after every probe: the slowest runs come last
         for kind in args.finetunings:
             for name, (output, _) in pretrained.items():
-                value = _finetune(args.work_dir, output, seed, args.report_only, kind)
+                value = _finetune(args.work_dir, budget, output, seed, args.report_only, kind)
                 rows[name].setdefault(kind, []).extend([] if value is None else [value])
     pretraining = "\n".join(
         f"- {name}: {info['steps']} steps ({info['cpu_per_step']:.2f} CPU s a step calibrated) in "

@@ -92,6 +92,23 @@ def summarize(runs: dict[str, list[dict]]) -> str:
     cells = [_cell(chance), _cell([attributes(r["probes_at_initialisation"]) for r in runs[systems[0]]])]
     cells += [_cell([attributes(r["probes"]) for r in runs[system]]) for system in systems]
     rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
+    # Per system: on how many attribute tasks its mean accuracy beats the initialisation's and the ontology's.
+    tasks = [k for k in first if k.endswith("/probe_accuracy")]
+
+    def mean(system: str, key: str, field: str = "probes") -> float:
+        return float(np.mean([r[field][key] for r in runs[system]]))
+
+    for label, baseline in (("the initialisation", None), ("the ontology run", "ontology")):
+        if baseline is not None and baseline not in runs:
+            continue
+        cells = ["", ""]
+        for system in systems:
+            reference = [
+                mean(baseline, k) if baseline else mean(system, k, "probes_at_initialisation") for k in tasks
+            ]
+            ahead = sum(mean(system, k) > ref + 1e-9 for k, ref in zip(tasks, reference, strict=True))
+            cells.append(f"{ahead} of {len(tasks)}")
+        rows.append(f"| attribute tasks ahead of {label} | accuracy | " + " | ".join(cells) + " |")
     # Did each run learn its labels? Its last logged training loss against the prior-only BCE.
     for label, value in (
         (
