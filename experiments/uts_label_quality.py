@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RESULTS, run_recipe  # noqa: E402
+from _runs import RESULTS, mean_std_cell, run_recipe  # noqa: E402
 
 METRICS = ("probe_mAP", "probe_accuracy")
 #: the recipe arguments of every run unless replaced after ``--``: the protocol of the first UTS run whose
@@ -58,12 +58,6 @@ def _run(work_dir: Path, archive: Path, labels: str, k: int | None, seed: int, e
     )
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
-
-
 def summarize(runs: dict[str, list[dict]]) -> str:
     """One row per (task, metric): chance, the initialisation (first system), then each label system."""
     systems = list(runs)
@@ -77,8 +71,8 @@ def summarize(runs: dict[str, list[dict]]) -> str:
         name = metric.removeprefix("probe_")
         chance = [r["probes"].get(f"{task}/chance_{name}") for r in runs[systems[0]]]
         initial = [r["probes_at_initialisation"][key] for r in runs[systems[0]]]
-        cells = [_cell([c for c in chance if c is not None]), _cell(initial)]
-        cells += [_cell([r["probes"][key] for r in runs[system]]) for system in systems]
+        cells = [mean_std_cell([c for c in chance if c is not None]), mean_std_cell(initial)]
+        cells += [mean_std_cell([r["probes"][key] for r in runs[system]]) for system in systems]
         rows.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
 
     # Out of domain in one number: the mean accuracy over the attribute tasks (every task but events).
@@ -89,8 +83,11 @@ def summarize(runs: dict[str, list[dict]]) -> str:
         np.mean([v for k, v in r["probes"].items() if k.endswith("/chance_accuracy")])
         for r in runs[systems[0]]
     ]
-    cells = [_cell(chance), _cell([attributes(r["probes_at_initialisation"]) for r in runs[systems[0]]])]
-    cells += [_cell([attributes(r["probes"]) for r in runs[system]]) for system in systems]
+    cells = [
+        mean_std_cell(chance),
+        mean_std_cell([attributes(r["probes_at_initialisation"]) for r in runs[systems[0]]]),
+    ]
+    cells += [mean_std_cell([attributes(r["probes"]) for r in runs[system]]) for system in systems]
     rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
     # Per system: on how many attribute tasks its mean accuracy beats the initialisation's and the ontology's.
     tasks = [k for k in first if k.endswith("/probe_accuracy")]
@@ -117,7 +114,9 @@ def summarize(runs: dict[str, list[dict]]) -> str:
         ),
         ("prior-only BCE of its labels", lambda r: r.get("label_prior_bce")),
     ):
-        cells = ["", ""] + [_cell([v for r in runs[s] if (v := value(r)) is not None]) for s in systems]
+        cells = ["", ""] + [
+            mean_std_cell([v for r in runs[s] if (v := value(r)) is not None]) for s in systems
+        ]
         rows.append(f"| {label} | BCE | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
