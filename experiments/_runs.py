@@ -75,6 +75,12 @@ def cpu_run(recipe: str, output_dir: Path, args: list[str], results_file: str = 
     return json.loads(record.read_text())["cpu_seconds"]
 
 
+def mean_attribute_accuracy(probes: dict, kind: str = "probe") -> float:
+    """Out of domain in one number: the mean ``<task>/<kind>_accuracy`` over the single-label (attribute)
+    tasks of a ``probe_tasks`` result; ``kind="chance"`` gives the trivial baseline's."""
+    return float(np.mean([v for k, v in probes.items() if k.endswith(f"/{kind}_accuracy")]))
+
+
 def mean_std_cell(values: list[float]) -> str:
     """``mean ± std (n)`` over seeds; one value as is; nothing as an empty cell."""
     if not values:

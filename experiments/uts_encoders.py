@@ -27,7 +27,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModel, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RESULTS, cpu_run, mean_std_cell  # noqa: E402
+from _runs import RESULTS, cpu_run, mean_attribute_accuracy, mean_std_cell  # noqa: E402
 from uts_label_quality import PROTOCOL, protocol_name  # noqa: E402
 
 import hf_audiorep  # noqa: E402
@@ -157,14 +157,9 @@ def _table(columns: dict[str, list[dict]]) -> str:
 
         cells = [mean_std_cell(get(None, value)) for get in getters]
         rows.append(f"| {task} | {short} | " + " | ".join(cells) + " |")
-    cells = [mean_std_cell(get(None, _attributes)) for get in getters]
+    cells = [mean_std_cell(get(None, mean_attribute_accuracy)) for get in getters]
     rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _attributes(probes: dict, kind: str = "probe") -> float:
-    """Out of domain in one number: the mean accuracy over the attribute tasks (events has none)."""
-    return float(np.mean([v for k, v in probes.items() if k.endswith(f"/{kind}_accuracy")]))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RESULTS, mean_std_cell, run_recipe  # noqa: E402
+from _runs import RESULTS, mean_attribute_accuracy, mean_std_cell, run_recipe  # noqa: E402
 
 METRICS = ("probe_mAP", "probe_accuracy")
 #: the recipe arguments of every run unless replaced after ``--``: the protocol of the first UTS run whose
@@ -75,19 +75,11 @@ def summarize(runs: dict[str, list[dict]]) -> str:
         cells += [mean_std_cell([r["probes"][key] for r in runs[system]]) for system in systems]
         rows.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
 
-    # Out of domain in one number: the mean accuracy over the attribute tasks (every task but events).
-    def attributes(probes: dict) -> float:
-        return float(np.mean([v for k, v in probes.items() if k.endswith("/probe_accuracy")]))
-
-    chance = [
-        np.mean([v for k, v in r["probes"].items() if k.endswith("/chance_accuracy")])
-        for r in runs[systems[0]]
-    ]
-    cells = [
-        mean_std_cell(chance),
-        mean_std_cell([attributes(r["probes_at_initialisation"]) for r in runs[systems[0]]]),
-    ]
-    cells += [mean_std_cell([attributes(r["probes"]) for r in runs[system]]) for system in systems]
+    chance = [mean_attribute_accuracy(r["probes"], "chance") for r in runs[systems[0]]]
+    initial = [mean_attribute_accuracy(r["probes_at_initialisation"]) for r in runs[systems[0]]]
+    cells = [mean_std_cell(chance), mean_std_cell(initial)]
+    for system in systems:
+        cells.append(mean_std_cell([mean_attribute_accuracy(r["probes"]) for r in runs[system]]))
     rows.append("| attributes (mean of the tasks above) | accuracy | " + " | ".join(cells) + " |")
     # Per system: on how many attribute tasks its mean accuracy beats the initialisation's and the ontology's.
     tasks = [k for k in first if k.endswith("/probe_accuracy")]
