@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def run_recipe(
         run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         subprocess.run(command, check=True, cwd=ROOT, env=run_env)
     data = json.loads(results.read_text())
+    _check_same_run(output_dir, args)
     if archive is not None:
         # The run's training summary (time, last logged loss, command) goes with its results.
         train = output_dir / "train_results.json"
@@ -59,6 +61,24 @@ def run_recipe(
         archive.parent.mkdir(parents=True, exist_ok=True)
         archive.write_text(json.dumps(data, indent=1) + "\n")
     return data
+
+
+def _check_same_run(output_dir: Path, args: list[str]) -> None:
+    """Refuse results that an earlier run with other arguments left in ``output_dir`` (a sweep of another
+    protocol in the same work dir): archiving them would file one protocol's numbers under another's."""
+    train = output_dir / "train_results.json"
+    command = json.loads(train.read_text()).get("training_command") if train.exists() else None
+    if not command:
+        return
+    recorded = shlex.split(command)[2:]  # less the interpreter and the recipe
+    if "--output_dir" in recorded:
+        at = recorded.index("--output_dir")
+        del recorded[at : at + 2]
+    if recorded != list(args):
+        raise RuntimeError(
+            f"{output_dir} holds a run with other arguments ({' '.join(recorded)}), not {' '.join(args)}: "
+            "give another --work_dir or remove that folder"
+        )
 
 
 def cpu_run(recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json") -> float:

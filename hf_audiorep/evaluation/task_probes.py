@@ -102,9 +102,9 @@ def _chance(train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, fl
     """The trivial baseline: a constant score (mAP = mean test prevalence of the classes with a positive)
     and, for single-label targets, always predicting the most frequent train class."""
     if test_targets.ndim == 1:
-        classes = int(max(train_targets.max(), test_targets.max())) + 1
-        majority = np.bincount(train_targets, minlength=classes).argmax()
-        prevalence = np.bincount(test_targets, minlength=classes) / len(test_targets)
+        majority = np.bincount(train_targets).argmax()
+        # Classes absent from the test split have no AP, so they are left out of the constant's mAP.
+        prevalence = np.bincount(test_targets) / len(test_targets)
         return {
             "chance_mAP": float(prevalence[prevalence > 0].mean()),
             "chance_accuracy": float(np.mean(test_targets == majority)),
@@ -136,7 +136,11 @@ def probe_tasks(
         splits: ``{"train": Dataset, "test": Dataset}``, map-style, with the tasks' label columns (the
             ``events`` task reads the dataset's own labels).
         tasks: e.g. :func:`corpus_probe_tasks`.
-        train_clips, test_clips: the first this many clips of each split (all when None).
+        batch_size: clips per encoder call.
+        clip_seconds: every clip is cropped or zero-padded to this length at the feature extractor's
+            ``sampling_rate`` (default: AudioSet's 10 s).
+        train_clips, test_clips: the first this many clips of each split (all when None); only the
+            batches that hold them are decoded and encoded.
 
     Returns:
         ``{"<task>/probe_mAP", "<task>/probe_accuracy" (single-label), "<task>/probe_num_clips", ...}``:

@@ -16,6 +16,7 @@ import argparse
 import configparser
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -176,6 +177,14 @@ def run_target(
     module = target["module"]
     workdir = BUILD / slug(module)
     rerun = [s["name"] for s in previous["survivors"]] if previous else []
+    digest = hashlib.sha1((ROOT / module).read_bytes()).hexdigest()
+    if rerun and previous.get("module_sha1", digest) != digest:
+        # mutmut numbers a function's mutants in order: after an edit the old names point at other mutants.
+        print(
+            f"== {module}: changed since the run of {previous['date']}, so its survivors' names no longer "
+            "name the same mutants; run it again without --survivors"
+        )
+        return previous
     print(
         f"== {module}"
         + (f" (again: the {len(rerun)} mutants not killed on {previous['date']})" if rerun else "")
@@ -213,6 +222,10 @@ def run_target(
         # Killed in the full run stay killed; the rerun decides the others.
         # A mutant the new tests do not reach keeps its old status ("survived" stays "survived").
         before = {s["name"]: s["status"] for s in previous["survivors"]}
+        gone = [n for n in rerun if n not in status_by_name]
+        if gone:
+            print(f"   {len(gone)} survivors no longer exist (the module changed): rerun without --survivors")
+            return previous
         fresh = {n: before[n] if status_by_name[n] == "no_tests" else status_by_name[n] for n in rerun}
         status_by_name = dict.fromkeys(status_by_name, "killed") | fresh
         killed_before = previous["killed"] + previous["timeout"]
@@ -223,6 +236,7 @@ def run_target(
         "date": dt.date.today().isoformat(),
         "wall_seconds": round(wall),
         "finished_at": time.time(),
+        "module_sha1": digest,
         **summarise(status_by_name, workdir, module),
         "seconds_per_mutant": round(1 / float(rate[-1]), 1) if rate and float(rate[-1]) else None,
     }
