@@ -1,6 +1,7 @@
-"""Why does CAT's bootstrap lose information at CPU scale? Measure it, one candidate at a time.
+"""Why does CAT's (or BAT's) bootstrap lose information at CPU scale? Measure it, one candidate at a time.
 
-Trains a `CATForPreTraining` (default ``cat-small``) on the embedded corpus with the library's own pieces --
+Trains the pre-training model of a bootstrap preset (`CATForPreTraining` for the default ``cat-small``,
+`BATForPreTraining` for ``bat-small``) on the embedded corpus with the library's own pieces --
 `build_ema_teacher`, `BootstrapPretrainingStep.teacher_targets`, the model's losses, AdamW + warm-up +
 cosine and gradient clipping as `recipes/pretrain_cat.py` sets them -- but on features computed once, so
 one configuration takes minutes. Every ``--every`` steps it prints, on a fixed set of test clips:
@@ -12,12 +13,19 @@ one configuration takes minutes. Every ``--every`` steps it prints, on a fixed s
   principal component;
 - the share of the targets' variance that depends on the patch position only (the same in every clip);
 - the clip-level (CLS) target: its norm against the norm of a patch target, and its spread over clips;
-- the patch and CLS losses and the gradient norm each alone puts on the encoder.
+- the patch and CLS losses and the gradient norm each alone puts on the encoder;
+- whether the decoder uses the encoder at all: on the test clips with one fixed mask, the patch loss of the
+  decoder given the encoder's output, given zeros in its place (what the decoder predicts from the mask and
+  its own positions alone), and the loss of the best position-only prediction (each patch position's mean
+  target over the clips) -- a decoder whose loss is that of the zeros has learned the targets' positional
+  part without the encoder.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/diag_bootstrap.py --steps 200 --every 50
-    OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/diag_bootstrap.py --cls_rr_reduction mean
+    OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/diag_bootstrap.py --set cls_rr_reduction=mean
+    OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/diag_bootstrap.py --preset bat-small \
+        --set decoder_type=transformer
 
-Any CATConfig field can be overridden with ``--set name=value`` (e.g. ``--set ema_decay=0.999``).
+Any field of the preset's config can be overridden with ``--set name=value`` (e.g. ``--set ema_decay=0.999``).
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from transformers import get_cosine_schedule_with_warmup, set_seed
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.evaluation.linear_probe import linear_probe
-from hf_audiorep.modeling import AudioFbankFeatureExtractor, CATForPreTraining
+from hf_audiorep.modeling import AudioFbankFeatureExtractor, BATConfig, BATForPreTraining, CATForPreTraining
+from hf_audiorep.modeling._bootstrap import compute_block_mask_2d
+from hf_audiorep.modeling._layers import masked_mean
 from hf_audiorep.objectives import BootstrapPretrainingStep, build_ema_teacher
 from hf_audiorep.training import TrainingArguments
 
@@ -99,8 +109,34 @@ def probe(encoder, train, test) -> dict[str, float]:
     return results
 
 
+@torch.no_grad()
+def decoder_use(model, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Patch losses (the model's formula) on one fixed mask: the decoder given the encoder's output, given
+    zeros instead, and the best prediction from the patch position alone."""
+    config, was = model.config, model.training
+    model.eval()
+    grid_t, grid_f = model.grid_shape(inputs.shape[-2])
+    generator = torch.Generator().manual_seed(1234)
+    mask = compute_block_mask_2d(
+        len(inputs), grid_t, grid_f, config.mask_ratio, config.mask_length, config.mask_prob_adjust, generator
+    )
+    encoded = model.base_model(inputs, mask=mask).last_hidden_state
+    weights, scale = mask.float(), config.hidden_size**-0.5
+
+    def loss(predictions: torch.Tensor) -> float:
+        return float(masked_mean((predictions.float() - targets).pow(2).sum(-1) * scale, weights))
+
+    row = {
+        "decoder_loss": loss(model.decoder(encoded, mask, grid_t, None)),
+        "decoder_loss_encoder_zeroed": loss(model.decoder(torch.zeros_like(encoded), mask, grid_t, None)),
+        "position_only_loss": loss(targets.mean(0, keepdim=True).expand_as(targets)),
+    }
+    model.train(was)
+    return row
+
+
 def grad_norm(model, loss: torch.Tensor) -> float:
-    params = [p for p in model.cat.parameters() if p.requires_grad]
+    params = [p for p in model.base_model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return float(torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None)))
 
@@ -140,7 +176,7 @@ def main() -> None:
     print(f"features: {len(train[0])} train, {len(test[0])} test clips ({time.perf_counter() - start:.0f} s)")
 
     set_seed(args.seed)
-    model = CATForPreTraining(config)
+    model = (BATForPreTraining if isinstance(config, BATConfig) else CATForPreTraining)(config)
     teacher = build_ema_teacher(model)
     step = BootstrapPretrainingStep(feature_extractor, teacher)
     decay, no_decay = [], []
@@ -156,8 +192,9 @@ def main() -> None:
     history = []
 
     def measure(global_step: int, logs: dict) -> None:
-        row = {"step": global_step, **logs, **probe(model.cat, probe_train, test)}
+        row = {"step": global_step, **logs, **probe(model.base_model, probe_train, test)}
         targets = step.teacher_targets(test[0][:64], None)
+        row.update(decoder_use(model, test[0][:64], targets))
         row.update({f"target_{k}": v for k, v in collapse(targets.reshape(-1, targets.shape[-1])).items()})
         # Positional collapse: the share of the targets' variance that is the same in every clip (a function
         # of the patch position only), which instance normalisation over time does not prevent.
