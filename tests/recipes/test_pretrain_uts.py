@@ -126,3 +126,17 @@ def test_every_attribute_task_is_a_probe_task(recipe):
     from hf_audiorep.evaluation import corpus_probe_tasks
 
     assert [task.name for task in corpus_probe_tasks()] == ["events", *ATTRIBUTE_TASKS]
+
+
+def test_the_default_optimizer_is_the_measured_one_and_scaled_adam_is_one_flag_set_away(recipe, tmp_path):
+    # AdamW 2e-3 + cosine + clipping at 1 won the 3-seed comparison (docs/benchmarks.md); ScaledAdam clips
+    # by itself, so asking for it while the clipping default stands is an error that says what to pass.
+    defaults = recipe.UTSTrainingArguments(output_dir=str(tmp_path))
+    assert (defaults.optimizer, defaults.lr_scheduler) == ("adamw", "cosine")
+    assert (defaults.learning_rate, defaults.max_grad_norm) == (2e-3, 1.0)
+    with pytest.raises(ValueError, match="max_grad_norm 0 with optimizer scaled_adam"):
+        recipe.main(_args(tmp_path, optimizer="scaled_adam", lr_scheduler="eden", learning_rate=0.045))
+    scaled = recipe.UTSTrainingArguments(
+        output_dir=str(tmp_path), optimizer="scaled_adam", lr_scheduler="eden", max_grad_norm=0
+    )
+    assert scaled.max_grad_norm is None
