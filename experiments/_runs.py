@@ -70,7 +70,10 @@ def _check_same_run(output_dir: Path, args: list[str]) -> None:
     command = json.loads(train.read_text()).get("training_command") if train.exists() else None
     if not command:
         return
-    recorded = shlex.split(command)[2:]  # less the interpreter and the recipe
+    words = shlex.split(command)
+    # The arguments after the recipe's path, however it was launched (python, accelerate launch, ...).
+    recipe_at = next((i for i, word in enumerate(words) if word.endswith(".py")), len(words))
+    recorded = words[recipe_at + 1 :]
     if "--output_dir" in recorded:
         at = recorded.index("--output_dir")
         del recorded[at : at + 2]
