@@ -345,6 +345,17 @@ def _stats(values) -> dict:
     }
 
 
+def _top_tags(tag_system: TagSystem, n: int) -> list[dict]:
+    # A tag system read from a bare label file has no df or scores: its tags are listed without them.
+    names = tag_system.names[:n]
+    df = tag_system.df[:n] if tag_system.df is not None else (None,) * len(names)
+    scores = tag_system.scores[:n] if tag_system.scores is not None else (None,) * len(names)
+    return [
+        {"tag": t, "df": d, "score": None if s is None else round(s, 4)}
+        for t, d, s in zip(names, df, scores, strict=True)
+    ]
+
+
 def _summary(tagged: TaggedClips, tag_system: TagSystem, indices, kept) -> dict:
     total = sum(len(t) for t in tagged.tags)
     covered = sum(len(i) for i in indices)
@@ -360,9 +371,6 @@ def _summary(tagged: TaggedClips, tag_system: TagSystem, indices, kept) -> dict:
         "labels_per_kept_clip": _stats(len(indices[i]) for i in kept),
         "vocabulary_df": _stats(tag_system.df or ()),
         "tag_occurrences_in_vocabulary": round(covered / total, 4) if total else 0.0,
-        "top_tags": [
-            {"tag": t, "df": d, "score": round(s, 4)}
-            for t, d, s in zip(tag_system.names[:30], tag_system.df[:30], tag_system.scores[:30], strict=True)
-        ],
+        "top_tags": _top_tags(tag_system, 30),
         "source": tagged.source,
     }
