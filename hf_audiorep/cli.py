@@ -1,5 +1,5 @@
-"""The ``hf-audiorep`` command: tag audio files, inspect a saved model, build a tag vocabulary, evaluate an
-encoder few-shot, export a classifier to ONNX (and int8) for devices."""
+"""The ``hf-audiorep`` command: tag or caption audio files, inspect a saved model, build a tag vocabulary,
+evaluate an encoder few-shot, export a classifier to ONNX (and int8) for devices."""
 
 from __future__ import annotations
 
@@ -93,6 +93,122 @@ def _cmd_tag(args) -> int:
         _report(path, result, duration, args)
     if failed:
         print(f"{failed} of {len(args.files)} file(s) could not be tagged", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _is_captioner(config) -> bool:
+    # The saved architecture says what the weights are; a config without one (written by hand) is a
+    # captioner when it describes a decoder.
+    if config.architectures:
+        return any(
+            name.endswith(("ForConditionalGeneration", "ForSpeechSeq2Seq")) for name in config.architectures
+        )
+    return getattr(config, "decoder_config", None) is not None
+
+
+def _load_captioner(model_dir: str, device: str):
+    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    import hf_audiorep  # noqa: F401  (registers the Auto classes)
+
+    from .hub_errors import translate_hub_errors
+
+    _check_model_path(model_dir)
+    try:
+        with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
+            config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:  # a directory without a (valid) config.json
+        raise SystemExit(f"hf-audiorep caption: error: cannot load a model from {model_dir}: {err}") from None
+    if not _is_captioner(config):
+        kind = ", ".join(config.architectures or [config.model_type])
+        # Loading it anyway would give a decoder of random weights: refuse, naming what the model is.
+        raise SystemExit(
+            f"hf-audiorep caption: error: {model_dir} ({kind}) has no caption decoder: it is not a captioner "
+            "(an audio-to-text model such as ZipformerForConditionalGeneration); tag with hf-audiorep tag"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(model_dir)
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_dir).to(device).eval()
+    except (OSError, ValueError) as err:  # missing weights or processor files, an unknown architecture
+        raise SystemExit(
+            f"hf-audiorep caption: error: cannot load the captioner in {model_dir}: {err}"
+        ) from None
+    if not callable(getattr(processor, "batch_decode", None)):
+        raise SystemExit(
+            f"hf-audiorep caption: error: {model_dir} has no tokenizer to turn tokens into text: save the "
+            "captioner's processor (feature extractor and tokenizer) with it"
+        )
+    return model, processor
+
+
+def _read_for_caption(path, sampling_rate: int, max_seconds: float | None):
+    """A file's waveform (its first ``max_seconds`` only, when given, without decoding the rest) and its
+    duration in seconds."""
+    from .data.audio_file import read_head
+    from .data.decode import decode_audio
+    from .evaluation.captioning import check_captionable
+
+    if max_seconds is None:
+        waveform = decode_audio(path, sampling_rate)
+        duration = len(waveform) / sampling_rate
+    else:
+        waveform, duration = read_head(path, sampling_rate, max_seconds)
+    return check_captionable(waveform, sampling_rate), duration
+
+
+def _cmd_caption(args) -> int:
+    from .evaluation.captioning import caption_waveforms
+
+    model, processor = _load_captioner(args.model, args.device)
+    if args.parallel and not callable(getattr(model, "parallel_generate", None)):
+        raise SystemExit(
+            f"hf-audiorep caption: error: {type(model).__name__} has no parallel (PAR) decoder; "
+            "drop --parallel"
+        )
+    fe = processor.feature_extractor
+    sampling_rate = fe.sampling_rate
+    # The encoder takes at most config.max_length frames: a longer file is captioned from its start, and only
+    # that much of it is decoded, so an hour-long file costs what the encoder reads.
+    longest = model.config.max_length * getattr(fe, "frame_shift_ms", 10.0) / 1000
+    max_seconds = longest if args.max_seconds is None else min(args.max_seconds, longest)
+    failed = 0
+    for start in range(0, len(args.files), args.batch_size):
+        batch = []
+        for path in args.files[start : start + args.batch_size]:
+            # One bad file never sinks the batch: it gets a one-line error and the next file is read.
+            try:
+                batch.append((path, *_read_for_caption(path, sampling_rate, max_seconds)))
+            except (OSError, ValueError) as err:  # missing, not audio, damaged, too short
+                message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                failed += 1
+        captions = caption_waveforms(
+            model,
+            processor,
+            [waveform for _, waveform, _ in batch],
+            parallel=args.parallel,
+            max_new_tokens=args.max_new_tokens,
+        )
+        for (path, _, duration), caption in zip(batch, captions, strict=True):
+            notices = []
+            if duration > max_seconds:
+                why = "--max_seconds" if max_seconds == args.max_seconds else "the encoder's limit"
+                notices.append(f"only the first {max_seconds:g} s of {duration:.1f} s were captioned ({why})")
+            if args.json:
+                record = {
+                    "file": str(path),
+                    "seconds": round(duration, 3),
+                    "caption": caption,
+                    "notices": notices,
+                }
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+                continue
+            print(f"{path}: {caption}")
+            for notice in notices:
+                print(f"  note: {notice}")
+            sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) could not be captioned", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -553,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per tagged file (errors go to stderr)"
     )
     tag.set_defaults(func=_cmd_tag)
+    _add_caption(sub)
     info = sub.add_parser("info", help="describe a saved model directory")
     info.add_argument("model")
     info.set_defaults(func=_cmd_info)
@@ -568,6 +685,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_few_shot(sub)
     _add_export(sub)
     return parser
+
+
+def _add_caption(sub) -> None:
+    caption = sub.add_parser(
+        "caption",
+        help="print a caption of each audio file, written by a saved captioner",
+        description="Caption audio files with a saved audio-to-text model (a "
+        "ZipformerForConditionalGeneration directory with its processor): autoregressive decoding (greedy, "
+        "the model's generation config) or, with --parallel, one parallel (PAR) pass. Files are decoded, "
+        "mixed to mono and resampled to the model's rate, then captioned --batch_size at a time. A file that "
+        "cannot be read gets a one-line error and the others are still captioned; the exit status is 1 if "
+        "any failed.",
+    )
+    caption.add_argument("model", help="a saved captioner directory (or a Hub id when online)")
+    caption.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3, M4A, ...)")
+    caption.add_argument(
+        "--parallel",
+        action="store_true",
+        help="parallel (PAR) decoding: every token in one pass, instead of one token at a time",
+    )
+    caption.add_argument(
+        "--max_new_tokens",
+        type=_positive(int),
+        default=None,
+        help="caption length limit in tokens (default: the model's; 64 for --parallel)",
+    )
+    caption.add_argument(
+        "--batch_size", type=_positive(int), default=8, help="files captioned together (default: 8)"
+    )
+    caption.add_argument(
+        "--max_seconds",
+        type=_positive(float),
+        default=None,
+        help="caption only the first N seconds of each file (default and at most: what the encoder takes in "
+        "one pass, config.max_length frames: 30 s for the UTS Zipformer)",
+    )
+    caption.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    caption.add_argument(
+        "--json", action="store_true", help="one JSON object per captioned file (errors go to stderr)"
+    )
+    caption.set_defaults(func=_cmd_caption)
 
 
 def _add_build_tags(sub) -> None:

@@ -294,6 +294,17 @@ def _architecture_of(model_dir: Path) -> tuple[dict[str, Any], Architecture]:
         raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
 
 
+#: config fields holding a model's text part; a config that has them, all unset, is an audio-only checkpoint
+#: of a family with text (a UTS encoder or tagger), published without a processor
+TEXT_SUBCONFIGS = ("decoder_config", "text_config")
+
+
+def _audio_only(model_dir: Path) -> bool:
+    config = _read_json(model_dir / "config.json")
+    fields = [name for name in TEXT_SUBCONFIGS if name in config]
+    return bool(fields) and all(config[name] is None for name in fields)
+
+
 def _text_processing(
     model_dir: Path,
     architecture: Architecture,
@@ -301,7 +312,8 @@ def _text_processing(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> ProcessorMixin | PreTrainedTokenizerBase | None:
     """The processor (or, for a family with a tokenizer only, the tokenizer) to publish beside the model:
-    the one given, else the one saved in ``model_dir``; None for a family without text."""
+    the one given, else the one saved in ``model_dir``; None for a family without text, and for an
+    audio-only checkpoint of a family with text when none was given or saved (`_audio_only`)."""
     kind = "processor" if architecture.processor is not None else "tokenizer"
     cls = getattr(architecture, kind)
     for name, value in (("processor", processor), ("tokenizer", tokenizer)):
@@ -316,6 +328,8 @@ def _text_processing(
     given = processor if kind == "processor" else tokenizer
     if given is None:
         saved = model_dir / f"{kind}_config.json"  # what save_pretrained writes for either
+        if not saved.is_file() and _audio_only(model_dir):
+            return None
         if not saved.is_file():
             raise ValueError(
                 f"{model_dir} has no {saved.name}: save the {cls.__name__} next to the model "
@@ -427,6 +441,10 @@ def prepare_repo(
         _save_text_processing(out, architecture, text_processing, preprocessor)
 
     shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
+    # A generating model's decoding settings (its start token, length limit): without them transformers
+    # rebuilds them from config.json, which holds none of the decoder's.
+    if (model_dir / "generation_config.json").is_file():
+        shutil.copy2(model_dir / "generation_config.json", out / "generation_config.json")
     for source in remote_code_files(*architecture.classes):
         shutil.copy2(source, out / source.name)
 

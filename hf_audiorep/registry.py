@@ -19,6 +19,7 @@ from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
     AutoModelForPreTraining,
+    AutoModelForSpeechSeq2Seq,
     AutoProcessor,
     AutoTokenizer,
     PreTrainedModel,
@@ -40,6 +41,8 @@ from .modeling.modeling_beats import BEATsForAudioClassification, BEATsModel
 from .modeling.modeling_cat import CATForAudioClassification, CATForPreTraining, CATModel
 from .modeling.modeling_cp_mobile import CPMobileForAudioClassification, CPMobileModel
 from .modeling.modeling_zipformer import ZipformerForAudioClassification, ZipformerModel
+from .modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration
+from .modeling.processing_zipformer import ZipformerProcessor
 
 __all__ = [
     "ARCHITECTURES",
@@ -224,9 +227,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         name="zipformer",
         config_class=ZipformerConfig,
         base_model=ZipformerModel,
-        heads={AutoModelForAudioClassification: ZipformerForAudioClassification},
+        heads={
+            AutoModelForAudioClassification: ZipformerForAudioClassification,
+            AutoModelForSpeechSeq2Seq: ZipformerForConditionalGeneration,
+        },
         feature_extractor=ZipformerFbankFeatureExtractor,
         presets=ZIPFORMER_PRESETS,
+        processor=ZipformerProcessor,
         lora_target_modules=ZIPFORMER_LORA_TARGETS,
         card_notes=(
             "The Zipformer encoder of UTS, ported from icefall's Zipformer2 and checked against it "

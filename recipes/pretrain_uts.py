@@ -42,6 +42,7 @@ gives the encoder.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, prob
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
+from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
 from hf_audiorep.objectives import (
     AugmentationArguments,
     SupervisedClassificationStep,
@@ -68,15 +70,27 @@ from hf_audiorep.objectives import (
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
+from hf_audiorep.uts_text_recipe import (
+    TEXT_OBJECTIVES,
+    UTSTextArguments,
+    batch_text,
+    build_text_model,
+    evaluate_text_model,
+    tags_text,
+    text_step,
+    text_tokenizer,
+)
 
 logger = logging.getLogger("pretrain_uts")
 
-OBJECTIVES = ("mtc",)
+OBJECTIVES = ("mtc", *TEXT_OBJECTIVES)
 LABEL_SYSTEMS = ("tags", "ontology")
 #: the label column the mined tags are written to (the corpus's own `labels` are the ontology's)
 TAG_LABEL_COLUMN = "tag_labels"
-#: records of a streamed train split read for the label prior
+#: records of a streamed train split read for the label prior (and the captions of an offline tokenizer)
 PRIOR_RECORDS = 10_000
+#: the test split's column of each clip's text (caption or tags) for the text objectives' evaluation
+TEXT_COLUMN = "uts_text"
 
 
 @dataclass
@@ -96,7 +110,9 @@ class ModelArguments:
 @dataclass
 class UTSArguments:
     objective: str = "mtc"
-    """mtc: multi-label tagging with BCE on the label system (per-frame logits averaged over valid frames)"""
+    """mtc: multi-label tagging with BCE on the label system (per-frame logits averaged over valid frames);
+    ar: captioning, teacher-forced; par: parallel decoding (all-mask decoder input, bidirectional);
+    contrastive: symmetric InfoNCE against a text encoder; multitask: mtc + λ (0.25 ar + 0.75 par)"""
     labels: str = "tags"
     """tags: a vocabulary mined from the captions (UTS); ontology: the dataset's own labels (the baseline)"""
     vocabulary_size: int = 100
@@ -185,7 +201,8 @@ def _tag_system(uts_args: UTSArguments, source, is_main: bool):
     return result.tag_system, load_audio_source(result.dataset, label_column=TAG_LABEL_COLUMN), summary
 
 
-def _model(model_args: ModelArguments, label_names, id2label=None):
+def _labels(label_names, id2label, model_args: ModelArguments) -> dict:
+    """The config fields of the run's label system (the MTC head's outputs)."""
     id2label = id2label or dict(enumerate(label_names))
     labels = {
         "num_labels": len(id2label),
@@ -195,6 +212,10 @@ def _model(model_args: ModelArguments, label_names, id2label=None):
     }
     if model_args.classifier_norm is not None:
         labels["classifier_norm"] = model_args.classifier_norm
+    return labels
+
+
+def _model(model_args: ModelArguments, labels: dict):
     if model_args.model_name_or_path:
         return AutoModelForAudioClassification.from_pretrained(
             model_args.model_name_or_path, ignore_mismatched_sizes=True, **labels
@@ -250,21 +271,59 @@ def _report(initial: dict, final: dict) -> str:
     return "\n".join(rows)
 
 
+def _training_texts(source, caption_column: str, label_names) -> list[str]:
+    """What a tokenizer trained offline learns its vocabulary from: the train split's captions (the first
+    records of a stream) and the label names."""
+    texts = list(label_names)
+    if caption_column in (source.dataset.column_names or ()):
+        records = source.dataset.select_columns([caption_column])
+        texts += [r[caption_column] for r in itertools.islice(records, PRIOR_RECORDS)]
+    return texts
+
+
+def _text_test_split(uts_args, text_args, test_source, tag_system):
+    """The test split with each clip's text in a ``uts_text`` column (its caption, or its tags in the run's
+    vocabulary), or None when there is none to evaluate on."""
+    if test_source is None:
+        return None
+    dataset = test_source.dataset
+    if text_args.text_field == "caption":
+        if uts_args.caption_column not in dataset.column_names:
+            logger.info(
+                "the test split has no %r column: no captioning or retrieval evaluation",
+                uts_args.caption_column,
+            )
+            return None
+        texts = dataset[uts_args.caption_column]
+    else:
+        names = tag_system.names if tag_system is not None else test_source.label_names
+        builder = TagSystemBuilder(uts_args.tag_extractor, caption_column=uts_args.caption_column)
+        tagged = builder.tag(dataset).tags if tag_system is not None else None
+        if tagged is None:  # ontology labels: the clip's own
+            texts = [tags_text([names[i] for i in sorted(ids)]) for ids in dataset[test_source.label_column]]
+        else:
+            texts = [tags_text([n for n in names if n in set(tags)]) for tags in tagged]
+    return dataset.add_column(TEXT_COLUMN, [str(t) for t in texts])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = RecipeArgumentParser(
-        (ModelArguments, UTSArguments, UTSProbeArguments, DataArguments, UTSAugmentationArguments,
-         UTSTrainingArguments)
+        (ModelArguments, UTSArguments, UTSTextArguments, UTSProbeArguments, DataArguments,
+         UTSAugmentationArguments, UTSTrainingArguments)
     )  # fmt: skip
-    model_args, uts_args, probe_args, data_args, aug_args, train_args = parser.parse_args_into_dataclasses(
-        args=argv
+    model_args, uts_args, text_args, probe_args, data_args, aug_args, train_args = (
+        parser.parse_args_into_dataclasses(args=argv)
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     state = PartialState(cpu=train_args.cpu)
+    objective = uts_args.objective
+    text_objective = objective in TEXT_OBJECTIVES
     # Mined tags discard the eval and test splits (their labels are not tags), so a local dataset's are not
     # even read: their free-string labels would otherwise have to be the train split's.
     only_train = uts_args.labels == "tags" and data_args.dataset != EMBEDDED
     sources = load_sources(data_args, ("train",) if only_train else ("train", "eval", "test"))
     probe = _probe(probe_args, data_args, sources)  # before the train split is relabelled with tags
+    test_source = sources.get("test")
     tag_summary = None
     if uts_args.labels == "tags":
         tag_system, sources["train"], tag_summary = _tag_system(
@@ -276,20 +335,53 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         tag_system = None
         label_names, id2label = sources["train"].label_names, None
+    feature_extractor = ZipformerFbankFeatureExtractor()
+    tokenizer = None
+    if text_objective:
+        # Trained on the captions when the reference tokenizer is unreachable: the same on every rank.
+        tokenizer = text_tokenizer(
+            objective, text_args, _training_texts(sources["train"], uts_args.caption_column, label_names)
+        )
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
-    model = _model(model_args, label_names, id2label)
+    labels = _labels(label_names, id2label, model_args)
+    if text_objective:
+        model = build_text_model(
+            objective,
+            text_args,
+            tokenizer,
+            preset=model_args.preset,
+            model_name_or_path=model_args.model_name_or_path,
+            labels=labels,
+        )
+    else:
+        model = _model(model_args, labels)
     # A stream may never end: its label prior is read from its first records.
     prior_records = PRIOR_RECORDS if sources["train"].is_streaming else None
     frequencies = label_frequencies(sources["train"], max_records=prior_records)
-    if model_args.prior_bias_init and not model_args.model_name_or_path:
+    has_tag_head = objective in ("mtc", "multitask")
+    if has_tag_head and model_args.prior_bias_init and not model_args.model_name_or_path:
         init_bias_from_prior(model, frequencies)
-    feature_extractor = ZipformerFbankFeatureExtractor()
     stream = StreamFactory.for_process(sources, data_args, train_args, feature_extractor.sampling_rate, state)
-    step = SupervisedClassificationStep(feature_extractor, aug_args)
+    if text_objective:
+        step = text_step(
+            objective,
+            text_args,
+            feature_extractor,
+            aug_args,
+            tokenizer,
+            batch_text(text_args.text_field, uts_args.caption_column, label_names),
+        )
+        extra_columns = (uts_args.caption_column,) if text_args.text_field == "caption" else ()
+    else:
+        step, extra_columns = SupervisedClassificationStep(feature_extractor, aug_args), ()
     loop = TrainLoop(
-        train_args, model, stream("train", train=True), step, feature_extractor=feature_extractor
+        train_args,
+        model,
+        stream("train", train=True, extra_columns=extra_columns),
+        step,
+        feature_extractor=feature_extractor,
     )
-    if "eval" in sources:
+    if "eval" in sources and not text_objective:
         loop.eval_fn = lambda m: evaluate_classifier(
             m, stream("eval", False), feature_extractor, loop.accelerator
         )
@@ -297,20 +389,39 @@ def main(argv: list[str] | None = None) -> dict:
     summary = loop.run()
 
     results: dict = {
-        "objective": uts_args.objective,
+        "objective": objective,
         "labels": uts_args.labels,
         "num_labels": len(label_names),
         # what the training loss is read against: a run that ends here learned the label frequencies only
         "label_prior_bce": prior_only_bce(frequencies),
     }
+    if text_objective:
+        results["text_field"] = text_args.text_field
     if tag_summary is not None:
         results["tag_system"] = tag_summary
-    if "test" in sources:
+    if "test" in sources and not text_objective:
         results.update(
             evaluate_classifier(
                 loop.model, stream("test", False), feature_extractor, loop.accelerator, "test_"
             )
         )
+    if text_objective and loop.accelerator.is_main_process:
+        test_split = _text_test_split(uts_args, text_args, test_source, tag_system)
+        if test_split is not None:
+            results.update(
+                evaluate_text_model(
+                    objective,
+                    text_args,
+                    loop.accelerator.unwrap_model(loop.model),
+                    feature_extractor,
+                    tokenizer,
+                    test_split,
+                    text_column=TEXT_COLUMN,
+                    label_names=test_source.label_names,
+                    clip_seconds=data_args.resolve_clip_seconds(),
+                    progress=not train_args.disable_progress_bar,
+                )
+            )
     if probe is not None:
         final = probe(loop.model, feature_extractor)
         results.update({"probes": final, "probes_at_initialisation": initial})
@@ -320,6 +431,11 @@ def main(argv: list[str] | None = None) -> dict:
     if loop.accelerator.is_main_process:
         if tag_system is not None:
             tag_system.save(train_args.output_dir)
+        if tokenizer is not None:
+            # With the model: AutoProcessor gives its fbank front end and the tokenizer it was trained with.
+            ZipformerProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(
+                train_args.output_dir
+            )
         write_json_atomic(Path(train_args.output_dir, "eval_results.json"), results)
     push_run(train_args)  # after eval_results.json is written
     loop.finish()

@@ -4,6 +4,13 @@ open-set evaluation (`few_shot`: N-way K-shot episodes on held-out classes)."""
 
 from pathlib import Path
 
+from .captioning import (
+    BLEU_METRIC_PATH,
+    CIDER_METRIC_PATH,
+    caption_metrics,
+    evaluate_captioning,
+    generate_captions,
+)
 from .cost import model_cost
 from .few_shot import (
     FEW_SHOT_METHODS,
@@ -31,23 +38,26 @@ from .probing import (
     evaluate_probe,
     train_probe,
 )
+from .retrieval import embed_audio_text, retrieval_recall, zero_shot_tagging
 from .task_probes import EVENTS, ProbeTask, corpus_probe_tasks, probe_tasks
 
 #: Local path of the `evaluate` metric module: ``evaluate.load(MAP_METRIC_PATH)`` works offline.
 MAP_METRIC_PATH = str(Path(__file__).parent / "metric_modules" / "audioset_map" / "audioset_map.py")
 
 __all__ = [
-    "EVENTS",
-    "FEW_SHOT_METHODS",
-    "MAP_METRIC_PATH",
-    "PROBES",
-    "PROBE_PLOT_NAME",
+    "BLEU_METRIC_PATH",
+    "CIDER_METRIC_PATH",
     "ConvexGatedProbe",
+    "EVENTS",
     "Episode",
+    "FEW_SHOT_METHODS",
     "FeatureCache",
     "FewShotResult",
     "FewShotScore",
     "LayerFeatureEncoder",
+    "MAP_METRIC_PATH",
+    "PROBES",
+    "PROBE_PLOT_NAME",
     "ProbeArguments",
     "ProbeTask",
     "ProbedEncoder",
@@ -56,14 +66,18 @@ __all__ = [
     "build_feature_cache",
     "build_linear_probe",
     "build_probe",
+    "caption_metrics",
     "clip_labels",
     "collect_predictions",
     "corpus_probe_tasks",
+    "embed_audio_text",
+    "evaluate_captioning",
     "evaluate_classifier",
     "evaluate_probe",
     "extract_embeddings",
     "few_shot_encoder",
     "few_shot_evaluate",
+    "generate_captions",
     "linear_probe",
     "linear_probe_encoder",
     "mean_average_precision",
@@ -71,7 +85,9 @@ __all__ = [
     "plot_curves",
     "probe_report",
     "probe_tasks",
+    "retrieval_recall",
     "sample_episodes",
     "train_probe",
     "write_probe_results",
+    "zero_shot_tagging",
 ]

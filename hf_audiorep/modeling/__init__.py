@@ -8,7 +8,7 @@ from .configuration_bat import BAT_PRESETS, BATConfig
 from .configuration_beats import BEATS_PRESETS, BEATsConfig
 from .configuration_cat import CAT_PRESETS, CATConfig
 from .configuration_cp_mobile import CP_MOBILE_PRESETS, CPMobileConfig
-from .configuration_zipformer import ZIPFORMER_PRESETS, ZipformerConfig
+from .configuration_zipformer import DECODER_PRESETS, TEXT_ENCODER_PRESETS, ZIPFORMER_PRESETS, ZipformerConfig
 from .feature_extraction_base import BaseAudioFeatureExtractor
 from .feature_extraction_beats import BEATsFeatureExtractor
 from .feature_extraction_fbank import AudioFbankFeatureExtractor, ZipformerFbankFeatureExtractor, kaldi_fbank
@@ -54,6 +54,17 @@ from .modeling_zipformer import (
     ZipformerModelOutput,
     ZipformerPreTrainedModel,
 )
+from .modeling_zipformer_caption import (
+    ZipformerCaptionOutput,
+    ZipformerForConditionalGeneration,
+    init_decoder_from_bart,
+)
+from .modeling_zipformer_clap import (
+    ZipformerAudioTextOutput,
+    ZipformerForAudioTextContrastive,
+    init_text_encoder_from,
+)
+from .processing_zipformer import ZipformerProcessor
 
 __all__ = [
     "AudioFbankFeatureExtractor",
@@ -93,18 +104,27 @@ __all__ = [
     "CPMobilePreTrainedModel",
     "CP_MOBILE_PRESETS",
     "CosineClassifier",
+    "DECODER_PRESETS",
     "LogMelFeatureExtractor",
     "MultiResolutionStem",
+    "TEXT_ENCODER_PRESETS",
     "ZIPFORMER_PRESETS",
+    "ZipformerAudioTextOutput",
+    "ZipformerCaptionOutput",
     "ZipformerConfig",
     "ZipformerFbankFeatureExtractor",
     "ZipformerForAudioClassification",
+    "ZipformerForAudioTextContrastive",
+    "ZipformerForConditionalGeneration",
     "ZipformerModel",
     "ZipformerModelOutput",
     "ZipformerPreTrainedModel",
+    "ZipformerProcessor",
     "compute_block_mask_2d",
     "frames_to_patch_mask",
     "get_2d_sincos_pos_embed",
+    "init_decoder_from_bart",
+    "init_text_encoder_from",
     "kaldi_fbank",
     "make_teacher_targets",
     "stft_log_mel",

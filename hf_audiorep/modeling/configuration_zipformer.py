@@ -10,11 +10,12 @@ naming the field, as in every config of the library (`_config_checks`).
 from typing import Any, Literal, Self
 
 from huggingface_hub.dataclasses import validated_field
-from transformers.configuration_utils import PreTrainedConfig
+from transformers import BartConfig, BertConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 from ._config_checks import at_least, each, length, positive, rate, strict_config
 
-__all__ = ["ZIPFORMER_PRESETS", "ZipformerConfig"]
+__all__ = ["DECODER_PRESETS", "TEXT_ENCODER_PRESETS", "ZIPFORMER_PRESETS", "ZipformerConfig"]
 
 
 ZIPFORMER_PRESETS: dict[str, dict[str, Any]] = {
@@ -40,6 +41,34 @@ ZIPFORMER_PRESETS: dict[str, dict[str, Any]] = {
         "pos_dim": 24,
         "subsampling_channels": (8, 32, 64),
     },
+}
+
+# The text decoder of `ZipformerForConditionalGeneration` (UTS's AR / PAR captioning), as `BartConfig` fields;
+# the vocabulary and special-token ids come from the tokenizer it is built for.
+DECODER_PRESETS: dict[str, dict[str, Any]] = {
+    # BART-base's decoder geometry (facebook/bart-base), so that its weights can initialise it. Auden's
+    # caption decoder has 8 heads, sinusoidal positions and untied embeddings (architectures.md 5(a)).
+    "bart-base": {
+        "d_model": 768,
+        "decoder_layers": 6,
+        "decoder_attention_heads": 12,
+        "decoder_ffn_dim": 3072,
+        "max_position_embeddings": 1024,
+    },
+    # CPU minutes: two layers of width 128.
+    "small": {
+        "d_model": 128,
+        "decoder_layers": 2,
+        "decoder_attention_heads": 4,
+        "decoder_ffn_dim": 512,
+        "max_position_embeddings": 128,
+    },
+}
+
+# The text encoder of the contrastive model, as `BertConfig` fields (Auden's CLAP: bert-base-uncased).
+TEXT_ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "bert-base": {},
+    "small": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
 }
 
 # Fields with one entry per stack.
@@ -119,6 +148,18 @@ class ZipformerConfig(PreTrainedConfig):
             scratch otherwise fits its labels slowly at small scale (docs/benchmarks.md, "Why the UTS runs
             stayed at the label prior").
 
+    Text (UTS part 2; each unset on an encoder or a tagger):
+        decoder_config (`BartConfig` or `dict`, optional): the caption decoder of
+            `ZipformerForConditionalGeneration`, a BART decoder (`DECODER_PRESETS`: ``"bart-base"``,
+            ``"small"``); its ``vocab_size`` and special-token ids are the tokenizer's.
+        tagging_head (`bool`, defaults to `False`): `ZipformerForConditionalGeneration` also carries the MTC
+            head (``num_labels`` outputs), for multi-task pre-training.
+        text_config (`BertConfig` or `dict`, optional): the text encoder of `ZipformerForAudioTextContrastive`
+            (`TEXT_ENCODER_PRESETS`: ``"bert-base"``, ``"small"``).
+        projection_dim (`int`, defaults to 1024): the shared audio-text space (Auden's CLAP).
+        contrastive_temperature (`float`, defaults to 0.07): the InfoNCE temperature, fixed (Auden) unless
+            `learn_temperature`, when it is where the learned temperature starts.
+
     Shorthands (the names every config of the library has):
         hidden_size (`int`, optional): the output width, ``max(encoder_dim)``. Given a different value, every
             stack's `encoder_dim`, `feedforward_dim` and `encoder_unmasked_dim` are scaled by
@@ -163,6 +204,18 @@ class ZipformerConfig(PreTrainedConfig):
     classifier_norm: Literal["none", "batch"] = "none"
     hidden_size: int | None = validated_field(_positive_or_none, default=None)
     num_attention_heads: int | None = validated_field(_positive_or_none, default=None)
+    decoder_config: BartConfig | dict | None = None
+    text_config: BertConfig | dict | None = None
+    tagging_head: bool = False
+    projection_dim: int = validated_field(positive, default=1024)
+    contrastive_temperature: float | int = validated_field(positive, default=0.07)
+    learn_temperature: bool = False
+
+    # Both optional: an encoder or tagger has neither; from a dict (a saved config.json) they become configs.
+    sub_configs_defaults = {
+        "decoder_config": SubConfigSpec(BartConfig, optional=True),
+        "text_config": SubConfigSpec(BertConfig, optional=True),
+    }
 
     def __post_init__(self, **kwargs):
         # Broadcast scalars and store tuples: a loaded config then equals the one that was saved.

@@ -182,6 +182,16 @@ class ZipformerModel(ZipformerPreTrainedModel):
     zipformer-m has 65,907,959 parameters, zipformer-small 1,304,991 (see `ZIPFORMER_PRESETS`).
     """
 
+    # AutoModel on a saved captioner or contrastive model loads the encoder alone: the decoder, text tower,
+    # projections and logit scale are left out by design, not worth an "UNEXPECTED" report on every load.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^caption_decoder\.",
+        r"^enc_to_dec_proj\.",
+        r"^text_model\.",
+        r"^(audio|text)_projection\.",
+        r"^logit_scale$",
+    ]
+
     def __init__(self, config: ZipformerConfig):
         super().__init__(config)
         self.config = config
@@ -320,6 +330,27 @@ def _normalise_valid_frames(
     return normalised
 
 
+def add_mtc_head(model: nn.Module, config: ZipformerConfig) -> None:
+    """Give ``model`` Auden's MTC head as ``dropout``, ``classifier_norm`` and ``classifier`` (read by
+    `mtc_logits`): the tagger's head, and the captioner's multi-task head under the same names."""
+    model.dropout = nn.Dropout(config.classifier_dropout)
+    # Standardised frames let plain gradient steps fit the small directions that tell clips apart rather
+    # than the one large direction an untrained encoder's frames share (docs/benchmarks.md).
+    model.classifier_norm = None
+    if config.classifier_norm == "batch" and config.num_labels > 0:
+        model.classifier_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+    model.classifier = classifier_head(config)
+
+
+def mtc_logits(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Auden's MTC head on the encoder's frames: ``head.dropout`` and ``head.classifier`` on every frame
+    (after ``head.classifier_norm`` when set), logits averaged over each clip's valid frames. Shared by the
+    tagger and the captioner's multi-task head, so both read the frames the same way."""
+    if head.classifier_norm is not None:
+        frames = _normalise_valid_frames(head.classifier_norm, frames, mask)
+    return masked_mean(head.classifier(head.dropout(frames)), mask, dim=1)
+
+
 class ZipformerForAudioClassification(ZipformerPreTrainedModel):
     """Zipformer encoder + Auden's MTC head: dropout and a linear layer on every output frame, logits averaged
     over each clip's valid frames (icefall's AudioSet tagger has the same head).
@@ -333,13 +364,7 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.zipformer = ZipformerModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        # Standardised frames let plain gradient steps fit the small directions that tell clips apart rather
-        # than the one large direction an untrained encoder's frames share (docs/benchmarks.md).
-        self.classifier_norm = None
-        if config.classifier_norm == "batch" and config.num_labels > 0:
-            self.classifier_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
-        self.classifier = classifier_head(config)
+        add_mtc_head(self, config)
         self.post_init()
 
     @can_return_tuple
@@ -358,9 +383,5 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
         outputs: ZipformerModelOutput = self.zipformer(
             input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states
         )
-        frames = outputs.last_hidden_state
-        if self.classifier_norm is not None:
-            frames = _normalise_valid_frames(self.classifier_norm, frames, outputs.attention_mask)
-        frame_logits = self.classifier(self.dropout(frames))
-        logits = masked_mean(frame_logits, outputs.attention_mask, dim=1)
+        logits = mtc_logits(self, outputs.last_hidden_state, outputs.attention_mask)
         return classification_output(self, logits, labels, outputs, **kwargs)

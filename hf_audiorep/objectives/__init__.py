@@ -2,10 +2,13 @@
 
 The engine (`hf_audiorep.training`) is the same for every system; what differs between them lives here:
 supervised classification, consistency regularization, masked-autoencoder and bootstrap (EMA-teacher)
-pre-training, the losses several of them share, and frozen teachers that serve embeddings or logits.
+pre-training, UTS's text objectives (AR / PAR captioning, audio-text contrastive), the losses several of them
+share, and frozen teachers that serve embeddings or logits.
 """
 
+from .audio_text import AudioTextContrastiveStep, embedding_regularizer, symmetric_info_nce
 from .bootstrap import BootstrapPretrainingStep, build_ema_teacher
+from .captioning import CaptioningStep, caption_decoder_inputs, caption_loss
 from .classification import (
     AugmentationArguments,
     SupervisedClassificationStep,
@@ -47,42 +50,48 @@ from .masked_autoencoder import MaskedAutoencoderStep, evaluate_reconstruction
 from .teachers import TEACHER_KINDS, FrozenTeacher, clap_input_features, precompute_teacher_embeddings
 
 __all__ = [
-    "ClassifierWithProjection",
-    "ContrastiveArguments",
-    "SupConClassificationStep",
-    "TEACHER_EMBEDDING_COLUMN",
-    "DEVICE_COLUMN",
-    "TEACHER_LOGITS_COLUMN",
-    "DistillationArguments",
-    "DistillationStep",
-    "SceneAugmentationArguments",
-    "StudentWithDistillation",
-    "build_distillation_loss",
-    "TEACHER_KINDS",
+    "AudioTextContrastiveStep",
     "AugmentationArguments",
     "BootstrapPretrainingStep",
-    "ConsistencyArguments",
-    "ConsistencyClassificationStep",
-    "ContrastiveMemory",
     "CRDEmbed",
     "CRDLoss",
+    "CaptioningStep",
+    "ClassifierWithProjection",
+    "ConsistencyArguments",
+    "ConsistencyClassificationStep",
+    "ContrastiveArguments",
+    "ContrastiveMemory",
+    "DEVICE_COLUMN",
+    "DistillationArguments",
     "DistillationLoss",
     "DistillationLossOutput",
+    "DistillationStep",
     "FrozenTeacher",
     "InBatchCRDLoss",
     "MaskedAutoencoderStep",
     "ProjectionHead",
+    "SceneAugmentationArguments",
+    "StudentWithDistillation",
+    "SupConClassificationStep",
     "SupervisedClassificationStep",
+    "TEACHER_EMBEDDING_COLUMN",
+    "TEACHER_KINDS",
+    "TEACHER_LOGITS_COLUMN",
+    "build_distillation_loss",
     "build_ema_teacher",
+    "caption_decoder_inputs",
+    "caption_loss",
     "clap_input_features",
     "consistency_loss",
+    "embedding_regularizer",
     "evaluate_reconstruction",
-    "kd_loss",
     "init_bias_from_prior",
-    "prior_only_bce",
     "init_classifier_from_probe",
+    "kd_loss",
     "mixup_supcon_loss",
     "nce_loss",
     "precompute_teacher_embeddings",
+    "prior_only_bce",
+    "symmetric_info_nce",
     "waveform_features",
 ]

@@ -64,6 +64,8 @@ DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_MAX_MEGABYTES = 20.0
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
+#: the longest caption generated for a clip
+CAPTION_TOKENS = 60
 
 NO_MODEL_MESSAGE = (
     "No model is configured, so nothing can be tagged. Set the environment variable `HF_AUDIOREP_MODEL` "
@@ -158,6 +160,40 @@ def load_model(model_id: str):
     """``(model, feature_extractor)`` of a configured checkpoint, loaded once and kept (4 at most)."""
     with _load_lock:  # two first requests must not load the same weights twice
         return _load_cached(model_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_captioner_cached(model_id: str):
+    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    config = AutoConfig.from_pretrained(model_id)
+    if getattr(config, "decoder_config", None) is None:
+        return None
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(model_id)
+    return model.eval(), AutoProcessor.from_pretrained(model_id)
+
+
+def load_captioner(model_id: str):
+    """``(captioner, processor)`` when the checkpoint has a caption decoder (a UTS AR / PAR / multi-task
+    model, whose MTC head also tags), else None; loaded once and kept."""
+    with _load_lock:
+        return _load_captioner_cached(model_id)
+
+
+def _caption(model_id: str, waveform: np.ndarray) -> tuple[str, float] | None:
+    """The generated caption (AR decoding) of the clip's start, as much as the encoder takes in one pass
+    (``config.max_length`` frames), and the seconds captioned; None for a model without a decoder."""
+    from hf_audiorep.evaluation.captioning import caption_waveforms
+
+    loaded = load_captioner(model_id)
+    if loaded is None:
+        return None
+    captioner, processor = loaded
+    fe = processor.feature_extractor
+    longest = int(captioner.config.max_length * fe.frame_shift_ms / 1000 * fe.sampling_rate)
+    head = waveform[:longest]
+    caption = caption_waveforms(captioner, processor, [head], max_new_tokens=CAPTION_TOKENS)[0]
+    return caption, len(head) / fe.sampling_rate
 
 
 # ------------------------------------------------------------------------------------------- upload
@@ -280,6 +316,16 @@ def predict(
     else:
         how = f"in one pass (the model's window is {model_window_seconds(feature_extractor):.2f} s)"
     summary = f"Tagged {seconds:.1f} s with `{model_id}` {how}. {result.describe_scoring()}"
+    try:
+        captioned = _caption(model_id, waveform)
+    except (OSError, ValueError, RuntimeError) as err:  # the tags stand; say why there is no caption
+        notices.append(f"No caption: {err}")
+        captioned = None
+    if captioned is not None:
+        caption, caption_seconds = captioned
+        if caption_seconds < seconds:
+            notices.append(f"The caption describes the first {caption_seconds:.1f} s (the encoder's limit).")
+        summary = f"**Caption:** {caption or '(empty)'}\n\n{summary}"
     silent = result.silence_notice()
     if silent:
         notices.append(f"{silent[0].upper()}{silent[1:]}.")

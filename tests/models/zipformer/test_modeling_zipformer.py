@@ -19,6 +19,7 @@ from hf_audiorep.modeling._zipformer_layers import (
 )
 from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
 from hf_audiorep.modeling.modeling_zipformer import ZipformerForAudioClassification, ZipformerModel
+from hf_audiorep.modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration
 
 TINY = dict(
     num_encoder_layers=(1, 2, 1),
@@ -67,6 +68,8 @@ def build(model_class, config, seed=0):
 
 class TestZipformerModel(ModelTesterMixin):
     model_classes = (ZipformerModel, ZipformerForAudioClassification)
+    # The captioner (a seq2seq head) has its own checks in test_caption_model.py.
+    tested_elsewhere = (ZipformerForConditionalGeneration,)
     invalid_config_values = [
         ("encoder_dim", (16, 24)),  # 2 entries for 3 stacks
         ("num_heads", 0),
