@@ -166,11 +166,18 @@ def load_model(model_id: str):
 def _load_captioner_cached(model_id: str):
     from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    config = AutoConfig.from_pretrained(model_id)
+    import hf_audiorep  # noqa: F401  (registers the library's architectures with the Auto classes)
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+        trust_remote_code = False
+    except ValueError:  # as for tagging: the repository's own code, for a configured id only
+        config = AutoConfig.from_pretrained(model_id, trust_remote_code=True)
+        trust_remote_code = True
     if getattr(config, "decoder_config", None) is None:
         return None
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(model_id)
-    return model.eval(), AutoProcessor.from_pretrained(model_id)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    return model.eval(), AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
 
 
 def load_captioner(model_id: str):
