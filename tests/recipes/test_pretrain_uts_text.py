@@ -181,3 +181,17 @@ def test_parallel_decoding_prob_defaults_follow_the_objective():
         0.75,
     )
     assert UTSTextArguments(parallel_decoding_prob=0.3).parallel_prob("par") == 0.3
+
+
+def test_a_captioner_run_resumes_exactly_with_its_tied_lm_head(recipe, tmp_path):
+    # accelerate drops the LM head (tied to the token embedding) from a checkpoint: resuming must retie it.
+    from safetensors.torch import load_file
+
+    common = {"probe_tasks": "", "max_steps": 4, "checkpointing_steps": 2, "num_test_clips": 8}
+    recipe.main(_args(tmp_path / "a", "ar", **common))
+    step_2 = tmp_path / "a" / "checkpoints" / "step_2"
+    recipe.main(_args(tmp_path / "b", "ar", resume_from_checkpoint=str(step_2), **common))
+    whole, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
