@@ -23,7 +23,11 @@ from .data.text_tokenizers import DECODER_TOKENIZER, TEXT_ENCODER_TOKENIZER, loa
 from .evaluation.captioning import evaluate_captioning
 from .evaluation.retrieval import embed_audio_text, retrieval_recall, zero_shot_tagging
 from .modeling.configuration_zipformer import DECODER_PRESETS, TEXT_ENCODER_PRESETS
-from .modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration, init_decoder_from_bart
+from .modeling.modeling_zipformer_caption import (
+    ZipformerForConditionalGeneration,
+    caption_decoder_config,
+    init_decoder_from_bart,
+)
 from .modeling.modeling_zipformer_clap import ZipformerForAudioTextContrastive, init_text_encoder_from
 from .modeling.processing_zipformer import ZipformerProcessor
 from .objectives.audio_text import AudioTextContrastiveStep
@@ -182,21 +186,11 @@ def text_tokenizer(objective: str, args: UTSTextArguments, texts: Sequence[str])
     )
 
 
-def _decoder_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> dict:
+def _decoder_config(args: UTSTextArguments, encoder_preset: str, tokenizer):
     preset = _preset(args.decoder_preset, encoder_preset, DECODER_PRESETS, "small", "bart-base")
-    fields = {**DECODER_PRESETS[preset]}
     # Room for the longest target (its tokens and </s>).
-    fields["max_position_embeddings"] = max(fields["max_position_embeddings"], args.max_text_length)
-    return {
-        **fields,
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "decoder_start_token_id": tokenizer.bos_token_id,
-        "forced_eos_token_id": tokenizer.eos_token_id,
-        "mask_token_id": tokenizer.mask_token_id,
-    }
+    positions = max(DECODER_PRESETS[preset]["max_position_embeddings"], args.max_text_length)
+    return caption_decoder_config(tokenizer, preset, max_position_embeddings=positions)
 
 
 def _text_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> dict:

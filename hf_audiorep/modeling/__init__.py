@@ -57,6 +57,7 @@ from .modeling_zipformer import (
 from .modeling_zipformer_caption import (
     ZipformerCaptionOutput,
     ZipformerForConditionalGeneration,
+    caption_decoder_config,
     init_decoder_from_bart,
 )
 from .modeling_zipformer_clap import (
@@ -120,6 +121,7 @@ __all__ = [
     "ZipformerModelOutput",
     "ZipformerPreTrainedModel",
     "ZipformerProcessor",
+    "caption_decoder_config",
     "compute_block_mask_2d",
     "frames_to_patch_mask",
     "get_2d_sincos_pos_embed",

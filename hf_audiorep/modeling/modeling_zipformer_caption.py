@@ -35,6 +35,7 @@ from .modeling_zipformer import (
 __all__ = [
     "ZipformerCaptionOutput",
     "ZipformerForConditionalGeneration",
+    "caption_decoder_config",
     "default_decoder_config",
     "init_decoder_from_bart",
 ]
@@ -63,6 +64,24 @@ GEOMETRY_FIELDS = (
     "activation_function",
     "scale_embedding",
 )
+
+
+def caption_decoder_config(tokenizer, preset: str = "small", **overrides) -> BartConfig:
+    """A decoder of ``preset``'s geometry (`DECODER_PRESETS`) that reads ``tokenizer``'s ids: its vocabulary
+    size and its ``<s>`` (also the decoder's start), ``</s>``, ``<pad>`` and ``<mask>`` (PAR's input).
+    ``overrides`` are further `BartConfig` fields (``max_position_embeddings``, ``tie_word_embeddings``)."""
+    if preset not in DECODER_PRESETS:
+        raise ValueError(f"unknown decoder preset {preset!r}; available: {sorted(DECODER_PRESETS)}")
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+        "forced_eos_token_id": tokenizer.eos_token_id,
+    }
+    return BartConfig(**{**DECODER_PRESETS[preset], **ids, **overrides})
 
 
 def default_decoder_config() -> BartConfig:

@@ -7,14 +7,13 @@ import pytest
 import torch
 from datasets import Audio, Dataset
 from tagger_utils import write_clip
-from transformers import BartConfig
 
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.data.embedded.corpus import load_embedded_corpus
 from hf_audiorep.data.text_tokenizers import train_bpe_tokenizer
 from hf_audiorep.evaluation.captioning import caption_metrics, evaluate_captioning, generate_captions
-from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.modeling.configuration_zipformer import DECODER_PRESETS, ZipformerConfig
+from hf_audiorep.modeling import ZipformerFbankFeatureExtractor, caption_decoder_config
+from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
 from hf_audiorep.modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration
 from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
 
@@ -37,16 +36,7 @@ def captioner(clips):
     embedding: a tied random decoder only repeats its input token (an empty caption), an untied one writes
     tokens that depend on the audio."""
     tokenizer = train_bpe_tokenizer(clips["caption"], 300)
-    decoder = BartConfig(
-        **DECODER_PRESETS["small"],
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
-    )
+    decoder = caption_decoder_config(tokenizer, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = ZipformerForConditionalGeneration(
         ZipformerConfig.from_preset("zipformer-small", decoder_config=decoder)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from clap_model_utils import tiny_clap
 from datasets import Audio, ClassLabel, Dataset, Features, List, Value
-from transformers import BertConfig
 
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.data.text_tokenizers import train_wordpiece_tokenizer
@@ -18,8 +18,6 @@ from hf_audiorep.evaluation.retrieval import (
     zero_shot_tagging,
 )
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
-from hf_audiorep.modeling.modeling_zipformer_clap import ZipformerForAudioTextContrastive
 
 SR = 16000
 
@@ -119,35 +117,7 @@ def _tones(n: int = 6) -> Dataset:
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = train_wordpiece_tokenizer(CAPTIONS * 4 + ["the sound of number 0 1 2 3 4 5"], vocab_size=60)
-    torch.manual_seed(0)
-    config = ZipformerConfig(
-        num_encoder_layers=(1, 1),
-        downsampling_factor=(1, 2),
-        encoder_dim=(16, 24),
-        feedforward_dim=(32, 48),
-        num_heads=(2, 2),
-        encoder_unmasked_dim=(8, 16),
-        cnn_module_kernel=(5, 3),
-        query_head_dim=8,
-        value_head_dim=4,
-        pos_head_dim=2,
-        pos_dim=8,
-        subsampling_channels=(4, 8, 8),
-        num_mel_bins=32,
-        projection_dim=12,
-        text_config=BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        ),
-    )
-    return (
-        ZipformerForAudioTextContrastive(config),
-        ZipformerFbankFeatureExtractor(num_mel_bins=32),
-        tokenizer,
-    )
+    return tiny_clap(tokenizer), ZipformerFbankFeatureExtractor(num_mel_bins=32), tokenizer
 
 
 def test_embed_audio_text_returns_paired_rows_of_the_split(tiny):

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from tagger_utils import write_clip
-from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, BartConfig
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 import hf_audiorep  # noqa: F401  (registers the Auto classes)
 from hf_audiorep.cli import _read_for_caption, build_parser, main
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.data.text_tokenizers import train_bpe_tokenizer
-from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.modeling.configuration_zipformer import DECODER_PRESETS, ZipformerConfig
+from hf_audiorep.modeling import ZipformerFbankFeatureExtractor, caption_decoder_config
+from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
 from hf_audiorep.modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration
 from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
 
@@ -45,16 +45,7 @@ def captioner_dir(tmp_path_factory):
     """A random-weight zipformer-small captioner saved with its processor. The LM head is untied: a tied
     random decoder only repeats its input token (empty captions)."""
     tokenizer = train_bpe_tokenizer(CAPTIONS, 300)
-    decoder = BartConfig(
-        **DECODER_PRESETS["small"],
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
-    )
+    decoder = caption_decoder_config(tokenizer, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = ZipformerForConditionalGeneration(
         ZipformerConfig.from_preset("zipformer-small", decoder_config=decoder)

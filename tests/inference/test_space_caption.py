@@ -11,11 +11,11 @@ from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.data.text_tokenizers import train_bpe_tokenizer
 from hf_audiorep.evaluation.captioning import caption_waveforms
 from hf_audiorep.modeling import (
-    DECODER_PRESETS,
     ZipformerConfig,
     ZipformerFbankFeatureExtractor,
     ZipformerForConditionalGeneration,
     ZipformerProcessor,
+    caption_decoder_config,
 )
 
 TAGS = ["dog", "rain", "engine", "speech", "music"]
@@ -27,17 +27,8 @@ MAX_FRAMES = 3000
 @pytest.fixture(scope="module")
 def captioner_dir(tmp_path_factory):
     tokenizer = train_bpe_tokenizer(CAPTIONS, vocab_size=300)
-    decoder = {
-        **DECODER_PRESETS["small"],
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "decoder_start_token_id": tokenizer.bos_token_id,
-        "mask_token_id": tokenizer.mask_token_id,
-        # untied: a random tied decoder only repeats its start token, which would caption nothing
-        "tie_word_embeddings": False,
-    }
+    # untied: a random tied decoder only repeats its start token, which would caption nothing
+    decoder = caption_decoder_config(tokenizer, tie_word_embeddings=False)
     config = ZipformerConfig.from_preset(
         "zipformer-small",
         decoder_config=decoder,

@@ -8,12 +8,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from transformers import BertConfig
+from clap_model_utils import tiny_clap
 
 from hf_audiorep.data.text_tokenizers import train_wordpiece_tokenizer
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
-from hf_audiorep.modeling.modeling_zipformer_clap import ZipformerForAudioTextContrastive
 from hf_audiorep.objectives.audio_text import (
     AudioTextContrastiveStep,
     embedding_regularizer,
@@ -150,35 +148,8 @@ def tokenizer():
     return train_wordpiece_tokenizer(CAPTIONS * 5, vocab_size=60)
 
 
-# A two-stack Zipformer on 32 mel bins and a one-layer BERT: milliseconds per step.
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=(1, 1),
-    downsampling_factor=(1, 2),
-    encoder_dim=(16, 24),
-    feedforward_dim=(32, 48),
-    num_heads=(2, 2),
-    encoder_unmasked_dim=(8, 16),
-    cnn_module_kernel=(5, 3),
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=2,
-    pos_dim=8,
-    subsampling_channels=(4, 8, 8),
-    num_mel_bins=32,
-)
-
-
 def _model(tokenizer, **overrides):
-    torch.manual_seed(0)
-    text_config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    config = ZipformerConfig(**TINY_ZIPFORMER, text_config=text_config, projection_dim=12, **overrides)
-    return ZipformerForAudioTextContrastive(config)
+    return tiny_clap(tokenizer, **overrides)
 
 
 def _batch():

@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BartConfig
 
 from hf_audiorep.data.text_tokenizers import train_bpe_tokenizer
-from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
-from hf_audiorep.modeling.configuration_zipformer import DECODER_PRESETS, ZipformerConfig
+from hf_audiorep.modeling import ZipformerFbankFeatureExtractor, caption_decoder_config
+from hf_audiorep.modeling.configuration_zipformer import ZipformerConfig
 from hf_audiorep.modeling.modeling_zipformer import mtc_logits
 from hf_audiorep.modeling.modeling_zipformer_caption import ZipformerForConditionalGeneration
 from hf_audiorep.objectives.captioning import CaptioningStep, caption_decoder_inputs, caption_loss
@@ -80,14 +79,7 @@ def tokenizer():
 
 
 def captioner(tokenizer, **overrides):
-    decoder = BartConfig(
-        **DECODER_PRESETS["small"],
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-    )
+    decoder = caption_decoder_config(tokenizer)
     torch.manual_seed(0)
     return ZipformerForConditionalGeneration(
         ZipformerConfig.from_preset("zipformer-small", decoder_config=decoder, **overrides)

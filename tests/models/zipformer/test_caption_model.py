@@ -19,7 +19,7 @@ from transformers import (
 
 import hf_audiorep  # noqa: F401  (registers the Auto classes)
 from hf_audiorep.data.text_tokenizers import train_bpe_tokenizer
-from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
+from hf_audiorep.modeling import ZipformerFbankFeatureExtractor, caption_decoder_config
 from hf_audiorep.modeling.configuration_zipformer import DECODER_PRESETS, ZipformerConfig
 from hf_audiorep.modeling.modeling_zipformer import ZipformerForAudioClassification, ZipformerModel
 from hf_audiorep.modeling.modeling_zipformer_caption import (
@@ -43,15 +43,7 @@ def tokenizer():
 
 
 def decoder_config(tokenizer, **overrides) -> BartConfig:
-    return BartConfig(
-        **{**DECODER_PRESETS["small"], **overrides},
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-    )
+    return caption_decoder_config(tokenizer, "small", **overrides)
 
 
 def build(tokenizer, seed=0, **overrides) -> ZipformerForConditionalGeneration:
