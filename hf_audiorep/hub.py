@@ -277,10 +277,22 @@ def _check_model_dir(model_dir: Path) -> None:
             else ""
         )
         raise ValueError(f"{model_dir} is missing {', '.join(missing)}{hint}")
-    if not (model_dir / "preprocessor_config.json").is_file():
-        raise ValueError(
-            f"{model_dir} is missing preprocessor_config.json; save the feature extractor next to the model"
-        )
+    _read_preprocessor(model_dir)  # the front end, or the error that names it missing
+
+
+def _read_preprocessor(model_dir: Path) -> dict[str, Any]:
+    """The saved front end: ``preprocessor_config.json``, or the feature extractor inside the
+    ``processor_config.json`` that ``processor.save_pretrained`` writes for a model with text."""
+    if (model_dir / "preprocessor_config.json").is_file():
+        return _read_json(model_dir / "preprocessor_config.json")
+    if (model_dir / "processor_config.json").is_file():
+        inside = _read_json(model_dir / "processor_config.json").get("feature_extractor")
+        if isinstance(inside, dict):
+            return inside
+    raise ValueError(
+        f"{model_dir} is missing preprocessor_config.json; save the feature extractor (or the processor) "
+        "next to the model"
+    )
 
 
 def _architecture_of(model_dir: Path) -> tuple[dict[str, Any], Architecture]:
@@ -341,7 +353,7 @@ def _text_processing(
             f"expected a {cls.__name__} ({architecture.name}'s {kind}), got {type(given).__name__}"
         )
     if kind == "processor":
-        _check_front_end(given, _read_json(model_dir / "preprocessor_config.json"))
+        _check_front_end(given, _read_preprocessor(model_dir))
     return given
 
 
@@ -434,7 +446,7 @@ def prepare_repo(
     config["auto_map"] = {auto: _auto_ref(cls) for auto, cls in auto_classes.items()}
     _write_json(out / "config.json", config)
 
-    preprocessor = _read_json(model_dir / "preprocessor_config.json")
+    preprocessor = _read_preprocessor(model_dir)
     preprocessor["auto_map"] = {"AutoFeatureExtractor": _auto_ref(architecture.feature_extractor)}
     _write_json(out / "preprocessor_config.json", preprocessor)
     if text_processing is not None:
