@@ -77,11 +77,25 @@ def _check_same_run(output_dir: Path, args: list[str]) -> None:
     if "--output_dir" in recorded:
         at = recorded.index("--output_dir")
         del recorded[at : at + 2]
-    if recorded != list(args):
+    if not _same_arguments(recorded, list(args)):
         raise RuntimeError(
             f"{output_dir} holds a run with other arguments ({' '.join(recorded)}), not {' '.join(args)}: "
             "give another --work_dir or remove that folder"
         )
+
+
+def _same_arguments(recorded: list[str], args: list[str]) -> bool:
+    """``args`` as the run recorded them; a value the recorder masked as a credential (``<redacted>``, the
+    value of an option named like ``--hub_token``) matches whatever was given."""
+    if len(recorded) != len(args):
+        return False
+    for seen, given in zip(recorded, args, strict=True):
+        name, eq, value = seen.partition("=")
+        if seen == "<redacted>" or (eq and value == "<redacted>" and given.startswith(f"{name}=")):
+            continue
+        if seen != given:
+            return False
+    return True
 
 
 def cpu_run(recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json") -> float:

@@ -600,7 +600,16 @@ class _Window:
 
 #: set in every process that `accelerate launch` starts, whatever the distributed backend
 _ACCELERATE_LAUNCH_VARS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_USE_CPU")
-_SECRET_OPTIONS = ("token", "password", "secret", "api_key")
+#: words of an option's name (split at "-" and "_") that mark its value a credential; "api_key" spans two
+_SECRET_OPTIONS = ("token", "password", "passwd", "secret", "apikey")
+
+
+def _is_secret(option: str) -> bool:
+    """``--hub_token``, ``--db-password``, ``--wandb_api_key``: yes; ``--tokenizer``,
+    ``--tokenizer_vocab_size``: no (a word of the name, not a substring of one)."""
+    name = option.lstrip("-").lower()
+    words = name.replace("-", "_").split("_")
+    return any(word in _SECRET_OPTIONS for word in words) or "api_key" in name.replace("-", "_")
 
 
 def _redact(argv: Sequence[str]) -> list[str]:
@@ -612,7 +621,7 @@ def _redact(argv: Sequence[str]) -> list[str]:
             hide_next = False
             continue
         name, eq, _ = part.partition("=")
-        if name.startswith("-") and any(word in name.lower() for word in _SECRET_OPTIONS):
+        if name.startswith("-") and _is_secret(name):
             if eq:
                 out.append(f"{name}=<redacted>")
             else:

@@ -566,6 +566,10 @@ def test_launch_command_masks_every_secret_spelling_and_names_the_launcher():
         "python train.py --HUB_TOKEN '<redacted>' '--db_password=<redacted>' --client_secret '<redacted>' "
         "--wandb_api_key '<redacted>'"
     )
+    # A word of the name, not a substring: a tokenizer is not a credential (experiments compare the command).
+    assert launch_command(
+        ["train.py", "--tokenizer", "corpus", "--tokenizer_vocab_size", "9", "--db-passwd", "x"], {}
+    ) == ("python train.py --tokenizer corpus --tokenizer_vocab_size 9 --db-passwd '<redacted>'")
     # A value that merely looks like an option name, and positional words, are kept.
     assert (
         launch_command(["train.py", "token", "--name", "my-token"], {})
