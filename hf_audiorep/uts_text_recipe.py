@@ -74,9 +74,9 @@ class UTSTextArguments:
     """λ of multi-task: L_MTC + λ L_caption (the paper does not give it)"""
     decoder_preset: str | None = None
     """caption decoder geometry: small | bart-base; default: small for zipformer-small, else bart-base"""
-    decoder_frames_norm: str | None = None
-    """none | batch: standardise the encoder frames the caption decoder reads (BatchNorm without affine
-    parameters); default: the config's (none)"""
+    text_frames_norm: str | None = None
+    """none | batch: standardise the encoder frames the caption decoder or the contrastive audio projection
+    reads (BatchNorm without affine parameters); default: the config's (none)"""
     decoder_init: str | None = None
     """a BART checkpoint (facebook/bart-base, a folder) the decoder starts from; default: from scratch"""
     text_encoder_preset: str | None = None
@@ -231,8 +231,8 @@ def build_text_model(
         model_class = ZipformerForConditionalGeneration
         fields["decoder_config"] = _decoder_config(args, preset, tokenizer)
         fields["tagging_head"] = objective == "multitask"
-        if args.decoder_frames_norm is not None:
-            fields["decoder_frames_norm"] = args.decoder_frames_norm
+    if args.text_frames_norm is not None:
+        fields["text_frames_norm"] = args.text_frames_norm
     if objective == "multitask":
         fields.update(labels)
     if model_name_or_path:

@@ -152,10 +152,11 @@ class ZipformerConfig(PreTrainedConfig):
         decoder_config (`BartConfig` or `dict`, optional): the caption decoder of
             `ZipformerForConditionalGeneration`, a BART decoder (`DECODER_PRESETS`: ``"bart-base"``,
             ``"small"``); its ``vocab_size`` and special-token ids are the tokenizer's.
-        decoder_frames_norm (`"none"` or `"batch"`, defaults to `"none"`): `"batch"` standardises the encoder
-            frames the caption decoder reads (as `classifier_norm` does for the MTC head; running statistics
-            at evaluation). Our addition, not Auden's: a decoder trained from scratch on a from-scratch
-            encoder learned the captions' language and ignored the audio (docs/benchmarks.md).
+        text_frames_norm (`"none"` or `"batch"`, defaults to `"none"`): `"batch"` standardises the encoder
+            frames the text heads read, the caption decoder's cross-attention and the contrastive audio
+            projection (as `classifier_norm` does for the MTC head; running statistics at evaluation). Our
+            addition, not Auden's: on a from-scratch encoder, whose frames share one large direction, the
+            decoder learned the captions' language and ignored the audio (docs/benchmarks.md).
         tagging_head (`bool`, defaults to `False`): `ZipformerForConditionalGeneration` also carries the MTC
             head (``num_labels`` outputs), for multi-task pre-training.
         text_config (`BertConfig` or `dict`, optional): the text encoder of `ZipformerForAudioTextContrastive`
@@ -206,7 +207,7 @@ class ZipformerConfig(PreTrainedConfig):
     feature_mask_prob: float | int = validated_field(rate, default=0.125)
     classifier_dropout: float | int = validated_field(rate, default=0.1)
     classifier_norm: Literal["none", "batch"] = "none"
-    decoder_frames_norm: Literal["none", "batch"] = "none"
+    text_frames_norm: Literal["none", "batch"] = "none"
     hidden_size: int | None = validated_field(_positive_or_none, default=None)
     num_attention_heads: int | None = validated_field(_positive_or_none, default=None)
     decoder_config: BartConfig | dict | None = None

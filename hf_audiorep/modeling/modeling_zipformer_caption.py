@@ -172,9 +172,9 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
         self.enc_to_dec_proj = nn.Linear(config.hidden_size, decoder_config.d_model, bias=False)
         # An untrained encoder's frames share one large direction (their cosine across clips is about 0.95):
         # standardised, what tells clips apart is what the decoder's cross-attention reads.
-        self.decoder_frames_norm = None
-        if config.decoder_frames_norm == "batch":
-            self.decoder_frames_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+        self.text_frames_norm = None
+        if config.text_frames_norm == "batch":
+            self.text_frames_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
         # BART's decoder with its LM head, tied to the token embedding when decoder_config.tie_word_embeddings
         # (BART's default; Auden unties them): the tie follows the decoder config that states it.
         self.caption_decoder = BartForCausalLM(decoder_config)
@@ -274,7 +274,7 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
         decoded = self.get_decoder()(
             input_ids=decoder_input_ids,
             attention_mask=self_attention_mask,
-            encoder_hidden_states=self.enc_to_dec_proj(self._decoder_frames(frames, frame_mask)),
+            encoder_hidden_states=self.enc_to_dec_proj(self._text_frames(frames, frame_mask)),
             encoder_attention_mask=frame_mask,
             past_key_values=past_key_values,
             use_cache=use_cache,
@@ -302,10 +302,10 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
             encoder_attention_mask=frame_mask,
         )
 
-    def _decoder_frames(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.decoder_frames_norm is None:
+    def _text_frames(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.text_frames_norm is None:
             return frames
-        return _normalise_valid_frames(self.decoder_frames_norm, frames, mask)
+        return _normalise_valid_frames(self.text_frames_norm, frames, mask)
 
     @torch.no_grad()
     def parallel_generate(

@@ -28,7 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ._layers import masked_mean
-from .modeling_zipformer import ZipformerModel, ZipformerPreTrainedModel
+from .modeling_zipformer import ZipformerModel, ZipformerPreTrainedModel, _normalise_valid_frames
 
 __all__ = [
     "MAX_LOGIT_SCALE",
@@ -114,6 +114,10 @@ class ZipformerForAudioTextContrastive(ZipformerPreTrainedModel):
         # No pooling layer: the embedding is the [CLS] state (Auden's CLAP), not BERT's NSP pooler.
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         self.audio_projection = _projection(config.hidden_size, config.projection_dim)
+        # As the captioner's: standardised frames, so that what tells clips apart reaches the projection.
+        self.text_frames_norm = None
+        if config.text_frames_norm == "batch":
+            self.text_frames_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
         self.text_projection = _projection(config.text_config.hidden_size, config.projection_dim)
         initial = math.log(1.0 / config.contrastive_temperature)
         if config.learn_temperature:
@@ -141,7 +145,10 @@ class ZipformerForAudioTextContrastive(ZipformerPreTrainedModel):
         """Unit-norm ``(batch, projection_dim)`` audio embeddings: every encoder frame projected, then the
         mean over the clip's valid frames (padding never enters), then L2-normalised."""
         outputs = self.zipformer(input_values, attention_mask=attention_mask)
-        frames = self.audio_projection(outputs.last_hidden_state)
+        frames = outputs.last_hidden_state
+        if self.text_frames_norm is not None:
+            frames = _normalise_valid_frames(self.text_frames_norm, frames, outputs.attention_mask)
+        frames = self.audio_projection(frames)
         return F.normalize(masked_mean(frames, outputs.attention_mask, dim=1), dim=-1)
 
     def get_text_features(

@@ -384,14 +384,14 @@ def test_construction_on_meta_device_and_without_weight_init(tokenizer):
     torch.testing.assert_close(bare.eval()(**inputs).logits, real(**inputs).logits)
 
 
-def test_decoder_frames_norm_standardises_what_the_decoder_reads_over_valid_frames(tokenizer):
-    model = build(tokenizer, decoder_frames_norm="batch").train()
+def test_text_frames_norm_standardises_what_the_decoder_reads_over_valid_frames(tokenizer):
+    model = build(tokenizer, text_frames_norm="batch").train()
     values, mask = features(batch=3)
     with torch.no_grad():  # the encoder without its training feature masks (which zero whole channels)
         encoded = model.zipformer.eval()(values, attention_mask=mask)
     frames, frame_mask = encoded.last_hidden_state, encoded.attention_mask
     assert not frame_mask.bool().all()  # padding present
-    read = model._decoder_frames(frames, frame_mask)
+    read = model._text_frames(frames, frame_mask)
     valid = read[frame_mask.bool()]
     torch.testing.assert_close(valid.mean(0), torch.zeros(valid.shape[1]), atol=1e-4, rtol=0)
     # unit variance wherever the raw frames vary more than BatchNorm's eps (1e-5)
@@ -409,4 +409,4 @@ def test_decoder_frames_norm_standardises_what_the_decoder_reads_over_valid_fram
     normed_logits = model.eval()(values, mask, decoder_input_ids=tokens).logits
     plain_logits = plain.eval()(values, mask, decoder_input_ids=tokens).logits
     assert not torch.allclose(normed_logits, plain_logits)
-    assert build(tokenizer).decoder_frames_norm is None  # Auden's decoder by default
+    assert build(tokenizer).text_frames_norm is None  # Auden's decoder by default

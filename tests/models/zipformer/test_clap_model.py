@@ -193,3 +193,20 @@ def test_init_text_encoder_from_a_saved_bert(tmp_path):
     BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 41})).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match=r"vocab_size 41 \(checkpoint\) != 40 \(model\)"):
         init_text_encoder_from(model, str(tmp_path / "other"))
+
+
+def test_text_frames_norm_standardises_the_frames_the_audio_projection_reads():
+    plain, normed = build(), build(text_frames_norm="batch")
+    normed.load_state_dict(plain.state_dict(), strict=False)  # the same weights; the norm has no parameters
+    assert plain.text_frames_norm is None and isinstance(normed.text_frames_norm, torch.nn.BatchNorm1d)
+    values, _ = inputs()
+    with torch.no_grad():
+        # eval: BatchNorm's running statistics (mean 0, variance 1 at start) leave the frames as they are
+        torch.testing.assert_close(normed.get_audio_features(values), plain.get_audio_features(values))
+        normed.text_frames_norm.running_mean.fill_(0.5)
+        assert not torch.allclose(normed.get_audio_features(values), plain.get_audio_features(values))
+        # training: the frames are standardised over the batch, whatever the running statistics say
+        normed.text_frames_norm.train()
+        shifted = normed.get_audio_features(values)
+        normed.text_frames_norm.running_mean.fill_(0.0)
+        torch.testing.assert_close(normed.get_audio_features(values), shifted)
