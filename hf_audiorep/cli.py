@@ -16,21 +16,29 @@ def _check_model_path(model_dir: str) -> None:
         raise SystemExit(f"hf-audiorep: error: no such model directory: {model_dir}")
 
 
-def _load(model_dir: str, device: str):
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+def _load_config(model_dir: str, command: str = "hf-audiorep"):
+    """The saved config of ``model_dir`` (a folder or a Hub id), or one line naming what is wrong."""
+    from transformers import AutoConfig
 
     import hf_audiorep  # noqa: F401  (registers the Auto classes)
 
     from .hub_errors import translate_hub_errors
-    from .inference import label_names
 
     _check_model_path(model_dir)
     try:
         # A Hub id that cannot be fetched becomes one line naming the model and what to check.
         with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
-            config = AutoConfig.from_pretrained(model_dir)
+            return AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as err:  # a directory without a (valid) config.json
-        raise SystemExit(f"hf-audiorep: error: cannot load a model from {model_dir}: {err}") from None
+        raise SystemExit(f"{command}: error: cannot load a model from {model_dir}: {err}") from None
+
+
+def _load(model_dir: str, device: str):
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from .inference import label_names
+
+    config = _load_config(model_dir)
     if label_names(config) is None:
         raise SystemExit(
             f"{model_dir} has no classification labels (id2label): it is an encoder, not a tagger; "
@@ -107,18 +115,9 @@ def _is_captioner(config) -> bool:
 
 
 def _load_captioner(model_dir: str, device: str):
-    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    import hf_audiorep  # noqa: F401  (registers the Auto classes)
-
-    from .hub_errors import translate_hub_errors
-
-    _check_model_path(model_dir)
-    try:
-        with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
-            config = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:  # a directory without a (valid) config.json
-        raise SystemExit(f"hf-audiorep caption: error: cannot load a model from {model_dir}: {err}") from None
+    config = _load_config(model_dir, "hf-audiorep caption")
     if not _is_captioner(config):
         kind = ", ".join(config.architectures or [config.model_type])
         # Loading it anyway would give a decoder of random weights: refuse, naming what the model is.

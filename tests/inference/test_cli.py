@@ -2,13 +2,11 @@
 the model was trained, notices, and an encoder described as one."""
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
 import pytest
+from cli_utils import hf_audiorep_cli
 from tagger_utils import write_clip
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -16,17 +14,6 @@ import hf_audiorep
 from hf_audiorep.data.audio_file import ArrayReader, AudioFile, iter_windows, read_head, window_count
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.inference import describe_duration, tag_file, tag_waveform
-
-
-def hf_audiorep_cli(*args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "hf_audiorep.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def _load(model_dir):

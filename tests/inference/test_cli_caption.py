@@ -2,13 +2,11 @@
 as JSON, AR or parallel; a bad file reported while the others are captioned; a tagger refused in one line."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_utils import hf_audiorep_cli
 from tagger_utils import write_clip
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
@@ -27,17 +25,6 @@ CAPTIONS = [
     "an engine idles and then revs up",
 ]
 MAX_NEW_TOKENS = 6
-
-
-def hf_audiorep_cli(*args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "hf_audiorep.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
