@@ -62,6 +62,7 @@ __all__ = [
     "eager_attention_forward",
     "frames_to_patch_mask",
     "gather_tokens",
+    "geometry_mismatches",
     "get_2d_sincos_pos_embed",
     "init_patch_projection_",
     "masked_mean",
@@ -779,3 +780,13 @@ class LayerDecayMixin:
     def num_layer_ids(self) -> int:
         """Number of distinct layer ids (``num_hidden_layers + 2``)."""
         return self.config.num_hidden_layers + 2
+
+
+def geometry_mismatches(source, target, fields) -> list[str]:
+    """``"<field> <checkpoint's> (checkpoint) != <model's> (model)"`` for every field of ``fields`` where the
+    two configs differ: weights copied across such a difference would be silently wrong."""
+    return [
+        f"{field} {getattr(source, field)} (checkpoint) != {getattr(target, field)} (model)"
+        for field in fields
+        if getattr(source, field) != getattr(target, field)
+    ]

@@ -23,6 +23,7 @@ from transformers.models.bart.modeling_bart import BartDecoder, shift_tokens_rig
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
+from ._layers import geometry_mismatches
 from .configuration_zipformer import DECODER_PRESETS, ZipformerConfig
 from .modeling_zipformer import (
     ZipformerModel,
@@ -347,11 +348,7 @@ def init_decoder_from_bart(model: ZipformerForConditionalGeneration, name_or_pat
     mismatched copy would be silently wrong; BART's ``final_logits_bias`` (zero in bart-base) is not kept."""
     bart = BartModel.from_pretrained(name_or_path)
     ours = model.config.decoder_config
-    mismatched = [
-        f"{field} {getattr(bart.config, field)} != {getattr(ours, field)}"
-        for field in GEOMETRY_FIELDS
-        if getattr(bart.config, field) != getattr(ours, field)
-    ]
+    mismatched = geometry_mismatches(bart.config, ours, GEOMETRY_FIELDS)
     if mismatched:
         raise ValueError(
             f"{name_or_path}'s decoder does not fit the model's decoder_config: " + "; ".join(mismatched)

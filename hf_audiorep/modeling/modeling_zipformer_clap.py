@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ._layers import masked_mean
+from ._layers import geometry_mismatches, masked_mean
 from .modeling_zipformer import ZipformerModel, ZipformerPreTrainedModel, _normalise_valid_frames
 
 __all__ = [
@@ -214,11 +214,7 @@ def init_text_encoder_from(model: ZipformerForAudioTextContrastive, name_or_path
     """
     source = BertModel.from_pretrained(name_or_path, add_pooling_layer=False)
     target: BertConfig = model.config.text_config
-    mismatched = [
-        f"{field} {getattr(source.config, field)} (checkpoint) != {getattr(target, field)} (model)"
-        for field in _TEXT_GEOMETRY
-        if getattr(source.config, field) != getattr(target, field)
-    ]
+    mismatched = geometry_mismatches(source.config, target, _TEXT_GEOMETRY)
     if mismatched:
         raise ValueError(
             f"the text encoder {name_or_path!r} does not fit the model's text_config: "

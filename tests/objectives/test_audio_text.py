@@ -119,7 +119,7 @@ def two_process_results(tmp_path_factory):
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{r}-{s[0]}+{s[1]}" for s, r in CASES])
 def test_gather_over_two_processes_equals_one_process_on_the_whole_batch(two_process_results, case):
     sizes, reduction = CASES[case]
-    ranks = [torch.load(two_process_results / f"case{case}-rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(two_process_results / f"case{case}-rank{r}.pt", weights_only=True) for r in range(2)]
     audio, text = _rows(sizes)
     audio.requires_grad_()
     text.requires_grad_()
