@@ -284,7 +284,7 @@ def _training_texts(source, caption_column: str, label_names) -> list[str]:
 def _text_test_split(uts_args, text_args, test_source, tag_system):
     """The test split with each clip's text in a ``uts_text`` column (its caption, or its tags in the run's
     vocabulary), or None when there is none to evaluate on."""
-    if test_source is None:
+    if test_source is None or test_source.is_streaming:  # the text metrics read a map-style split
         return None
     dataset = test_source.dataset
     if text_args.text_field == "caption":
@@ -295,14 +295,16 @@ def _text_test_split(uts_args, text_args, test_source, tag_system):
             )
             return None
         texts = dataset[uts_args.caption_column]
-    else:
-        names = tag_system.names if tag_system is not None else test_source.label_names
-        builder = TagSystemBuilder(uts_args.tag_extractor, caption_column=uts_args.caption_column)
-        tagged = builder.tag(dataset).tags if tag_system is not None else None
-        if tagged is None:  # ontology labels: the clip's own
-            texts = [tags_text([names[i] for i in sorted(ids)]) for ids in dataset[test_source.label_column]]
-        else:
-            texts = [tags_text([n for n in names if n in set(tags)]) for tags in tagged]
+    elif tag_system is None:  # ontology labels: the clip's own, in the ontology's order
+        names = test_source.label_names
+        texts = [tags_text([names[i] for i in sorted(ids)]) for ids in dataset[test_source.label_column]]
+    else:  # the test clips tagged as the training clips were, in the run's vocabulary order
+        builder = TagSystemBuilder(
+            uts_args.tag_extractor, caption_column=uts_args.caption_column, tags_column=uts_args.tags_column
+        )
+        texts = [
+            tags_text([n for n in tag_system.names if n in set(tags)]) for tags in builder.tag(dataset).tags
+        ]
     return dataset.add_column(TEXT_COLUMN, [str(t) for t in texts])
 
 

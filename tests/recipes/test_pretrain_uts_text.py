@@ -195,3 +195,14 @@ def test_a_captioner_run_resumes_exactly_with_its_tied_lm_head(recipe, tmp_path)
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
+
+
+def test_with_ontology_labels_the_tag_sequence_is_the_clips_event_names(recipe, tmp_path):
+    from hf_audiorep.data.embedded import EMBEDDED_ONTOLOGY
+
+    recipe.main(_args(tmp_path, "ar", labels="ontology", text_field="tags", probe_tasks="", max_steps=1))
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    reference = results["captioning"]["examples"][0]["reference"]
+    names = list(EMBEDDED_ONTOLOGY.names)
+    events = reference.split(", ")
+    assert set(events) <= set(names) and events == sorted(events, key=names.index)
