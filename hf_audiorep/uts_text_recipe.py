@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, BertConfig
 
 from .data.text_tokenizers import DECODER_TOKENIZER, TEXT_ENCODER_TOKENIZER, load_or_train_tokenizer
 from .evaluation.captioning import evaluate_captioning
@@ -196,7 +196,7 @@ def _decoder_config(args: UTSTextArguments, encoder_preset: str, tokenizer):
     return caption_decoder_config(tokenizer, preset, max_position_embeddings=positions)
 
 
-def _text_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> dict:
+def _text_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> BertConfig:
     preset = _preset(args.text_encoder_preset, encoder_preset, TEXT_ENCODER_PRESETS, "small", "bert-base")
     fields = {
         **TEXT_ENCODER_PRESETS[preset],
@@ -204,7 +204,8 @@ def _text_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> dict
         "pad_token_id": tokenizer.pad_token_id,
     }
     fields["max_position_embeddings"] = max(fields.get("max_position_embeddings", 512), args.max_text_length)
-    return fields
+    # A config, not a dict: the keyword arguments of from_pretrained are set as they are, not built into one.
+    return BertConfig(**fields)
 
 
 def build_text_model(
@@ -238,6 +239,9 @@ def build_text_model(
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path, **fields)
         model = model_class.from_pretrained(model_name_or_path, config=config, ignore_mismatched_sizes=True)
+        if objective != "contrastive":
+            # The checkpoint may be a tagger, with no generation settings; these are the new decoder's.
+            model.generation_config = model.caption_generation_config()
     else:
         model = model_class(config_from_preset(preset, **fields))
     if objective == "contrastive" and args.text_encoder_init:

@@ -182,9 +182,11 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
         if config.tagging_head:
             add_mtc_head(self, config)
         self.post_init()
-        self.generation_config = self._default_generation_config()
+        self.generation_config = self.caption_generation_config()
 
-    def _default_generation_config(self) -> GenerationConfig:
+    def caption_generation_config(self) -> GenerationConfig:
+        """How `generate` decodes a caption: from ``<s>`` to ``</s>``, the decoder's ids, at most
+        `MAX_CAPTION_TOKENS` (what a checkpoint without ``generation_config.json`` needs set again)."""
         # Auden: the decoder reads [BOS] + tokens and predicts tokens + [EOS].
         decoder_config = self.config.decoder_config
         return GenerationConfig(

@@ -206,3 +206,15 @@ def test_with_ontology_labels_the_tag_sequence_is_the_clips_event_names(recipe, 
     names = list(EMBEDDED_ONTOLOGY.names)
     events = reference.split(", ")
     assert set(events) <= set(names) and events == sorted(events, key=names.index)
+
+
+@pytest.mark.parametrize("objective", ["ar", "contrastive"])
+def test_a_text_objective_continues_from_a_saved_tagger(recipe, tmp_path, objective):
+    # --model_name_or_path: the saved encoder is the one the text objective starts from, so its probe at
+    # initialisation is the tagger's final probe, number for number.
+    recipe.main(_args(tmp_path / "tagger", "mtc", max_steps=1))
+    tagger = json.loads((tmp_path / "tagger" / "eval_results.json").read_text())
+    recipe.main(_args(tmp_path / "text", objective, max_steps=1, model_name_or_path=str(tmp_path / "tagger")))
+    results = json.loads((tmp_path / "text" / "eval_results.json").read_text())
+    assert results["probes_at_initialisation"]["events/probe_mAP"] == tagger["probes"]["events/probe_mAP"]
+    assert results["objective"] == objective
