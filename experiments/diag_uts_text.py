@@ -82,13 +82,37 @@ def diagnose(path: str, clips: int, batch_size: int, parallel: bool, corpus) -> 
     }
 
 
+@torch.no_grad()
+def untrained_cosine(clips: int, corpus) -> float:
+    """The same cosine for an untrained ``zipformer-small`` (seed 0): where every run starts."""
+    from hf_audiorep.modeling import ZipformerConfig, ZipformerFbankFeatureExtractor, ZipformerModel
+
+    torch.manual_seed(0)
+    model = ZipformerModel(ZipformerConfig.from_preset("zipformer-small")).eval()
+    test = corpus["test"].select(range(clips))
+    waves = [np.asarray(a["array"], dtype=np.float32) for a in test["audio"]]
+    features = ZipformerFbankFeatureExtractor()(waves, sampling_rate=16000, return_tensors="pt")
+    pooled = F.normalize(model(**features).pooler_output, dim=-1)
+    return (pooled @ pooled.T)[~torch.eye(len(pooled), dtype=torch.bool)].mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", help="saved captioners (recipe output folders)")
+    parser.add_argument("models", nargs="*", help="saved captioners (recipe output folders)")
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="also the cosine between clips of an untrained zipformer-small",
+    )
     parser.add_argument("--clips", type=int, default=96, help="test clips scored (default: 96)")
     parser.add_argument("--batch_size", type=int, default=16, help="clips per batch (default: 16)")
     args = parser.parse_args()
     corpus = load_embedded_corpus(clip_seconds=CLIP_SECONDS)
+    if args.untrained:
+        cosine = untrained_cosine(args.clips, corpus)
+        print(f"untrained zipformer-small, mean cosine between clips' pooled frames: {cosine:.3f}")
+    if not args.models:
+        return
     rows = []
     for path in args.models:
         for parallel in (False, True):

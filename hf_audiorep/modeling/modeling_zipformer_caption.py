@@ -171,7 +171,7 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
         decoder_config = config.decoder_config
         self.zipformer = ZipformerModel(config)
         self.enc_to_dec_proj = nn.Linear(config.hidden_size, decoder_config.d_model, bias=False)
-        # An untrained encoder's frames share one large direction (their cosine across clips is about 0.95):
+        # An untrained encoder's frames share one large direction (nearly the same for every clip):
         # standardised, what tells clips apart is what the decoder's cross-attention reads.
         self.text_frames_norm = None
         if config.text_frames_norm == "batch":
