@@ -83,6 +83,9 @@ class Device:
             raise ValueError(
                 f"device {self.name!r}: need 0 < low_hz < high_hz, got {self.low_hz}, {self.high_hz}"
             )
+        # The depth is a standard deviation: a negative one would only fail at the first response, in numpy.
+        if not self.eq_depth_db >= 0:
+            raise ValueError(f"device {self.name!r}: eq_depth_db must be >= 0, got {self.eq_depth_db}")
         if self.compression is not None and not self.compression > 0:
             raise ValueError(f"device {self.name!r}: compression must be positive, got {self.compression}")
 
