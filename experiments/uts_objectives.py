@@ -52,8 +52,8 @@ TEXT_ROWS = (
 )
 
 
-def _run(work_dir: Path, extra: list[str], objective: str, seed: int, report_only: bool):
-    name = f"{objective}_s{seed}"
+def _run(work_dir: Path, extra: list[str], objective: str, seed: int, text_field: str, report_only: bool):
+    name = f"{objective}_s{seed}" if objective == "mtc" else f"{objective}_{text_field}_s{seed}"
     args = ["--labels", "tags", "--seed", str(seed), *extra, "--vocabulary_size", str(VOCABULARY_SIZE)]
     if objective == "mtc":
         # The label-quality sweep's K=100 run is this run: the same command, filed under its own protocol.
@@ -62,7 +62,14 @@ def _run(work_dir: Path, extra: list[str], objective: str, seed: int, report_onl
         )
     else:
         # A tokenizer trained on the corpus captions: the same on a machine that reaches the Hub.
-        args = ["--objective", objective, "--tokenizer", "corpus", *args]
+        # (caption is the recipe's default: the caption runs' commands stay those of the first seed-0 runs)
+        text = ["--text_field", text_field] if text_field != "caption" else []
+        args = ["--objective", objective, *text, "--tokenizer", "corpus", *args]
+        if objective == "contrastive":
+            # Stated, not left to the recipe's defaults: with Auden's [CLS] text embedding and raw frames
+            # both towers, from scratch, stayed collapsed (docs/benchmarks.md, "Why the contrastive model
+            # collapsed").
+            args += ["--text_pooling", "mean", "--text_frames_norm", "batch"]
         archive = RESULTS / "uts_objectives" / protocol_name(extra) / f"{name}.json"
     return run_recipe(
         "pretrain_uts",
@@ -104,6 +111,13 @@ def main() -> None:
     parser.add_argument(
         "--work_dir", type=Path, default=Path("outputs/uts_objectives"), help="the runs' folders"
     )
+    parser.add_argument(
+        "--text_field",
+        choices=("tags", "caption"),
+        default="tags",
+        help="text of the AR / PAR / contrastive / multi-task objectives: the clip's tags as the canonical "
+        "tag sequence, what UTS decodes (default), or its caption",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--report_only", action="store_true", help="table of finished runs; start none")
     args = parser.parse_args(argv)
@@ -112,7 +126,10 @@ def main() -> None:
     (archive / "protocol.json").write_text(json.dumps({"recipe": "pretrain_uts", "arguments": extra}) + "\n")
     cells = [(objective, seed) for seed in args.seeds for objective in args.objectives]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {cell: pool.submit(_run, args.work_dir, extra, *cell, args.report_only) for cell in cells}
+        futures = {
+            cell: pool.submit(_run, args.work_dir, extra, *cell, args.text_field, args.report_only)
+            for cell in cells
+        }
     runs: dict[str, list[dict]] = {objective: [] for objective in args.objectives}
     for (objective, _), future in futures.items():
         if future.result() is not None:
@@ -125,9 +142,12 @@ def main() -> None:
     probe_rows = [row for row in summarize(runs).splitlines() if "BCE" not in row]
     table = "\n".join([*probe_rows, *text_rows(runs)])
     counts = {objective: len(r) for objective, r in runs.items()}
-    text = f"seeds {args.seeds} (finished runs per objective {counts}); recipe arguments {extra}\n\n{table}\n"
+    text = (
+        f"seeds {args.seeds} (finished runs per objective {counts}); text {args.text_field}; "
+        f"recipe arguments {extra}\n\n{table}\n"
+    )
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "summary.md").write_text(text)
+    (args.work_dir / f"summary_{args.text_field}.md").write_text(text)
     print(text)
 
 

@@ -76,7 +76,8 @@ class UTSTextArguments:
     """caption decoder geometry: small | bart-base; default: small for zipformer-small, else bart-base"""
     text_frames_norm: str | None = None
     """none | batch: standardise the encoder frames the caption decoder or the contrastive audio projection
-    reads (BatchNorm without affine parameters); default: the config's (none)"""
+    reads (BatchNorm without affine parameters); default: batch for a contrastive model from scratch, else
+    the config's (none)"""
     decoder_init: str | None = None
     """a BART checkpoint (facebook/bart-base, a folder) the decoder starts from; default: from scratch"""
     text_encoder_preset: str | None = None
@@ -96,6 +97,9 @@ class UTSTextArguments:
     """InfoNCE temperature (Auden: fixed 0.07); where a learned one starts"""
     learn_temperature: bool = False
     """learn the temperature (CLIP) instead of keeping it fixed"""
+    text_pooling: str | None = None
+    """cls | mean: the contrastive text embedding is the [CLS] state (Auden) or the mean over the tokens;
+    default: mean for a text encoder trained from scratch, cls for a pre-trained one"""
     projection_dim: int | None = None
     """width of the shared audio-text space (Auden: 1024); default: the config's"""
     embed_reg_weight: float = 0.0
@@ -208,6 +212,25 @@ def _text_config(args: UTSTextArguments, encoder_preset: str, tokenizer) -> Bert
     return BertConfig(**fields)
 
 
+def _contrastive_start(args: UTSTextArguments, model_name_or_path: str | None) -> dict:
+    """The contrastive model's pooling and frame norm: the options given, else what lets its towers learn.
+
+    Two towers trained from scratch start collapsed (docs/benchmarks.md, "Why the contrastive model
+    collapsed"): a random BERT gives every caption nearly the same [CLS] state, and a random Zipformer's
+    frames share one large direction, so InfoNCE has no gradient to leave ln(batch) by. Mean pooling of the
+    text and standardised audio frames give both towers spread from the first step; a pre-trained text tower
+    (``--text_encoder_init``, or one in ``model_name_or_path``) keeps Auden's [CLS], a trained audio encoder
+    its plain frames."""
+    saved_text_tower = bool(model_name_or_path) and AutoConfig.from_pretrained(
+        model_name_or_path
+    ).to_dict().get("text_config")
+    text_from_scratch = not args.text_encoder_init and not saved_text_tower
+    fields = {"text_pooling": args.text_pooling or ("mean" if text_from_scratch else "cls")}
+    if args.text_frames_norm is None and not model_name_or_path:
+        fields["text_frames_norm"] = "batch"
+    return fields
+
+
 def build_text_model(
     objective: str,
     args: UTSTextArguments,
@@ -228,6 +251,7 @@ def build_text_model(
         fields["learn_temperature"] = args.learn_temperature
         if args.projection_dim is not None:
             fields["projection_dim"] = args.projection_dim
+        fields.update(_contrastive_start(args, model_name_or_path))
     else:
         model_class = ZipformerForConditionalGeneration
         fields["decoder_config"] = _decoder_config(args, preset, tokenizer)

@@ -161,6 +161,10 @@ class ZipformerConfig(PreTrainedConfig):
             head (``num_labels`` outputs), for multi-task pre-training.
         text_config (`BertConfig` or `dict`, optional): the text encoder of `ZipformerForAudioTextContrastive`
             (`TEXT_ENCODER_PRESETS`: ``"bert-base"``, ``"small"``).
+        text_pooling (`"cls"` or `"mean"`, defaults to `"cls"`): how the contrastive text tower's states
+            become one vector: the [CLS] state (Auden, with a pre-trained BERT) or the mean over the caption's
+            tokens. Our addition: a text tower trained from scratch gives every caption nearly the same [CLS]
+            state at initialisation, so InfoNCE has no gradient to start from (docs/benchmarks.md).
         projection_dim (`int`, defaults to 1024): the shared audio-text space (Auden's CLAP).
         contrastive_temperature (`float`, defaults to 0.07): the InfoNCE temperature, fixed (Auden) unless
             `learn_temperature`, when it is where the learned temperature starts.
@@ -213,6 +217,7 @@ class ZipformerConfig(PreTrainedConfig):
     decoder_config: BartConfig | dict | None = None
     text_config: BertConfig | dict | None = None
     tagging_head: bool = False
+    text_pooling: Literal["cls", "mean"] = "cls"
     projection_dim: int = validated_field(positive, default=1024)
     contrastive_temperature: float | int = validated_field(positive, default=0.07)
     learn_temperature: bool = False

@@ -157,7 +157,11 @@ class ZipformerForAudioTextContrastive(ZipformerPreTrainedModel):
         """Unit-norm ``(batch, projection_dim)`` text embeddings: the projected [CLS] state (the first token;
         the tokenizer must add it, as BERT's does)."""
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+        if self.config.text_pooling == "mean":
+            pooled = hidden.mean(1) if attention_mask is None else masked_mean(hidden, attention_mask, dim=1)
+        else:
+            pooled = hidden[:, 0]
+        return F.normalize(self.text_projection(pooled), dim=-1)
 
     def forward(
         self,

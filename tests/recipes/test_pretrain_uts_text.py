@@ -126,6 +126,8 @@ def test_the_contrastive_model_is_scored_on_retrieval_and_zero_shot_tagging(runs
     assert processor.tokenizer("a dog").input_ids[0] == processor.tokenizer.cls_token_id
     assert model.config.text_config.vocab_size == len(processor.tokenizer)
     assert not any(k.startswith("captioning") for k in results)
+    # two towers from scratch: the defaults that let InfoNCE leave its collapsed start
+    assert (model.config.text_pooling, model.config.text_frames_norm) == ("mean", "batch")
 
 
 def test_a_multitask_checkpoint_is_also_a_tagger_over_the_mined_tags(runs):
@@ -218,3 +220,28 @@ def test_a_text_objective_continues_from_a_saved_tagger(recipe, tmp_path, object
     results = json.loads((tmp_path / "text" / "eval_results.json").read_text())
     assert results["probes_at_initialisation"]["events/probe_mAP"] == tagger["probes"]["events/probe_mAP"]
     assert results["objective"] == objective
+    if objective == "contrastive":
+        # a trained audio encoder keeps its plain frames; the new text tower, from scratch, is mean-pooled
+        config = ZipformerForAudioTextContrastive.from_pretrained(tmp_path / "text").config
+        assert (config.text_pooling, config.text_frames_norm) == ("mean", "none")
+
+
+def test_contrastive_start_defaults_follow_what_is_pre_trained(tmp_path):
+    from transformers import BertConfig
+
+    from hf_audiorep.modeling import ZipformerConfig
+    from hf_audiorep.uts_text_recipe import _contrastive_start
+
+    ZipformerConfig.from_preset("zipformer-small").save_pretrained(tmp_path / "encoder")
+    ZipformerConfig.from_preset("zipformer-small", text_config=BertConfig()).save_pretrained(
+        tmp_path / "clap"
+    )
+    fresh = UTSTextArguments()
+    assert _contrastive_start(fresh, None) == {"text_pooling": "mean", "text_frames_norm": "batch"}
+    assert _contrastive_start(fresh, str(tmp_path / "encoder")) == {"text_pooling": "mean"}
+    assert _contrastive_start(fresh, str(tmp_path / "clap")) == {"text_pooling": "cls"}
+    assert _contrastive_start(UTSTextArguments(text_encoder_init="bert"), None) == {
+        "text_pooling": "cls", "text_frames_norm": "batch"
+    }  # fmt: skip
+    given = UTSTextArguments(text_pooling="cls", text_frames_norm="none")
+    assert _contrastive_start(given, None) == {"text_pooling": "cls"}  # the given norm is set by the caller

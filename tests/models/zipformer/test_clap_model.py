@@ -210,3 +210,27 @@ def test_text_frames_norm_standardises_the_frames_the_audio_projection_reads():
         shifted = normed.get_audio_features(values)
         normed.text_frames_norm.running_mean.fill_(0.0)
         torch.testing.assert_close(normed.get_audio_features(values), shifted)
+
+
+def test_text_pooling_mean_averages_the_valid_token_states():
+    cls_model, mean_model = build(), build(text_pooling="mean")
+    mean_model.load_state_dict(cls_model.state_dict())  # the same weights; pooling has no parameters
+    _, ids = inputs(batch=2, tokens=6)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    with torch.no_grad():
+        hidden = mean_model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        by_hand = torch.stack([hidden[0].mean(0), hidden[1, :4].mean(0)])
+        expected = torch.nn.functional.normalize(mean_model.text_projection(by_hand), dim=-1)
+        torch.testing.assert_close(mean_model.get_text_features(ids, mask), expected)
+        # [CLS] pooling reads the first state only: a different embedding from the same weights
+        assert not torch.allclose(cls_model.get_text_features(ids, mask), expected, atol=1e-3)
+        # no mask: every token counts
+        unmasked = torch.nn.functional.normalize(mean_model.text_projection(hidden[0].mean(0)), dim=-1)
+        torch.testing.assert_close(mean_model.get_text_features(ids[:1]), unmasked[None])
+
+
+def test_text_pooling_is_saved_and_checked(tmp_path):
+    build(text_pooling="mean").save_pretrained(tmp_path)
+    assert ZipformerForAudioTextContrastive.from_pretrained(tmp_path).config.text_pooling == "mean"
+    with pytest.raises(ValueError, match="text_pooling"):
+        clap_config(text_pooling="max")
