@@ -8,7 +8,8 @@ model is scored on the first ``--clips`` test clips of the 3-s corpus, in its ow
 tokens``, causal; PAR: all ``<mask>``, bidirectional), with label smoothing 0; the frames' cosine similarity
 across clips (how much of the encoder output is common to every clip) is printed beside.
 
-    PYTHONPATH=. python experiments/diag_uts_text.py outputs/uts_objectives/{ar,par}_s0
+    PYTHONPATH=. python experiments/diag_uts_text.py outputs/uts_objectives/{ar,par}_caption_s0
+    PYTHONPATH=. python experiments/diag_uts_text.py --text_field tags outputs/uts_objectives/{ar,par}_tags_s0
 """
 
 from __future__ import annotations
@@ -22,17 +23,32 @@ from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 import hf_audiorep  # noqa: F401  (registers the Auto classes)
 from hf_audiorep.data import load_embedded_corpus
+from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
 from hf_audiorep.objectives.captioning import caption_decoder_inputs
+from hf_audiorep.uts_text_recipe import tags_text
 
 CLIP_SECONDS = 3.0
 
 
-def _batches(corpus, processor, clips: int, batch_size: int):
+def _texts(path: str, test, text_field: str) -> list[str]:
+    """Each test clip's text as the run trained on it: its caption, or its tags in the run's vocabulary
+    (tagged from the caption as the recipe tags its test split)."""
+    if text_field == "caption":
+        return list(test["caption"])
+    tag_system = TagSystem.from_pretrained(path)
+    tagged = TagSystemBuilder("default", caption_column="caption").tag(test).tags
+    return [tags_text([n for n in tag_system.names if n in set(tags)]) for tags in tagged]
+
+
+def _batches(texts: list[str], corpus, processor, clips: int, batch_size: int):
     test = corpus["test"].select(range(clips))
     for start in range(0, clips, batch_size):
         rows = test.select(range(start, min(start + batch_size, clips)))
         waves = [np.asarray(a["array"], dtype=np.float32) for a in rows["audio"]]
-        yield processor(audio=waves, sampling_rate=16000, return_tensors="pt"), list(rows["caption"])
+        yield (
+            processor(audio=waves, sampling_rate=16000, return_tensors="pt"),
+            texts[start : start + len(rows)],
+        )
 
 
 def _loss(model, encoder_outputs, inputs) -> float:
@@ -42,13 +58,14 @@ def _loss(model, encoder_outputs, inputs) -> float:
 
 
 @torch.no_grad()
-def diagnose(path: str, clips: int, batch_size: int, parallel: bool, corpus) -> dict:
+def diagnose(path: str, clips: int, batch_size: int, parallel: bool, corpus, text_field: str) -> dict:
     model = AutoModelForSpeechSeq2Seq.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     tok = processor.tokenizer
     totals = {"own audio": [], "another clip's audio": [], "no audio (zeros)": []}
     pooled = []
-    for features, captions in _batches(corpus, processor, clips, batch_size):
+    texts = _texts(path, corpus["test"].select(range(clips)), text_field)
+    for features, captions in _batches(texts, corpus, processor, clips, batch_size):
         encoded = model.zipformer(features["input_values"], attention_mask=features["attention_mask"])
         ids = [tok(c, add_special_tokens=False).input_ids for c in captions]
         flags = torch.full((len(ids),), parallel)
@@ -104,6 +121,12 @@ def main() -> None:
         action="store_true",
         help="also the cosine between clips of an untrained zipformer-small",
     )
+    parser.add_argument(
+        "--text_field",
+        choices=("caption", "tags"),
+        default="caption",
+        help="the text the models were trained on (the recipe's --text_field; default: caption)",
+    )
     parser.add_argument("--clips", type=int, default=96, help="test clips scored (default: 96)")
     parser.add_argument("--batch_size", type=int, default=16, help="clips per batch (default: 16)")
     args = parser.parse_args()
@@ -116,7 +139,7 @@ def main() -> None:
     rows = []
     for path in args.models:
         for parallel in (False, True):
-            result = diagnose(path, args.clips, args.batch_size, parallel, corpus)
+            result = diagnose(path, args.clips, args.batch_size, parallel, corpus, args.text_field)
             rows.append((path, "PAR" if parallel else "AR", result))
     keys = list(rows[0][2])
     print("| model | decoding | " + " | ".join(keys) + " |")

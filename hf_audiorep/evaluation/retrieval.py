@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.sources import load_audio_source
+from ..data.sources import labels_outside_vocabulary, load_audio_source
 from ..data.stream import AudioStream
 from .metrics import mean_average_precision
 
@@ -111,8 +111,16 @@ def _embed_split(model, feature_extractor, stream, text_column: str | None):
 
 
 def _stream(dataset, feature_extractor, batch_size, clip_seconds, extra=(), label_names=None) -> AudioStream:
+    source = load_audio_source(dataset, label_names=label_names)
+    if label_names is not None:
+        # A ClassLabel column stores indices of its own names: read against label_names in another order
+        # they would name other classes (and the prompts would meet the wrong targets). Refuse that, and
+        # labels the prompts do not name.
+        unknown = labels_outside_vocabulary(source)
+        if unknown:
+            raise ValueError(f"the dataset has labels that label_names does not name: {unknown[:10]}")
     return AudioStream(
-        load_audio_source(dataset, label_names=label_names),
+        source,
         batch_size=batch_size,
         sample_rate=feature_extractor.sampling_rate,
         clip_seconds=clip_seconds,
