@@ -1,11 +1,12 @@
 """The trained tokenizers' exact make-up: BERT's special ids and vocabulary size, the framing of a pair, the
-vocabulary size asked for, training that depends only on the texts (not on their order or on the run), the
+vocabulary size asked for, BPE training that depends only on the texts (not on their order or on the run), the
 texts kept for training, and the fallback of `load_or_train_tokenizer` (the Hub mocked: never reached)."""
 
 import logging
 
 import pytest
 from huggingface_hub.errors import HFValidationError
+from test_text_tokenizers import CAPTIONS
 from transformers import AutoTokenizer
 
 from hf_audiorep.data import text_tokenizers
@@ -15,13 +16,6 @@ from hf_audiorep.data.text_tokenizers import (
     train_bpe_tokenizer,
     train_wordpiece_tokenizer,
 )
-
-CAPTIONS = [
-    "A dog barks while rain falls on a tin roof.",
-    "An engine idles, then a drill whirs near construction work.",
-    "A woman speaks slowly in a quiet room; birds chirp outside.",
-    "Music with a steady drum beat and a bright guitar.",
-] * 5
 
 
 def test_wordpiece_has_berts_special_ids_and_the_vocabulary_size_asked_for():
