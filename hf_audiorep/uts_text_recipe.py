@@ -112,6 +112,8 @@ class UTSTextArguments:
     def __post_init__(self):
         if self.text_field not in TEXT_FIELDS:
             raise ValueError(f"--text_field must be one of {TEXT_FIELDS}, got {self.text_field!r}")
+        if self.text_pooling not in (None, "cls", "mean"):
+            raise ValueError(f"--text_pooling must be cls or mean, got {self.text_pooling!r}")
         prob = self.parallel_decoding_prob
         if prob is not None and not 0.0 <= prob <= 1.0:
             raise ValueError(f"--parallel_decoding_prob must be in [0, 1], got {prob}")

@@ -115,6 +115,7 @@ def test_a_saved_vocabulary_labels_the_clips(recipe, tags_run, tmp_path):
         ({"objective": "captioning"}, "--objective must be one of"),
         ({"objective": "ar", "text_field": "summary"}, "--text_field must be one of"),
         ({"objective": "par", "parallel_decoding_prob": 1.5}, "--parallel_decoding_prob must be in"),
+        ({"objective": "contrastive", "text_pooling": "max"}, "--text_pooling must be cls or mean"),
         ({"objective": "ar", "decoder_preset": "bart-large"}, "unknown text preset"),
         ({"vocabulary_size": 0}, "--vocabulary_size must be >= 1"),
         ({"probe_tasks": "events,tempo_of_birds"}, "unknown probe task"),
