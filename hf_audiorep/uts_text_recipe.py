@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, BertConfig
+from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from .data.text_tokenizers import DECODER_TOKENIZER, TEXT_ENCODER_TOKENIZER, load_or_train_tokenizer
 from .evaluation.captioning import evaluate_captioning
@@ -193,6 +194,27 @@ def text_tokenizer(objective: str, args: UTSTextArguments, texts: Sequence[str])
     return load_or_train_tokenizer(
         name, texts, "wordpiece" if contrastive else "bpe", args.tokenizer_vocab_size
     )
+
+
+RUN_TOKENIZER_DIR = "tokenizer"
+
+
+def run_tokenizer(
+    state, objective: str, args: UTSTextArguments, texts: Sequence[str], output_dir, resuming: bool
+):
+    """The run's tokenizer, the same on every rank and across a resume: `text_tokenizer`, got once by the main
+    process and kept in ``output_dir/tokenizer``, which the other ranks (and a resumed run) read.
+
+    Why: a tokenizer trained on the corpus is not reproducible for every kind (tokenizers' WordPiece trainer
+    gives other ids on each run), so ranks that each trained one, or a resumed run that trained again, would
+    read the texts with other ids than the model was trained on."""
+    folder = Path(output_dir) / RUN_TOKENIZER_DIR
+    if resuming and folder.is_dir():
+        return AutoTokenizer.from_pretrained(folder)
+    if state.is_main_process:
+        text_tokenizer(objective, args, texts).save_pretrained(folder)
+    state.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def _decoder_config(args: UTSTextArguments, encoder_preset: str, tokenizer):

@@ -76,9 +76,9 @@ from hf_audiorep.uts_text_recipe import (
     batch_text,
     build_text_model,
     evaluate_text_model,
+    run_tokenizer,
     tags_text,
     text_step,
-    text_tokenizer,
 )
 
 logger = logging.getLogger("pretrain_uts")
@@ -340,9 +340,14 @@ def main(argv: list[str] | None = None) -> dict:
     feature_extractor = ZipformerFbankFeatureExtractor()
     tokenizer = None
     if text_objective:
-        # Trained on the captions when the reference tokenizer is unreachable: the same on every rank.
-        tokenizer = text_tokenizer(
-            objective, text_args, _training_texts(sources["train"], uts_args.caption_column, label_names)
+        # Trained on the captions when the reference tokenizer is unreachable: once, for all ranks and resume.
+        tokenizer = run_tokenizer(
+            state,
+            objective,
+            text_args,
+            _training_texts(sources["train"], uts_args.caption_column, label_names),
+            train_args.output_dir,
+            resuming=bool(train_args.resume_from_checkpoint),
         )
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     labels = _labels(label_names, id2label, model_args)

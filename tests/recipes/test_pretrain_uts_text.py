@@ -245,3 +245,39 @@ def test_contrastive_start_defaults_follow_what_is_pre_trained(tmp_path):
     }  # fmt: skip
     given = UTSTextArguments(text_pooling="cls", text_frames_norm="none")
     assert _contrastive_start(given, None) == {"text_pooling": "cls"}  # the given norm is set by the caller
+
+
+class _Rank:
+    """A stand-in for accelerate's PartialState: which process this is, and its barriers."""
+
+    def __init__(self, main: bool):
+        self.is_main_process, self.barriers = main, 0
+
+    def wait_for_everyone(self):
+        self.barriers += 1
+
+
+def test_the_run_tokenizer_is_trained_once_for_every_rank_and_a_resume(tmp_path, monkeypatch):
+    from hf_audiorep import uts_text_recipe
+    from hf_audiorep.uts_text_recipe import run_tokenizer
+
+    texts = [f"a dog barks {i} times while rain falls on the roof of house {i % 7}" for i in range(40)]
+    args = UTSTextArguments(tokenizer="corpus", tokenizer_vocab_size=120)
+    main_rank = _Rank(main=True)
+    main = run_tokenizer(main_rank, "contrastive", args, texts, tmp_path, resuming=False)
+    assert main_rank.barriers == 1 and (tmp_path / "tokenizer" / "tokenizer.json").exists()
+
+    # Every other reader takes the main process's ids; none trains its own (WordPiece training is not
+    # reproducible: another rank, or a resumed run, would get other ids for the same words).
+    def trained_again(*args):
+        raise AssertionError("a second tokenizer was trained")
+
+    monkeypatch.setattr(uts_text_recipe, "text_tokenizer", trained_again)
+    other_rank = _Rank(main=False)
+    other = run_tokenizer(other_rank, "contrastive", args, texts, tmp_path, resuming=False)
+    assert other_rank.barriers == 1 and other.get_vocab() == main.get_vocab()
+    resumed = run_tokenizer(_Rank(main=True), "contrastive", args, texts, tmp_path, resuming=True)
+    assert resumed.get_vocab() == main.get_vocab()
+    # A new run in the same folder (not a resume) trains its own.
+    with pytest.raises(AssertionError, match="trained"):
+        run_tokenizer(_Rank(main=True), "contrastive", args, texts, tmp_path, resuming=False)
