@@ -51,8 +51,8 @@ def test_bpe_has_the_vocabulary_size_asked_for_and_frames_a_pair_like_bart():
 
 @pytest.mark.parametrize(
     "train, size",
-    # Not WordPiece: tokenizers' WordPieceTrainer gives another vocabulary on each run over the same texts
-    # (an open bug of pretrain_uts.py's offline contrastive tokenizer across ranks, issue 16's note).
+    # Not WordPiece: tokenizers' WordPieceTrainer gives another vocabulary on each run over the same texts,
+    # which is why pretrain_uts.py trains the run's tokenizer once (uts_text_recipe.run_tokenizer).
     [(train_bpe_tokenizer, 300)],
 )
 def test_training_depends_only_on_the_texts(train, size, tmp_path):
