@@ -158,7 +158,7 @@ class ZipformerForAudioTextContrastive(ZipformerPreTrainedModel):
         the tokenizer must add it, as BERT's does)."""
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.text_pooling == "mean":
-            pooled = hidden.mean(1) if attention_mask is None else masked_mean(hidden, attention_mask, dim=1)
+            pooled = masked_mean(hidden, attention_mask, dim=1)  # no mask: every token
         else:
             pooled = hidden[:, 0]
         return F.normalize(self.text_projection(pooled), dim=-1)
