@@ -9,6 +9,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +51,61 @@ def run_recipe(
         ]
         print("$", " ".join(command), flush=True)
         run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        subprocess.run(command, check=True, cwd=ROOT, env=run_env)
+        _run_measured(command, run_env, output_dir / RESOURCES)
     data = json.loads(results.read_text())
     _check_same_run(output_dir, args)
     if archive is not None:
-        # The run's training summary (time, last logged loss, command) goes with its results.
+        # The run's training summary (time, last logged loss, command) and what it used go with its results.
         train = output_dir / "train_results.json"
         if results_file != train.name and train.exists():
             data["train_results"] = json.loads(train.read_text())
+        if (output_dir / RESOURCES).exists():
+            data["resources"] = json.loads((output_dir / RESOURCES).read_text())
         archive.parent.mkdir(parents=True, exist_ok=True)
         archive.write_text(json.dumps(data, indent=1) + "\n")
     return data
+
+
+#: a run's own peak memory and CPU time, written beside its results by `run_recipe`
+RESOURCES = "resources.json"
+
+
+def _run_measured(command: list[str], env: dict[str, str], record: Path) -> None:
+    """Run ``command`` and write what that one process used to ``record``: its peak resident memory (the
+    kernel's high-water mark of the process's own memory, ``VmHWM``, read every ``POLL_SECONDS`` while it
+    runs) and its CPU seconds (``os.wait4``). Not ``ru_maxrss``: it keeps the high-water mark of the process
+    that forked the run (this one, which may hold torch), so a small run would report a large peak."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    peak_kb = 0
+    try:
+        while True:
+            peak_kb = max(peak_kb, _high_water_kb(process.pid))
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        process.kill()
+        raise
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    used = {"peak_rss_mb": peak_kb / 1024, "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    record.write_text(json.dumps(used))
+
+
+#: how often a run's memory high-water mark is read: growth in its last fraction of a second is not seen
+POLL_SECONDS = 0.1
+
+
+def _high_water_kb(pid: int) -> int:
+    """``VmHWM`` of a running process in kB (0 once it has exited, or where /proc has no such line)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), 0)
 
 
 def _check_same_run(output_dir: Path, args: list[str]) -> None:
