@@ -163,10 +163,10 @@ def mean_attribute_accuracy(probes: dict, kind: str = "probe") -> float:
     return float(np.mean([v for k, v in probes.items() if k.endswith(f"/{kind}_accuracy")]))
 
 
-def mean_std_cell(values: list[float]) -> str:
-    """``mean ± std (n)`` over seeds; one value as is; nothing as an empty cell."""
+def mean_std_cell(values: list[float], digits: int = 3) -> str:
+    """``mean ± std (n)`` over seeds (``digits`` decimals); one value as is; nothing as an empty cell."""
     if not values:
         return ""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f} ({len(values)})"
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f} ({len(values)})"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BartTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 __all__ = [
@@ -62,10 +62,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrai
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
-    )
+    # No post-processor here: BartTokenizer installs BART's own (<s> $A </s>, pair <s> $A </s> </s> $B </s>)
+    # over whatever the backend holds.
     return BartTokenizer(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -90,12 +88,8 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> P
         vocab_size=vocab_size, special_tokens=list(_BERT_SPECIAL_TOKENS), show_progress=False
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
+    # No post-processor here: BertTokenizerFast installs BERT's own ([CLS] $A [SEP], pair [CLS] $A [SEP] $B
+    # [SEP] with type id 1 for the second text) over whatever the backend holds.
     return BertTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="[UNK]",

@@ -155,9 +155,12 @@ def _instance_norm_tokens(
     layer: torch.Tensor, patch_mask: torch.Tensor | None, eps: float = 1e-5
 ) -> torch.Tensor:
     """Normalise every channel over the tokens of each clip (``F.instance_norm`` on ``(B, H, N)``); with
-    ``patch_mask`` the statistics come from the real (non-padding) tokens only."""
+    ``patch_mask`` the statistics come from the real (non-padding) tokens only.
+
+    Written out rather than through ``F.instance_norm``, which refuses a single token: a one-patch clip
+    normalises to zeros here, as a clip with one real patch does under ``patch_mask``."""
     if patch_mask is None:
-        return F.instance_norm(layer.transpose(1, 2), eps=eps).transpose(1, 2)
+        patch_mask = layer.new_ones(layer.shape[:2])
     weights = patch_mask.to(layer.dtype).unsqueeze(-1)
     count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = (layer * weights).sum(dim=1, keepdim=True) / count

@@ -26,10 +26,12 @@ def test_wordpiece_has_berts_special_ids_and_the_vocabulary_size_asked_for():
     assert ids == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
     assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.mask_token_id) == (0, 1, 4)
     assert len(tokenizer) == 120
-    # a pair: [CLS] a [SEP] b [SEP], the second segment's type id 0 as the template gives none
+    # a pair: [CLS] a [SEP] b [SEP], the second segment (and its [SEP]) of type id 1, as BERT's
     a = tokenizer("a dog", add_special_tokens=False).input_ids
     b = tokenizer("rain", add_special_tokens=False).input_ids
-    assert tokenizer("a dog", "rain").input_ids == [2, *a, 3, *b, 3]
+    pair = tokenizer("a dog", "rain")
+    assert pair.input_ids == [2, *a, 3, *b, 3]
+    assert pair.token_type_ids == [0] * (len(a) + 2) + [1] * (len(b) + 1)
     # word pieces are glued back without "##"
     assert tokenizer.decode(tokenizer("construction").input_ids, skip_special_tokens=True) == "construction"
     assert tokenizer.do_lower_case
@@ -131,3 +133,9 @@ def test_a_local_path_that_fails_to_load_raises_its_own_error(monkeypatch, tmp_p
         load_or_train_tokenizer(str(tmp_path), CAPTIONS, "bpe")
     with pytest.raises(ValueError, match=r"tokenizer kind must be one of \['bpe', 'wordpiece'\], got 'BPE'"):
         load_or_train_tokenizer(str(tmp_path), CAPTIONS, "BPE")
+
+
+@pytest.mark.parametrize("train", [train_bpe_tokenizer, train_wordpiece_tokenizer])
+def test_training_on_blank_texts_says_why_it_cannot_train(train):
+    with pytest.raises(ValueError, match=r"^cannot train a tokenizer: no non-empty text was given$"):
+        train(["", " \n", None, 3])

@@ -238,7 +238,11 @@ def test_arguments_are_checked_before_any_clip_is_read():
 
     with pytest.raises(TypeError, match="Mute cannot generate text: it has no caption decoder"):
         generate_captions(Mute(), processor, clips(), progress=False)
-    with pytest.raises(TypeError, match="Mute has no parallel_generate"):
+    with pytest.raises(
+        TypeError,
+        match=r"^Mute has no parallel_generate: parallel \(PAR\) decoding needs a captioner such as "
+        "ZipformerForConditionalGeneration$",
+    ):
         generate_captions(Mute(), processor, clips(), parallel=True, progress=False)
     assert model.calls == [] and processor.calls == []
 
@@ -305,3 +309,22 @@ def test_evaluate_captioning_checks_its_arguments():
         ValueError, match=r"caption_column 'text' not in the dataset columns \['audio', 'caption'\]"
     ):
         evaluate_captioning(Captioner(), Processor(), dataset, "text", progress=False)
+
+
+def test_evaluate_captioning_defaults_are_batches_of_sixteen_and_five_examples():
+    lengths = [1600 + 100 * i for i in range(17)]
+    dataset = clips(lengths, captions=[spoken(n) for n in lengths])
+    processor = Processor()
+    _, examples = evaluate_captioning(Captioner(), processor, dataset, progress=False)
+    assert [size for size, _ in processor.calls] == [16, 1]
+    assert examples == [(spoken(n), spoken(n)) for n in lengths[:5]]
+
+
+def test_evaluate_captioning_reads_the_audio_column_it_is_given():
+    # a decoy "audio" column, the one that would be found without audio_column
+    dataset = Dataset.from_dict(
+        {"audio": records([2000] * 3), "sound": records(LENGTHS[:3]), "caption": ["x"] * 3}
+    )
+    dataset = dataset.cast_column("audio", Audio()).cast_column("sound", Audio())
+    _, examples = evaluate_captioning(Captioner(), Processor(), dataset, audio_column="sound", progress=False)
+    assert [prediction for _, prediction in examples] == [spoken(n) for n in LENGTHS[:3]]

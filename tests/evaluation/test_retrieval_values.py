@@ -39,6 +39,18 @@ def test_recall_ranks_by_cosine_whatever_the_norms():
     }
 
 
+def test_each_row_is_normalised_on_its_own_not_the_matrix_as_a_whole():
+    # Cosines: audio 0 (unit) against texts [0.981, 0.196], the long audio 1 against [0.860, 0.802]: audio 1
+    # ranks text 0 first, every text ranks its own audio first. Scaling the audio matrix as a whole keeps
+    # audio 1 long, and then text 0 would rank it first (11.6 against 0.98).
+    audio = torch.tensor([[1.0, 0.0], [10.0, 9.0]])
+    text = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+    expected = {"audio_to_text_R@1": 0.5, "audio_to_text_R@2": 1.0, "text_to_audio_R@1": 1.0}
+    assert retrieval_recall(audio, text, ks=(1, 2)) == {**expected, "text_to_audio_R@2": 1.0}
+    # the roles swapped: the long rows are now texts
+    assert retrieval_recall(text, audio, ks=(1,)) == {"audio_to_text_R@1": 1.0, "text_to_audio_R@1": 0.5}
+
+
 def test_a_partial_tie_ranks_the_true_item_after_the_items_it_ties_with():
     # Texts 0 and 1 are the same: audio 0 and 1 score both 0.707 and rank their own text 2nd, audio 2 1st;
     # from the texts' side the same.
@@ -87,7 +99,9 @@ def test_inputs_are_checked_and_any_numeric_array_is_accepted():
         retrieval_recall(torch.ones(2, 2), torch.ones(0, 2))
     # a single pair is fine; same rows but another width is not
     assert retrieval_recall(torch.ones(1, 2), torch.ones(1, 2), ks=(1,))["audio_to_text_R@1"] == 1.0
-    with pytest.raises(ValueError, match=r"audio_embeds \(2, 2\) and text_embeds \(2, 3\) must be paired"):
+    with pytest.raises(
+        ValueError, match=r"audio_embeds \(2, 2\) and text_embeds \(2, 3\) must be paired rows of one width"
+    ):
         retrieval_recall(torch.ones(2, 2), torch.ones(2, 3))
 
 
@@ -124,6 +138,24 @@ def test_a_soft_target_of_one_half_counts_as_a_positive_in_chance_as_in_the_map(
     assert result["num_classes_evaluated"] == 2
 
 
+def test_each_label_embedding_is_normalised_on_its_own():
+    # Label 0 points at 45 degrees, label 1 along x; normalising each dimension over the labels instead would
+    # turn label 0 to 66 degrees. Cosines of the clips (at 6, 53 and 90 degrees):
+    #   class 0: [0.774, 0.990, 0.707], positive clip 0 ranks 2nd -> AP 1/2 (at 66 degrees it ranks 3rd)
+    #   class 1: [0.995, 0.600, 0.000], positive clip 1 ranks 2nd -> AP 1/2
+    # AUC: each positive beats one of its two negatives. Chance: (1/3 + 1/3) / 2.
+    audio = torch.tensor([[1.0, 0.1], [0.6, 0.8], [0.0, 1.0]])
+    labels = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    result = zero_shot_scores(audio, labels, [[1, 0], [0, 1], [0, 0]])
+    assert result == {
+        "zero_shot_mAP": pytest.approx(0.5),
+        "zero_shot_mAUC": pytest.approx(0.5),
+        "chance_mAP": pytest.approx(1 / 3),
+        "num_clips": 3,
+        "num_classes_evaluated": 2,
+    }
+
+
 def test_zero_shot_input_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"audio_embeds \(2\) and label_embeds \(3\) differ in width"):
         zero_shot_scores(torch.ones(4, 2), torch.ones(5, 3), np.zeros((4, 5)))
@@ -131,6 +163,10 @@ def test_zero_shot_input_errors_name_the_shapes():
         zero_shot_scores(torch.ones(4, 2), torch.ones(5, 2), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="label_embeds must be a non-empty"):
         zero_shot_scores(torch.ones(4, 2), torch.ones(0, 2), np.zeros((4, 0)))
+    with pytest.raises(
+        ValueError, match=r"^audio_embeds must be a non-empty \(rows, dim\) array, got shape \(0, 2\)"
+    ):
+        zero_shot_scores(torch.ones(0, 2), torch.ones(5, 2), np.zeros((0, 5)))
 
 
 # ---- on a tiny model ------------------------------------------------------------------------------------
@@ -325,3 +361,53 @@ def test_zero_shot_tagging_reads_a_class_label_column_in_label_names_order(tiny)
         assert "orders its classes" in str(err)
         return
     assert result == pytest.approx(as_names, rel=1e-6)
+
+
+def test_embed_audio_text_truncates_the_texts_at_max_text_length(tiny):
+    _, extractor, tokenizer = tiny
+    model = LinearClap(32, len(tokenizer))
+    dataset = _dataset([[], []])
+    _, text = embed_audio_text(model, extractor, tokenizer, dataset, clip_seconds=0.25, max_text_length=4)
+    np.testing.assert_allclose(text, _one_by_one(model, tokenizer, TEXTS[:2], max_length=4), rtol=1e-5)
+    # text 1 is cut by 4 tokens, not by the default 30
+    assert not np.allclose(text[1], _one_by_one(model, tokenizer, TEXTS[1:2], max_length=30)[0], atol=1e-3)
+
+
+def test_zero_shot_tagging_refuses_labels_that_label_names_does_not_name(tiny):
+    _, extractor, tokenizer = tiny
+    model = LinearClap(32, len(tokenizer))
+    dataset = _dataset([["low"], ["bark", "high"], ["hiss"]])
+    with pytest.raises(
+        ValueError, match=r"^the dataset has labels that label_names does not name: \['bark', 'hiss'\]$"
+    ):
+        zero_shot_tagging(model, extractor, tokenizer, dataset, NAMES, clip_seconds=0.5)
+
+
+class RecordingClap(LinearClap):
+    """`LinearClap` that records, per call of `get_audio_features`, the frames each clip of the batch has."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.heard: list[list[int]] = []
+
+    def get_audio_features(self, features, mask):
+        self.heard.append(mask.sum(1).tolist())
+        return super().get_audio_features(features, mask)
+
+
+def test_defaults_read_batches_of_eight_clips_of_at_most_ten_seconds(tiny):
+    _, extractor, tokenizer = tiny
+    # nine clips, the first 10.5 s long: batches of 8 and 1, and the first clip heard for 10 s
+    labels = [["low"], ["high"], ["high"], ["low"], ["high"], ["low"], ["high"], ["low"], ["high"]]
+    dataset = _dataset(labels, waveforms=[np.concatenate([_tone(0, 10.0), _tone(5)])] + [_tone(1)] * 8)
+    with torch.no_grad():
+        _, ten_seconds = extractor.batch_features(torch.zeros(1, 10 * SR), torch.tensor([10 * SR]))
+        _, half_second = extractor.batch_features(torch.zeros(1, SR // 2), torch.tensor([SR // 2]))
+    expected = [[int(ten_seconds.sum())] + [int(half_second.sum())] * 7, [int(half_second.sum())]]
+    for run in (
+        lambda model: embed_audio_text(model, extractor, tokenizer, dataset),
+        lambda model: zero_shot_tagging(model, extractor, tokenizer, dataset, NAMES),
+    ):
+        model = RecordingClap(32, len(tokenizer))
+        run(model)
+        assert model.heard == expected
