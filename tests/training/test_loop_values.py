@@ -26,6 +26,7 @@ from toy_training import fresh_accelerate_state, toy  # noqa: F401  (fresh_accel
 from transformers import set_seed
 
 from hf_audiorep.training import TrainLoop
+from hf_audiorep.training import checkpoint as checkpoint_module
 from hf_audiorep.training import loop as loop_module
 from hf_audiorep.training.loop import _MODEL_FILE, _batch_size, launch_command
 
@@ -209,6 +210,30 @@ def test_accumulated_update_is_the_mean_gradient_of_the_micro_batches_clipped(tm
     assert [row["grad_norm"] for row in loop.log_history] == pytest.approx(norms, rel=1e-4)
 
 
+def test_a_parameter_no_loss_reached_in_a_step_is_left_alone_by_adamw(tmp_path):
+    """The gradients are freed after each step (``zero_grad(set_to_none=True)``): a parameter the next loss
+    does not reach has no gradient, and AdamW skips it; a zeroed gradient would let AdamW move it by its
+    momentum. Step 2's loss reaches the head's bias only (with a zero gradient, so momentum moves it)."""
+    base = toy.classification_step()
+    calls = []
+
+    def step_fn(model, batch):
+        calls.append(1)
+        if len(calls) == 1:
+            return base(model, batch)
+        return model.head.bias.sum() * 0, {}
+
+    after = []  # the weights after each optimizer step
+
+    def hook(model, step):
+        after.append({name: p.detach().clone() for name, p in model.named_parameters()})
+
+    args = _args(tmp_path, max_steps=2, warmup_steps=0, weight_decay=0.1)
+    TrainLoop(args, _model(), _stream(), step_fn, on_optimizer_step=[hook]).run()
+    first, second = after
+    assert [name for name in first if not torch.equal(first[name], second[name])] == ["head.bias"]
+
+
 def test_log_values_are_means_of_floats_and_one_element_tensors(tmp_path):
     args = _args(tmp_path, max_steps=4, logging_steps=2)
     counter = {"n": 0}
@@ -222,6 +247,59 @@ def test_log_values_are_means_of_floats_and_one_element_tensors(tmp_path):
     loop = TrainLoop(args, _model(), _stream(), step_fn)
     loop.run()
     assert [(r["step"], r["const"], r["call"]) for r in loop.log_history] == [(2, 0.5, 1.5), (4, 0.5, 3.5)]
+
+
+def test_low_precision_and_bool_log_values_are_summed_in_float64_without_their_graph(tmp_path, monkeypatch):
+    """Under mixed precision a step's logs are fp16/bf16 tensors: summed in their own dtype, 2048 + 1 + 1 + 1
+    stays 2048 in fp16 (its spacing there is 2) and the mean reads 512, not 512.75; bools summed as bools
+    stay True. A log value that requires grad must not keep its graph alive in the window until the log."""
+    base = toy.classification_step()
+    halves = iter([2048.0, 1.0, 1.0, 1.0])
+    flags = iter([True, False, True, True])
+
+    def step_fn(model, batch):
+        loss, _ = base(model, batch)
+        return loss, {
+            "half": torch.tensor(next(halves), dtype=torch.float16),
+            "flag": torch.tensor(next(flags)),
+            "live": loss * 2,  # requires grad
+        }
+
+    held_graph = []
+    add_micro = loop_module._Window.add_micro
+
+    def recording_add_micro(window, loss, logs, clips):
+        add_micro(window, loss, logs, clips)
+        held_graph.append(any(total.requires_grad for total in window.log_sums.values()))
+
+    monkeypatch.setattr(loop_module._Window, "add_micro", recording_add_micro)
+    args = _args(tmp_path, max_steps=4, logging_steps=4)
+    loop = TrainLoop(args, _model(), _stream(), step_fn)
+    loop.run()
+    (row,) = loop.log_history
+    assert (row["half"], row["flag"]) == (512.75, 0.75)
+    assert held_graph == [False] * 8  # 4 micro-steps, each added to the log window and to the run's totals
+
+
+def test_losses_and_grad_norms_are_summed_in_float64_over_the_window_and_the_run(tmp_path):
+    """Losses and gradient norms 2**24, 1, 1, 2: float32 has a spacing of 2 above 2**24, so a float32 running
+    sum drops the ones (2**24 + 2 in all, mean 4194304.5); the float64 sum is 2**24 + 4, which the float32
+    all-reduce of the losses holds exactly: mean 4194305."""
+    values = iter([2.0**24, 1.0, 1.0, 2.0])
+    base = toy.classification_step()
+
+    def step_fn(model, batch):
+        loss, _ = base(model, batch)
+        value = next(values)
+        weight = model.head.weight[0, 0]
+        # The loss is exactly `value`, and its gradient is `value` on one weight: a norm of `value`.
+        return loss * 0 + value + value * (weight - weight.detach()), {}
+
+    args = _args(tmp_path, max_steps=4, logging_steps=4, max_grad_norm=None)
+    loop = TrainLoop(args, _model(), _stream(), step_fn, optimizer_fn=_sgd, scheduler_fn=_constant)
+    summary = loop.run()
+    (row,) = loop.log_history
+    assert row["loss"] == summary["train_loss"] == row["grad_norm"] == (2**24 + 4) / 4
 
 
 def test_logs_none_is_no_logs_and_the_grad_norm_is_the_mean_over_the_window(tmp_path):
@@ -278,6 +356,40 @@ def test_tracker_gets_training_logs_and_the_scalar_eval_metrics_at_their_steps(t
     assert summary["score"] == 0.25 and summary["name"] == "dev"
 
 
+def test_the_tracker_is_started_with_the_project_name_and_the_run_arguments(tmp_path):
+    args = _args(tmp_path, max_steps=1, log_with="tensorboard", project_name="toy-project")
+    loop = TrainLoop(args, _model(), _stream(), toy.classification_step())
+    started = []
+    loop.accelerator.init_trackers = lambda name, config=None, **kwargs: started.append((name, config))
+    loop.run()
+    assert started == [("toy-project", args.to_sanitized_dict())]
+
+
+def test_only_an_export_or_a_model_copy_of_a_sharded_model_is_refused(tmp_path, monkeypatch):
+    """Under FSDP an export would see one rank's shards: refused before the first step, and so is a model copy
+    in extra_state at construction; without either a sharded run trains. FSDP itself needs two processes, so
+    the check's answer is stood in for."""
+    monkeypatch.setattr(loop_module, "shards_parameters", lambda accelerator: True)
+    monkeypatch.setattr(checkpoint_module, "shards_parameters", lambda accelerator: True)
+    loop = TrainLoop(_args(tmp_path, max_steps=1), _model(), _stream(), toy.classification_step())
+    assert loop.run()["global_step"] == 1
+    # A copy of the model in extra_state (an EMA teacher) could not follow the shards either.
+    with pytest.raises(NotImplementedError, match=r"extra_state\['ema'\] \(Linear\) holds a copy of a model"):
+        TrainLoop(
+            _args(tmp_path),
+            _model(),
+            _stream(),
+            toy.classification_step(),
+            extra_state={"ema": nn.Linear(2, 2)},
+        )
+    args = _args(tmp_path, output_dir=str(tmp_path / "export"), max_steps=1)
+    loop = TrainLoop(args, _model(), _stream(), toy.classification_step())
+    loop.export_fn = copy.deepcopy
+    with pytest.raises(NotImplementedError, match=r"export_fn \(e.g. a LoRA merge .* parameters are sharded"):
+        loop.run()
+    assert loop.global_step == 0
+
+
 def test_a_failing_or_malformed_evaluation_leaves_the_model_training(tmp_path):
     def broken(model):
         raise KeyError("no dev split")
@@ -323,6 +435,17 @@ def test_eval_steps_without_eval_fn_and_an_end_on_an_eval_step_evaluate_as_asked
     assert steps == [3]
 
 
+def test_each_epoch_boundary_moves_to_the_next_epoch_and_the_runtime_is_the_runs(tmp_path):
+    # 8 clips in batches of 4: 2 steps an epoch, so 5 steps run through epochs 0, 1 and 2.
+    stream = _stream(num_examples=8)
+    loop = TrainLoop(_args(tmp_path, max_steps=5), _model(), stream, toy.classification_step())
+    start = time.perf_counter()
+    summary = loop.run()
+    total = time.perf_counter() - start
+    assert stream.set_epoch_calls == [0, 1, 2] and loop.epoch == summary["epoch"] == 2
+    assert 0 < summary["train_runtime"] <= total
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
@@ -366,6 +489,22 @@ def test_resume_from_a_checkpoint_at_the_end_of_an_epoch_reproduces_the_uninterr
     assert summary["train_clips"] == 2 * 3 * 4  # clips of this invocation only
 
 
+def test_a_fresh_run_over_an_earlier_runs_checkpoints_names_the_latest_and_the_two_ways_out(tmp_path):
+    args = _args(tmp_path, max_steps=1)
+    root = Path(args.output_dir) / "checkpoints"
+    for step in (2, 9, 10):  # numeric order: step_10 is the latest, step_9 the one before
+        (root / f"step_{step}").mkdir(parents=True)
+        (root / f"step_{step}" / "trainer_state.json").write_text("{}")
+    loop = TrainLoop(args, _model(), _stream(), toy.classification_step())
+    advice = (
+        r"earlier run \(step_10\); pass resume_from_checkpoint='latest' to continue it, "
+        r"overwrite_output_dir=True to discard them"
+    )
+    with pytest.raises(ValueError, match=advice):
+        loop.run()
+    assert loop.global_step == 0 and sorted(p.name for p in root.iterdir()) == ["step_10", "step_2", "step_9"]
+
+
 # ----------------------------------------------------------------------------------------- optimizer
 
 
@@ -380,15 +519,16 @@ def test_param_groups_fn_builds_adamw_with_the_arguments_hyper_parameters(tmp_pa
         adam_epsilon=1e-3,
     )
     model = _model()
-    head = list(model.head.parameters())
-    rest = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-    loop = TrainLoop(
-        args,
-        model,
-        _stream(),
-        toy.classification_step(),
-        param_groups_fn=lambda m: [{"params": rest, "lr_scale": 0.5}, {"params": head, "weight_decay": 0.0}],
-    )
+    given = []
+
+    def param_groups_fn(m):  # the groups of the model it is given
+        given.append(m)
+        head = list(m.head.parameters())
+        rest = [p for n, p in m.named_parameters() if not n.startswith("head.")]
+        return [{"params": rest, "lr_scale": 0.5}, {"params": head, "weight_decay": 0.0}]
+
+    loop = TrainLoop(args, model, _stream(), toy.classification_step(), param_groups_fn=param_groups_fn)
+    assert len(given) == 1 and given[0] is model
     optimizer = loop.optimizer.optimizer
     assert isinstance(optimizer, torch.optim.AdamW)
     groups = optimizer.param_groups
@@ -403,6 +543,41 @@ def test_param_groups_fn_builds_adamw_with_the_arguments_hyper_parameters(tmp_pa
             toy.classification_step(),
             param_groups_fn=lambda m: [{"params": list(m.parameters())}],
         )
+    # The factories get the model, the optimizer built and the run's arguments.
+    calls = []
+
+    def optimizer_fn(m, a):
+        calls.append((m, a))
+        return _sgd(m, a)
+
+    def scheduler_fn(o, a):
+        calls.append((o, a))
+        return _constant(o, a)
+
+    model = _model()
+    loop = TrainLoop(
+        args,
+        model,
+        _stream(),
+        toy.classification_step(),
+        optimizer_fn=optimizer_fn,
+        scheduler_fn=scheduler_fn,
+    )
+    assert [(type(x).__name__, a is args) for x, a in calls] == [("ToyModel", True), ("SGD", True)]
+    assert calls[0][0] is model and calls[1][0] is loop.optimizer.optimizer
+
+
+def test_mixed_precision_from_the_arguments_runs_the_step_under_autocast(tmp_path):
+    seen = []
+    base = toy.classification_step()
+
+    def step_fn(model, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return base(model, batch)
+
+    args = _args(tmp_path, max_steps=1, mixed_precision="bf16")
+    summary = TrainLoop(args, _model(), _stream(), step_fn).run()
+    assert seen == [(True, torch.bfloat16)] and summary["mixed_precision"] == "bf16"
 
 
 def test_constructor_rejects_what_is_not_a_loop_input(tmp_path):
@@ -469,6 +644,24 @@ def test_clips_per_second_counts_the_window_clips_over_its_training_time(tmp_pat
     total = time.perf_counter() - start
     for row in loop.log_history:
         assert 2 * 2 * 4 / total <= row["clips_per_second"] <= 4 / 0.02
+
+
+def test_the_window_throughput_leaves_out_the_evaluation_inside_it(tmp_path):
+    """Each evaluation sleeps 1 s; the one at step 1 falls inside the window logged at step 2, the one at
+    step 2 after that log. Training time only: the window's time is at most the run's less both sleeps."""
+
+    def eval_fn(model):
+        time.sleep(1.0)
+        return {"x": 1.0}
+
+    args = _args(tmp_path, max_steps=2, logging_steps=2, eval_steps=1)
+    loop = TrainLoop(args, _model(), _stream(), toy.classification_step(), eval_fn=eval_fn)
+    start = time.perf_counter()
+    loop.run()
+    total = time.perf_counter() - start
+    (row,) = loop.log_history
+    assert [e["step"] for e in loop.eval_history] == [1, 2]
+    assert row["clips_per_second"] >= 2 * 4 / (total - 2.0)
 
 
 # ---------------------------------------------------------------------------------------- final save
@@ -554,6 +747,8 @@ def test_model_file_pattern_matches_exactly_the_files_of_a_saved_model():
 
 def test_batch_size_of_audio_batches_tuples_and_batches_without_tensors():
     assert _batch_size({"waveforms": torch.zeros(5, 100), "labels": torch.zeros(7)}) == 5
+    # The clips are the waveforms' rows even when another tensor comes first (accelerate takes the first).
+    assert _batch_size({"labels": torch.zeros(7), "waveforms": torch.zeros(5, 100)}) == 5
     assert _batch_size({"input_values": torch.zeros(3, 10)}) == 3  # no waveforms: found by accelerate
     assert _batch_size({"labels": torch.zeros(6), "waveforms": [1, 2]}) == 6  # waveforms not a tensor
     assert _batch_size((torch.zeros(2, 4), torch.zeros(2))) == 2
@@ -570,6 +765,10 @@ def test_launch_command_masks_every_secret_spelling_and_names_the_launcher():
     assert launch_command(
         ["train.py", "--tokenizer", "corpus", "--tokenizer_vocab_size", "9", "--db-passwd", "x"], {}
     ) == ("python train.py --tokenizer corpus --tokenizer_vocab_size 9 --db-passwd '<redacted>'")
+    # An API key in the hyphenated spelling: neither "api" nor "key" is a secret word on its own.
+    assert launch_command(["train.py", "--wandb-api-key", "k", "--cache-key", "c"], {}) == (
+        "python train.py --wandb-api-key '<redacted>' --cache-key c"
+    )
     # A value that merely looks like an option name, and positional words, are kept.
     assert (
         launch_command(["train.py", "token", "--name", "my-token"], {})
