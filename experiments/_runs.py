@@ -170,3 +170,10 @@ def mean_std_cell(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f} ({len(values)})"
+
+
+def report(summary: str, work_dir: Path) -> None:
+    """Print a sweep's table and keep it as ``<work_dir>/summary.md``."""
+    print(summary)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "summary.md").write_text(summary + "\n")

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from _runs import mean_std_cell, run_recipe
+from _runs import mean_std_cell, report, run_recipe
 
 LOSSES = {"ce": ("0", "0"), "kd": ("1", "0"), "crd": ("1", "0.8")}  # (kd_weight, crd_weight)
 SCENE_AUGMENTATION = ["--time_mask", "0", "--freq_mask", "48"]
@@ -120,9 +120,7 @@ def main() -> None:
             + " |"
         )
     summary = "\n".join(lines)
-    print(summary)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "summary.md").write_text(summary + "\n")
+    report(summary, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _runs import RESULTS, mean_std_cell, run_recipe
+from _runs import RESULTS, mean_std_cell, report, run_recipe
 
 COMMON = ["--clip_seconds", "4", "--cpu", "true", "--num_decode_threads", "1"]
 #: the training recipes' (recipes/probe.py has no progress bar to turn off)
@@ -159,9 +159,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| constant score (trivial baseline) | {_constant_score_map(targets):.3f} | 0 | | | |")
     summary = "\n".join(lines)
-    print(summary)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "summary.md").write_text(summary + "\n")
+    report(summary, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from _runs import RESULTS, cpu_run, mean_std_cell, run_recipe
+from _runs import RESULTS, cpu_run, mean_std_cell, report, run_recipe
 
 from hf_audiorep.evaluation.probing.report import plot_layer_weights
 
@@ -254,8 +254,7 @@ def main() -> None:
     summary = _table(rows, columns) + "\n\nPre-training (equal CPU time):\n" + pretraining
     figures = _gate_figures(args.work_dir, args.encoders, args.seeds)
     summary += "\n\nCGP gate figures: " + ", ".join(str(f) for f in figures)
-    print(summary)
-    (args.work_dir / "summary.md").write_text(summary + "\n")
+    report(summary, args.work_dir)
 
 
 if __name__ == "__main__":
