@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -144,17 +143,14 @@ def _same_arguments(recorded: list[str], args: list[str]) -> bool:
 
 
 def cpu_run(recipe: str, output_dir: Path, args: list[str], results_file: str = "eval_results.json") -> float:
-    """Run a recipe once and return the CPU seconds it used (kept beside its results, so a rerun reuses it).
-    CPU time, not wall-clock: on a machine shared with other jobs the wall-clock of a step varies several
-    fold with the load, its CPU time hardly."""
-    record = output_dir / "cpu_seconds.json"
-    if not record.exists():
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        run_recipe(recipe, output_dir, args, results_file)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        record.write_text(json.dumps({"cpu_seconds": cpu}))
-    return json.loads(record.read_text())["cpu_seconds"]
+    """Run a recipe once and return the CPU seconds it used (``run_recipe``'s record of the run, kept beside
+    its results, so a rerun reuses it). CPU time, not wall-clock: on a machine shared with other jobs the
+    wall-clock of a step varies several fold with the load, its CPU time hardly."""
+    legacy = output_dir / "cpu_seconds.json"  # runs recorded before resources.json
+    if legacy.exists():
+        return json.loads(legacy.read_text())["cpu_seconds"]
+    run_recipe(recipe, output_dir, args, results_file)
+    return json.loads((output_dir / RESOURCES).read_text())["cpu_seconds"]
 
 
 def mean_attribute_accuracy(probes: dict, kind: str = "probe") -> float:
