@@ -33,6 +33,7 @@ class TaggingResult:
     activation: str = "sigmoid"  # "sigmoid" (multi-label), "softmax" (single-label) or "none" (raw logits)
     seconds: float = 0.0  # audio scored
     peak: float = 0.0  # largest absolute sample scored
+    precision: str = "fp32"  # what the model ran in (hf_audiorep.precision): "fp32" or "bf16"
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         order = np.argsort(-self.clip_scores)[:k]
@@ -45,6 +46,12 @@ class TaggingResult:
         if self.activation == "sigmoid":
             return "Scores are sigmoids (multi-label model: labels are independent)."
         return "Scores are raw logits."
+
+    def describe_precision(self) -> str | None:
+        """One sentence when the model did not run in float32 (hf_audiorep.precision), else None."""
+        if self.precision == "bf16":
+            return "Scored in bfloat16 (fast on this CPU; scores within a few thousandths of float32)."
+        return None
 
     def silence_notice(self) -> str | None:
         """A notice when the scored audio is silent: the scores then mean little."""
@@ -129,7 +136,8 @@ def tag_windows(
     """
     activation = activation or activation_for(model.config)
     sampling_rate = feature_extractor.sampling_rate
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
+    device = parameter.device
     starts, outputs, pending = [], [], []
     end, peak = 0.0, 0.0
 
@@ -164,7 +172,12 @@ def tag_windows(
         activation=activation,
         seconds=end,
         peak=peak,
+        precision=getattr(model, "inference_precision", None) or _dtype_name(parameter.dtype),
     )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 def _hop(feature_extractor, window_seconds, hop_seconds) -> tuple[float, float]:

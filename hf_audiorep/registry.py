@@ -52,6 +52,7 @@ __all__ = [
     "Architecture",
     "architecture_for",
     "config_from_preset",
+    "feature_extractor_for",
     "register_auto_classes",
 ]
 
@@ -319,3 +320,12 @@ def config_from_preset(name: str, **overrides: Any) -> PreTrainedConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return PRESETS[name].from_preset(name, **overrides)
+
+
+def feature_extractor_for(config: PreTrainedConfig):
+    """A fresh front end for a model of ``config``: its family's feature extractor with default settings, the
+    ViTs' fixed-length Kaldi fbank cut to the model's ``max_length`` frames (its position table)."""
+    extractor = architecture_for(config.model_type).feature_extractor
+    if extractor is AudioFbankFeatureExtractor:
+        return extractor(target_length=config.max_length)
+    return extractor()

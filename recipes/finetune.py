@@ -41,7 +41,7 @@ from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.inference import model_window_seconds
-from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, CATConfig
+from hf_audiorep.modeling import AudioMAEConfig, CATConfig
 from hf_audiorep.objectives import (
     AugmentationArguments,
     ClassifierWithProjection,
@@ -54,7 +54,7 @@ from hf_audiorep.objectives import (
     init_classifier_from_probe,
 )
 from hf_audiorep.objectives.features import embedding_width
-from hf_audiorep.registry import architecture_for
+from hf_audiorep.registry import feature_extractor_for
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -196,16 +196,7 @@ def _model(model_args: ModelArguments, label_names: list[str], feature_extractor
         **head,
     )
     model = AutoModelForAudioClassification.from_config(config)
-    return model, _fresh_feature_extractor(config)
-
-
-def _fresh_feature_extractor(config):
-    """The front end of a fresh model's family (the registry's); the ViTs' fixed-length fbank is cut to the
-    model's ``max_length`` frames."""
-    extractor = architecture_for(config.model_type).feature_extractor
-    if extractor is AudioFbankFeatureExtractor:
-        return extractor(target_length=config.max_length)
-    return extractor()
+    return model, feature_extractor_for(config)
 
 
 def _check_lora(lora_args: LoraArguments, model_args: ModelArguments, train_args) -> None:

@@ -54,7 +54,7 @@ from hf_audiorep.evaluation.probing.cache import GB
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.inference import model_window_seconds
-from hf_audiorep.registry import architecture_for
+from hf_audiorep.registry import feature_extractor_for
 from hf_audiorep.training import TrainingArguments
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
@@ -182,10 +182,8 @@ def _encoder(args: EncoderArguments, cache_args: CacheArguments, device) -> Laye
     else:
         overrides = {"max_length": args.max_length} if args.max_length else {}
         config = hf_audiorep.config_from_preset(args.preset, **overrides)
-        front_end = architecture_for(config.model_type).feature_extractor
-        feature_extractor = front_end(target_length=config.max_length)
         encoder = LayerFeatureEncoder(
-            AutoModel.from_config(config).to(device), feature_extractor, "hf_audiorep"
+            AutoModel.from_config(config).to(device), feature_extractor_for(config), "hf_audiorep"
         )
     return encoder.select(cache_args.layers, cache_args.token_pooling)
 

@@ -202,7 +202,10 @@ class MultiResolutionStem(nn.Module):
             visible_grid = visible.view(batch, 1, grid_t, grid_f)
 
         input_dtype = spectrogram.dtype
-        compute_dtype = self.token_proj.weight.dtype
+        # The convolutions' dtype, not token_proj's: a dynamically quantised copy (torch.ao's
+        # quantize_dynamic, one of the paths benchmarks/bench_space.py measures) keeps them in float while
+        # its Linear layers hold int8 weights behind a method.
+        compute_dtype = self.side_outputs[0].weight.dtype
         with torch.autocast(device_type=spectrogram.device.type, enabled=False):
             hidden_states = spectrogram.to(compute_dtype)
             side_tokens = 0

@@ -7,7 +7,9 @@ when the clip is longer than the model's window.
 
 Which checkpoints it serves (Hub ids or local directories) comes from ``--model`` arguments, else from
 ``HF_AUDIOREP_MODELS`` (comma-separated) or ``HF_AUDIOREP_MODEL``. With none, the page says what to set:
-the Space never trains a model. ``HF_AUDIOREP_MAX_SECONDS`` and ``HF_AUDIOREP_MAX_MEGABYTES`` bound uploads.
+the Space never trains a model. ``HF_AUDIOREP_MAX_SECONDS`` and ``HF_AUDIOREP_MAX_MEGABYTES`` bound uploads;
+``HF_AUDIOREP_PRECISION`` (default ``auto``: bfloat16 on a CPU with AMX, else float32; see
+:mod:`hf_audiorep.precision`) sets the number format the models run in.
 
 Importing this module has no side effects; ``python app.py`` builds the demo and launches it.
 """
@@ -47,6 +49,7 @@ from hf_audiorep.inference import (  # noqa: E402
     model_window_seconds,
     tag_waveform,
 )
+from hf_audiorep.precision import PRECISIONS, for_inference  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_MEGABYTES",
@@ -110,6 +113,7 @@ class TaggerSettings:
     model_ids: tuple[str, ...] = ()
     max_seconds: float = DEFAULT_MAX_SECONDS
     max_megabytes: float = DEFAULT_MAX_MEGABYTES
+    precision: str = "auto"  # hf_audiorep.precision.PRECISIONS
 
     def __post_init__(self):
         if isinstance(self.model_ids, str):
@@ -119,6 +123,8 @@ class TaggerSettings:
             raise ValueError(f"max_seconds must be a finite number >= 1, got {self.max_seconds}")
         if not (math.isfinite(self.max_megabytes) and self.max_megabytes > 0):
             raise ValueError(f"max_megabytes must be a positive number, got {self.max_megabytes}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TaggerSettings:
@@ -127,6 +133,7 @@ class TaggerSettings:
             model_ids=tuple(configured_model_ids(environ=environ)),
             max_seconds=_env_float("HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS, environ),
             max_megabytes=_env_float("HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES, environ),
+            precision=environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto",
         )
 
 
@@ -136,7 +143,7 @@ _load_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(model_id: str):
+def _load_cached(model_id: str, precision: str):
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
     import hf_audiorep  # noqa: F401  (registers the library's architectures with the Auto classes)
@@ -153,13 +160,14 @@ def _load_cached(model_id: str):
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     if label_names(model.config) is None:
         raise ValueError(f"{model_id} has no label names (id2label): it is an encoder, not a tagger")
-    return model.eval(), feature_extractor
+    return for_inference(model, precision), feature_extractor
 
 
-def load_model(model_id: str):
-    """``(model, feature_extractor)`` of a configured checkpoint, loaded once and kept (4 at most)."""
+def load_model(model_id: str, precision: str = "auto"):
+    """``(model, feature_extractor)`` of a configured checkpoint, loaded once and kept (4 at most), ready to
+    run at ``precision`` (:func:`hf_audiorep.precision.for_inference`)."""
     with _load_lock:  # two first requests must not load the same weights twice
-        return _load_cached(model_id)
+        return _load_cached(model_id, precision)
 
 
 @functools.lru_cache(maxsize=4)
@@ -301,7 +309,7 @@ def predict(
         return None, None, f"The number of labels must be a whole number, got {top_k!r}."
     top_k = min(max(top_k, 1), MAX_TOP_K)
     try:
-        model, feature_extractor = load_model(model_id)
+        model, feature_extractor = load_model(model_id, settings.precision)
     except (OSError, ValueError, ImportError, RuntimeError) as err:
         return None, None, f"The model `{model_id}` could not be loaded: {err}"
 
@@ -323,6 +331,8 @@ def predict(
     else:
         how = f"in one pass (the model's window is {model_window_seconds(feature_extractor):.2f} s)"
     summary = f"Tagged {seconds:.1f} s with `{model_id}` {how}. {result.describe_scoring()}"
+    if result.describe_precision():
+        summary = f"{summary} {result.describe_precision()}"
     try:
         captioned = _caption(model_id, waveform)
     except (OSError, ValueError, RuntimeError) as err:  # the tags stand; say why there is no caption
@@ -354,6 +364,7 @@ def build_demo(
     max_seconds: float = DEFAULT_MAX_SECONDS,
     max_megabytes: float = DEFAULT_MAX_MEGABYTES,
     examples: bool = True,
+    precision: str = "auto",
 ) -> gr.Blocks:
     """The Space's page. ``model_ids`` None reads ``HF_AUDIOREP_MODELS`` / ``HF_AUDIOREP_MODEL``.
 
@@ -362,7 +373,10 @@ def build_demo(
     refused before they are uploaded (``main`` does).
     """
     settings = TaggerSettings(
-        model_ids=tuple(configured_model_ids(model_ids)), max_seconds=max_seconds, max_megabytes=max_megabytes
+        model_ids=tuple(configured_model_ids(model_ids)),
+        max_seconds=max_seconds,
+        max_megabytes=max_megabytes,
+        precision=precision,
     )
 
     def tag(audio, model_id, top_k):
@@ -431,12 +445,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=_env_float("HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES, environ),
         help="larger files are refused",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto",
+        help="number format the models run in: auto (default; HF_AUDIOREP_PRECISION) = bf16 on a CPU with "
+        "AMX, fp32 elsewhere; fp32 for float32 scores",
+    )
     parser.add_argument("--no_examples", action="store_true", help="do not synthesise the example clips")
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on every interface")
     parser.add_argument("--server_port", type=int, default=None)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    demo = build_demo(args.model, args.max_seconds, args.max_megabytes, examples=not args.no_examples)
+    demo = build_demo(
+        args.model,
+        args.max_seconds,
+        args.max_megabytes,
+        examples=not args.no_examples,
+        precision=args.precision,
+    )
     demo.launch(
         server_name=args.server_name,
         server_port=args.server_port,

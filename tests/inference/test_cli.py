@@ -84,9 +84,11 @@ def test_cli_caps_a_long_file_and_says_so(tagger_dir, hour_long_flac):
 
 @pytest.mark.slow
 def test_cli_tags_a_whole_hour(tagger_dir, hour_long_flac):
-    run = hf_audiorep_cli("tag", hour_long_flac, "--model", tagger_dir, "--top_k", 2, timeout=900)
+    run = hf_audiorep_cli(
+        "tag", hour_long_flac, "--model", tagger_dir, "--top_k", 2, "--precision", "fp32", timeout=900
+    )
     assert run.returncode == 0, run.stderr
-    assert "(3600.0 s, 3461 window(s), sigmoid scores)" in run.stdout
+    assert "(3600.0 s, 3461 window(s), sigmoid scores, fp32)" in run.stdout
 
 
 def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, tagger_dir, tmp_path):

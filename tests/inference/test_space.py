@@ -50,7 +50,11 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(app, model_dir):
-    return app.TaggerSettings(model_ids=(str(model_dir),), max_seconds=5.0, max_megabytes=1.0)
+    # float32: these tests compare the Space's scores with the library's to 1e-6 (the default, bf16 on an
+    # AMX CPU, is tested in test_precision.py)
+    return app.TaggerSettings(
+        model_ids=(str(model_dir),), max_seconds=5.0, max_megabytes=1.0, precision="fp32"
+    )
 
 
 def _reference_top(model_dir: Path, waveform: np.ndarray, k: int) -> dict[str, float]:
@@ -240,7 +244,7 @@ def test_served_app_answers_gradio_client_and_survives_bad_uploads(app, model_di
     from gradio_client import Client, handle_file
 
     monkeypatch.setenv("HF_AUDIOREP_EXAMPLES_DIR", str(tmp_path / "examples"))
-    demo = app.build_demo([str(model_dir)], max_seconds=5.0, max_megabytes=1.0)
+    demo = app.build_demo([str(model_dir)], max_seconds=5.0, max_megabytes=1.0, precision="fp32")
     assert len(list((tmp_path / "examples").iterdir())) == 4  # the examples were built for the page
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -117,7 +117,9 @@ def test_one_window_scores_are_the_sigmoid_of_the_models_logits(tagger_dir, tmp_
     np.testing.assert_allclose(result.clip_scores, expected, atol=1e-6, err_msg="scores are not sigmoids")
 
     app = load_app()
-    settings = app.TaggerSettings(model_ids=(str(tagger_dir),), max_seconds=5.0, max_megabytes=1.0)
+    settings = app.TaggerSettings(
+        model_ids=(str(tagger_dir),), max_seconds=5.0, max_megabytes=1.0, precision="fp32"
+    )
     labels, _, _ = app.predict(str(clip), None, 5, settings=settings)
     names = model.config.id2label
     top5 = {names[int(i)]: float(expected[i]) for i in np.argsort(-expected)[:5]}

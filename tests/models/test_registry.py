@@ -12,8 +12,15 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 import hf_audiorep
 from hf_audiorep.hub import prepare_repo
+from hf_audiorep.modeling import AudioFbankFeatureExtractor
 from hf_audiorep.pipelines import _library_model_types
-from hf_audiorep.registry import ARCHITECTURES, PRESETS, architecture_for, config_from_preset
+from hf_audiorep.registry import (
+    ARCHITECTURES,
+    PRESETS,
+    architecture_for,
+    config_from_preset,
+    feature_extractor_for,
+)
 
 IDS = [architecture.name for architecture in ARCHITECTURES]
 
@@ -109,3 +116,17 @@ def test_registry_entries_are_read_only(architecture):
         architecture.name = "other"
     with pytest.raises(TypeError):
         architecture.heads[AutoModel] = architecture.base_model
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_fresh_model_gets_its_familys_front_end_at_its_window(preset):
+    config = config_from_preset(preset)
+    extractor = feature_extractor_for(config)
+    assert type(extractor) is architecture_for(config.model_type).feature_extractor
+    if type(extractor) is AudioFbankFeatureExtractor:  # the ViTs: a fixed window, their position table
+        assert extractor.target_length == config.max_length
+    else:  # the others take clips of any length
+        assert getattr(extractor, "target_length", None) is None
+    # A longer window of the same family follows the config, not the extractor's default.
+    if type(extractor) is AudioFbankFeatureExtractor:
+        assert feature_extractor_for(config_from_preset(preset, max_length=496)).target_length == 496

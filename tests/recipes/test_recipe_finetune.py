@@ -283,15 +283,6 @@ def test_supervised_contrastive_teacher_saves_only_the_classifier(tmp_path, capl
         recipe.main([*args, "--consistency_regularization", "true"])
 
 
-def test_a_fresh_model_gets_its_familys_front_end():
-    recipe = load_recipe("finetune")
-    student = hf_audiorep.config_from_preset("cp-mobile-6k", num_labels=3)
-    assert type(recipe._fresh_feature_extractor(student)).__name__ == "LogMelFeatureExtractor"
-    vit = hf_audiorep.config_from_preset("audiomae-tiny", num_labels=3, max_length=112)
-    extractor = recipe._fresh_feature_extractor(vit)
-    assert isinstance(extractor, AudioFbankFeatureExtractor) and extractor.target_length == 112
-
-
 def test_lp_ft_starts_the_head_from_the_probe_of_the_train_split(trained, tmp_path, monkeypatch, caplog):
     saved, _, recipe = trained
     with caplog.at_level("INFO"):

@@ -63,7 +63,9 @@ def test_the_space_tags_with_a_bat_tagger(bat_tagger, tmp_path):
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(app)
-    settings = app.TaggerSettings(model_ids=(str(bat_tagger),), max_seconds=5.0, max_megabytes=1.0)
+    settings = app.TaggerSettings(
+        model_ids=(str(bat_tagger),), max_seconds=5.0, max_megabytes=1.0, precision="fp32"
+    )
     clip = write_clip(tmp_path / "clip.wav", 3.5, seed=2)
     labels, figure, message = app.predict(str(clip), None, 3, settings=settings)
     expected = dict(_reference(bat_tagger, decode_audio(str(clip), 16000)).top(3))
@@ -77,7 +79,8 @@ def test_the_cli_and_the_pipeline_tag_with_a_bat_tagger(bat_tagger, tmp_path, ca
     expected = _reference(bat_tagger, decode_audio(str(clip), 16000))
     assert len(expected.window_starts) > 1  # longer than the model's window: scored in sliding windows
 
-    assert cli.main(["tag", str(clip), "--model", str(bat_tagger), "--top_k", "4", "--json"]) == 0
+    args = ["tag", str(clip), "--model", str(bat_tagger), "--top_k", "4", "--json", "--precision", "fp32"]
+    assert cli.main(args) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [(r["label"], pytest.approx(r["score"], abs=1e-6)) for r in record["labels"]] == expected.top(4)
 
