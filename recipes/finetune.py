@@ -87,6 +87,11 @@ class ModelArguments:
     classifier_init_std: float | None = None
     """std of the new head (AudioMAE models); AudioMAE's recipe on a pre-trained encoder: 2e-5. Default: the
     config's (0.02; a near-zero head stalls training from scratch)"""
+    classifier: str | None = None
+    """the classification head: linear, or cosine (ContrastASC's scaled-cosine head, which its teacher is
+    fine-tuned with); default: the preset's or the saved model's (linear)"""
+    cosine_scale: float | None = None
+    """scale of the cosine head's logits; default: the config's (56, ContrastASC's)"""
     lp_ft: bool = False
     """LP-FT (Kumar et al., 2022): before fine-tuning, set the head to a logistic-regression probe fitted on
     the frozen encoder's embeddings of the train split (one encoder pass), so the first steps do not rewrite
@@ -164,11 +169,11 @@ def _check_max_length(model_args: ModelArguments) -> None:
 def _model(model_args: ModelArguments, label_names: list[str], feature_extractor=None):
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
-    head = (
-        {}
-        if model_args.classifier_init_std is None
-        else {"classifier_init_std": model_args.classifier_init_std}
-    )
+    head = {
+        name: value
+        for name in ("classifier_init_std", "classifier", "cosine_scale")
+        if (value := getattr(model_args, name)) is not None
+    }
     if model_args.model_name_or_path:
         if feature_extractor is None:
             feature_extractor = _pretrained_feature_extractor(model_args)

@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from ._heads import CosineClassifier
 from ._layers import (
     Attention,
     ChannelLayerNorm,
@@ -50,6 +51,7 @@ from ._layers import (
     classifier_head,
     frames_to_patch_mask,
     gather_tokens,
+    init_cosine_classifier,
     init_patch_projection_,
     masked_mean,
     pad_to_patches,
@@ -465,6 +467,8 @@ class BootstrapPreTrainedModel(SpectrogramModelMixin, LayerDecayMixin, PreTraine
             init.normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, CosineClassifier):
+            init_cosine_classifier(module)
         elif isinstance(module, nn.Conv2d):
             kernel, stride = module.kernel_size, module.stride
             if module.groups == 1 and kernel == stride and max(kernel) > 1:

@@ -57,6 +57,9 @@ class BootstrapViTConfig(PreTrainedConfig):
         pooling (`str`, defaults to `"cls"`): `"cls"` (the final CLS token, as EAT/CAT fine-tune) or
             `"mean"` (mean of the patch tokens that are neither dropped nor padding).
         classifier_dropout (`float`, defaults to 0.0): dropout before the head.
+        classifier (`"linear"` or `"cosine"`, defaults to `"linear"`): the classification head: a linear
+            layer, or ContrastASC's ``cosine_scale * cos(W_c, h)`` (`CosineClassifier`, its teacher's head).
+        cosine_scale (`float`, defaults to 56.0): scale of the cosine head's logits.
         finetune_mask_ratio (`float`, defaults to 0.0): fraction of patch tokens dropped at random per clip
             in training mode. EAT/CAT's fine-tuning ``mask_ratio`` (0.2 on AS-20K) is NOT a token drop: it
             sets the SpecAugment widths (``freqm = 128 * r``, ``timem = T * r``), which the training step's
@@ -118,6 +121,8 @@ class BootstrapViTConfig(PreTrainedConfig):
     initializer_range: float | int = validated_field(non_negative, default=0.02)
     pooling: Literal["cls", "mean"] = "cls"
     classifier_dropout: float | int = validated_field(rate, default=0.0)
+    classifier: Literal["linear", "cosine"] = "linear"
+    cosine_scale: float | int = validated_field(positive, default=56.0)
     finetune_mask_ratio: float | int = validated_field(rate, default=0.0)
     mask_ratio: float | int = validated_field(rate, default=0.8)
     mask_length: int = validated_field(positive, default=5)

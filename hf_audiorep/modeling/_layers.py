@@ -28,6 +28,7 @@ Only torch and transformers are imported here, so the file can ship as Hub remot
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
+from ._heads import CosineClassifier
 
 __all__ = [
     "ATTENTION_GATES",
@@ -630,11 +633,20 @@ def pool_tokens(sequence_output: torch.Tensor, patch_mask: torch.Tensor | None, 
 
 
 def classifier_head(config) -> nn.Module:
-    """``Linear(hidden_size, num_labels)``; with ``num_labels=0`` the identity, so the "logits" are the
+    """``Linear(hidden_size, num_labels)``, or with ``config.classifier == "cosine"`` ContrastASC's
+    `CosineClassifier` at ``config.cosine_scale``; with ``num_labels=0`` the identity, so the "logits" are the
     pooled embedding."""
-    if config.num_labels > 0:
-        return nn.Linear(config.hidden_size, config.num_labels)
-    return nn.Identity()
+    if config.num_labels <= 0:
+        return nn.Identity()
+    if getattr(config, "classifier", "linear") == "cosine":
+        return CosineClassifier(config.hidden_size, config.num_labels, config.cosine_scale)
+    return nn.Linear(config.hidden_size, config.num_labels)
+
+
+def init_cosine_classifier(module: CosineClassifier) -> None:
+    """`CosineClassifier.reset_parameters` through transformers' guarded init, for a family's
+    ``_init_weights``: a head loaded from a checkpoint is left as loaded, a new one gets random directions."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
 
 
 def classification_output(

@@ -11,7 +11,7 @@ way). ``__init__``, `from_preset` and a ``config.json`` get every check; an over
 ``from_pretrained`` is checked on its own at once, and against the other fields by ``save_pretrained``.
 """
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from huggingface_hub.dataclasses import validated_field
 from transformers.configuration_utils import PreTrainedConfig
@@ -73,6 +73,9 @@ class AudioMAEConfig(PreTrainedConfig):
         use_cls_pooling (`bool`, defaults to `False`): pool with the normalised CLS token instead of
             AudioMAE's `global_pool` (mean of the patch tokens, then `fc_norm`).
         classifier_dropout (`float`, defaults to 0.0): dropout before the classification head.
+        classifier (`"linear"` or `"cosine"`, defaults to `"linear"`): the classification head: a linear
+            layer, or ContrastASC's ``cosine_scale * cos(W_c, h)`` (`CosineClassifier`, its teacher's head).
+        cosine_scale (`float`, defaults to 56.0): scale of the cosine head's logits.
         initializer_range (`float`, defaults to 0.02): standard deviation of the CLS token initialisation
             (and of the MAE mask token).
         classifier_init_std (`float`, defaults to 0.02): standard deviation of a new classification head.
@@ -124,6 +127,8 @@ class AudioMAEConfig(PreTrainedConfig):
     mask_f_prob: float | int = validated_field(rate, default=0.2)
     use_cls_pooling: bool = False
     classifier_dropout: float | int = validated_field(rate, default=0.0)
+    classifier: Literal["linear", "cosine"] = "linear"
+    cosine_scale: float | int = validated_field(positive, default=56.0)
     initializer_range: float | int = validated_field(non_negative, default=0.02)
     classifier_init_std: float | int = validated_field(non_negative, default=0.02)
     decoder_hidden_size: int = validated_field([positive, divisible_by(4)], default=512)

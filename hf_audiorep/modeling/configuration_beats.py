@@ -14,7 +14,7 @@ field and the value.
 """
 
 import logging
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from huggingface_hub.dataclasses import validated_field
 from transformers.configuration_utils import PreTrainedConfig
@@ -146,6 +146,9 @@ class BEATsConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm (torch's default, as fairseq).
         classifier_dropout (`float`, defaults to 0.1): dropout before the classification head (the reference
             ``predictor_dropout``).
+        classifier (`"linear"` or `"cosine"`, defaults to `"linear"`): the classification head: a linear
+            layer, or ContrastASC's ``cosine_scale * cos(W_c, h)`` (`CosineClassifier`, its teacher's head).
+        cosine_scale (`float`, defaults to 56.0): scale of the cosine head's logits.
         initializer_range (`float`, defaults to 0.02): standard deviation of the linear and embedding weights
             (BERT's initialisation, as the reference).
 
@@ -181,6 +184,8 @@ class BEATsConfig(PreTrainedConfig):
     gru_rel_pos: bool = False
     layer_norm_eps: float | int = validated_field(positive, default=1e-5)
     classifier_dropout: float | int = validated_field(rate, default=0.1)
+    classifier: Literal["linear", "cosine"] = "linear"
+    cosine_scale: float | int = validated_field(positive, default=56.0)
     initializer_range: float | int = validated_field(non_negative, default=0.02)
 
     # ---- relations between fields: strict runs every validate_* after __init__ and before saving ----------

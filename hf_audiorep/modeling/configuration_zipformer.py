@@ -142,6 +142,9 @@ class ZipformerConfig(PreTrainedConfig):
         feature_mask_prob (`float`, defaults to 0.125): per clip and stack, the probability of zeroing the
             channels above ``encoder_unmasked_dim`` (icefall's two nested masks over the two halves of them).
         classifier_dropout (`float`, defaults to 0.1): before the per-frame classifier (Auden's MTC head).
+        classifier (`"linear"` or `"cosine"`, defaults to `"linear"`): the per-frame classifier: a linear
+            layer, or ContrastASC's ``cosine_scale * cos(W_c, h)`` (`CosineClassifier`, its teacher's head).
+        cosine_scale (`float`, defaults to 56.0): scale of the cosine head's logits.
         classifier_norm (`"none"` or `"batch"`, defaults to `"none"`): `"batch"` standardises the frames the
             classifier reads (BatchNorm without affine parameters, statistics over the valid frames of the
             batch; running statistics at evaluation). Our addition, not Auden's: a Zipformer trained from
@@ -210,6 +213,8 @@ class ZipformerConfig(PreTrainedConfig):
     position_dropout_prob: float | int = validated_field(rate, default=0.15)
     feature_mask_prob: float | int = validated_field(rate, default=0.125)
     classifier_dropout: float | int = validated_field(rate, default=0.1)
+    classifier: Literal["linear", "cosine"] = "linear"
+    cosine_scale: float | int = validated_field(positive, default=56.0)
     classifier_norm: Literal["none", "batch"] = "none"
     text_frames_norm: Literal["none", "batch"] = "none"
     hidden_size: int | None = validated_field(_positive_or_none, default=None)

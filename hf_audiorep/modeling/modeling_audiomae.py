@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from ._heads import CosineClassifier
 from ._layers import (
     Attention,
     ConfigView,
@@ -43,6 +44,7 @@ from ._layers import (
     drop_path_rates,
     frames_to_patch_mask,
     gather_tokens,
+    init_cosine_classifier,
     init_patch_projection_,
     masked_mean,
     masking_from_noise,
@@ -93,7 +95,9 @@ class AudioMAEPreTrainedModel(SpectrogramModelMixin, LayerDecayMixin, PreTrained
         ``from_pretrained`` re-creates non-persistent buffers uninitialised.
         """
         super()._init_weights(module)  # LayerNorm -> ones / zeros
-        if module is getattr(self, "classifier", None):
+        if isinstance(module, CosineClassifier):  # only its rows' directions matter: no near-zero start
+            init_cosine_classifier(module)
+        elif module is getattr(self, "classifier", None):
             # AudioMAE fine-tunes a pre-trained encoder with a 2e-5 head; from scratch that stalls (see the
             # config), hence the configurable std.
             init.trunc_normal_(module.weight, std=self.config.classifier_init_std)

@@ -42,12 +42,14 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from ._heads import CosineClassifier
 from ._layers import (
     LayerDecayMixin,
     check_spectrogram_inputs,
     classification_output,
     classifier_head,
     eager_attention_forward,
+    init_cosine_classifier,
     masked_mean,
 )
 from .configuration_beats import BEATsConfig
@@ -378,6 +380,8 @@ class BEATsPreTrainedModel(LayerDecayMixin, PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=config.initializer_range)
+        elif isinstance(module, CosineClassifier):
+            init_cosine_classifier(module)
         elif isinstance(module, nn.Conv2d):  # the patch conv keeps torch's default initialisation
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:

@@ -40,7 +40,13 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from ._heads import CosineClassifier
-from ._layers import ChannelLayerNorm, LayerDecayMixin, check_spectrogram_inputs, classification_output
+from ._layers import (
+    ChannelLayerNorm,
+    LayerDecayMixin,
+    check_spectrogram_inputs,
+    classification_output,
+    init_cosine_classifier,
+)
 from .configuration_cp_mobile import CPMobileConfig, make_divisible
 
 __all__ = [
@@ -269,7 +275,7 @@ class CPMobilePreTrainedModel(LayerDecayMixin, PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, CosineClassifier):
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init_cosine_classifier(module)
         elif isinstance(module, GlobalResponseNorm):
             init.zeros_(module.gamma)
             init.zeros_(module.beta)

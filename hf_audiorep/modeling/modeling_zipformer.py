@@ -26,11 +26,13 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
+from ._heads import CosineClassifier
 from ._layers import (
     LayerDecayMixin,
     check_spectrogram_inputs,
     classification_output,
     classifier_head,
+    init_cosine_classifier,
     masked_mean,
 )
 from ._zipformer_layers import (
@@ -129,6 +131,8 @@ class ZipformerPreTrainedModel(LayerDecayMixin, PreTrainedModel):
             init.constant_(module.bypass_scale, 0.5)
         elif isinstance(module, SimpleDownsample):
             init.zeros_(module.bias)
+        elif isinstance(module, CosineClassifier):
+            init_cosine_classifier(module)
 
 
 class ZipformerStack(nn.Module):

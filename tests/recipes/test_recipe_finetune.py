@@ -14,6 +14,7 @@ import hf_audiorep
 from hf_audiorep import cli
 from hf_audiorep.data.embedded import SCENE_CLASSES
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
+from hf_audiorep.modeling._heads import CosineClassifier
 from hf_audiorep.objectives import AugmentationArguments, SupervisedClassificationStep
 
 TINY = tiny_finetune_args()
@@ -309,3 +310,16 @@ def test_lp_ft_starts_the_head_from_the_probe_of_the_train_split(trained, tmp_pa
     low, high = model.config.label2id["low"], model.config.label2id["high"]
     # A fitted probe separates the two tones with a margin a fresh head (std 0.02) never has.
     assert logits[0, low] - logits[0, high] > 1 and logits[1, high] - logits[1, low] > 1, logits
+
+
+def test_a_saved_model_is_fine_tuned_with_a_cosine_head(trained, tmp_path, monkeypatch):
+    # ContrastASC fine-tunes its teacher with a scaled-cosine head: --classifier cosine on any family.
+    saved, _, recipe = trained
+    out, _ = _finetune_saved_model(
+        recipe, saved, tmp_path, monkeypatch, "--classifier", "cosine", "--cosine_scale", "30"
+    )
+    model = AutoModelForAudioClassification.from_pretrained(out)
+    assert isinstance(model.classifier, CosineClassifier) and model.classifier.scale == 30.0
+    assert json.loads((out / "config.json").read_text())["classifier"] == "cosine"
+    with pytest.raises(ValueError, match="classifier"):
+        _finetune_saved_model(recipe, saved, tmp_path / "bad", monkeypatch, "--classifier", "arcface")
