@@ -34,6 +34,7 @@ EXPECTED_FILES = {
     "_config_checks.py",
     "modeling_audiomae.py",
     "_layers.py",
+    "_heads.py",
     "feature_extraction_fbank.py",
     "feature_extraction_base.py",
 }
@@ -135,7 +136,13 @@ def test_remote_code_closure_is_parsed_from_imports(tmp_path):
     config_files = [p.name for p in remote_code_files(AudioMAEConfig)]
     assert config_files == ["configuration_audiomae.py", "_config_checks.py"]
     names = {p.name for p in remote_code_files(AudioMAEModel)}
-    assert names == {"modeling_audiomae.py", "_layers.py", "configuration_audiomae.py", "_config_checks.py"}
+    assert names == {
+        "modeling_audiomae.py",
+        "_layers.py",
+        "_heads.py",
+        "configuration_audiomae.py",
+        "_config_checks.py",
+    }
 
 
 def test_encoder_only_checkpoint_gets_feature_extraction_tag(trained, tmp_path):
