@@ -235,14 +235,14 @@ def space_latency(app, preset: str, params: int, model_dir: Path, clip: Path, pr
 # ------------------------------------------------------------------------------------------- accuracy
 
 
-def accuracy(model_dir: Path, paths, work: Path) -> None:
+def accuracy(model_dir: Path, paths, work: Path, seconds: float | None = None) -> None:
     from hf_audiorep.data.embedded import load_embedded_corpus
     from hf_audiorep.evaluation.metrics import mean_average_precision
     from hf_audiorep.inference import model_window_seconds
 
     model = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
-    seconds = model_window_seconds(feature_extractor)
+    seconds = seconds or model_window_seconds(feature_extractor)
     test = load_embedded_corpus(clip_seconds=seconds)["test"]
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     targets = np.zeros((len(test), len(names)))
@@ -283,7 +283,7 @@ def accuracy(model_dir: Path, paths, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="model presets to time")
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS), help="model presets to time (none: skip)")
     parser.add_argument("--runs", type=int, default=7, help="timed calls per measurement (after the first)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -298,6 +298,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--accuracy_model", default=None, help="a trained tagger of the embedded corpus: accuracy per path"
+    )
+    parser.add_argument(
+        "--accuracy_seconds",
+        type=float,
+        default=None,
+        help="clip length of the corpus it is scored on (default: the model's window; give the length it "
+        "was trained on, whose corpus is already cached)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -339,7 +346,7 @@ def main() -> None:
         print("\n## accuracy of each path")
         work = tmp / "accuracy"
         work.mkdir()
-        accuracy(Path(args.accuracy_model), args.paths or ["eager", "bf16"], work)
+        accuracy(Path(args.accuracy_model), args.paths or ["eager", "bf16"], work, args.accuracy_seconds)
 
 
 if __name__ == "__main__":

@@ -326,6 +326,9 @@ def few_shot_evaluate(
     unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     if unconverged:
         logger.warning("%d few-shot logistic regressions did not converge", unconverged)
+    for other in caught:  # only non-convergence is summed up: anything else is passed on as it came
+        if not issubclass(other.category, ConvergenceWarning):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     classes, _, excluded = _classes_with_enough_clips(labels, k_shot + (1 if n_query is None else n_query))
     return FewShotResult(
         n_way=len(episodes[0].classes),

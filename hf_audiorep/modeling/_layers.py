@@ -638,7 +638,7 @@ def classifier_head(config) -> nn.Module:
     pooled embedding."""
     if config.num_labels <= 0:
         return nn.Identity()
-    if getattr(config, "classifier", "linear") == "cosine":
+    if config.classifier == "cosine":
         return CosineClassifier(config.hidden_size, config.num_labels, config.cosine_scale)
     return nn.Linear(config.hidden_size, config.num_labels)
 

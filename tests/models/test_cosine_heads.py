@@ -5,6 +5,8 @@ kept as it was saved."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from family_utils import NUM_LABELS, TINY, random_features
@@ -12,6 +14,7 @@ from torch.nn import functional as F
 from transformers import AutoModel, AutoModelForAudioClassification
 
 from hf_audiorep.modeling._heads import CosineClassifier
+from hf_audiorep.modeling._layers import init_cosine_classifier
 from hf_audiorep.registry import ARCHITECTURES, architecture_for
 
 #: the families whose configs take the field (CP-Mobile's own cosine head is tested with the model)
@@ -89,6 +92,17 @@ def test_a_new_cosine_head_on_a_saved_encoder_gets_random_directions(family, tmp
     bound = model.config.hidden_size**-0.5
     assert weight.abs().max() <= bound + 1e-6 and weight.std() > bound / 4
     assert torch.linalg.matrix_rank(weight) == NUM_LABELS
+
+
+def test_a_new_head_starts_as_cosine_classifier_itself_does():
+    # nn.Linear's default range, U(+-1/sqrt(in_features)), as CosineClassifier.reset_parameters draws it.
+    head = CosineClassifier(256, 8, 1.0)
+    torch.manual_seed(3)
+    init_cosine_classifier(head)
+    expected = torch.empty(8, 256)
+    torch.manual_seed(3)
+    torch.nn.init.kaiming_uniform_(expected, a=math.sqrt(5))
+    assert torch.equal(head.weight.detach(), expected)
 
 
 def test_an_unknown_head_is_refused_naming_the_field():
