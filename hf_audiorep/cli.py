@@ -677,9 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="number format of the forward pass: auto = bf16 on a CPU with AMX (several times faster; "
-        "scores within a few hundredths of float32, mostly thousandths), fp32 elsewhere; fp32 for float32 "
-        "scores",
+        help="number format of the forward pass: auto = bf16 for the ViTs and BEATs on a CPU with AMX "
+        "(about 2x faster; scores within a few hundredths of float32, mostly thousandths), fp32 otherwise; "
+        "fp32 for float32 scores everywhere",
     )
     tag.add_argument(
         "--json", action="store_true", help="one JSON object per tagged file (errors go to stderr)"

@@ -1,8 +1,10 @@
 """The number format a model runs in for inference: float32, or bfloat16 under autocast.
 
 ``hf-audiorep tag`` and the Space run their models through :func:`for_inference` with ``"auto"``: bfloat16
-on a CPU with AMX tiles (oneDNN runs bf16 matrix products on them, several times faster than float32),
-float32 anywhere else: without AMX, bfloat16 is emulated and slower than float32. The other CPU paths
+on a CPU with AMX tiles (oneDNN runs bf16 matrix products on them, several times faster than float32) for
+the families where that was measured to pay (the registry's ``bf16_inference``: the ViTs and BEATs, not the
+Zipformer, whose many small operations gain nothing), float32 anywhere else: without AMX, bfloat16 is
+emulated and slower than float32. The other CPU paths
 measured for the Space (``torch.compile``, ONNX Runtime in float32 and int8, ``torch.ao`` dynamic int8) were
 either no faster than float32 or cost far more accuracy than bfloat16: docs/benchmarks.md, "Fast CPU
 inference", has the table and its command (``benchmarks/bench_space.py``).
@@ -13,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "amx_available", "for_inference", "resolve_precision"]
+from .registry import ARCHITECTURES
+
+__all__ = ["PRECISIONS", "amx_available", "for_inference", "pays_in_bf16", "resolve_precision"]
 
 #: what ``--precision`` accepts; "auto" resolves to one of the others (:func:`resolve_precision`)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -28,8 +32,17 @@ def amx_available() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """``precision`` with "auto" replaced by what it means on ``device``: "bf16" on an AMX CPU, else "fp32".
+def pays_in_bf16(model_type: str | None) -> bool:
+    """Whether bf16 was measured to speed this family up on an AMX CPU (the registry's ``bf16_inference``);
+    False for a model of another library or of remote code."""
+    return any(a.model_type == model_type and a.bf16_inference for a in ARCHITECTURES)
+
+
+def resolve_precision(
+    precision: str, device: str | torch.device = "cpu", model_type: str | None = None
+) -> str:
+    """``precision`` with "auto" replaced by what it means for a model of ``model_type`` on ``device``: "bf16"
+    on an AMX CPU for the families where it pays (:func:`pays_in_bf16`), else "fp32".
 
     Raises ``ValueError`` for an unknown precision.
     """
@@ -37,7 +50,8 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
     if precision == "auto":
-        return "bf16" if device.type == "cpu" and amx_available() else "fp32"
+        fast = device.type == "cpu" and amx_available() and pays_in_bf16(model_type)
+        return "bf16" if fast else "fp32"
     return precision
 
 
@@ -64,7 +78,8 @@ def for_inference(model: nn.Module, precision: str = "auto") -> nn.Module:
     """
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    resolved = resolve_precision(precision, device)
+    config = getattr(model, "config", None)
+    resolved = resolve_precision(precision, device, getattr(config, "model_type", None))
     model = model.eval()
     prepared = _Autocast(model).eval() if resolved == "bf16" else model
     prepared.inference_precision = resolved

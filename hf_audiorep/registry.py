@@ -77,6 +77,9 @@ class Architecture:
         lora_target_modules: the layers LoRA adapts by default (:mod:`hf_audiorep.adapters`), as names inside
             one encoder block (``"attn.qkv"``); empty when the family has no default and targets must be
             given.
+        bf16_inference: whether inference at ``precision="auto"`` (:mod:`hf_audiorep.precision`) runs the
+            family in bfloat16 on a CPU with AMX: set where that was measured to pay (docs/benchmarks.md,
+            "Fast CPU inference"), left False where it was not (the Zipformer) or was not measured.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Architecture:
     tokenizer: type | None = None
     card_notes: str = ""
     lora_target_modules: tuple[str, ...] = ()
+    bf16_inference: bool = False
 
     def __post_init__(self) -> None:
         # Read-only views: a frozen record whose dicts could still be edited would not be declarative.
@@ -165,6 +169,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         feature_extractor=AudioFbankFeatureExtractor,
         presets=AUDIOMAE_PRESETS,
         lora_target_modules=VIT_BLOCK_LORA_TARGETS,
+        bf16_inference=True,
     ),
     Architecture(
         name="cat",
@@ -177,6 +182,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         feature_extractor=AudioFbankFeatureExtractor,
         presets=CAT_PRESETS,
         lora_target_modules=VIT_BLOCK_LORA_TARGETS,
+        bf16_inference=True,
     ),
     Architecture(
         name="bat",
@@ -189,6 +195,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         feature_extractor=AudioFbankFeatureExtractor,
         presets=BAT_PRESETS,
         lora_target_modules=VIT_BLOCK_LORA_TARGETS,
+        bf16_inference=True,
         card_notes=(
             "BAT's authors released the encoder's shape (ViT-B/16 with gated attention), not its training "
             "code. The gate formula (an element-wise sigmoid gate on the attention output), the pre-LN "
@@ -212,6 +219,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
             "fc1",
             "fc2",
         ),
+        bf16_inference=True,
         card_notes=(
             "BEATs (microsoft/unilm beats/), the ContrastASC teacher, checked numerically against the "
             "reference code on a tiny random model with every path on (gated relative position bias, "

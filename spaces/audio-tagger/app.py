@@ -8,8 +8,8 @@ when the clip is longer than the model's window.
 Which checkpoints it serves (Hub ids or local directories) comes from ``--model`` arguments, else from
 ``HF_AUDIOREP_MODELS`` (comma-separated) or ``HF_AUDIOREP_MODEL``. With none, the page says what to set:
 the Space never trains a model. ``HF_AUDIOREP_MAX_SECONDS`` and ``HF_AUDIOREP_MAX_MEGABYTES`` bound uploads;
-``HF_AUDIOREP_PRECISION`` (default ``auto``: bfloat16 on a CPU with AMX, else float32; see
-:mod:`hf_audiorep.precision`) sets the number format the models run in.
+``HF_AUDIOREP_PRECISION`` (default ``auto``: bfloat16 for the ViTs and BEATs on a CPU with AMX, else
+float32; see :mod:`hf_audiorep.precision`) sets the number format the models run in.
 
 Importing this module has no side effects; ``python app.py`` builds the demo and launches it.
 """
@@ -449,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--precision",
         choices=PRECISIONS,
         default=environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto",
-        help="number format the models run in: auto (default; HF_AUDIOREP_PRECISION) = bf16 on a CPU with "
-        "AMX, fp32 elsewhere; fp32 for float32 scores",
+        help="number format the models run in: auto (default; HF_AUDIOREP_PRECISION) = bf16 for the ViTs "
+        "and BEATs on a CPU with AMX, fp32 otherwise; fp32 for float32 scores",
     )
     parser.add_argument("--no_examples", action="store_true", help="do not synthesise the example clips")
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on every interface")

@@ -20,7 +20,9 @@ from hf_audiorep import cli
 from hf_audiorep import precision as precision_module
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.inference import tag_waveform
-from hf_audiorep.precision import PRECISIONS, amx_available, for_inference, resolve_precision
+from hf_audiorep.modeling import AudioMAEConfig, ZipformerConfig
+from hf_audiorep.precision import PRECISIONS, amx_available, for_inference, pays_in_bf16, resolve_precision
+from hf_audiorep.registry import ARCHITECTURES
 
 SPACE = Path(__file__).resolve().parents[2] / "spaces" / "audio-tagger"
 #: bf16 against fp32 on the random tiny models: bfloat16 keeps 8 significant bits, so a few thousandths
@@ -40,17 +42,38 @@ def _amx(monkeypatch, present: bool) -> None:
 # ------------------------------------------------------------------------------------------ resolution
 
 
-def test_auto_is_bf16_on_an_amx_cpu_and_fp32_anywhere_else(monkeypatch):
+VIT = AudioMAEConfig.model_type
+
+
+def test_auto_is_bf16_on_an_amx_cpu_for_the_families_where_it_pays(monkeypatch):
     _amx(monkeypatch, True)
-    assert resolve_precision("auto") == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
-    assert resolve_precision("auto", "cuda") == "fp32"  # not measured on GPUs: float32 there
-    _amx(monkeypatch, False)
+    assert resolve_precision("auto", "cpu", VIT) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu"), VIT) == "bf16"
+    assert resolve_precision("auto", "cuda", VIT) == "fp32"  # not measured on GPUs: float32 there
+    # The Zipformer gains nothing from bf16 (docs/benchmarks.md); another library's model was never measured.
+    assert resolve_precision("auto", "cpu", ZipformerConfig.model_type) == "fp32"
+    assert resolve_precision("auto", "cpu", "wav2vec2") == "fp32"
     assert resolve_precision("auto", "cpu") == "fp32"
+    _amx(monkeypatch, False)
+    assert resolve_precision("auto", "cpu", VIT) == "fp32"
     for chosen in ("fp32", "bf16"):
-        assert resolve_precision(chosen, "cpu") == chosen
+        assert resolve_precision(chosen, "cpu", VIT) == chosen
         assert resolve_precision(chosen, "cuda") == chosen
+        assert resolve_precision(chosen, "cpu", ZipformerConfig.model_type) == chosen
     assert PRECISIONS == ("auto", "fp32", "bf16")
+
+
+def test_the_families_that_run_in_bf16_by_default_are_the_measured_ones():
+    fast = {a.name for a in ARCHITECTURES if pays_in_bf16(a.model_type)}
+    assert fast == {"audiomae", "cat", "bat", "beats"}
+    assert not pays_in_bf16(None)
+
+
+def test_for_inference_reads_the_family_from_the_model(monkeypatch):
+    _amx(monkeypatch, True)
+    assert for_inference(tiny_model("bat", classifier=True), "auto").inference_precision == "bf16"
+    zipformer = tiny_model("zipformer", classifier=True)
+    assert for_inference(zipformer, "auto") is zipformer and zipformer.inference_precision == "fp32"
 
 
 @pytest.mark.parametrize("bad", ["fp16", "BF16", "int8", ""])
