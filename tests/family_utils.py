@@ -105,3 +105,12 @@ def tiny_config(family: str):
 def random_features(batch: int, frames: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, frames, 32, generator=generator)
+
+
+def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter drawn at random (LayerNorm weights and biases too): no term hides behind a 1 or 0."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return module

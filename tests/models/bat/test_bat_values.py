@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from family_utils import randomised
 
 from hf_audiorep.modeling.configuration_bat import BATConfig
 from hf_audiorep.modeling.modeling_bat import BATForAudioClassification, BATForPreTraining, BATModel
@@ -36,15 +37,6 @@ TINY = dict(
 
 def tiny_config(**overrides) -> BATConfig:
     return BATConfig(**{**TINY, **overrides})
-
-
-def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter drawn at random (LayerNorm weights and biases too): no term hides behind a 1 or 0."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
-    return module
 
 
 def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:

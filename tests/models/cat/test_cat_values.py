@@ -9,6 +9,7 @@ Tiny configs: a 48 x 32 spectrogram is a 3 x 2 grid of 16 x 16 patches, so every
 import pytest
 import torch
 import torch.nn.functional as F
+from family_utils import randomised
 
 from hf_audiorep.modeling.configuration_cat import CATConfig
 from hf_audiorep.modeling.modeling_cat import (
@@ -43,15 +44,6 @@ TINY = dict(
 
 def tiny_config(**overrides) -> CATConfig:
     return CATConfig(**{**TINY, **overrides})
-
-
-def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter drawn at random (LayerNorm weights and biases too): no term hides behind a 1 or 0."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
-    return module
 
 
 # ---- the stem by hand ---------------------------------------------------------------------------------
