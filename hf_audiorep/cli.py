@@ -39,7 +39,7 @@ def _load(model_dir: str, device: str, precision: str = "fp32"):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from .inference import label_names
-    from .precision import for_inference, resolve_precision
+    from .precision import for_inference
 
     config = _load_config(model_dir)
     if label_names(config) is None:
@@ -47,10 +47,6 @@ def _load(model_dir: str, device: str, precision: str = "fp32"):
             f"{model_dir} has no classification labels (id2label): it is an encoder, not a tagger; "
             "fine-tune it first (recipes/finetune.py --model_name_or_path ...)"
         )
-    try:
-        resolve_precision(precision, device)
-    except ValueError as err:
-        raise SystemExit(f"hf-audiorep tag: error: --precision: {err}") from None
     model = AutoModelForAudioClassification.from_pretrained(model_dir).to(device)
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
     return for_inference(model, precision), feature_extractor

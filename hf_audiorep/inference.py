@@ -50,7 +50,10 @@ class TaggingResult:
     def describe_precision(self) -> str | None:
         """One sentence when the model did not run in float32 (hf_audiorep.precision), else None."""
         if self.precision == "bf16":
-            return "Scored in bfloat16 (fast on this CPU; scores within a few thousandths of float32)."
+            return (
+                "Scored in bfloat16 (fast on this CPU; scores within a few hundredths of float32, mostly "
+                "thousandths)."
+            )
         return None
 
     def silence_notice(self) -> str | None:

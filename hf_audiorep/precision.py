@@ -1,13 +1,12 @@
 """The number format a model runs in for inference: float32, or bfloat16 under autocast.
 
 ``hf-audiorep tag`` and the Space run their models through :func:`for_inference` with ``"auto"``: bfloat16
-on a CPU with AMX tiles (oneDNN runs bf16 matrix products on them, several times faster than float32) for
-the families where that was measured to pay (the registry's ``bf16_inference``: the ViTs and BEATs, not the
-Zipformer, whose many small operations gain nothing), float32 anywhere else: without AMX, bfloat16 is
-emulated and slower than float32. The other CPU paths
-measured for the Space (``torch.compile``, ONNX Runtime in float32 and int8, ``torch.ao`` dynamic int8) were
-either no faster than float32 or cost far more accuracy than bfloat16: docs/benchmarks.md, "Fast CPU
-inference", has the table and its command (``benchmarks/bench_space.py``).
+on a CPU with AMX tiles (oneDNN runs bf16 matrix products on them) for the families where that was measured
+to pay (the registry's ``bf16_inference``: the ViTs and BEATs, not the Zipformer, whose many small
+operations gain nothing), float32 anywhere else: without AMX, bfloat16 is emulated and slower than float32.
+The other CPU paths measured for the Space (``torch.compile``, ONNX Runtime in float32 and int8, ``torch.ao``
+dynamic int8) were either no faster than float32 or cost far more accuracy than bfloat16: docs/benchmarks.md,
+"Fast CPU inference", has the table and its command (``benchmarks/bench_space.py``).
 """
 
 from __future__ import annotations
