@@ -86,7 +86,15 @@ def _archive(budget_minutes: float, *parts: str) -> Path:
     return RESULTS.joinpath("probe_table", f"{budget_minutes:g}min", *parts[:-1], f"{parts[-1]}.json")
 
 
-def _pretrain(work_dir: Path, name: str, budget_seconds: float, report_only: bool) -> tuple[Path, dict]:
+def _calibration(info: dict) -> str:
+    if info["cpu_per_step"] is None:
+        return "steps pinned by --pretrain_steps"
+    return f"{info['cpu_per_step']:.2f} CPU s a step calibrated"
+
+
+def _pretrain(
+    work_dir: Path, name: str, budget_seconds: float, report_only: bool, pinned_steps: int | None = None
+) -> tuple[Path, dict]:
     recipe, preset, extra = ENCODERS[name]
     output = work_dir / f"pretrain_{preset}"
     archive = _archive(budget_seconds / 60, f"pretrain_{preset}")
@@ -98,8 +106,11 @@ def _pretrain(work_dir: Path, name: str, budget_seconds: float, report_only: boo
             args = _pretrain_args(recipe, preset, extra, info["steps"])
             cpu_run(recipe, output, [*args, "--warmup_steps", str(max(1, info["steps"] // 20))])
         return output, info
-    per_step = _cpu_seconds_per_step(work_dir, name)
-    steps = max(20, math.floor(budget_seconds / per_step))
+    if pinned_steps is None:
+        per_step = _cpu_seconds_per_step(work_dir, name)
+        steps = max(20, math.floor(budget_seconds / per_step))
+    else:  # an earlier sweep's step count, given by hand (that sweep predates the archive): no calibration
+        per_step, steps = None, pinned_steps
     warmup = ["--warmup_steps", str(max(1, steps // 20))]
     cpu = cpu_run(recipe, output, [*_pretrain_args(recipe, preset, extra, steps), *warmup])
     results = json.loads((output / "eval_results.json").read_text())
@@ -191,13 +202,22 @@ def _table(rows: dict[str, dict[str, list[float]]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _encoder_steps(item: str) -> tuple[str, int]:
+    name, _, steps = item.partition("=")
+    if name not in ENCODERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{item!r}: want ENCODER=STEPS, ENCODER one of {list(ENCODERS)}")
+    return name, int(steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds of the probes and fine-tuning"
     )
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
-    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
+    parser.add_argument(
+        "--probes", nargs="*", default=list(PROBES), choices=list(PROBES), help="none: fine-tuning only"
+    )
     parser.add_argument(
         "--random_init_probes",
         nargs="*",
@@ -220,13 +240,24 @@ def main() -> None:
         action="store_true",
         help="start no probe or fine-tuning run: the table of those finished",
     )
+    parser.add_argument(
+        "--pretrain_steps",
+        nargs="*",
+        default=[],
+        type=_encoder_steps,
+        metavar="ENCODER=STEPS",
+        help="pre-train these encoders for a given step count instead of calibrating one (to re-create an "
+        "encoder of a sweep whose pre-training was not archived: same seed, same steps, same encoder); an "
+        "archived pre-training wins",
+    )
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/probe_table"), help="runs and summary")
     args = parser.parse_args()
 
     budget = args.budget_minutes
+    pinned = dict(args.pretrain_steps)
     pretrained = {}
     for name in args.encoders:
-        pretrained[name] = _pretrain(args.work_dir, name, budget * 60, args.report_only)
+        pretrained[name] = _pretrain(args.work_dir, name, budget * 60, args.report_only, pinned.get(name))
     columns = [*args.probes, *args.finetunings]
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
@@ -243,9 +274,9 @@ def main() -> None:
         for kind in args.finetunings:
             for name, (output, _) in pretrained.items():
                 value = _finetune(args.work_dir, budget, output, seed, args.report_only, kind)
-                rows[name].setdefault(kind, []).extend([] if value is None else [value])
+                rows.setdefault(name, {}).setdefault(kind, []).extend([] if value is None else [value])
     pretraining = "\n".join(
-        f"- {name}: {info['steps']} steps ({info['cpu_per_step']:.2f} CPU s a step calibrated) in "
+        f"- {name}: {info['steps']} steps ({_calibration(info)}) in "
         f"{info['cpu_seconds']:.0f} CPU s of the whole run, {info['seconds']:.0f} s of training wall-clock; "
         f"the recipe's sklearn probe {info['eval_history'][0]['probe_mAP']:.3f} at init -> "
         f"{info['probe_mAP']:.3f}"

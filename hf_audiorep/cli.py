@@ -524,6 +524,10 @@ def _cmd_export(args) -> int:
         )
     if args.int8 and args.format != "onnx":
         raise SystemExit("hf-audiorep export: error: --int8 quantises the ONNX graph, not --format pt2")
+    if args.accuracy_split and args.format != "onnx":
+        raise SystemExit(
+            "hf-audiorep export: error: --accuracy-split measures the ONNX graphs, not --format pt2"
+        )
     if args.format == "pt2":
         return _export_pt2(args)
     from .export import check_onnx_parity, export_onnx, quantize_int8, top1_agreement
@@ -559,7 +563,25 @@ def _cmd_export(args) -> int:
             f"(calibrated on {len(calibration)} others)"
         )
         _print_latency("int8", int8, check, args.repeats)
+    if args.accuracy_split:
+        graphs = {"fp32": fp32, **({"int8": out / "model.int8.onnx"} if args.int8 else {})}
+        _print_scene_accuracy(args, model, feature_extractor, graphs)
     return 0
+
+
+def _print_scene_accuracy(args, model, feature_extractor, graphs: dict) -> None:
+    from .export import embedded_scene_split, scene_accuracy
+
+    features, scenes = embedded_scene_split(feature_extractor, args.accuracy_split, seconds=args.seconds)
+    try:
+        accuracy = scene_accuracy(model, features, scenes, graphs)
+    except ValueError as err:  # not a classifier of the corpus's scenes
+        raise SystemExit(f"hf-audiorep export: error: --accuracy-split: {err}") from None
+    values = ", ".join(f"{name} {accuracy[name]:.1%}" for name in ("torch", *graphs))
+    print(
+        f"  top-1 accuracy on the embedded scene corpus's {args.accuracy_split} split ({accuracy['clips']} "
+        f"clips; {accuracy['left_out']} of scenes the model lacks left out): {values}"
+    )
 
 
 def _frames_text(features, args, frames: tuple[int, int | None] | None = None) -> str:
@@ -974,6 +996,16 @@ def _add_export(sub) -> None:
         default="embedded",
         help="'embedded': validation clips of the embedded acoustic-scene corpus (resampled to the model's "
         "rate); 'noise': seeded Gaussian noise, no corpus needed (default: embedded)",
+    )
+    export.add_argument(
+        "--accuracy-split",
+        "--accuracy_split",
+        dest="accuracy_split",
+        choices=("validation", "test"),
+        default=None,
+        help="also print the top-1 accuracy of PyTorch, the fp32 graph and (with --int8) the int8 graph on "
+        "this split of the embedded acoustic-scene corpus, for a scene classifier trained on it (clips of "
+        "scenes the model lacks are left out); 'test' is disjoint from the calibration clips (default: off)",
     )
     export.add_argument(
         "--repeats", type=_positive(int), default=50, help="timed runs per latency (default: 50)"

@@ -79,6 +79,7 @@ __all__ = [
     "check_onnx_parity",
     "check_program_parity",
     "embedded_scene_features",
+    "embedded_scene_split",
     "export_onnx",
     "export_program",
     "frame_range",
@@ -90,6 +91,7 @@ __all__ = [
     "program_outputs",
     "quantize_int8",
     "save_program",
+    "scene_accuracy",
     "top1_agreement",
 ]
 
@@ -164,19 +166,71 @@ def embedded_scene_features(feature_extractor, num_clips: int, *, seconds: float
     """``input_values`` of the first ``num_clips`` clips of a split of the embedded acoustic-scene corpus
     (`hf_audiorep.data.embedded.load_embedded_scenes`, resampled to the extractor's rate): real-looking
     audio for calibration and agreement checks without a dataset download."""
+    return embedded_scene_split(feature_extractor, split, num_clips=num_clips, seconds=seconds)[0]
+
+
+def embedded_scene_split(
+    feature_extractor, split: str = "test", *, num_clips: int | None = None, seconds: float = 1.0
+) -> tuple[np.ndarray, list[str]]:
+    """``input_values`` of the first ``num_clips`` (default: every) clips of a split of the embedded
+    acoustic-scene corpus, resampled to the extractor's rate, with each clip's scene name."""
     from .data.decode import decode_audio
     from .data.embedded import load_embedded_scenes
 
     clips = load_embedded_scenes()[split]
+    num_clips = len(clips) if num_clips is None else num_clips
     if not 0 < num_clips <= len(clips):
         raise ValueError(f"num_clips must be between 1 and {len(clips)} (the {split} split), got {num_clips}")
+    clips = clips.select(range(num_clips))
     rate = feature_extractor.sampling_rate
     num_samples = round(seconds * rate)
     waveforms = np.zeros((num_clips, num_samples), dtype=np.float32)
-    for row, record in enumerate(clips.select(range(num_clips))):
+    for row, record in enumerate(clips):
         waveform = decode_audio(record["audio"], rate)[:num_samples]
         waveforms[row, : len(waveform)] = waveform
-    return calibration_features(feature_extractor, waveforms, seconds=seconds)
+    scenes = [clips.features["scene"].int2str(scene) for scene in clips["scene"]]
+    return calibration_features(feature_extractor, waveforms, seconds=seconds), scenes
+
+
+#: clips per forward pass when accuracy is measured over a whole split (bounded memory for large models)
+ACCURACY_BATCH = 64
+
+
+def scene_accuracy(
+    model: torch.nn.Module, inputs, scenes: list[str], graphs: Mapping[str, str | Path] | None = None
+) -> dict:
+    """Top-1 accuracy of ``model`` (PyTorch, as ``"torch"``) and of each ONNX graph in ``graphs`` (by its
+    name) on the clips in ``inputs`` whose scene, in ``scenes``, is one of the model's labels
+    (``config.id2label``); the others (a corpus's held-out scenes) are left out and counted.
+
+    Returns ``{"clips": kept, "left_out": others, "torch": accuracy, **{name: accuracy}}``.
+    """
+    features = _input_values(inputs)
+    if len(features) != len(scenes):
+        raise ValueError(f"{len(features)} clips but {len(scenes)} scenes: one scene per clip")
+    label2id = {name: int(index) for index, name in model.config.id2label.items()}
+    keep = [row for row, scene in enumerate(scenes) if scene in label2id]
+    if not keep:
+        raise ValueError(
+            f"none of the {len(scenes)} clips has a scene among the model's labels "
+            f"({', '.join(sorted(label2id)[:4])}, ...): accuracy needs a classifier of these scenes"
+        )
+    features = features[keep]
+    targets = np.array([label2id[scenes[row]] for row in keep])
+    predict = {"torch": lambda batch: _torch_logits(model, batch)}
+    predict.update(
+        {name: (lambda batch, path=path: onnx_logits(path, batch)) for name, path in (graphs or {}).items()}
+    )
+    result: dict = {"clips": len(keep), "left_out": len(scenes) - len(keep)}
+    for name, logits_of in predict.items():
+        predictions = np.concatenate(
+            [
+                logits_of(features[i : i + ACCURACY_BATCH]).argmax(-1)
+                for i in range(0, len(features), ACCURACY_BATCH)
+            ]
+        )
+        result[name] = float((predictions == targets).mean())
+    return result
 
 
 def _example_features(model: torch.nn.Module, example_inputs) -> torch.Tensor:

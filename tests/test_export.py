@@ -26,6 +26,7 @@ from hf_audiorep.export import (
     onnx_logits,
     program_outputs,
     quantize_int8,
+    scene_accuracy,
     top1_agreement,
 )
 from hf_audiorep.modeling import CPMobileConfig, CPMobileForAudioClassification, LogMelFeatureExtractor
@@ -37,7 +38,7 @@ FP32_TOLERANCE = 1e-4
 
 def _tiny_cp_mobile(**overrides) -> CPMobileForAudioClassification:
     torch.manual_seed(0)
-    config = CPMobileConfig.from_preset("cp-mobile-6k", num_labels=NUM_LABELS, **overrides)
+    config = CPMobileConfig.from_preset("cp-mobile-6k", **{"num_labels": NUM_LABELS, **overrides})
     model = CPMobileForAudioClassification(config).eval()
     # Trained-looking BatchNorm statistics, so that folding them into the convolutions is exercised.
     generator = torch.Generator().manual_seed(1)
@@ -214,6 +215,7 @@ def test_cli_export_help_lists_every_option(capsys):
         "--opset",
         "--calibration-clips",
         "--calibration-data",
+        "--accuracy-split",
         "--repeats",
         "--format",
         "--dynamic-length",
@@ -292,3 +294,81 @@ def test_parity_is_infinite_when_a_shape_differs():
     expected = {"logits": np.zeros((2, 3), dtype=np.float32)}
     assert _largest_difference(expected, {"logits": np.zeros((1, 3), dtype=np.float32)}) == math.inf
     assert _largest_difference(expected, {"logits": np.full((2, 3), -0.25, dtype=np.float32)}) == 0.25
+
+
+def test_scene_accuracy_counts_only_the_scenes_the_model_knows(trained_student, tmp_path):
+    model, extractor, features = trained_student
+    model.config.id2label = {i: f"band_{i}" for i in range(NUM_LABELS)}
+    truth = (torch.arange(32) * NUM_LABELS // 32).tolist()
+    truth[3::7] = [(label + 1) % NUM_LABELS for label in truth[3::7]]  # some clips the student gets wrong
+    scenes = [f"band_{label}" for label in truth]
+    scenes[::5] = ["elsewhere"] * len(scenes[::5])  # a scene outside the model's labels: left out
+    kept = [row for row, scene in enumerate(scenes) if scene != "elsewhere"]
+    with torch.no_grad():
+        predicted = model(input_values=features).logits.argmax(-1)
+    expected = sum(int(predicted[row]) == truth[row] for row in kept) / len(kept)
+    path = export_onnx(model, extractor, tmp_path / "model.onnx")
+    accuracy = scene_accuracy(model, features, scenes, {"fp32": path})
+    assert accuracy["clips"] == len(kept) and accuracy["left_out"] == 32 - len(kept)
+    assert accuracy["torch"] == pytest.approx(expected) and accuracy["fp32"] == pytest.approx(expected)
+    assert 0.5 < expected < 1  # right on most clips, wrong on the relabelled ones
+    # Every clip wrongly labelled by one band: the accuracy is that of the shifted labels, not the same.
+    shifted = [f"band_{(label + 1) % NUM_LABELS}" for label in truth]
+    assert scene_accuracy(model, features, shifted)["torch"] < expected
+
+
+def test_scene_accuracy_names_clips_without_a_known_scene_and_miscounted_scenes(trained_student):
+    model, _, features = trained_student
+    with pytest.raises(ValueError, match="none of the 32 clips has a scene among the model's labels"):
+        scene_accuracy(model, features, ["nowhere"] * 32)
+    with pytest.raises(ValueError, match="32 clips but 31 scenes"):
+        scene_accuracy(model, features, ["band_0"] * 31)
+
+
+def test_cli_export_prints_the_accuracy_of_every_graph_on_a_corpus_split(tmp_path, capsys, monkeypatch):
+    from hf_audiorep.data import embedded
+
+    small = embedded.load_embedded_scenes(
+        num_train=11, num_validation=11, num_test=22, num_heldout=0, cache_dir=tmp_path / "scenes"
+    )
+    monkeypatch.setattr(embedded, "load_embedded_scenes", lambda: small)
+    test = small["test"]
+    names = test.features["scene"].names[:6]  # the model knows six of the eleven closed-set scenes
+    model = _tiny_cp_mobile(num_labels=len(names), id2label=dict(enumerate(names)))
+    model.save_pretrained(tmp_path / "model")
+    extractor = LogMelFeatureExtractor()
+    extractor.save_pretrained(tmp_path / "model")
+    argv = ["export", str(tmp_path / "model"), str(tmp_path / "onnx"), "--int8", "--calibration-clips", "4"]
+    assert main([*argv, "--repeats", "1", "--accuracy-split", "test"]) == 0
+    printed = capsys.readouterr().out
+    line = re.search(
+        r"test split \((\d+) clips; (\d+) of .*: torch (\S+)%, fp32 (\S+)%, int8 (\S+)%", printed
+    )
+    assert line is not None, printed
+    scenes = [test.features["scene"].int2str(s) for s in test["scene"]]
+    kept = [row for row, scene in enumerate(scenes) if scene in names]
+    assert (int(line.group(1)), int(line.group(2))) == (len(kept), len(test) - len(kept))
+    waveforms = [test[row]["audio"]["array"] for row in kept]
+    features = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**features).logits.argmax(-1).tolist()
+    right = sum(names[p] == scenes[row] for p, row in zip(predicted, kept, strict=True))
+    assert float(line.group(3)) == pytest.approx(100 * right / len(kept), abs=0.051)
+    assert float(line.group(4)) == pytest.approx(float(line.group(3)), abs=0.051)
+    assert 0 <= float(line.group(5)) <= 100
+
+
+def test_cli_export_accuracy_needs_a_classifier_of_the_corpus_scenes(tmp_path, monkeypatch):
+    from hf_audiorep.data import embedded
+
+    small = embedded.load_embedded_scenes(
+        num_train=11, num_validation=11, num_test=11, num_heldout=0, cache_dir=tmp_path / "scenes"
+    )
+    monkeypatch.setattr(embedded, "load_embedded_scenes", lambda: small)
+    _tiny_cp_mobile(id2label={i: f"tag_{i}" for i in range(NUM_LABELS)}).save_pretrained(tmp_path / "model")
+    LogMelFeatureExtractor().save_pretrained(tmp_path / "model")
+    argv = ["export", str(tmp_path / "model"), str(tmp_path / "onnx"), "--calibration-clips", "4"]
+    with pytest.raises(SystemExit) as error:
+        main([*argv, "--repeats", "1", "--accuracy-split", "test"])
+    message = str(error.value.code)
+    assert "--accuracy-split" in message and "none of the 11 clips" in message and "\n" not in message
