@@ -84,9 +84,10 @@ def sincos_positions(d: int) -> torch.Tensor:
 
 def encoder_by_hand(model: BATModel, input_values: torch.Tensor, gate: str):
     b = input_values.shape[0]
-    blocks = input_values.view(b, GRID_T, P, GRID_F, P)
-    weight = model.patch_embed.proj.weight[:, 0]  # (hidden, P, P)
-    patches = torch.einsum("bipjq,opq->bijo", blocks, weight).reshape(b, GRID_T * GRID_F, -1)
+    image = input_values if input_values.ndim == 4 else input_values.unsqueeze(1)  # (b, channels, T, F)
+    blocks = image.reshape(b, -1, GRID_T, P, GRID_F, P)
+    weight = model.patch_embed.proj.weight  # (hidden, channels, P, P)
+    patches = torch.einsum("bcipjq,ocpq->bijo", blocks, weight).reshape(b, GRID_T * GRID_F, -1)
     patches = patches + model.patch_embed.proj.bias
     table = sincos_positions(model.config.hidden_size)
     hidden = torch.cat([model.cls_token.expand(b, -1, -1), patches + table], dim=1)
@@ -124,6 +125,33 @@ def test_encoder_is_patches_positions_cls_gated_pre_ln_blocks_and_a_final_norm(g
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # CLS pooling by default; mean pooling averages the normalised patch tokens.
     torch.testing.assert_close(output.pooler_output, expected[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_takes_the_configured_number_of_input_channels():
+    """``num_channels`` reaches the patch embedding: a (B, 2, T, F) input, one set of weights per channel."""
+    model = randomised(BATModel(tiny_config(num_channels=2))).eval()
+    model.pos_embed.copy_(model.sincos_pos_embed())
+    assert model.patch_embed.proj.in_channels == 2
+    input_values = torch.randn(2, 2, GRID_T * P, GRID_F * P, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        output = model(input_values)
+        expected, _ = encoder_by_hand(model, input_values, "elementwise")
+    torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_embedding_takes_the_input_in_its_weights_dtype():
+    """A bfloat16 spectrogram into a float32 encoder is cast up before the patch projection: the values are
+    those of the same spectrogram given in float32."""
+    model = randomised(BATModel(tiny_config())).eval()
+    model.pos_embed.copy_(model.sincos_pos_embed())
+    spectrogram = torch.randn(
+        2, GRID_T * P, GRID_F * P, generator=torch.Generator().manual_seed(4)
+    ).bfloat16()
+    with torch.no_grad():
+        output = model(spectrogram)
+        expected, _ = encoder_by_hand(model, spectrogram.float(), "elementwise")
+    assert output.last_hidden_state.dtype == torch.float32
+    torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_mean_pooling_averages_the_real_patches_of_the_last_hidden_state():

@@ -178,7 +178,7 @@ def encoder_by_hand(model: CATModel, input_values: torch.Tensor) -> torch.Tensor
     if config.use_multi_resolution_stem:
         patches = model.stem(input_values)
     else:
-        x = input_values.unsqueeze(1)
+        x = input_values if input_values.ndim == 4 else input_values.unsqueeze(1)
         patches = patchify_conv(x, model.patch_embed.proj, P).flatten(2).transpose(1, 2)
     patches = patches + model.pos_embed[:, : patches.shape[1]]
     hidden = torch.cat([model.cls_token.expand(len(input_values), -1, -1), patches], dim=1)
@@ -200,6 +200,34 @@ def test_encoder_is_stem_positions_cls_pre_norm_and_post_ln_blocks(use_stem):
         expected = encoder_by_hand(model, input_values)
     torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(output.pooler_output, expected[:, 0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_stem", [True, False])
+def test_encoder_takes_the_configured_number_of_input_channels(use_stem):
+    """``num_channels`` reaches the first conv of either front end: a (B, 2, T, F) input, one set of weights
+    per channel."""
+    model = randomised(CATModel(tiny_config(use_multi_resolution_stem=use_stem, num_channels=2))).eval()
+    first = model.stem.stage_embeds[0].proj if use_stem else model.patch_embed.proj
+    assert first.in_channels == 2
+    input_values = torch.randn(2, 2, GRID_T * P, GRID_F * P, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        output = model(input_values)
+        expected = encoder_by_hand(model, input_values)
+    torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eat_patch_embedding_takes_the_input_in_its_weights_dtype():
+    """Without the stem (EAT), a bfloat16 spectrogram into a float32 encoder is cast up before the patch
+    projection: the values are those of the same spectrogram given in float32."""
+    model = randomised(CATModel(tiny_config(use_multi_resolution_stem=False))).eval()
+    spectrogram = torch.randn(
+        2, GRID_T * P, GRID_F * P, generator=torch.Generator().manual_seed(5)
+    ).bfloat16()
+    with torch.no_grad():
+        output = model(spectrogram)
+        expected = encoder_by_hand(model, spectrogram.float())
+    assert output.last_hidden_state.dtype == torch.float32
+    torch.testing.assert_close(output.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_encoder_dropout_and_stochastic_depth_follow_the_config():
