@@ -68,6 +68,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -217,10 +218,8 @@ def scene_accuracy(
         )
     features = features[keep]
     targets = np.array([label2id[scenes[row]] for row in keep])
-    predict = {"torch": lambda batch: _torch_logits(model, batch)}
-    predict.update(
-        {name: (lambda batch, path=path: onnx_logits(path, batch)) for name, path in (graphs or {}).items()}
-    )
+    predict = {"torch": partial(_torch_logits, model)}
+    predict.update({name: partial(onnx_logits, path) for name, path in (graphs or {}).items()})
     result: dict = {"clips": len(keep), "left_out": len(scenes) - len(keep)}
     for name, logits_of in predict.items():
         predictions = np.concatenate(
