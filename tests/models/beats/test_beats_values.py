@@ -366,6 +366,38 @@ def test_an_input_of_exactly_one_patch_runs():
     assert out.shape == (1, config.num_mel_bins // config.patch_size, config.hidden_size)
 
 
+def test_inputs_shorter_than_a_patch_or_with_a_mask_of_another_shape_are_refused():
+    config = tiny_config()
+    model = BEATsModel(config).eval()
+    short = torch.randn(2, config.patch_size - 6, config.num_mel_bins)
+    with pytest.raises(
+        ValueError, match=r"^input_values has 10 frames, fewer than one patch \(patch_size=16\)$"
+    ):
+        model(short)
+    # A mask one frame short would otherwise be reduced to patches as if it were the clip's.
+    x = torch.randn(2, 48, config.num_mel_bins)
+    with pytest.raises(
+        ValueError, match=r"attention_mask must be \(batch, frames\) = \(2, 48\), got \(2, 47\)"
+    ):
+        model(x, attention_mask=torch.ones(2, 47, dtype=torch.long))
+
+
+def test_the_stem_and_encoder_layer_norms_use_the_config_epsilon():
+    # eps 0.5, far from LayerNorm's default 1e-5: the norm of the patches and the encoder's norm.
+    config = tiny_config(layer_norm_eps=0.5)
+    model = randomise(BEATsModel(config))
+    generator = torch.Generator().manual_seed(14)
+    for norm, width in (
+        (model.layer_norm, config.patch_embedding_dim),
+        (model.encoder.layer_norm, config.hidden_size),
+    ):
+        x = torch.randn(2, 5, width, generator=generator)
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        expected = (x - mean) / torch.sqrt(var + 0.5) * norm.weight + norm.bias
+        with torch.no_grad():
+            torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_classifier_is_a_linear_head_on_the_pooled_embedding():
     config = tiny_config()
     model = randomise(BEATsForAudioClassification(config))

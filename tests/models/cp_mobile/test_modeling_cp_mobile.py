@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from family_utils import TINY as FAMILY_TINY
 from model_test_mixin import ModelTesterMixin
 from remote_code_utils import run_without_library
 
@@ -23,15 +24,7 @@ from hf_audiorep.training import build_param_groups
 
 # Stage channels 8, 8, 16, 32; block 0 keeps its shortcut, block 1 pools it (stride 2 on both axes), blocks
 # 2 and 3 change width (no shortcut) and stride one axis each.
-TINY = dict(
-    num_mel_bins=32,
-    base_channels=8,
-    channels_multiplier=2.0,
-    expansion_rate=2.0,
-    n_blocks=(2, 1, 1),
-    strides=((1, 1), (2, 2), (1, 2), (2, 1)),
-    num_labels=5,
-)
+TINY = dict(FAMILY_TINY["cp_mobile"], num_labels=5)
 #: ContrastASC's layout: an embedding from a LayerNorm output block, a cosine head, GRN in the blocks
 CONTRASTASC = dict(embedding_size=12, output_norm="layer", classifier="cosine", use_grn=True)
 
