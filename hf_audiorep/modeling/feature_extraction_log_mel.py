@@ -58,10 +58,6 @@ class _LogMelSpec(FrameGeometry):
     log_offset: float
 
 
-def num_spectrum_bins(self) -> int:
-    return self.n_fft // 2 + 1
-
-
 def _positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
