@@ -304,6 +304,9 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
                     f"`lengths` must hold one integer sample count per clip, shape ({batch},), got "
                     f"{tuple(lengths.shape)} of dtype {lengths.dtype}."
                 )
+            # int64 before the range check: against a narrow dtype `length` wraps (40000 becomes -25536 for
+            # int16 lengths), and valid lengths were refused.
+            lengths = lengths.to(torch.int64)
             if lengths.device.type == "cpu" and bool(((lengths < 0) | (lengths > length)).any()):
                 raise ValueError(
                     f"`lengths` must lie in [0, {length}] (the padded batch width), got {lengths.tolist()}."

@@ -3,8 +3,6 @@ bidirectional in one batch, the MTC head shared with the tagger, generate() and 
 save / load round trip, loading through the Auto classes, BART weights as the decoder's start, and the
 processor's offline round trip."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -180,9 +178,7 @@ def test_lm_head_is_tied_to_the_token_embedding(tokenizer):
 
 
 def test_default_decoder_is_bart_base_with_barts_vocabulary():
-    start = time.perf_counter()
     model = ZipformerForConditionalGeneration(ZipformerConfig.from_preset("zipformer-small"))
-    seconds = time.perf_counter() - start
     decoder = model.config.decoder_config
     assert (decoder.d_model, decoder.decoder_layers, decoder.decoder_attention_heads) == (768, 6, 12)
     assert (decoder.vocab_size, decoder.bos_token_id, decoder.pad_token_id, decoder.eos_token_id) == (
@@ -192,10 +188,11 @@ def test_default_decoder_is_bart_base_with_barts_vocabulary():
         2,
     )
     assert decoder.mask_token_id == 50264
+    # Auden's decoder starts from <s> (BART's own starts from </s>): the config says what the model does.
+    assert decoder.decoder_start_token_id == decoder.bos_token_id == 0
     assert model.get_input_embeddings().weight.shape == (50265, 768)
     assert model.generation_config.decoder_start_token_id == 0
     assert model.generation_config.max_new_tokens < decoder.max_position_embeddings
-    assert seconds < 30  # the registry tests build it for every preset
 
 
 def test_generate_and_parallel_generate_survive_save_and_load(trained, tokenizer, tmp_path):
