@@ -3,8 +3,11 @@ term, then CP-Mobile students of several sizes trained with CE, CE + KD or CE + 
 LayerNorm in the output block; each scored closed-set, on unseen devices and 5-shot on held-out scenes.
 
 Every run is ``recipes/finetune.py`` (teachers) or ``recipes/distill.py`` (students); a finished run (its
-``eval_results.json`` exists) is reused, so an interrupted sweep resumes. Prints one table (mean +- std over
-the seeds) and writes it to ``<work_dir>/summary.md``. Arguments after ``--`` go to every student run.
+``eval_results.json`` exists) is reused, so an interrupted sweep resumes. Each finished run's results are
+archived in ``experiments/results/contrastasc/<teacher preset>_<teacher steps>/`` (committed), so the table
+can be regenerated on a fresh checkout; a teacher is re-trained only when one of its students has no
+archive. Prints one table (mean +- std over the seeds) and writes it to ``<work_dir>/summary.md``. Arguments
+after ``--`` go to every student run (such runs are not archived: they are not the table's setting).
 
     python experiments/contrastasc_students.py --seeds 0 1 2 --presets cp-mobile-6k cp-mobile-18k \
         cp-mobile-dcase24 --norms batch layer --losses ce kd crd --work_dir outputs/contrastasc
@@ -20,14 +23,20 @@ import json
 import sys
 from pathlib import Path
 
-from _runs import mean_std_cell, report, run_recipe
+from _runs import RESULTS, mean_std_cell, report, run_recipe
 
 LOSSES = {"ce": ("0", "0"), "kd": ("1", "0"), "crd": ("1", "0.8")}  # (kd_weight, crd_weight)
 SCENE_AUGMENTATION = ["--time_mask", "0", "--freq_mask", "48"]
 
 
-def _teacher(work_dir: Path, preset: str, supcon: bool, seed: int, steps: int) -> Path:
+def _teacher(
+    work_dir: Path, preset: str, supcon: bool, seed: int, steps: int, archive: Path, needed: bool
+) -> tuple[Path, dict]:
+    """The teacher's run directory and results; trained unless its results are archived and no student
+    still to run needs its weights."""
     output = work_dir / f"teacher_{'supcon' if supcon else 'ce'}_s{seed}"
+    if archive.exists() and not needed:
+        return output, json.loads(archive.read_text())
     args = [
         "--dataset",
         "embedded-scenes",
@@ -41,8 +50,8 @@ def _teacher(work_dir: Path, preset: str, supcon: bool, seed: int, steps: int) -
     args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
     if supcon:
         args += ["--supcon_weight", "0.25"]
-    run_recipe("finetune", output, args)
-    return output
+    run_recipe("finetune", output, args)  # trained here if need be: an archive alone has no weights
+    return output, run_recipe("finetune", output, args, archive=archive)
 
 
 COLUMNS = (
@@ -85,33 +94,41 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/contrastasc"), help="runs and summary")
     args = parser.parse_args(argv)
 
+    archive_dir = RESULTS / "contrastasc" / f"{args.teacher_preset}_{args.teacher_steps}"
     rows: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:
         for kind in args.teachers:
-            teacher = _teacher(args.work_dir, args.teacher_preset, kind == "supcon", seed, args.teacher_steps)
-            rows.setdefault(f"teacher {kind} ({args.teacher_preset})", []).append(
-                {
-                    "closed-set accuracy": json.loads((teacher / "eval_results.json").read_text())[
-                        "test_accuracy"
-                    ]
-                }
+            students = [
+                (preset, norm, loss, f"{preset}_{norm}_{loss}_{kind}_s{seed}")
+                for preset in args.presets
+                for norm in args.norms
+                for loss in args.losses
+            ]
+            needed = bool(extra) or any(not (archive_dir / f"{run}.json").exists() for *_, run in students)
+            teacher, teacher_results = _teacher(
+                args.work_dir,
+                args.teacher_preset,
+                kind == "supcon",
+                seed,
+                args.teacher_steps,
+                archive_dir / f"teacher_{kind}_s{seed}.json",
+                needed,
             )
-            for preset in args.presets:
-                for norm in args.norms:
-                    for loss in args.losses:
-                        kd, crd = LOSSES[loss]
-                        name = f"{preset} {norm} {loss} <- {kind}"
-                        output = args.work_dir / f"{preset}_{norm}_{loss}_{kind}_s{seed}"
-                        student_args = ["--teacher", str(teacher), "--preset", preset, "--output_norm", norm]
-                        student_args += ["--kd_weight", kd, "--crd_weight", crd, "--seed", str(seed)]
-                        student_args += [
-                            "--disable_progress_bar",
-                            "true",
-                            "--num_decode_threads",
-                            "1",
-                            *extra,
-                        ]
-                        rows.setdefault(name, []).append(_row(run_recipe("distill", output, student_args)))
+            rows.setdefault(f"teacher {kind} ({args.teacher_preset})", []).append(
+                {"closed-set accuracy": teacher_results["test_accuracy"]}
+            )
+            for preset, norm, loss, run in students:
+                kd, crd = LOSSES[loss]
+                student_args = ["--teacher", str(teacher), "--preset", preset, "--output_norm", norm]
+                student_args += ["--kd_weight", kd, "--crd_weight", crd, "--seed", str(seed)]
+                student_args += ["--disable_progress_bar", "true", "--num_decode_threads", "1", *extra]
+                results = run_recipe(
+                    "distill",
+                    args.work_dir / run,
+                    student_args,
+                    archive=None if extra else archive_dir / f"{run}.json",
+                )
+                rows.setdefault(f"{preset} {norm} {loss} <- {kind}", []).append(_row(results))
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, values in rows.items():
         lines.append(
