@@ -50,7 +50,17 @@ def _teacher(
     args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
     if supcon:
         args += ["--supcon_weight", "0.25"]
-    run_recipe("finetune", output, args)  # trained here if need be: an archive alone has no weights
+    results = run_recipe("finetune", output, args)  # trained here if need be: an archive alone has no weights
+    if archive.exists():
+        # A re-trained teacher need not reproduce its archive (it did not once, docs/benchmarks.md): students
+        # distilled from two different teachers must not share a table.
+        archived = json.loads(archive.read_text())["test_accuracy"]
+        if results["test_accuracy"] != archived:
+            raise SystemExit(
+                f"the re-trained teacher {output} scores {results['test_accuracy']:.4f}, its archive "
+                f"{archive} {archived:.4f}: the archived students were distilled from the archived teacher; "
+                "move that seed's archives aside to run it again"
+            )
     return output, run_recipe("finetune", output, args, archive=archive)
 
 
