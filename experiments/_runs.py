@@ -48,6 +48,10 @@ def run_recipe(
             "--output_dir",
             str(output_dir),
         ]
+        if any((output_dir / "checkpoints").glob("step_*")):
+            # A run killed part-way continues from its last complete checkpoint (resume is exact) instead of
+            # being refused by the recipe for the checkpoints it left.
+            command += ["--resume_from_checkpoint", "latest"]
         print("$", " ".join(command), flush=True)
         run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         _run_measured(command, run_env, output_dir / RESOURCES)
@@ -118,9 +122,10 @@ def _check_same_run(output_dir: Path, args: list[str]) -> None:
     # The arguments after the recipe's path, however it was launched (python, accelerate launch, ...).
     recipe_at = next((i for i, word in enumerate(words) if word.endswith(".py")), len(words))
     recorded = words[recipe_at + 1 :]
-    if "--output_dir" in recorded:
-        at = recorded.index("--output_dir")
-        del recorded[at : at + 2]
+    for option in ("--output_dir", "--resume_from_checkpoint"):  # where it ran, and whether it resumed
+        if option in recorded:
+            at = recorded.index(option)
+            del recorded[at : at + 2]
     if not _same_arguments(recorded, list(args)):
         raise RuntimeError(
             f"{output_dir} holds a run with other arguments ({' '.join(recorded)}), not {' '.join(args)}: "

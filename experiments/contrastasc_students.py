@@ -14,6 +14,10 @@ after ``--`` go to every student run (such runs are not archived: they are not t
 
 The teacher is a CP-Mobile of the largest preset (``--teacher_preset``) trained from scratch: on a CPU the
 paper's BEATs teacher cannot be fine-tuned, and no pre-trained BEATs weights can be downloaded here.
+
+Every run gets ``--threads`` intra-op threads (1 by default): a CPU run reproduces bit for bit only at the
+same thread count, and the archived runs were made with one (a 2-thread teacher of the same seed scores
+differently; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ LOSSES = {"ce": ("0", "0"), "kd": ("1", "0"), "crd": ("1", "0.8")}  # (kd_weight
 SCENE_AUGMENTATION = ["--time_mask", "0", "--freq_mask", "48"]
 
 
+def _threads_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def _teacher(
-    work_dir: Path, preset: str, supcon: bool, seed: int, steps: int, archive: Path, needed: bool
+    work_dir: Path,
+    preset: str,
+    supcon: bool,
+    seed: int,
+    steps: int,
+    archive: Path,
+    needed: bool,
+    threads: int,
 ) -> tuple[Path, dict]:
     """The teacher's run directory and results; trained unless its results are archived and no student
     still to run needs its weights."""
@@ -50,18 +65,23 @@ def _teacher(
     args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
     if supcon:
         args += ["--supcon_weight", "0.25"]
-    results = run_recipe("finetune", output, args)  # trained here if need be: an archive alone has no weights
+    env = _threads_env(threads)
+    # Trained here if need be: an archive alone has no weights.
+    results = run_recipe("finetune", output, args, env=env)
     if archive.exists():
-        # A re-trained teacher need not reproduce its archive (it did not once, docs/benchmarks.md): students
-        # distilled from two different teachers must not share a table.
-        archived = json.loads(archive.read_text())["test_accuracy"]
-        if results["test_accuracy"] != archived:
+        # Students distilled from two different teachers must not share a table.
+        archived = json.loads(archive.read_text())
+        if results["test_accuracy"] != archived["test_accuracy"]:
+            # Archives from before the recipes recorded their thread count were made with one thread.
+            then = archived.get("train_results", {}).get("cpu_threads", 1)
+            now = json.loads((output / "train_results.json").read_text()).get("cpu_threads")
             raise SystemExit(
                 f"the re-trained teacher {output} scores {results['test_accuracy']:.4f}, its archive "
-                f"{archive} {archived:.4f}: the archived students were distilled from the archived teacher; "
-                "move that seed's archives aside to run it again"
+                f"{archive} {archived['test_accuracy']:.4f} (intra-op threads: {now} now, {then} then; "
+                "runs reproduce only at the same count): the archived students were distilled from the "
+                "archived teacher; move that seed's archives aside to run it again"
             )
-    return output, run_recipe("finetune", output, args, archive=archive)
+    return output, run_recipe("finetune", output, args, archive=archive, env=env)
 
 
 COLUMNS = (
@@ -102,7 +122,15 @@ def main() -> None:
     parser.add_argument("--teacher_preset", default="cp-mobile-dcase23", help="the teacher's architecture")
     parser.add_argument("--teacher_steps", type=int, default=600, help="teacher fine-tuning steps")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/contrastasc"), help="runs and summary")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads of every run (results depend on it; the archives were made with 1)",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
 
     archive_dir = RESULTS / "contrastasc" / f"{args.teacher_preset}_{args.teacher_steps}"
     rows: dict[str, list[dict[str, float]]] = {}
@@ -123,6 +151,7 @@ def main() -> None:
                 args.teacher_steps,
                 archive_dir / f"teacher_{kind}_s{seed}.json",
                 needed,
+                args.threads,
             )
             rows.setdefault(f"teacher {kind} ({args.teacher_preset})", []).append(
                 {"closed-set accuracy": teacher_results["test_accuracy"]}
@@ -137,6 +166,7 @@ def main() -> None:
                     args.work_dir / run,
                     student_args,
                     archive=None if extra else archive_dir / f"{run}.json",
+                    env=_threads_env(args.threads),
                 )
                 rows.setdefault(f"{preset} {norm} {loss} <- {kind}", []).append(_row(results))
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]

@@ -157,6 +157,7 @@ def test_accumulated_steps_fire_logging_eval_and_checkpoints_on_their_steps_and_
     assert summary["eval_score"] == 70.0 and "step" not in summary
     assert summary["resumed_from_checkpoint"] is None and summary["world_size"] == 1
     assert summary["distributed_type"] == "DistributedType.NO" and summary["mixed_precision"] == "no"
+    assert summary["cpu_threads"] == torch.get_num_threads() >= 1
     script = sys.argv[0] if sys.argv else ""
     assert summary["recipe"] == (Path(script).stem if script.endswith(".py") else None)
     assert summary["training_command"] == launch_command() != ""
