@@ -45,7 +45,7 @@ def _teacher(
     steps: int,
     archive: Path,
     needed: bool,
-    threads: int,
+    env: dict[str, str],
 ) -> tuple[Path, dict]:
     """The teacher's run directory and results; trained unless its results are archived and no student
     still to run needs its weights."""
@@ -65,7 +65,6 @@ def _teacher(
     args += ["--disable_progress_bar", "true", "--num_decode_threads", "1"]
     if supcon:
         args += ["--supcon_weight", "0.25"]
-    env = _threads_env(threads)
     # Trained here if need be: an archive alone has no weights.
     results = run_recipe("finetune", output, args, env=env)
     if archive.exists():
@@ -132,6 +131,7 @@ def main() -> None:
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
 
+    env = _threads_env(args.threads)
     archive_dir = RESULTS / "contrastasc" / f"{args.teacher_preset}_{args.teacher_steps}"
     rows: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:
@@ -151,7 +151,7 @@ def main() -> None:
                 args.teacher_steps,
                 archive_dir / f"teacher_{kind}_s{seed}.json",
                 needed,
-                args.threads,
+                env,
             )
             rows.setdefault(f"teacher {kind} ({args.teacher_preset})", []).append(
                 {"closed-set accuracy": teacher_results["test_accuracy"]}
@@ -166,7 +166,7 @@ def main() -> None:
                     args.work_dir / run,
                     student_args,
                     archive=None if extra else archive_dir / f"{run}.json",
-                    env=_threads_env(args.threads),
+                    env=env,
                 )
                 rows.setdefault(f"{preset} {norm} {loss} <- {kind}", []).append(_row(results))
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]

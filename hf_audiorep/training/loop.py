@@ -465,7 +465,7 @@ class TrainLoop:
             "distributed_type": str(accelerator.distributed_type),
             "mixed_precision": accelerator.mixed_precision,
             # A CPU run reproduces bit for bit only at the same intra-op thread count: the count splits the
-            # float reductions, and 600 steps amplify the last bits into points of accuracy.
+            # float reductions, and a long run amplifies the last bits into points of accuracy.
             "cpu_threads": torch.get_num_threads(),
             "resumed_from_checkpoint": str(checkpoint) if checkpoint is not None else None,
             # Recorded by the run, so that a published model card states what really produced the weights.
