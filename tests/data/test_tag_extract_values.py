@@ -54,9 +54,10 @@ def test_preprocess_folds_width_ligatures_case_quotes_and_accents():
         ("skiing", ["ski", "skie"]),
         ("seeing", ["see", "seee"]),  # "se" is too short
         ("speed", ["spe", "spee"]),
-        ("loudly", ["loud", "loude"]),
-        ("noisily", ["noisi", "noisie", "noisy"]),
-        ("early", ["ear", "eare"]),
+        ("loudly", ["loud", "loude", "loudle"]),
+        ("noisily", ["noisi", "noisie", "noisile", "noisy"]),
+        ("early", ["ear", "eare", "earle"]),
+        ("gently", ["gent", "gente", "gentle"]),
         ("bring", []),  # too short for -ing
         ("fled", []),  # too short for -ed
         ("only", []),  # too short for -ly
@@ -271,6 +272,10 @@ def test_count_words_clauses_and_participles_in_fit():
     # the count's noun is spelled as the captions spell it ("many dogs")
     many = KeywordTagExtractor().fit(["Many dog.", "Many dog.", "Many dogs.", "Rain."])
     assert many.terms == {("many", "dog"): "many dogs"}
+    # a count word before a plural is a term, not a clause ("two voices" is no "a dog barks")
+    voices = KeywordTagExtractor().fit(["Two voices talk.", "Two voices.", "Two voices hum.", "Rain."])
+    assert voices.terms == {("two", "voice"): "two voices"}
+    assert voices("two voices in a hall") == ["two voices", "hall"]
     # subject + verb by agreement is a clause, in either number; a participle before a plural is a term
     assert KeywordTagExtractor().fit(["A dog barks."] * 3 + ["Rain."]).terms == {}
     assert KeywordTagExtractor().fit(["Logs crackle."] * 3 + ["Rain."]).terms == {}
@@ -329,6 +334,7 @@ def test_base_form_takes_the_first_known_candidate():
     assert fitted("Barking loudly") == ["bark", "loudly"]  # "bark" from the caption set
     assert KeywordTagExtractor()("Barking loudly") == ["barking", "loudly"]
     assert KeywordTagExtractor()("Barking loudly, a loud bark") == ["bark", "loud"]  # from the caption itself
+    assert KeywordTagExtractor().fit(["A gentle hum."])("Rain falls gently") == ["rain", "fall", "gentle"]
 
 
 def with_terms(npmi: dict, **kwargs) -> KeywordTagExtractor:

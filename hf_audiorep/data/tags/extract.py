@@ -112,7 +112,8 @@ def _base_candidates(word: str) -> list[str]:
                 out.append(stem[:-1] + "y")  # carried -> carry
     if word.endswith("ly") and len(word) > 4:
         stem = word[:-2]
-        out += [stem, stem + "e"]  # loudly -> loud, gently -> gentle
+        # loudly -> loud, truly -> true, gently -> gentle (an -le adjective drops its "e" before "-ly")
+        out += [stem, stem + "e", stem + "le"]
         if stem.endswith("i"):
             out.append(stem[:-1] + "y")  # noisily -> noisy
     return [c for c in out if len(c) >= 3]
@@ -287,10 +288,11 @@ class KeywordTagExtractor(TagExtractor):
             n = len(captions)
             for pair, both in zip(pairs.get_feature_names_out(), pair_df, strict=True):
                 first, second = pair.split("\t")
+                # A count word is no subject: "two voices" reads (singular, plural) as "a dog barks" does.
                 if (
                     first in COUNT_WORDS
                     and second in COUNT_WORDS
-                    or _is_clause(first, agreement[(first, second)])
+                    or (first not in COUNT_WORDS and _is_clause(first, agreement[(first, second)]))
                 ):
                     continue
                 npmi = _npmi(int(both), word_df[first], word_df[second], n)
