@@ -92,6 +92,10 @@ class ModelArguments:
     fine-tuned with); default: the preset's or the saved model's (linear)"""
     cosine_scale: float | None = None
     """scale of the cosine head's logits; default: the config's (56, ContrastASC's)"""
+    config_overrides: str | None = None
+    """comma-separated key=value pairs replacing fields of the model's config (the preset's or the saved
+    model's), each typed as the field it replaces, e.g. AudioMAE without its AudioSet regularizers on a small
+    dataset: mask_t_prob=0,mask_f_prob=0,drop_path_rate=0"""
     lp_ft: bool = False
     """LP-FT (Kumar et al., 2022): before fine-tuning, set the head to a logistic-regression probe fitted on
     the frozen encoder's embeddings of the train split (one encoder pass), so the first steps do not rewrite
@@ -166,6 +170,25 @@ def _check_max_length(model_args: ModelArguments) -> None:
         raise ValueError(f"--max_length must be a positive multiple of the patch size {patch}, got {length}")
 
 
+def _with_overrides(config, overrides: str | None):
+    """``config`` with --config_overrides applied by transformers' ``update_from_string`` (unknown fields
+    refused, each value typed as the field it replaces), then rebuilt so the class checks the fields
+    together as it checks a preset's."""
+    if not overrides:
+        return config
+    pairs = [item.split("=") for item in overrides.split(",") if item.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError(
+            "--config_overrides takes comma-separated key=value pairs, e.g. "
+            f"drop_path_rate=0,mask_t_prob=0; got {overrides!r}"
+        )
+    try:
+        config.update_from_string(",".join(f"{key.strip()}={value.strip()}" for key, value in pairs))
+        return type(config).from_dict(config.to_dict())
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--config_overrides {overrides!r}: {err}") from None
+
+
 def _model(model_args: ModelArguments, label_names: list[str], feature_extractor=None):
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
@@ -178,16 +201,21 @@ def _model(model_args: ModelArguments, label_names: list[str], feature_extractor
         if feature_extractor is None:
             feature_extractor = _pretrained_feature_extractor(model_args)
         length = {"max_length": model_args.max_length} if model_args.max_length else {}
-        model = AutoModelForAudioClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(
             model_args.model_name_or_path,
             num_labels=len(label_names),
             id2label=id2label,
             label2id=label2id,
             problem_type=model_args.problem_type,
-            ignore_mismatched_sizes=True,  # a new label set replaces the checkpoint's head
             trust_remote_code=model_args.trust_remote_code,
             **length,
             **head,
+        )
+        model = AutoModelForAudioClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=_with_overrides(config, model_args.config_overrides),
+            ignore_mismatched_sizes=True,  # a new label set replaces the checkpoint's head
+            trust_remote_code=model_args.trust_remote_code,
         )
         return model, feature_extractor
     overrides = {"max_length": model_args.max_length} if model_args.max_length else {}
@@ -200,6 +228,7 @@ def _model(model_args: ModelArguments, label_names: list[str], feature_extractor
         problem_type=model_args.problem_type,
         **head,
     )
+    config = _with_overrides(config, model_args.config_overrides)
     model = AutoModelForAudioClassification.from_config(config)
     return model, feature_extractor_for(config)
 

@@ -323,3 +323,72 @@ def test_a_saved_model_is_fine_tuned_with_a_cosine_head(trained, tmp_path, monke
     assert json.loads((out / "config.json").read_text())["classifier"] == "cosine"
     with pytest.raises(ValueError, match="classifier"):
         _finetune_saved_model(recipe, saved, tmp_path / "bad", monkeypatch, "--classifier", "arcface")
+
+
+def test_config_overrides_replace_fields_of_a_saved_model_and_keep_its_weights(
+    trained, tmp_path, monkeypatch
+):
+    # AudioMAE's AudioSet regularizers off on a small dataset, the saved encoder's weights still loaded
+    saved, _, recipe = trained
+    assert json.loads((saved / "config.json").read_text())["mask_t_prob"] == 0.2
+    overrides = "mask_t_prob=0, mask_f_prob = 0.05,drop_path_rate=0,"  # spaces and a trailing comma
+    out, _ = _finetune_saved_model(
+        recipe,
+        saved,
+        tmp_path,
+        monkeypatch,
+        "--config_overrides",
+        overrides,
+        "--learning_rate",
+        "1e-12",
+        "--min_learning_rate",
+        "0",
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mask_t_prob"], config["mask_f_prob"], config["drop_path_rate"]) == (0.0, 0.05, 0.0)
+    assert config["id2label"] == {"0": "high", "1": "low"}  # the new labels, as without overrides
+    before, after = AutoModel.from_pretrained(saved), AutoModel.from_pretrained(out)
+    for name, weight in before.state_dict().items():
+        torch.testing.assert_close(after.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
+
+
+def test_config_overrides_replace_fields_of_a_preset(tmp_path):
+    out = tmp_path / "model"
+    recipe = load_recipe("finetune")
+    options = [
+        "--max_steps",
+        "1",
+        "--eval_steps",
+        "0",
+        "--checkpointing_steps",
+        "0",
+        "--output_dir",
+        str(out),
+    ]
+    recipe.main(TINY + options + ["--config_overrides", "drop_path_rate=0.3,num_hidden_layers=1"])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["drop_path_rate"], config["num_hidden_layers"]) == (0.3, 1)
+    assert len(AutoModel.from_pretrained(out).blocks) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            "mask_t_prob",
+            "takes comma-separated key=value pairs, e.g. drop_path_rate=0,mask_t_prob=0; got 'mask",
+        ),
+        ("mask_t_prob=0=1", "takes comma-separated key=value pairs"),
+        ("=0", "takes comma-separated key=value pairs"),
+        (",", "takes comma-separated key=value pairs"),
+        ("voice=1", r"--config_overrides 'voice=1': key voice isn't in the original config dict"),
+        ("mask_t_prob=1.5", r"must be in \[0, 1\), got 1.5"),
+        ("num_hidden_layers=two", "invalid literal for int"),
+        ("qkv_bias=maybe", "can't derive true or false from maybe"),
+    ],
+)
+def test_config_overrides_errors_name_the_problem(overrides, message, tmp_path):
+    recipe = load_recipe("finetune")
+    with pytest.raises(ValueError, match=message):
+        recipe.main(TINY + ["--output_dir", str(tmp_path / "out"), "--config_overrides", overrides])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
