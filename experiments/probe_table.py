@@ -14,7 +14,8 @@ count (same seed, same encoder) only when a new probe or fine-tuning needs the e
    (the encoder runs once per clip into a shared cache, then linear / weighted sum / attentive /
    CGP top-k 3 / CGP top-k 1 heads are trained on it), for each seed;
 4. fine-tune each pre-trained encoder fully with ``recipes/finetune.py`` (the settings that fine-tune
-   these small encoders without wrecking their lower layers: docs/benchmarks.md), for each seed.
+   these small encoders without wrecking their lower layers: docs/benchmarks.md), for each seed: from a
+   random head, by LP-FT, and by LP-FT without the families' AudioSet regularizers.
 
 The seeds are those of the probe heads and of fine-tuning; each encoder is pre-trained once (seed 0).
 Probes run seed-major (every probe of seed 0 before seed 1), then the fine-tuning runs, the slowest, so a
@@ -141,15 +142,29 @@ def _probe(
     return None if results is None else results["test_mAP"]
 
 
-FINETUNINGS = {"fine-tuning": ("finetune", []), "LP-FT": ("lpft", ["--lp_ft", "true"])}
+# column -> (the runs' folder, arguments, whether the family's AudioSet regularizers are turned off)
+FINETUNINGS = {
+    "fine-tuning": ("finetune", [], False),
+    "LP-FT": ("lpft", ["--lp_ft", "true"], False),
+    "LP-FT (no AudioSet regularizers)": ("lpft_noreg", ["--lp_ft", "true"], True),
+}
+# The regularizers each family fine-tunes on AudioSet with, which on 1,600 clips cost more than they give
+# (docs/benchmarks.md, "What kept fine-tuning below the probes"): SpecAugment, and AudioMAE's patch dropping
+# and stochastic depth.
+NO_SPEC_AUGMENT = ["--freq_mask", "0", "--time_mask", "0"]
+NO_FAMILY_REGULARIZERS = {
+    "AudioMAE-tiny": ["--config_overrides", "mask_t_prob=0,mask_f_prob=0,drop_path_rate=0"],
+}
 
 
 def _finetune(
-    work_dir: Path, budget: float, encoder: Path, seed: int, report_only: bool, kind: str
+    work_dir: Path, budget: float, name: str, encoder: Path, seed: int, report_only: bool, kind: str
 ) -> float | None:
-    folder, extra = FINETUNINGS[kind]
+    folder, extra, no_regularizers = FINETUNINGS[kind]
     args = ["--model_name_or_path", str(encoder), *FINETUNE, *extra, *COMMON, "--seed", str(seed)]
     args += ["--disable_progress_bar", "true"]
+    if no_regularizers:
+        args += [*NO_SPEC_AUGMENT, *NO_FAMILY_REGULARIZERS.get(name, [])]
     output = work_dir / folder / f"{encoder.name}_s{seed}"
     archive = _archive(budget, folder, output.name)
     results = run_recipe("finetune", output, args, report_only=report_only, archive=archive)
@@ -233,7 +248,8 @@ def main() -> None:
         nargs="*",
         default=list(FINETUNINGS),
         choices=list(FINETUNINGS),
-        help="fine-tuning from a random head and/or LP-FT (the head starts as a fitted probe); none: skip",
+        help="fine-tuning from a random head and/or LP-FT (the head starts as a fitted probe), LP-FT also "
+        "without the families' AudioSet regularizers; none: skip",
     )
     parser.add_argument(
         "--report_only",
@@ -273,7 +289,7 @@ def main() -> None:
     for seed in args.seeds:  # after every probe: the slowest runs come last
         for kind in args.finetunings:
             for name, (output, _) in pretrained.items():
-                value = _finetune(args.work_dir, budget, output, seed, args.report_only, kind)
+                value = _finetune(args.work_dir, budget, name, output, seed, args.report_only, kind)
                 rows.setdefault(name, {}).setdefault(kind, []).extend([] if value is None else [value])
     pretraining = "\n".join(
         f"- {name}: {info['steps']} steps ({_calibration(info)}) in "
