@@ -384,6 +384,19 @@ def test_generated_text_by_hand():
     assert generated_text(chat) == "a2"
     assert generated_text([{"role": "user", "content": "u"}, {"role": "system", "content": "s"}]) == "s"
     assert generated_text([{"role": "assistant"}]) == ""
+    # the last assistant turn, not the last turn; without one, the last turn
+    turns = [
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "v"},
+    ]
+    assert generated_text(turns) == "a"
+    no_answer = [
+        {"role": "user", "content": "u"},
+        {"role": "system", "content": "s"},
+        {"role": "tool", "content": "t"},
+    ]
+    assert generated_text(no_answer) == "t"
     assert generated_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "a\nb"
     assert generated_text(["a", "b"]) == "a\nb" and generated_text(("a", "b")) == "a\nb"
     assert generated_text([{"generated_text": "x"}, 5]) == "x"
@@ -435,6 +448,8 @@ class Unreadable(Mapping):
         ("dog ( cat,  , owl", ["dog cat", "owl"]),
         ("a) dog\nb. cat\n# owl\n> bird\n12: rain", ["dog", "cat", "owl", "bird", "rain"]),
         ("Scene: park: wet grass", ["wet grass"]),
+        ('["rain and thunder", "dog"]', ["rain and thunder", "dog"]),  # a JSON item is one tag, "and" kept
+        ("mp3 here big red truck", ["big", "red", "truck"]),  # word by word: a bad or answer word is skipped
         (Unreadable(), []),
     ],
 )
@@ -585,6 +600,20 @@ def test_make_extractor():
     pipe = FakePipeline()
     llm = make_extractor(pipe, max_tags=3, batch_size=2)
     assert type(llm) is LLMTagExtractor and (llm.pipeline, llm.max_tags, llm.batch_size) == (pipe, 3, 2)
+
+
+def test_make_extractor_builds_a_pipeline_from_a_model_id(monkeypatch):
+    import transformers
+
+    built = []
+
+    def fake_pipeline(task, model=None, device=None):
+        built.append((task, model, device))
+        return FakePipeline()
+
+    monkeypatch.setattr(transformers, "pipeline", fake_pipeline)
+    llm = make_extractor("org/tagging-llm", device="cpu")
+    assert type(llm) is LLMTagExtractor and built == [("text-generation", "org/tagging-llm", "cpu")]
 
 
 assert sklearn.feature_extraction.text.CountVectorizer  # imported for the fork server (above)
