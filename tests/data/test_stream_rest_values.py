@@ -360,6 +360,15 @@ def test_the_defaults_train_on_shuffled_ten_second_clips_and_drop_the_tail():
         "waiting": [],
         "batches": 0,
     }
+    # with max_duration, batch_size is the most clips per batch, and its error says so
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(
+            ValueError, match=r"^batch_size \(with max_duration: the most clips per batch\) must"
+        ):
+            AudioStream(dataset, batch_size=bad, max_duration=0.5)
+    assert (
+        AudioStream(dataset, batch_size=3, max_duration=0.5).state_dict()["bucketing"]["max_batch_size"] == 3
+    )
 
 
 def test_a_stream_with_shards_dividing_world_size_reads_its_own_shards_without_a_warning(caplog):
