@@ -135,8 +135,33 @@ def test_targets_narrower_than_the_logits_are_an_error_not_a_score():
 
     # The model knows 3 classes; the split was read with a vocabulary of its own 2 labels.
     model = _Classifier(np.eye(3)[[0, 1, 1, 0]])
-    with pytest.raises(ValueError, match="model outputs 3 classes but the evaluation targets have 2"):
-        evaluate_classifier(model, _batches([0, 1, 1, 0], 2), _Features())
+    message = (
+        "^the model outputs 3 classes but the evaluation targets have 2: the evaluation split was read with "
+        r"another label vocabulary than the model's \(load every split with the train split's label_names\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        evaluate_classifier(model, _batches([0, 1, 1, 0], 2, batch_size=3), _Features())
+
+
+def test_the_never_predicted_warning_names_the_split_and_the_classes_and_only_when_one_is_missed(caplog):
+    from hf_audiorep.evaluation import evaluate_classifier
+
+    labels = [0, 0, 1, 1, 2, 2]
+    cases = [
+        ("test_", [0] * 6, ["test: the model never predicted 2 of the classes that have clips: cat, dog"]),
+        (
+            "",
+            [0, 0, 1, 0, 1, 1],
+            ["evaluation: the model never predicted 1 of the classes that have clips: dog"],
+        ),
+        ("eval_", [0, 0, 1, 1, 2, 2], []),  # every class predicted: no warning
+    ]
+    for prefix, predicted, messages in cases:
+        caplog.clear()
+        model = _Classifier(np.eye(3)[predicted], ["bird", "cat", "dog"])
+        with caplog.at_level("WARNING", logger="hf_audiorep.evaluation.predict"):
+            evaluate_classifier(model, _batches(labels, 3), _Features(), prefix=prefix)
+        assert [r.getMessage() for r in caplog.records] == messages, prefix
 
 
 class _PatchOutTagger(torch.nn.Module):
@@ -219,5 +244,5 @@ def test_one_clip_is_scored_and_no_clip_is_an_error():
     targets = np.array([[1, 0, 1]], np.float32)
     results = evaluate_classifier(_PatchOutTagger(3), _tagging_batches(targets - 0.5, targets), _Features())
     assert results["eval_num_clips"] == 1 and results["eval_mAP"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="the evaluation stream produced no clips"):
+    with pytest.raises(ValueError, match="^the evaluation stream produced no clips$"):
         evaluate_classifier(_PatchOutTagger(3), [], _Features())

@@ -119,6 +119,34 @@ def test_arguments_are_checked():
         ProjectionHead(8, 4, hidden_dim=0)
 
 
+def test_the_loss_reads_labels_as_ids_integer_or_float_vectors_and_its_errors_say_what_is_wrong():
+    z = torch.randn(4, 8)
+    ids = torch.tensor([0, 1, 0, 2])
+    expected = mixup_supcon_loss(z, F.one_hot(ids, 3).float(), 0.1)
+    torch.testing.assert_close(mixup_supcon_loss(z, ids, 0.1), expected)  # (B,) class ids
+    torch.testing.assert_close(mixup_supcon_loss(z, F.one_hot(ids, 3), 0.1), expected)  # (B, C) integers
+    with pytest.raises(ValueError, match=r"^embeddings must be \(batch, dim\), got \(4, 8, 1\)$"):
+        mixup_supcon_loss(z.unsqueeze(-1), ids, 0.1)
+    with pytest.raises(
+        ValueError, match=r"^soft_labels must be \(batch, classes\) with batch 4, got \(3, 4\)$"
+    ):
+        mixup_supcon_loss(z, torch.eye(3, 4), 0.1)
+    with pytest.raises(ValueError, match=r"^soft_labels must be non-negative \(mixed label vectors\)$"):
+        mixup_supcon_loss(z, -torch.eye(4), 0.1)
+
+
+def test_projection_head_widths_are_checked_by_name_and_one_is_a_width():
+    for name, kwargs in (
+        ("in_dim", {"in_dim": 0}),
+        ("out_dim", {"out_dim": -1}),
+        ("hidden_dim", {"hidden_dim": 2.0}),
+    ):
+        widths = {"in_dim": 8, "out_dim": 4, **kwargs}
+        with pytest.raises(ValueError, match=f"^{name} must be a positive int, got {kwargs[name]!r}$"):
+            ProjectionHead(**widths)
+    assert ProjectionHead(1, 1)(torch.randn(2, 1)).shape == (2, 1)
+
+
 def test_projection_head_shapes_and_layer_norm():
     head = ProjectionHead(12, 4, hidden_dim=6)
     assert head(torch.randn(3, 12)).shape == (3, 4)
@@ -135,31 +163,52 @@ class _PooledModel(torch.nn.Module):
         self.head = torch.nn.Linear(BINS, CLASSES)
 
     def forward(self, input_values, attention_mask=None):
-        return type("Output", (), {"logits": self.head(self.base_model(input_values).pooler_output)})()
+        pooled = self.base_model(input_values, attention_mask).pooler_output
+        return type("Output", (), {"logits": self.head(pooled)})()
 
 
 class _MeanPool(torch.nn.Module):
-    def forward(self, input_values):
-        return type("Output", (), {"pooler_output": input_values.mean(1)})()
+    """The mean over the valid frames (all frames without a mask), as the library's encoders pool."""
+
+    def forward(self, input_values, attention_mask=None):
+        if attention_mask is None:
+            return type("Output", (), {"pooler_output": input_values.mean(1)})()
+        weights = attention_mask.unsqueeze(-1).to(input_values.dtype)
+        pooled = (input_values * weights).sum(1) / weights.sum(1)
+        return type("Output", (), {"pooler_output": pooled})()
 
 
-def test_supcon_step_adds_the_weighted_contrastive_term_on_the_projected_embedding():
+@pytest.mark.parametrize("single_label", [False, True])
+def test_supcon_step_adds_the_weighted_contrastive_term_on_the_projected_embedding(single_label):
     torch.manual_seed(0)
     model = ClassifierWithProjection(_PooledModel(), ProjectionHead(BINS, 8)).eval()
-    batch = waveform_batch()
+    batch = waveform_batch(short=4000)  # clip 0 padded: the embedding pools its valid frames only
+    batch["waveforms"] = batch["waveforms"] * torch.arange(1, 9).unsqueeze(1)  # clips of 8 loudnesses
     batch["labels"] = F.one_hot(torch.arange(8) % 2, 4).float()
     no_aug = AugmentationArguments(mixup_prob=0.0, freq_mask=0, time_mask=0)
-    step = SupConClassificationStep(extractor(), no_aug, weight=0.25, temperature=0.2)
+    step = SupConClassificationStep(
+        extractor(), no_aug, weight=0.25, temperature=0.2, single_label=single_label
+    )
     loss, logs = step(model, batch)
-    features, _ = extractor().batch_features(batch["waveforms"], batch["lengths"])
-    pooled = features.mean(1)
-    ce = F.binary_cross_entropy_with_logits(model.model.head(pooled), batch["labels"])
+    features, mask = extractor().batch_features(batch["waveforms"], batch["lengths"])
+    assert not mask[0].all() and mask[1:].all()
+    pooled = model.model.base_model(features, mask).pooler_output
+    logits = model.model.head(pooled)
+    if single_label:
+        ce = F.cross_entropy(logits, batch["labels"])
+    else:
+        ce = F.binary_cross_entropy_with_logits(logits, batch["labels"])
     supcon = mixup_supcon_loss(model.projection(pooled), batch["labels"], 0.2)
     torch.testing.assert_close(logs["ce"], ce)
     torch.testing.assert_close(logs["supcon"], supcon)
     torch.testing.assert_close(loss, ce + 0.25 * supcon)
-    # the wrapper is the classifier to every caller but the step
+    # the clips are told apart: another temperature, or the padding pooled in, gives another loss
+    assert abs(mixup_supcon_loss(model.projection(pooled), batch["labels"], 0.1) - supcon) > 1e-3
+    assert abs(mixup_supcon_loss(model.projection(features.mean(1)), batch["labels"], 0.2) - supcon) > 1e-4
+    # the wrapper is the classifier to every caller but the step, keyword arguments included
     assert torch.equal(model(features).logits, model.model(features).logits)
+    wrapped = model(input_values=features, attention_mask=mask).logits
+    assert torch.equal(wrapped, model.model(features, mask).logits) and torch.equal(wrapped, logits)
 
 
 def test_contrastive_arguments_are_checked():
