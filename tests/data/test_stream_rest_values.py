@@ -442,12 +442,18 @@ def test_a_slow_consumer_still_gets_every_batch():
     assert got == [[0, 1], [2, 3], [4, 5]]
 
 
-def test_a_finished_producer_is_no_longer_registered():
+def _first_batch_taken(num_records: int):
+    """A stream of 2-record batches, its iterator after the first batch and its prefetch thread."""
     before = _prefetch_threads()
-    stream = _stream(_dataset(4), batch_size=2)
+    stream = _stream(_dataset(num_records), batch_size=2)
     iterator = iter(stream)
     next(iterator)
     (producer,) = _prefetch_threads() - before
+    return stream, iterator, producer
+
+
+def test_a_finished_producer_is_no_longer_registered():
+    _, iterator, producer = _first_batch_taken(4)
     assert stream_module._LIVE_PRODUCERS.get(producer) is not None
     assert len(list(iterator)) == 1
     producer.join(timeout=10)
@@ -456,11 +462,7 @@ def test_a_finished_producer_is_no_longer_registered():
 
 
 def test_a_closed_iterator_stops_its_producer_while_it_waits_on_a_full_queue():
-    before = _prefetch_threads()
-    stream = _stream(_dataset(10), batch_size=2)
-    iterator = iter(stream)
-    next(iterator)
-    (producer,) = _prefetch_threads() - before
+    stream, iterator, producer = _first_batch_taken(10)
     time.sleep(0.3)  # the next batch fills the queue; the producer waits to hand over the one after it
     iterator.close()  # what a training loop does when it stops mid-epoch
     producer.join(timeout=10)
