@@ -124,6 +124,11 @@ class ProbeHeadArguments:
     the CGP reference's 3 probed worse on every encoder measured: docs/benchmarks.md)"""
     attention_heads: int = 8
     """attentive: heads of the attention pooling (must divide the encoder width)"""
+    center_positions: Literal["auto", "true", "false"] = "auto"
+    """subtract from every token the train split's mean token at its position (per layer) before the head
+    reads it: true, false, or auto (when those means hold more than half of the tokens' variance). What every
+    clip shares at a position, mostly its position embedding, swamps the prototypes' cosine similarities
+    where it dominates (BAT-small), and centring costs a little where it does not (docs/benchmarks.md)"""
     epochs: int = 100
     """passes over the cached train split (30 under-trained every probe on the corpus: docs/benchmarks.md)"""
     probe_batch_size: int = 64
@@ -134,6 +139,10 @@ class ProbeHeadArguments:
     """AdamW weight decay (not on biases, gates or prototype-class weights)"""
     seed: int = 0
     """seed of the random preset's weights, the head's initialisation and the minibatch order"""
+
+    def centring(self) -> bool | str:
+        """``center_positions`` as `train_probe` takes it."""
+        return {"true": True, "false": False}.get(self.center_positions, self.center_positions)
 
     def head_options(self) -> dict:
         """The keyword arguments of the chosen head."""
@@ -254,8 +263,13 @@ def _protocol(head, head_args: ProbeHeadArguments, caches, data_args, cache_args
     pooling = (
         f", tokens averaged in groups of {cache_args.token_pooling}" if cache_args.token_pooling > 1 else ""
     )
+    centred = (
+        "; tokens centred on the train split's mean token at each position"
+        if head.position_means is not None
+        else ""
+    )
     return (
-        f"{head.description}; frozen encoder, hidden states {layers}{pooling}; head trained "
+        f"{head.description}; frozen encoder, hidden states {layers}{pooling}{centred}; head trained "
         f"{head_args.epochs} epochs on {len(caches['train'])} {data_args.train_split} clips"
     )
 
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     training = train_probe(
         head,
         train_cache,
+        center_positions=head_args.centring(),
         epochs=head_args.epochs,
         batch_size=head_args.probe_batch_size,
         learning_rate=head_args.learning_rate,
@@ -332,6 +347,9 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder": encoder_args.model_name_or_path or f"random:{encoder_args.preset}",
         "layers": train_cache.meta["layer_indices"],
         "token_pooling": cache_args.token_pooling,
+        "center_positions": head_args.center_positions,
+        "centred": training["centred"],
+        "position_share": training["position_share"],
         "cache_dir": str(cache_dir),
         "cache_bytes": train_cache.nbytes + test_cache.nbytes,
         "encoder_seconds": build,

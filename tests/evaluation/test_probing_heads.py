@@ -18,6 +18,8 @@ from hf_audiorep.evaluation.probing import (
     evaluate_probe,
     layer_weights_report,
     load_probe_head,
+    position_means,
+    position_share,
     probe_loss,
     save_probe_head,
     train_probe,
@@ -378,11 +380,12 @@ def test_warmup_covers_its_share_of_the_steps():
 
 
 def test_defaults_are_the_documented_protocol():
-    """100 epochs, batches of 64, AdamW at 1e-2 with weight decay 3e-4, 5 % warmup, BCE, seed 0."""
+    """100 epochs, batches of 64, AdamW at 1e-2 with weight decay 3e-4, 5 % warmup, BCE, seed 0, tokens
+    uncentred (the recipe's "auto" decides per encoder; a library call centres only when asked)."""
     cache = _learnable_cache(clips=100)  # two batches per epoch: batch size and order both matter
     documented = {
         "epochs": 100, "batch_size": 64, "learning_rate": 1e-2, "weight_decay": 3e-4, "warmup_ratio": 0.05,
-        "multi_label": True, "seed": 0,
+        "multi_label": True, "seed": 0, "center_positions": False,
     }  # fmt: skip
 
     def trained(**arguments):
@@ -513,3 +516,136 @@ def test_gates_queries_and_class_weights_are_not_weight_decayed(probe, exempt):
         names[id(p)] for g in build_param_groups(head, 0.05) if g["weight_decay"] > 0 for p in g["params"]
     }
     assert decayed and not exempt & decayed
+
+
+# ------------------------------------------------------------------------------------ position centring
+
+
+def test_position_means_average_each_positions_real_tokens_after_the_layer_norm():
+    rng = np.random.default_rng(0)
+    features = (rng.standard_normal((5, 2, 4, D)) * 3 + 1).astype(np.float16)
+    mask = np.ones((5, 4), dtype=bool)
+    mask[1, 2:] = False
+    mask[3, 1:] = False
+    mask[:, 3] = False  # a position no clip reaches
+    cache = _ArrayCache(features, mask, np.zeros((5, C), dtype=np.float32))
+    means = position_means(cache, batch_size=2)  # batches that split the clips
+    normalised = F.layer_norm(torch.from_numpy(features).float(), (D,))
+    assert means.shape == (2, 4, D) and means.dtype == torch.float32
+    for t in range(3):
+        real = torch.from_numpy(mask[:, t])
+        torch.testing.assert_close(means[:, t], normalised[real][:, :, t].mean(dim=0))
+    assert (means[:, 3] == 0).all()
+
+
+def _classified_input(head, features, mask):
+    seen = []
+    original = head.classify
+    head.classify = lambda normalised, token_mask: seen.append(normalised) or original(normalised, token_mask)
+    head(features, mask)
+    return seen[0]
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_a_centred_head_reads_its_tokens_minus_their_positions_mean(probe):
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C)
+    features, mask = _features()
+    means = torch.randn(L, T - 2, D)  # fewer positions than the input: the last two stay as they are
+    plain = _classified_input(head, features, mask)
+    head.set_position_means(means)
+    centred = _classified_input(head, features, mask)
+    torch.testing.assert_close(centred[:, :, : T - 2], plain[:, :, : T - 2] - means)
+    torch.testing.assert_close(centred[:, :, T - 2 :], plain[:, :, T - 2 :])
+    head.set_position_means(None)
+    torch.testing.assert_close(_classified_input(head, features, mask), plain)
+
+
+def test_position_means_of_another_shape_are_refused():
+    head = build_probe("cgp", L, D, C)
+    for shape in ((L, T), (L + 1, T, D), (L, T, D + 1)):
+        with pytest.raises(ValueError, match=r"position means must be \(layers, tokens, dim\)"):
+            head.set_position_means(torch.zeros(shape))
+
+
+def test_train_probe_centres_on_the_train_caches_means_only_when_asked():
+    cache = _learnable_cache(clips=16)
+    head = build_probe("cgp", L, D, C, prototypes_per_class=2)
+    result = train_probe(head, cache, center_positions=True, epochs=1, batch_size=8)
+    torch.testing.assert_close(head.position_means, position_means(cache))
+    assert result["centred"] is True and result["position_share"] is None
+    result = train_probe(head, cache, center_positions=False, epochs=1, batch_size=8)
+    assert head.position_means is None and result["centred"] is False
+    with pytest.raises(ValueError, match="center_positions must be True, False or 'auto', got 'yes'"):
+        train_probe(head, cache, center_positions="yes", epochs=1)
+
+
+def test_auto_centres_only_tokens_whose_positions_hold_most_of_their_variance():
+    head = build_probe("cgp", L, D, C, prototypes_per_class=2)
+    swamped, plain = _position_swamped_cache(clips=16), _learnable_cache(clips=16)
+    result = train_probe(head, swamped, center_positions="auto", epochs=1, batch_size=8)
+    assert result["centred"] is True and result["position_share"] == position_share(swamped) > 0.9
+    torch.testing.assert_close(head.position_means, position_means(swamped))
+    result = train_probe(head, plain, center_positions="auto", epochs=1, batch_size=8)
+    assert result["centred"] is False and result["position_share"] == position_share(plain) < 0.2
+    assert head.position_means is None
+
+
+def test_position_share_is_the_variance_between_position_means_over_the_total():
+    rng = np.random.default_rng(2)
+    features = (rng.standard_normal((6, 2, 5, D)) + 2 * rng.standard_normal((1, 2, 5, D))).astype(np.float16)
+    mask = np.ones((6, 5), dtype=bool)
+    mask[0, 3:] = False
+    mask[4, 1:] = False
+    cache = _ArrayCache(features, mask, np.zeros((6, C), dtype=np.float32))
+    tokens = F.layer_norm(torch.from_numpy(features).double(), (D,))
+    real = torch.from_numpy(mask)
+    total = between = 0.0
+    for layer in range(2):
+        values = tokens[:, layer][real]  # (real tokens, dim)
+        overall = values.mean(dim=0)
+        total += (values - overall).pow(2).sum(-1).mean()
+        means = torch.stack([tokens[real[:, t], layer, t].mean(dim=0) for t in range(5)])
+        counts = real.sum(dim=0).double()
+        between += ((means - overall).pow(2).sum(-1) * counts).sum() / counts.sum()
+    assert position_share(cache, batch_size=4) == pytest.approx(float(between / total), rel=1e-5)
+    # Tokens that are their position's pattern whatever the clip: all of the variance.
+    same = np.repeat(features[:1], 6, axis=0)
+    assert position_share(_ArrayCache(same, np.ones((6, 5), bool), cache.labels)) == pytest.approx(1.0)
+
+
+def test_a_saved_centred_head_reloads_its_means(tmp_path):
+    torch.manual_seed(0)
+    head = build_probe("cgp", L, D, C, prototypes_per_class=2).eval()
+    head.set_position_means(torch.randn(L, T, D))
+    save_probe_head(head, tmp_path)
+    loaded, config = load_probe_head(tmp_path)
+    assert config["center_positions"] is True
+    torch.testing.assert_close(loaded.position_means, head.position_means)
+    features, mask = _features()
+    torch.testing.assert_close(loaded(features, mask), head(features, mask))
+
+
+def _position_swamped_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
+    """Every token is mostly its position's pattern, shared by all clips (as BAT-small's are); a clip's class
+    shows as a small direction added to one token."""
+    rng = np.random.default_rng(seed)
+    pattern = 6.0 * rng.standard_normal((1, L, T, D))
+    features = pattern + 0.3 * rng.standard_normal((clips, L, T, D))
+    labels = np.zeros((clips, C), dtype=np.float32)
+    labels[np.arange(clips), rng.integers(C, size=clips)] = 1.0
+    directions = rng.standard_normal((C, D))
+    for i, j in zip(*np.nonzero(labels), strict=True):
+        features[i, :, rng.integers(T)] += 1.5 * directions[j]
+    return _ArrayCache(features.astype(np.float16), np.ones((clips, T), dtype=bool), labels)
+
+
+def test_centring_lets_the_prototypes_see_past_a_pattern_every_clip_shares():
+    cache = _position_swamped_cache()
+    fitted = {}
+    for centre in (False, True):
+        torch.manual_seed(0)
+        head = build_probe("cgp", L, D, C, prototypes_per_class=2)
+        train_probe(head, cache, center_positions=centre, epochs=15, batch_size=16, seed=0)
+        fitted[centre] = evaluate_probe(head, cache)["test_mAP"]
+    assert fitted[True] > fitted[False] + 0.2, fitted

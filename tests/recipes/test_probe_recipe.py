@@ -9,12 +9,20 @@ from unittest.mock import MagicMock, patch
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from probing_utils import save_tiny_ast
 from recipe_utils import as_argv, load_recipe
 
-from hf_audiorep.evaluation.probing import CacheBudgetError, FeatureCache, evaluate_probe, load_probe_head
+from hf_audiorep.evaluation.probing import (
+    CacheBudgetError,
+    FeatureCache,
+    evaluate_probe,
+    load_probe_head,
+    position_means,
+    position_share,
+)
 
 TINY = {
     "max_length": 208,
@@ -79,6 +87,29 @@ def test_cgp_run_writes_metrics_cache_size_times_and_layer_weights(cgp_run):
     again = evaluate_probe(head, FeatureCache(cgp_run.cache / "test"))
     assert again["test_mAP"] == pytest.approx(results["test_mAP"], abs=1e-9)
     assert config["id2label"][0] == "Bell" and len(config["id2label"]) == head.num_labels
+    # By default tokens are centred only when their positions' means hold most of their variance.
+    share = position_share(FeatureCache(cgp_run.cache / "train"))
+    assert results["center_positions"] == "auto" and results["position_share"] == pytest.approx(share)
+    assert results["centred"] is (share > 0.5) is config["center_positions"]
+    assert ("centred on the train split's mean token" in results["protocol"]) is results["centred"]
+
+
+@pytest.mark.parametrize("centre", ["true", "false"])
+def test_center_positions_true_centres_on_the_train_means_and_false_never(recipe, cgp_run, centre):
+    out = cgp_run.root / f"centre-{centre}"
+    results = recipe.main(
+        tiny_probe_args(epochs=3, center_positions=centre, cache_dir=cgp_run.cache, output_dir=out)
+    )
+    head, config = load_probe_head(out)
+    assert results["centred"] is config["center_positions"] is (centre == "true")
+    assert results["position_share"] is None  # measured only to decide "auto"
+    assert ("tokens centred on the train split's mean token at each position" in results["protocol"]) is (
+        centre == "true"
+    )
+    if centre == "true":
+        torch.testing.assert_close(head.position_means, position_means(FeatureCache(cgp_run.cache / "train")))
+    else:
+        assert head.position_means is None
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ from .report import (
     plot_layer_weights,
     write_layer_weights,
 )
-from .train import evaluate_probe, predict, probe_loss, train_probe
+from .train import evaluate_probe, position_means, position_share, predict, probe_loss, train_probe
 
 __all__ = [
     "LAYER_WEIGHTS_JSON",
@@ -68,6 +68,8 @@ __all__ = [
     "layer_weights_report",
     "load_probe_head",
     "plot_layer_weights",
+    "position_means",
+    "position_share",
     "predict",
     "plan_cache",
     "probe_loss",

@@ -3,7 +3,11 @@
 Every head reads the same input, ``features`` ``(batch, layers, tokens, dim)`` and a ``(batch, tokens)``
 token mask, and first normalises each token of each layer with a LayerNorm without affine parameters: the
 layers of a transformer differ in scale by orders of magnitude, and a learned affine would let a head
-re-weight the layers behind the gates' back. The heads then differ in two independent choices, which is
+re-weight the layers behind the gates' back. A head may then centre every token on the train split's mean
+token at its position (`ProbeHead.set_position_means`, what ``train_probe(center_positions=True)`` sets):
+the part of a token that every clip shares, mostly its position embedding, otherwise dominates the
+prototypes' cosine similarities (measured in docs/benchmarks.md), so that a prototype matches a position
+rather than a sound. The heads then differ in two independent choices, which is
 what lets a comparison on identical inputs tell the gates' contribution from the prototype head's:
 
 =================  ====================================  =====================================
@@ -79,6 +83,22 @@ class ProbeHead(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
         self.num_layers, self.hidden_size, self.num_labels = num_layers, hidden_size, num_labels
+        # (layers, tokens, dim) means subtracted from the normalised tokens, position by position; None: off
+        self.register_buffer("position_means", None)
+
+    def set_position_means(self, means: torch.Tensor | None) -> None:
+        """Centre every token on ``means[layer, position]`` (``(layers, tokens, dim)``: the train split's mean
+        normalised token at each position, `position_means`) before the head reads it; None turns it off.
+        Inputs with more tokens than ``means`` leave the extra positions uncentred."""
+        if means is not None:
+            if means.ndim != 3 or means.shape[0] != self.num_layers or means.shape[2] != self.hidden_size:
+                raise ValueError(
+                    f"position means must be (layers, tokens, dim) = ({self.num_layers}, tokens, "
+                    f"{self.hidden_size}), got {tuple(means.shape)}"
+                )
+            reference = next(self.parameters())  # every head has one: the buffer follows its device and dtype
+            means = means.detach().to(device=reference.device, dtype=reference.dtype)
+        self.position_means = means
 
     def options(self) -> dict:
         """The constructor's keyword arguments beyond the shapes (saved beside the weights)."""
@@ -100,6 +120,11 @@ class ProbeHead(nn.Module):
                 f"got {tuple(token_mask.shape)}"
             )
         features = F.layer_norm(features, (self.hidden_size,))
+        if self.position_means is not None:
+            means = self.position_means[:, : features.shape[2]].to(features.dtype)
+            features = torch.cat(
+                [features[:, :, : means.shape[1]] - means, features[:, :, means.shape[1] :]], dim=2
+            )
         return self.classify(features, None if token_mask is None else token_mask.bool())
 
     def classify(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
@@ -365,6 +390,7 @@ def save_probe_head(head: ProbeHead, directory: str | Path, **extra) -> Path:
         "hidden_size": head.hidden_size,
         "num_labels": head.num_labels,
         "options": head.options(),
+        "center_positions": head.position_means is not None,
         **extra,
     }
     save_file(
@@ -386,5 +412,8 @@ def load_probe_head(directory: str | Path) -> tuple[ProbeHead, dict]:
         config["num_labels"],
         **config["options"],
     )
-    head.load_state_dict(load_file(directory / _HEAD_WEIGHTS))
+    state = load_file(directory / _HEAD_WEIGHTS)
+    if "position_means" in state:  # a buffer only once set: give it its shape before the strict load
+        head.set_position_means(state["position_means"])
+    head.load_state_dict(state)
     return head.eval(), config

@@ -25,7 +25,20 @@ from .heads import ProbeHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_probe", "predict", "probe_loss", "train_probe"]
+__all__ = [
+    "AUTO_CENTRING_SHARE",
+    "evaluate_probe",
+    "position_means",
+    "position_share",
+    "predict",
+    "probe_loss",
+    "train_probe",
+]
+
+#: ``center_positions="auto"`` centres the tokens when their positions' means hold more than this share of
+#: their variance: the encoders measured sit far on either side of it, and centring helped CGP only on the
+#: one above it (docs/benchmarks.md, "Why CGP did not close the gap").
+AUTO_CENTRING_SHARE = 0.5
 
 
 def probe_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -35,10 +48,49 @@ def probe_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) ->
     return F.cross_entropy(logits, labels.argmax(dim=1))
 
 
+@torch.no_grad()
+def position_means(cache: FeatureCache, batch_size: int = 256) -> torch.Tensor:
+    """Each layer's mean normalised token at each position over the clips of ``cache`` where that token is
+    real: ``(layers, tokens, dim)`` float32, 0 at a position no clip reaches. The tokens are normalised as
+    the heads normalise them (LayerNorm without affine), and summed in float64 so that the mean of many
+    clips does not drift."""
+    total = torch.zeros(cache.num_layers, cache.num_tokens, cache.hidden_size, dtype=torch.float64)
+    count = torch.zeros(cache.num_tokens, dtype=torch.float64)
+    for start in range(0, len(cache), batch_size):
+        features, mask, _ = cache.read(slice(start, start + batch_size), "cpu")
+        features = F.layer_norm(features.float(), (cache.hidden_size,)).double()
+        mask = mask.double()
+        total += torch.einsum("bltd,bt->ltd", features, mask)
+        count += mask.sum(dim=0)
+    return (total / count.clamp(min=1)[None, :, None]).float()
+
+
+@torch.no_grad()
+def position_share(cache: FeatureCache, means: torch.Tensor | None = None, batch_size: int = 256) -> float:
+    """The share of the normalised real tokens' variance (summed over the layers) that their positions'
+    means hold: 1 when a token is its position's pattern whatever the clip, 0 when position says nothing.
+    ``means``: the cache's `position_means`, when already computed."""
+    means = position_means(cache, batch_size) if means is None else means
+    squares = torch.zeros(cache.num_layers, dtype=torch.float64)
+    count = torch.zeros(cache.num_tokens, dtype=torch.float64)
+    for start in range(0, len(cache), batch_size):
+        features, mask, _ = cache.read(slice(start, start + batch_size), "cpu")
+        features = F.layer_norm(features.float(), (cache.hidden_size,)).double()
+        squares += torch.einsum("bltd,bt->l", features.pow(2), mask.double())
+        count += mask.double().sum(dim=0)
+    tokens = count.sum().clamp(min=1)
+    means = means.double()
+    overall = torch.einsum("ltd,t->ld", means, count) / tokens
+    total = squares / tokens - overall.pow(2).sum(-1)
+    between = torch.einsum("lt,t->l", means.pow(2).sum(-1), count) / tokens - overall.pow(2).sum(-1)
+    return float(between.sum() / total.sum().clamp(min=1e-12))
+
+
 def train_probe(
     head: ProbeHead,
     cache: FeatureCache,
     *,
+    center_positions: bool | str = False,
     epochs: int = 100,
     batch_size: int = 64,
     learning_rate: float = 1e-2,
@@ -48,17 +100,35 @@ def train_probe(
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> dict:
-    """Trains ``head`` on every clip of ``cache`` for ``epochs`` epochs.
+    """Trains ``head`` on every clip of ``cache`` for ``epochs`` epochs. With ``center_positions=True`` the
+    head first gets the cache's `position_means` to centre its tokens on; with ``"auto"`` only when those
+    means hold more than `AUTO_CENTRING_SHARE` of the tokens' variance (`position_share`); with False it
+    reads them uncentred.
 
-    Returns ``{"history": [{"epoch", "loss"}, ...], "steps", "seconds"}`` (``loss``: the epoch's mean
-    training loss). The head ends in eval mode on ``device``.
+    Returns ``{"history": [{"epoch", "loss"}, ...], "steps", "seconds", "centred", "position_share"}``
+    (``loss``: the epoch's mean training loss; ``position_share`` only when measured, else None). The head
+    ends in eval mode on ``device``.
     """
+    if center_positions not in (True, False, "auto"):
+        raise ValueError(f"center_positions must be True, False or 'auto', got {center_positions!r}")
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{field} must be a positive integer, got {value!r}")
     if cache.num_labels != head.num_labels:
         raise ValueError(f"the cache has {cache.num_labels} classes but the head {head.num_labels}")
     device = torch.device(device or "cpu")
+    means = share = None
+    if center_positions:
+        means = position_means(cache)
+        if center_positions == "auto":
+            share = position_share(cache, means)
+            means = means if share > AUTO_CENTRING_SHARE else None
+            logger.info(
+                "the positions' means hold %.2f of the tokens' variance: centring %s",
+                share,
+                "on" if means is not None else "off",
+            )
+    head.set_position_means(means)
     head.to(device).train()
     steps_per_epoch = math.ceil(len(cache) / batch_size)  # the last partial batch too: small sets keep it
     max_steps = epochs * steps_per_epoch
@@ -83,7 +153,15 @@ def train_probe(
         history.append({"epoch": epoch, "loss": total / len(cache)})
         logger.info("probe epoch %d/%d: loss %.4f", epoch, epochs, history[-1]["loss"])
     head.eval()
-    return {"history": history, "steps": max_steps, "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    centred = means is not None
+    return {
+        "history": history,
+        "steps": max_steps,
+        "seconds": seconds,
+        "centred": centred,
+        "position_share": share,
+    }
 
 
 @torch.no_grad()
