@@ -121,10 +121,9 @@ class ProbeHead(nn.Module):
             )
         features = F.layer_norm(features, (self.hidden_size,))
         if self.position_means is not None:
-            means = self.position_means[:, : features.shape[2]].to(features.dtype)
-            features = torch.cat(
-                [features[:, :, : means.shape[1]] - means, features[:, :, means.shape[1] :]], dim=2
-            )
+            tokens = features.shape[2]
+            means = self.position_means[:, :tokens].to(features.dtype)
+            features = features - F.pad(means, (0, 0, 0, tokens - means.shape[1]))  # extra positions: 0
         return self.classify(features, None if token_mask is None else token_mask.bool())
 
     def classify(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:

@@ -48,18 +48,21 @@ def probe_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) ->
     return F.cross_entropy(logits, labels.argmax(dim=1))
 
 
+def _normalised_tokens(cache: FeatureCache, batch_size: int):
+    """``(features, mask)`` batches of ``cache`` in float64: the tokens normalised as the heads normalise them
+    (LayerNorm without affine) and the real-token mask, so that sums over many clips do not drift."""
+    for start in range(0, len(cache), batch_size):
+        features, mask, _ = cache.read(slice(start, start + batch_size), "cpu")
+        yield F.layer_norm(features.float(), (cache.hidden_size,)).double(), mask.double()
+
+
 @torch.no_grad()
 def position_means(cache: FeatureCache, batch_size: int = 256) -> torch.Tensor:
     """Each layer's mean normalised token at each position over the clips of ``cache`` where that token is
-    real: ``(layers, tokens, dim)`` float32, 0 at a position no clip reaches. The tokens are normalised as
-    the heads normalise them (LayerNorm without affine), and summed in float64 so that the mean of many
-    clips does not drift."""
+    real: ``(layers, tokens, dim)`` float32, 0 at a position no clip reaches."""
     total = torch.zeros(cache.num_layers, cache.num_tokens, cache.hidden_size, dtype=torch.float64)
     count = torch.zeros(cache.num_tokens, dtype=torch.float64)
-    for start in range(0, len(cache), batch_size):
-        features, mask, _ = cache.read(slice(start, start + batch_size), "cpu")
-        features = F.layer_norm(features.float(), (cache.hidden_size,)).double()
-        mask = mask.double()
+    for features, mask in _normalised_tokens(cache, batch_size):
         total += torch.einsum("bltd,bt->ltd", features, mask)
         count += mask.sum(dim=0)
     return (total / count.clamp(min=1)[None, :, None]).float()
@@ -70,16 +73,13 @@ def position_share(cache: FeatureCache, means: torch.Tensor | None = None, batch
     """The share of the normalised real tokens' variance (summed over the layers) that their positions'
     means hold: 1 when a token is its position's pattern whatever the clip, 0 when position says nothing.
     ``means``: the cache's `position_means`, when already computed."""
-    means = position_means(cache, batch_size) if means is None else means
+    means = (position_means(cache, batch_size) if means is None else means).double()
     squares = torch.zeros(cache.num_layers, dtype=torch.float64)
     count = torch.zeros(cache.num_tokens, dtype=torch.float64)
-    for start in range(0, len(cache), batch_size):
-        features, mask, _ = cache.read(slice(start, start + batch_size), "cpu")
-        features = F.layer_norm(features.float(), (cache.hidden_size,)).double()
-        squares += torch.einsum("bltd,bt->l", features.pow(2), mask.double())
-        count += mask.double().sum(dim=0)
+    for features, mask in _normalised_tokens(cache, batch_size):
+        squares += torch.einsum("bltd,bt->l", features.pow(2), mask)
+        count += mask.sum(dim=0)
     tokens = count.sum().clamp(min=1)
-    means = means.double()
     overall = torch.einsum("ltd,t->ld", means, count) / tokens
     total = squares / tokens - overall.pow(2).sum(-1)
     between = torch.einsum("lt,t->l", means.pow(2).sum(-1), count) / tokens - overall.pow(2).sum(-1)
