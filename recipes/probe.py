@@ -129,6 +129,10 @@ class ProbeHeadArguments:
     reads it: true, false, or auto (when those means hold more than half of the tokens' variance). What every
     clip shares at a position, mostly its position embedding, swamps the prototypes' cosine similarities
     where it dominates (BAT-small), and centring costs a little where it does not (docs/benchmarks.md)"""
+    standardize: bool = True
+    """linear, weighted_sum and attentive: standardise the pooled vector per dimension before the linear
+    classifier (BatchNorm without affine, as MAE's linear probe). Without it the AdamW head stays far from
+    its optimum where the clips differ little against what they share (docs/benchmarks.md)"""
     epochs: int = 100
     """passes over the cached train split (30 under-trained every probe on the corpus: docs/benchmarks.md)"""
     probe_batch_size: int = 64
@@ -147,13 +151,13 @@ class ProbeHeadArguments:
     def head_options(self) -> dict:
         """The keyword arguments of the chosen head."""
         if self.probe == "attentive":
-            return {"num_heads": self.attention_heads}
-        if self.probe in ("prototype", "cgp"):
-            options = {"prototypes_per_class": self.prototypes_per_class, "topk": self.prototype_topk}
-            if self.probe == "cgp":
-                options["gate_granularity"] = self.gate_granularity
-            return options
-        return {}
+            return {"num_heads": self.attention_heads, "standardize": self.standardize}
+        if self.probe in ("linear", "weighted_sum"):
+            return {"standardize": self.standardize}
+        options = {"prototypes_per_class": self.prototypes_per_class, "topk": self.prototype_topk}
+        if self.probe == "cgp":
+            options["gate_granularity"] = self.gate_granularity
+        return options  # prototype and cgp
 
 
 @dataclass
@@ -348,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layers": train_cache.meta["layer_indices"],
         "token_pooling": cache_args.token_pooling,
         "center_positions": head_args.center_positions,
+        "standardized": getattr(head, "standardize", None),  # None: a prototype head, which never does
         "centred": training["centred"],
         "position_share": training["position_share"],
         "cache_dir": str(cache_dir),

@@ -262,7 +262,7 @@ def test_last_layer_heads_read_only_the_last_layer(probe):
 
 def test_weighted_sum_is_superb_softmax_weights_then_mean_pooling():
     torch.manual_seed(0)
-    head = build_probe("weighted_sum", L, D, C)
+    head = build_probe("weighted_sum", L, D, C, standardize=False)
     with torch.no_grad():
         head.layer_logits.copy_(torch.tensor([2.0, -1.0, 0.0, 30.0]))
     weights = head.layer_weights()
@@ -352,7 +352,8 @@ def _frozen_epoch_loss(head, cache, multi_label: bool) -> float:
 def test_an_epoch_loss_is_the_mean_over_clips_of_the_masked_loss(probe, multi_label):
     cache = _padded_cache(clips=45)  # batches of 20, 20 and 5 clips
     torch.manual_seed(0)
-    head = build_probe(probe, L, D, C)
+    # Unstandardised: batch statistics would make a clip's loss depend on the batch it is in.
+    head = build_probe(probe, L, D, C, **({"standardize": False} if probe == "linear" else {}))
     expected = _frozen_epoch_loss(head, cache, multi_label)
     result = train_probe(head, cache, epochs=3, batch_size=20, learning_rate=0.0, multi_label=multi_label)
     assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
@@ -649,3 +650,120 @@ def test_centring_lets_the_prototypes_see_past_a_pattern_every_clip_shares():
         train_probe(head, cache, center_positions=centre, epochs=15, batch_size=16, seed=0)
         fitted[centre] = evaluate_probe(head, cache)["test_mAP"]
     assert fitted[True] > fitted[False] + 0.2, fitted
+
+
+# ---------------------------------------------------------------------- standardised linear classifiers
+
+POOLED = ["linear", "weighted_sum", "attentive"]
+
+
+def _classifier_input(head, features, mask):
+    seen = []
+    hook = head.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        head(features, mask)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("probe", POOLED)
+def test_standardised_heads_classify_the_pooled_vector_standardised_per_dimension(probe):
+    def head(standardize: bool):
+        torch.manual_seed(0)  # the norm holds no parameters: both heads get the same weights
+        return build_probe(probe, L, D, C, standardize=standardize)
+
+    plain, standardised = head(False), head(True)
+    assert standardised.options()["standardize"] and not plain.options()["standardize"]
+    features, mask = _features()
+    pooled = _classifier_input(plain, features, mask)
+    mean, variance = pooled.mean(dim=0), pooled.var(dim=0, unbiased=False)
+    # Training: the batch's own statistics.
+    expected = (pooled - mean) / (variance + 1e-6).sqrt()
+    standardised_input = _classifier_input(standardised, features, mask)
+    torch.testing.assert_close(standardised_input, expected, atol=1e-4, rtol=1e-4)
+    # Evaluation: the running statistics that training updated (momentum 0.1 from mean 0, variance 1).
+    running_mean = 0.1 * mean
+    running_variance = 0.9 + 0.1 * pooled.var(dim=0, unbiased=True)
+    torch.testing.assert_close(standardised.standardizer.running_mean, running_mean)
+    torch.testing.assert_close(standardised.standardizer.running_var, running_variance)
+    standardised.eval()
+    expected = (pooled - running_mean) / (running_variance + 1e-6).sqrt()
+    standardised_input = _classifier_input(standardised, features, mask)
+    torch.testing.assert_close(standardised_input, expected, atol=1e-4, rtol=1e-4)
+    assert "standardised" in standardised.description and "standardised" not in plain.description
+
+
+@pytest.mark.parametrize("probe", POOLED)
+def test_a_training_batch_of_one_clip_is_standardised_with_the_running_statistics(probe):
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C)
+    features, mask = _features()
+    head(features, mask)  # a first batch moves the running statistics away from their start
+    running = head.standardizer.running_mean.clone(), head.standardizer.running_var.clone()
+    logits = head(features[:1], mask[:1])  # a BatchNorm in training refuses one value per channel
+    head.eval()
+    torch.testing.assert_close(logits, head(features[:1], mask[:1]))
+    torch.testing.assert_close(head.standardizer.running_mean, running[0])  # and left them as they were
+    torch.testing.assert_close(head.standardizer.running_var, running[1])
+
+
+@pytest.mark.parametrize("probe", POOLED)
+def test_standardize_must_be_a_bool(probe):
+    with pytest.raises(ValueError, match="standardize must be True or False, got 1"):
+        build_probe(probe, L, D, C, standardize=1)
+
+
+@pytest.mark.parametrize("probe", POOLED)
+def test_a_standardised_head_reloads_its_running_statistics(probe, tmp_path):
+    torch.manual_seed(0)
+    head = build_probe(probe, L, D, C)
+    with torch.no_grad():
+        head.standardizer.running_mean.normal_()
+        head.standardizer.running_var.uniform_(0.5, 2.0)
+    head.eval()
+    save_probe_head(head, tmp_path)
+    loaded, config = load_probe_head(tmp_path)
+    assert config["options"]["standardize"] is True
+    torch.testing.assert_close(loaded.standardizer.running_var, head.standardizer.running_var)
+    features, mask = _features()
+    torch.testing.assert_close(loaded(features, mask), head(features, mask))
+
+
+def test_a_head_saved_before_the_option_reloads_unstandardised(tmp_path):
+    torch.manual_seed(0)
+    head = build_probe("linear", L, D, C, standardize=False).eval()
+    save_probe_head(head, tmp_path)
+    path = tmp_path / "probe_config.json"
+    config = json.loads(path.read_text())
+    del config["options"]["standardize"]  # what a head saved before the option has
+    path.write_text(json.dumps(config))
+    loaded, config = load_probe_head(tmp_path)
+    assert loaded.standardizer is None and config["options"] == {"standardize": False}
+    features, mask = _features()
+    torch.testing.assert_close(loaded(features, mask), head(features, mask))
+
+
+def _shared_pattern_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
+    """Every clip is mostly the same pattern; its class a small direction added to all of its tokens: after
+    the layer norm the pooled vectors differ little against their shared part, as BAT-small's do."""
+    rng = np.random.default_rng(seed)
+    features = np.broadcast_to(8.0 * rng.standard_normal((1, L, T, D)), (clips, L, T, D)).copy()
+    features += 0.2 * rng.standard_normal((clips, L, T, D))
+    labels = np.zeros((clips, C), dtype=np.float32)
+    labels[np.arange(clips), rng.integers(C, size=clips)] = 1.0
+    directions = rng.standard_normal((C, D))
+    features += 0.3 * (labels @ directions)[:, None, None, :]
+    return _ArrayCache(features.astype(np.float32), np.ones((clips, T), dtype=bool), labels)
+
+
+@pytest.mark.parametrize("probe", POOLED)
+def test_standardising_lets_a_linear_head_fit_small_differences_on_a_shared_pattern(probe):
+    cache = _shared_pattern_cache()
+    fitted = {}
+    for standardize in (False, True):
+        torch.manual_seed(0)
+        head = build_probe(probe, L, D, C, standardize=standardize)
+        train_probe(head, cache, epochs=10, batch_size=16, seed=0)
+        fitted[standardize] = evaluate_probe(head, cache)["test_mAP"]
+    assert fitted[True] > 0.9 and fitted[True] > fitted[False] + 0.2, fitted

@@ -112,6 +112,21 @@ def test_center_positions_true_centres_on_the_train_means_and_false_never(recipe
         assert head.position_means is None
 
 
+@pytest.mark.parametrize("standardize", ["true", "false"])
+def test_standardize_reaches_the_linear_head_its_results_and_its_protocol(recipe, cgp_run, standardize):
+    out = cgp_run.root / f"linear-standardize-{standardize}"
+    results = recipe.main(
+        tiny_probe_args(
+            probe="linear", standardize=standardize, epochs=2, cache_dir=cgp_run.cache, output_dir=out
+        )
+    )
+    head, config = load_probe_head(out)
+    assert results["standardized"] is config["options"]["standardize"] is (standardize == "true")
+    assert (head.standardizer is not None) is (standardize == "true")
+    assert ("standardised (BatchNorm without affine)" in results["protocol"]) is (standardize == "true")
+    assert cgp_run.results["standardized"] is None  # CGP's prototypes never standardise
+
+
 @pytest.mark.slow
 def test_other_probes_reuse_the_cache_and_are_deterministic(recipe, cgp_run, monkeypatch):
     from hf_audiorep.evaluation.probing import LayerFeatureEncoder

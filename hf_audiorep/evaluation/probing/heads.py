@@ -8,7 +8,8 @@ token at its position (`ProbeHead.set_position_means`, what ``train_probe(center
 the part of a token that every clip shares, mostly its position embedding, otherwise dominates the
 prototypes' cosine similarities (measured in docs/benchmarks.md), so that a prototype matches a position
 rather than a sound. The heads then differ in two independent choices, which is
-what lets a comparison on identical inputs tell the gates' contribution from the prototype head's:
+what lets a comparison on identical inputs tell the gates' contribution from the prototype head's
+(the heads with a linear classifier standardise its pooled input first: `PooledLinearHead`):
 
 =================  ====================================  =====================================
 head               layers                                classifier
@@ -47,6 +48,7 @@ __all__ = [
     "AttentiveProbe",
     "ConvexGatedProbe",
     "LinearProbe",
+    "PooledLinearHead",
     "ProbeHead",
     "PrototypeHead",
     "PrototypeProbe",
@@ -141,52 +143,92 @@ class ProbeHead(nn.Module):
         return []
 
 
-class LinearProbe(ProbeHead):
+class PooledLinearHead(ProbeHead):
+    """Base of the heads that pool the tokens into one vector per clip and classify it linearly.
+
+    With ``standardize`` (the default) the pooled vector is standardised per dimension before the classifier,
+    by a BatchNorm without affine parameters (batch statistics in training, running ones in evaluation), as
+    MAE's linear probe does: what tells clips apart can be a small variation on a large shared part (a
+    layer-normalised token's scale is 1; on BAT-small most of it is the same in every clip), and an AdamW
+    linear head on such inputs ends far from its optimum in any affordable number of epochs
+    (docs/benchmarks.md, "The linear probes were under-trained").
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, num_labels: int, standardize: bool = True):
+        super().__init__(num_layers, hidden_size, num_labels)
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be True or False, got {standardize!r}")
+        self.standardize = standardize
+        self.standardizer = nn.BatchNorm1d(hidden_size, affine=False, eps=1e-6) if standardize else None
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    @property
+    def description(self) -> str:
+        standardised = ", standardised (BatchNorm without affine)" if self.standardize else ""
+        return f"{self.pooled_description}{standardised}"
+
+    #: what the head pools and classifies, for `description`
+    pooled_description: str = ""
+
+    def options(self) -> dict:
+        return {"standardize": self.standardize}
+
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Class logits of ``(batch, dim)`` pooled vectors."""
+        norm = self.standardizer
+        if norm is not None:
+            if self.training and pooled.shape[0] == 1:  # one clip has no batch statistics: the running ones
+                pooled = F.batch_norm(pooled, norm.running_mean, norm.running_var, eps=norm.eps)
+            else:
+                pooled = norm(pooled)
+        return self.classifier(pooled)
+
+
+class LinearProbe(PooledLinearHead):
     """Mean over the tokens of the last layer, then a linear classifier."""
 
     name = "linear"
-    description = "linear probe on the mean-pooled last layer"
-
-    def __init__(self, num_layers: int, hidden_size: int, num_labels: int):
-        super().__init__(num_layers, hidden_size, num_labels)
-        self.classifier = nn.Linear(hidden_size, num_labels)
+    pooled_description = "linear probe on the mean-pooled last layer"
 
     def classify(self, features, token_mask):
-        return self.classifier(masked_mean(features[:, -1], token_mask, dim=1))
+        return self.classify_pooled(masked_mean(features[:, -1], token_mask, dim=1))
 
 
-class WeightedSumProbe(ProbeHead):
+class WeightedSumProbe(PooledLinearHead):
     """SUPERB's all-layer probe (s3prl's ``Featurizer``): a softmax-weighted sum of the layers, mean over
     tokens, then a linear classifier."""
 
     name = "weighted_sum"
-    description = "SUPERB weighted-sum probe (softmax layer weights, mean pooling, linear) over the layers"
+    pooled_description = (
+        "SUPERB weighted-sum probe (softmax layer weights, mean pooling, linear) over the layers"
+    )
 
-    def __init__(self, num_layers: int, hidden_size: int, num_labels: int):
-        super().__init__(num_layers, hidden_size, num_labels)
+    def __init__(self, num_layers: int, hidden_size: int, num_labels: int, standardize: bool = True):
+        super().__init__(num_layers, hidden_size, num_labels, standardize)
         self.layer_logits = nn.Parameter(torch.zeros(num_layers))  # equal weights at the start, as s3prl
-        self.classifier = nn.Linear(hidden_size, num_labels)
 
     def layer_weights(self):
         return self.layer_logits.softmax(dim=0)
 
     def classify(self, features, token_mask):
         mixed = torch.einsum("bltd,l->btd", features, self.layer_weights())
-        return self.classifier(masked_mean(mixed, token_mask, dim=1))
+        return self.classify_pooled(masked_mean(mixed, token_mask, dim=1))
 
     def no_weight_decay(self):
         return ["layer_logits"]
 
 
-class AttentiveProbe(ProbeHead):
+class AttentiveProbe(PooledLinearHead):
     """A learned query attends over the tokens of the last layer (multi-head cross-attention, as the
     attentive probes of V-JEPA and Bird-MAE), then a linear classifier."""
 
     name = "attentive"
-    description = "attentive probe (learned-query attention pooling, linear) on the last layer"
+    pooled_description = "attentive probe (learned-query attention pooling, linear) on the last layer"
 
-    def __init__(self, num_layers: int, hidden_size: int, num_labels: int, num_heads: int = 8):
-        super().__init__(num_layers, hidden_size, num_labels)
+    def __init__(
+        self, num_layers: int, hidden_size: int, num_labels: int, num_heads: int = 8, standardize: bool = True
+    ):
+        super().__init__(num_layers, hidden_size, num_labels, standardize)
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
         if hidden_size % num_heads:
@@ -194,17 +236,16 @@ class AttentiveProbe(ProbeHead):
         self.num_heads = num_heads
         self.query = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
         self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
-        self.classifier = nn.Linear(hidden_size, num_labels)
 
     def options(self):
-        return {"num_heads": self.num_heads}
+        return {"num_heads": self.num_heads, **super().options()}
 
     def classify(self, features, token_mask):
         tokens = features[:, -1]
         query = self.query.expand(tokens.shape[0], -1, -1)
         padding = None if token_mask is None else ~token_mask
         pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=padding, need_weights=False)
-        return self.classifier(pooled[:, 0])
+        return self.classify_pooled(pooled[:, 0])
 
     def no_weight_decay(self):
         return ["query"]
@@ -404,6 +445,8 @@ def load_probe_head(directory: str | Path) -> tuple[ProbeHead, dict]:
     """The head `save_probe_head` wrote to ``directory``, and its config."""
     directory = Path(directory)
     config = json.loads((directory / _HEAD_CONFIG).read_text())
+    if config["probe"] in PROBES and issubclass(PROBES[config["probe"]], PooledLinearHead):
+        config["options"].setdefault("standardize", False)  # saved before the option, when none standardised
     head = build_probe(
         config["probe"],
         config["num_layers"],
