@@ -283,8 +283,11 @@ def test_bad_head_arguments_are_refused():
         build_probe("cgp", L, D, C, gate_granularity="class")
     with pytest.raises(TypeError):
         build_probe("linear", L, D, C, prototypes_per_class=3)
-    with pytest.raises(ValueError, match=r"expects features \(batch, 4, tokens, 16\)"):
+    with pytest.raises(ValueError, match=r"^LinearProbe expects features \(batch, 4, tokens, 16\)"):
         build_probe("linear", L, D, C)(torch.zeros(B, 3, T, D))
+    features, _ = _features()
+    with pytest.raises(ValueError, match=r"token_mask must be \(batch, tokens\) = \(3, 7\), got \(3, 5\)"):
+        build_probe("linear", L, D, C)(features, torch.ones(B, T - 2, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------- saving and reporting
@@ -675,6 +678,8 @@ def test_standardised_heads_classify_the_pooled_vector_standardised_per_dimensio
 
     plain, standardised = head(False), head(True)
     assert standardised.options()["standardize"] and not plain.options()["standardize"]
+    # Without affine parameters: nothing for AdamW to train or decay beyond the plain head's own.
+    assert [name for name, _ in standardised.named_parameters()] == [n for n, _ in plain.named_parameters()]
     features, mask = _features()
     pooled = _classifier_input(plain, features, mask)
     mean, variance = pooled.mean(dim=0), pooled.var(dim=0, unbiased=False)
