@@ -10,6 +10,9 @@ Probing"). For each saved encoder, on the corpus's 4-s clips, layer by layer:
 
     OMP_NUM_THREADS=1 python experiments/diag_cgp_gap.py outputs/probe_table/pretrain_bat-small \\
         outputs/probe_table/pretrain_cat-small outputs/probe_table/pretrain_audiomae-tiny
+
+An encoder given as ``random:<preset>:<seed>`` is the preset's random initialisation at the corpus's 4-s
+window, as ``recipes/probe.py --preset <preset> --max_length 400 --seed <seed>`` builds it.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoModel, set_seed
 
-import hf_audiorep  # noqa: F401  (registers the library's models)
+import hf_audiorep  # registers the library's models
 from hf_audiorep.data.embedded import load_embedded_corpus
 from hf_audiorep.data.sources import load_audio_source
 from hf_audiorep.data.stream import AudioStream
 from hf_audiorep.evaluation.linear_probe import linear_probe
 from hf_audiorep.evaluation.probing import LayerFeatureEncoder
+from hf_audiorep.registry import feature_extractor_for
 
 
 def _split_features(encoder: LayerFeatureEncoder, dataset, clip_seconds: float):
@@ -58,6 +63,17 @@ def variance_shares(features: torch.Tensor) -> list[tuple[float, float]]:
     return shares
 
 
+def _load(spec: str) -> LayerFeatureEncoder:
+    """A saved encoder, or ``random:<preset>:<seed>``: the preset's random weights as the probe recipe draws
+    them (the same seed, then the model built from the preset's config at the 4-s window)."""
+    if not spec.startswith("random:"):
+        return LayerFeatureEncoder.from_pretrained(spec)
+    _, preset, seed = spec.split(":")
+    set_seed(int(seed))
+    config = hf_audiorep.config_from_preset(preset, max_length=400)
+    return LayerFeatureEncoder(AutoModel.from_config(config), feature_extractor_for(config), "hf_audiorep")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("encoders", nargs="+", help="saved encoders (this library's ViTs: their CLS first)")
@@ -65,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     corpus = load_embedded_corpus(seed=0, clip_seconds=args.clip_seconds)
     for path in args.encoders:
-        encoder = LayerFeatureEncoder.from_pretrained(path)
+        encoder = _load(path)
         train_X, train_Y = _split_features(encoder, corpus["train"], args.clip_seconds)
         test_X, test_Y = _split_features(encoder, corpus["test"], args.clip_seconds)
         print(f"\n{path}: {tuple(train_X.shape[1:])} (layers, tokens, dim)")

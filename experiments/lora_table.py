@@ -41,7 +41,13 @@ LORA = ["--layer_decay", "1.0", "--lora_r", "8", "--lora_alpha", "16"]
 #: trained for 3 epochs stays near the label prior (docs/benchmarks.md), hiding what the encoder's update adds
 LP_FT = [*(("1e-3" if word == "1e-2" else word) for word in FINETUNE), "--lp_ft", "true"]
 ARMS = {
-    "linear probe": ("probe", ["--probe", "linear", "--token_pooling", "8"]),
+    # The archived runs' probe: AdamW for 100 epochs on the raw pooled tokens, the recipe's defaults then
+    # (stated, so that a rerun keeps the table's protocol now that the defaults standardise and use L-BFGS).
+    "linear probe": (
+        "probe",
+        ["--probe", "linear", "--token_pooling", "8", "--optimizer", "adamw", "--standardize", "false"]
+        + ["--center_positions", "false"],
+    ),
     "full fine-tuning": ("finetune", [*FINETUNE, "--layer_decay", "0.2"]),
     "LoRA (r 8)": ("finetune", [*FINETUNE, *LORA]),
     "full fine-tuning, LP-FT": ("finetune", [*LP_FT, "--layer_decay", "0.2"]),

@@ -28,7 +28,17 @@ from .metrics import accuracy, mean_average_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_embeddings", "fit_linear_classifier", "linear_probe", "linear_probe_encoder"]
+__all__ = [
+    "C_GRID",
+    "extract_embeddings",
+    "fit_linear_classifier",
+    "linear_probe",
+    "linear_probe_encoder",
+    "select_C",
+]
+
+#: the inverse L2 strengths `select_C` tries: powers of ten, as CLIP's linear-probe sweep
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 @torch.no_grad()
@@ -156,13 +166,7 @@ def linear_probe(
             scores, targets, extra = _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter)
         else:
             scores, targets, extra = _single_label(train_X, train_Y, test_X, test_Y, C, max_iter)
-    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    if unconverged:
-        logger.warning(
-            "%d of the probe's logistic regressions did not converge in max_iter=%d iterations",
-            unconverged,
-            max_iter,
-        )
+    _warn_unconverged(caught, max_iter)
     result = mean_average_precision(scores, targets)
     return {
         "probe_mAP": result.mAP,
@@ -173,6 +177,16 @@ def linear_probe(
         "probe_num_classes": int(targets.shape[1]),
         "probe_num_classes_evaluated": result.num_classes_evaluated,
     }
+
+
+def _warn_unconverged(caught: list, max_iter: int) -> None:
+    unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if unconverged:
+        logger.warning(
+            "%d of the probe's logistic regressions did not converge in max_iter=%d iterations",
+            unconverged,
+            max_iter,
+        )
 
 
 def _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter):
@@ -250,13 +264,14 @@ def fit_linear_classifier(
     train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
     scaler = StandardScaler().fit(train_X)
     standardised = scaler.transform(train_X)
-    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
         if multi_label:
             positive = np.asarray(train_Y, dtype=np.float64) >= 0.5
             weight, bias = _fit_binary_per_class(standardised, positive, C, max_iter)
         else:
             weight, bias = _fit_multinomial(standardised, train_Y, C, max_iter)
+    _warn_unconverged(caught, max_iter)
     # w . (x - mean) / scale + b  ==  (w / scale) . x + (b - (w / scale) . mean)
     weight = weight / scaler.scale_
     bias = bias - weight @ scaler.mean_
@@ -268,6 +283,50 @@ def fit_linear_classifier(
         seen[y] = True
         bias[~seen] = (train_X @ weight[seen].T + bias[seen]).min() - np.log(len(y) + 1)
     return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def select_C(
+    train_X,
+    train_Y,
+    multi_label: bool = True,
+    grid: Iterable[float] = C_GRID,
+    folds: int = 3,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> tuple[float, dict[float, float]]:
+    """The inverse L2 strength of ``grid`` whose `fit_linear_classifier` scores the best mAP on held-out train
+    clips: the clips are shuffled (``numpy.random.default_rng(seed).permutation``) and split into ``folds``
+    near-equal parts (``numpy.array_split``), each held out in turn, and the mAP of each fold (macro over its
+    classes with a positive) is averaged. Ties go to the smaller C (the stronger penalty). No test clip is
+    read: a C picked on the test split would flatter the probe.
+
+    How much regularisation a linear probe needs depends on the features: on the corpus a pre-trained
+    AudioMAE-tiny's probe gains up to C=100 where a random initialisation's loses, so any one fixed C favours
+    one encoder over another (docs/benchmarks.md, "A linear probe fitted to its optimum").
+
+    Returns ``(C, {C: mean held-out mAP})``.
+    """
+    grid = tuple(float(C) for C in grid)
+    if not grid or not all(C > 0 for C in grid):
+        raise ValueError(f"the C grid must hold positive values, got {grid!r}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    X, Y = _check_split("train", train_X, train_Y, multi_label)
+    if len(X) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} clips, got {len(X)}")
+    if not multi_label and Y.ndim == 1:
+        Y = np.eye(int(Y.max()) + 1, dtype=np.float32)[Y.astype(np.int64)]
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(X)), folds)
+    scores = {}
+    for C in grid:
+        held_out = []
+        for k, part in enumerate(parts):
+            fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
+            weight, bias = fit_linear_classifier(X[fit], Y[fit], multi_label, C=C, max_iter=max_iter)
+            held_out.append(mean_average_precision(X[part] @ weight.T + bias, Y[part]).mAP)
+        scores[C] = float(np.mean(held_out))
+    best = max(grid, key=lambda C: (scores[C], -C))
+    return best, scores
 
 
 def _fit_binary_per_class(X, Y, C, max_iter):

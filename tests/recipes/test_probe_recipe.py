@@ -15,6 +15,7 @@ from PIL import Image
 from probing_utils import save_tiny_ast
 from recipe_utils import as_argv, load_recipe
 
+from hf_audiorep.evaluation.linear_probe import C_GRID
 from hf_audiorep.evaluation.probing import (
     CacheBudgetError,
     FeatureCache,
@@ -125,6 +126,56 @@ def test_standardize_reaches_the_linear_head_its_results_and_its_protocol(recipe
     assert (head.standardizer is not None) is (standardize == "true")
     assert ("standardised (BatchNorm without affine)" in results["protocol"]) is (standardize == "true")
     assert cgp_run.results["standardized"] is None  # CGP's prototypes never standardise
+
+
+def test_the_linear_probe_is_fitted_to_its_optimum_by_default_and_adamw_on_request(recipe, cgp_run):
+    runs = {}
+    for name, extra in {
+        "auto": {},
+        "lbfgs-strong": {"optimizer": "lbfgs", "lbfgs_C": 0.01},
+        "lbfgs-weak": {"optimizer": "lbfgs", "lbfgs_C": 100},
+        "adamw": {"optimizer": "adamw", "epochs": 2},
+    }.items():
+        out = cgp_run.root / f"linear-{name}"
+        arguments = tiny_probe_args(probe="linear", cache_dir=cgp_run.cache, output_dir=out, **extra)
+        results = recipe.main(arguments)
+        runs[name] = (results, load_probe_head(out)[0])
+    auto, _ = runs["auto"]
+    assert auto["optimizer"] == "lbfgs" and auto["probe_steps"] == 0 and len(auto["train_loss"]) == 1
+    # C unset: chosen on the train clips by cross-validation, every C of the grid scored
+    assert [float(c) for c in auto["lbfgs_C_cv_mAP"]] == list(C_GRID)
+    scores = {float(c): v for c, v in auto["lbfgs_C_cv_mAP"].items()}
+    assert auto["lbfgs_C"] == max(scores, key=lambda c: (scores[c], -c))
+    fitted = (
+        f"head fitted to its optimum (L-BFGS logistic regression, C={auto['lbfgs_C']:g} chosen by 3-fold "
+        "cross-validation on the train clips) on 48 train clips"
+    )
+    assert fitted in auto["protocol"]
+    assert "epochs" not in auto["protocol"]
+    strong, _ = runs["lbfgs-strong"]
+    assert "C=0.01) on 48" in strong["protocol"]
+    assert strong["lbfgs_C"] == 0.01 and strong["lbfgs_C_cv_mAP"] is None
+    # a stronger penalty gives smaller weights: the option reaches the fit
+    assert runs["lbfgs-strong"][1].classifier.weight.norm() < runs["lbfgs-weak"][1].classifier.weight.norm()
+    adamw, _ = runs["adamw"]
+    assert adamw["optimizer"] == "adamw" and len(adamw["train_loss"]) == 2 and adamw["lbfgs_C"] is None
+    assert adamw["protocol"].endswith("head trained 2 epochs on 48 train clips")
+    assert cgp_run.results["optimizer"] == "adamw"  # auto: AdamW for every head but the linear one
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"probe": "cgp", "optimizer": "lbfgs"}, "--optimizer lbfgs fits the linear probe only.*--probe cgp"),
+        ({"probe": "attentive", "optimizer": "lbfgs"}, "--optimizer lbfgs fits the linear probe only"),
+        ({"probe": "linear", "lbfgs_C": 0}, "--lbfgs_C must be positive, got 0"),
+        ({"probe": "linear", "lbfgs_C": -1}, "--lbfgs_C must be positive, got -1"),
+    ],
+)
+def test_bad_optimizer_options_are_refused_before_encoding(recipe, tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        recipe.main(tiny_probe_args(output_dir=tmp_path / "out", **options))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 - `encoder`: `LayerFeatureEncoder`, any encoder returning ``hidden_states`` seen as per-layer token features.
 - `cache`: the encoder runs once per clip into a float16 memory-mapped cache sized up front.
 - `heads`: linear, SUPERB weighted-sum, attentive, prototype and convex gated probe heads.
-- `train`: a head trained for many epochs on a cache, scored with the library's mAP / accuracy.
+- `train`: a head trained for many epochs on a cache (the linear one also fitted to its optimum by L-BFGS),
+  scored with the library's mAP / accuracy.
 - `probed_encoder`: encoder + trained head end to end, without a cache.
 - `report`: the learned layer weights as JSON and PNG.
 
@@ -42,11 +43,21 @@ from .report import (
     plot_layer_weights,
     write_layer_weights,
 )
-from .train import evaluate_probe, position_means, position_share, predict, probe_loss, train_probe
+from .train import (
+    OPTIMIZERS,
+    evaluate_probe,
+    fit_linear_head,
+    position_means,
+    position_share,
+    predict,
+    probe_loss,
+    train_probe,
+)
 
 __all__ = [
     "LAYER_WEIGHTS_JSON",
     "LAYER_WEIGHTS_PNG",
+    "OPTIMIZERS",
     "PROBES",
     "AttentiveProbe",
     "CacheBudgetError",
@@ -66,6 +77,7 @@ __all__ = [
     "cached_features",
     "encoder_fingerprint",
     "evaluate_probe",
+    "fit_linear_head",
     "group_tokens",
     "layer_weights_report",
     "load_probe_head",

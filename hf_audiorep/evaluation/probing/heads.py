@@ -107,6 +107,13 @@ class ProbeHead(nn.Module):
         return {}
 
     def forward(self, features: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(*self.prepare(features, token_mask))
+
+    def prepare(
+        self, features: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's input checked, its tokens normalised (and centred when the head has position means),
+        and the mask as booleans: what `classify` reads."""
         if (
             features.ndim != 4
             or features.shape[1] != self.num_layers
@@ -126,7 +133,7 @@ class ProbeHead(nn.Module):
             tokens = features.shape[2]
             means = self.position_means[:, :tokens].to(features.dtype)
             features = features - F.pad(means, (0, 0, 0, tokens - means.shape[1]))  # extra positions: 0
-        return self.classify(features, None if token_mask is None else token_mask.bool())
+        return features, None if token_mask is None else token_mask.bool()
 
     def classify(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -173,6 +180,13 @@ class PooledLinearHead(ProbeHead):
     def options(self) -> dict:
         return {"standardize": self.standardize}
 
+    def pool(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """``(batch, dim)`` pooled vectors of the prepared features (`ProbeHead.prepare`)."""
+        raise NotImplementedError
+
+    def classify(self, features, token_mask):
+        return self.classify_pooled(self.pool(features, token_mask))
+
     def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """Class logits of ``(batch, dim)`` pooled vectors."""
         norm = self.standardizer
@@ -190,8 +204,8 @@ class LinearProbe(PooledLinearHead):
     name = "linear"
     pooled_description = "linear probe on the mean-pooled last layer"
 
-    def classify(self, features, token_mask):
-        return self.classify_pooled(masked_mean(features[:, -1], token_mask, dim=1))
+    def pool(self, features, token_mask):
+        return masked_mean(features[:, -1], token_mask, dim=1)
 
 
 class WeightedSumProbe(PooledLinearHead):
@@ -210,9 +224,9 @@ class WeightedSumProbe(PooledLinearHead):
     def layer_weights(self):
         return self.layer_logits.softmax(dim=0)
 
-    def classify(self, features, token_mask):
+    def pool(self, features, token_mask):
         mixed = torch.einsum("bltd,l->btd", features, self.layer_weights())
-        return self.classify_pooled(masked_mean(mixed, token_mask, dim=1))
+        return masked_mean(mixed, token_mask, dim=1)
 
     def no_weight_decay(self):
         return ["layer_logits"]
@@ -240,12 +254,12 @@ class AttentiveProbe(PooledLinearHead):
     def options(self):
         return {"num_heads": self.num_heads, **super().options()}
 
-    def classify(self, features, token_mask):
+    def pool(self, features, token_mask):
         tokens = features[:, -1]
         query = self.query.expand(tokens.shape[0], -1, -1)
         padding = None if token_mask is None else ~token_mask
         pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=padding, need_weights=False)
-        return self.classify_pooled(pooled[:, 0])
+        return pooled[:, 0]
 
     def no_weight_decay(self):
         return ["query"]

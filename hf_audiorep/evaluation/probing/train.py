@@ -6,6 +6,12 @@ biases, gates and class weights), linear warmup then cosine decay, minibatches i
 head's constraints (`ProbeHead.project_`) are restored after every step. BCE for multi-label tagging, cross-
 entropy for single-label classification. Scores are the library's: macro mAP over the classes with a positive
 (and accuracy for single-label data).
+
+The linear head, whose fit is convex, can instead be fitted to its optimum (``optimizer="lbfgs"``): the
+pooled vectors are computed once and the library's L2-regularised logistic regression (scikit-learn's L-BFGS,
+`fit_linear_classifier`) is fitted on them and written into the head. An AdamW head stops wherever its
+epochs end, which on the corpus left pre-trained encoders below their converged probe by up to 0.04 mAP, and
+a random initialisation less far below it (docs/benchmarks.md, "A linear probe fitted to its optimum").
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from ...training.optim import build_optimizer, build_param_groups, build_scheduler
+from ..linear_probe import C_GRID, fit_linear_classifier, select_C
 from ..metrics import accuracy, mean_average_precision
 from .cache import FeatureCache
-from .heads import ProbeHead
+from .heads import LinearProbe, ProbeHead
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_CENTRING_SHARE",
+    "OPTIMIZERS",
     "evaluate_probe",
+    "fit_linear_head",
     "position_means",
     "position_share",
     "predict",
@@ -39,6 +48,8 @@ __all__ = [
 #: their variance: the encoders measured sit far on either side of it, and centring helped CGP only on the
 #: one above it (docs/benchmarks.md, "Why CGP did not close the gap").
 AUTO_CENTRING_SHARE = 0.5
+#: how `train_probe` fits a head: AdamW epochs (every head) or L-BFGS to the optimum (the linear head)
+OPTIMIZERS = ("adamw", "lbfgs")
 
 
 def probe_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -99,21 +110,36 @@ def train_probe(
     multi_label: bool = True,
     seed: int = 0,
     device: str | torch.device | None = None,
+    optimizer: str = "adamw",
+    C: float | None = 1.0,
 ) -> dict:
-    """Trains ``head`` on every clip of ``cache`` for ``epochs`` epochs. With ``center_positions=True`` the
-    head first gets the cache's `position_means` to centre its tokens on; with ``"auto"`` only when those
-    means hold more than `AUTO_CENTRING_SHARE` of the tokens' variance (`position_share`); with False it
-    reads them uncentred.
+    """Trains ``head`` on every clip of ``cache``: for ``epochs`` epochs of AdamW, or with
+    ``optimizer="lbfgs"`` (a `LinearProbe` only) to the optimum of the L2-regularised logistic regression
+    with inverse strength ``C``, or with ``C=None`` the one of `C_GRID` that cross-validation on the train
+    clips picks (`fit_linear_head`; the epoch and AdamW arguments are then unused). With
+    ``center_positions=True`` the head first gets the cache's `position_means` to centre its tokens on; with
+    ``"auto"`` only when those means hold more than `AUTO_CENTRING_SHARE` of the tokens' variance
+    (`position_share`); with False it reads them uncentred.
 
     Returns ``{"history": [{"epoch", "loss"}, ...], "steps", "seconds", "centred", "position_share"}``
-    (``loss``: the epoch's mean training loss; ``position_share`` only when measured, else None). The head
-    ends in eval mode on ``device``.
+    (``loss``: the epoch's mean training loss, for L-BFGS one row with the fitted head's; ``steps``: 0 for
+    L-BFGS; ``position_share`` only when measured, else None), and for L-BFGS ``C`` and ``C_scores`` (the
+    cross-validated mAP of each C tried, None when C was given). The head ends in eval mode on ``device``.
     """
     if center_positions not in (True, False, "auto"):
         raise ValueError(f"center_positions must be True, False or 'auto', got {center_positions!r}")
     for field, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{field} must be a positive integer, got {value!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if optimizer == "lbfgs" and type(head) is not LinearProbe:
+        raise ValueError(
+            "optimizer='lbfgs' fits the linear head only (a convex fit); the "
+            f"{head.name or type(head).__name__} head trains with optimizer='adamw'"
+        )
+    if optimizer == "lbfgs" and C is not None and not C > 0:
+        raise ValueError(f"C must be positive or None (chosen by cross-validation), got {C!r}")
     if cache.num_labels != head.num_labels:
         raise ValueError(f"the cache has {cache.num_labels} classes but the head {head.num_labels}")
     device = torch.device(device or "cpu")
@@ -129,6 +155,20 @@ def train_probe(
                 "on" if means is not None else "off",
             )
     head.set_position_means(means)
+    if optimizer == "lbfgs":
+        started = time.perf_counter()
+        fit = fit_linear_head(
+            head, cache, C=C, multi_label=multi_label, batch_size=batch_size, device=device, seed=seed
+        )
+        return {
+            "history": [{"epoch": 1, "loss": fit["loss"]}],
+            "steps": 0,
+            "seconds": time.perf_counter() - started,
+            "centred": means is not None,
+            "position_share": share,
+            "C": fit["C"],
+            "C_scores": fit["C_scores"],
+        }
     head.to(device).train()
     steps_per_epoch = math.ceil(len(cache) / batch_size)  # the last partial batch too: small sets keep it
     max_steps = epochs * steps_per_epoch
@@ -162,6 +202,60 @@ def train_probe(
         "centred": centred,
         "position_share": share,
     }
+
+
+@torch.no_grad()
+def fit_linear_head(
+    head: LinearProbe,
+    cache: FeatureCache,
+    *,
+    C: float | None = 1.0,
+    multi_label: bool = True,
+    batch_size: int = 64,
+    max_iter: int = 1000,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fits ``head``'s classifier to the optimum of the L2-regularised logistic regression on its pooled
+    vectors of every clip of ``cache`` (`fit_linear_classifier`: standardised, L-BFGS, inverse strength
+    ``C``; one binary model per class, or one multinomial model). With ``C=None`` the C of `C_GRID` with the
+    best 3-fold cross-validated mAP on the same clips (`select_C`, folds drawn with ``seed``) is used.
+    Returns ``{"loss": the fitted head's mean training loss, "C", "C_scores": {C: held-out mAP} or None}``.
+    A standardising head gets the pooled vectors' mean and variance as its running statistics and the
+    classifier of the standardised vectors, so it gives the fitted logits in eval mode. The cache is read
+    in ``batch_size`` clips; only the ``(clips, dim)`` pooled vectors are held. The head ends in eval mode on
+    ``device``."""
+    device = torch.device(device or "cpu")
+    head.to(device).eval()
+    pooled = torch.cat(
+        [
+            head.pool(*head.prepare(*cache.read(slice(start, start + batch_size), device)[:2])).double().cpu()
+            for start in range(0, len(cache), batch_size)
+        ]
+    )
+    labels = np.asarray(cache.labels, dtype=np.float32)
+    scores = None
+    if C is None:
+        C, scores = select_C(pooled.numpy(), labels, multi_label, C_GRID, seed=seed, max_iter=max_iter)
+        logger.info("C=%g chosen by cross-validation (held-out mAP per C: %s)", C, scores)
+    weight, bias = (
+        torch.from_numpy(a).double()
+        for a in fit_linear_classifier(pooled.numpy(), labels, multi_label, C=C, max_iter=max_iter)
+    )  # logits = pooled @ weight.T + bias
+    norm = head.standardizer
+    if norm is not None:
+        # BatchNorm in eval mode gives (x - mean) / sqrt(var + eps): its classifier is the folded one scaled
+        # back, so that the whole head computes pooled @ weight.T + bias.
+        mean, var = pooled.mean(dim=0), pooled.var(dim=0, unbiased=False)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+        bias = bias + weight @ mean
+        weight = weight * (var + norm.eps).sqrt()
+    head.classifier.weight.copy_(weight)
+    head.classifier.bias.copy_(bias)
+    logits = head.classify_pooled(pooled.to(device=device, dtype=head.classifier.weight.dtype))
+    loss = probe_loss(logits, torch.from_numpy(labels).to(device), multi_label).item()
+    return {"loss": loss, "C": C, "C_scores": scores}
 
 
 @torch.no_grad()

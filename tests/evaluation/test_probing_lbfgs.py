@@ -1,0 +1,230 @@
+"""The linear probe head fitted to its optimum (`fit_linear_head`, ``train_probe(optimizer="lbfgs")``)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from hf_audiorep.evaluation.linear_probe import C_GRID, fit_linear_classifier, select_C
+from hf_audiorep.evaluation.metrics import mean_average_precision
+from hf_audiorep.evaluation.probing import (
+    OPTIMIZERS,
+    FeatureCache,
+    build_probe,
+    fit_linear_head,
+    position_means,
+    predict,
+    train_probe,
+)
+
+L, T, D, C = 3, 6, 8, 4
+
+
+class _ArrayCache(FeatureCache):
+    """A feature cache held in memory (the fit reads only these attributes)."""
+
+    def __init__(self, features, mask, labels):
+        self.features, self.token_mask, self.labels = features, mask, labels
+        self.meta = {}
+
+
+def _cache(clips: int = 60, seed: int = 0, single_label: bool = False) -> _ArrayCache:
+    """Padded clips whose classes show as directions in the last layer, on a large shared offset (what an
+    AdamW head on unstandardised vectors fits slowly), with garbage in the padded tokens."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((clips, L, T, D)) + 5.0 * rng.standard_normal(D)
+    if single_label:
+        labels = np.eye(C, dtype=np.float32)[rng.integers(C, size=clips)]
+    else:
+        labels = (rng.random((clips, C)) < 0.4).astype(np.float32)
+    directions = rng.standard_normal((C, D))
+    features[:, -1] += 0.7 * np.einsum("nc,cd->nd", labels, directions)[:, None]
+    mask = np.ones((clips, T), dtype=bool)
+    mask[::3, T // 2 :] = False
+    features[~mask[:, None, :].repeat(L, axis=1)] = 50.0
+    return _ArrayCache(features.astype(np.float16), mask, labels)
+
+
+def _pooled(cache: _ArrayCache) -> np.ndarray:
+    """By hand: each clip's last layer, layer-normalised, averaged over its real tokens."""
+    tokens = F.layer_norm(torch.from_numpy(cache.features[:, -1]).float(), (D,)).double().numpy()
+    mask = cache.token_mask[..., None]
+    return (tokens * mask).sum(axis=1) / mask.sum(axis=1)
+
+
+def _sklearn_logits(cache: _ArrayCache, single_label: bool, C_: float) -> np.ndarray:
+    """scikit-learn's logistic regression (its defaults: L-BFGS, tol 1e-4) on the standardised pooled vectors,
+    fitted directly."""
+    X = StandardScaler().fit_transform(_pooled(cache))
+    if single_label:
+        model = LogisticRegression(C=C_, max_iter=1000).fit(X, cache.labels.argmax(axis=1))
+        return model.decision_function(X)
+    columns = []
+    for c in range(C):
+        model = LogisticRegression(C=C_, max_iter=1000).fit(X, cache.labels[:, c])
+        columns.append(model.decision_function(X))
+    return np.stack(columns, axis=1)
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+@pytest.mark.parametrize("single_label", [False, True])
+@pytest.mark.parametrize("C_", [1.0, 0.05])
+def test_the_fitted_head_gives_scikit_learns_logistic_regression(standardize, single_label, C_):
+    cache = _cache(single_label=single_label)
+    head = build_probe("linear", L, D, C, standardize=standardize)
+    fit = fit_linear_head(head, cache, C=C_, multi_label=not single_label, batch_size=7)
+    assert fit["C"] == C_ and fit["C_scores"] is None
+    logits, _ = predict(head, cache)
+    expected = _sklearn_logits(cache, single_label, C_)
+    if single_label:  # a multinomial model's logits are defined up to a per-clip constant
+        logits, expected = logits - logits.mean(1, keepdims=True), expected - expected.mean(1, keepdims=True)
+    np.testing.assert_allclose(logits, expected, atol=2e-3, rtol=2e-3)
+    assert not head.training
+
+
+def test_a_standardising_head_keeps_the_pooled_statistics_as_its_running_ones():
+    cache = _cache()
+    head = build_probe("linear", L, D, C)
+    fit_linear_head(head, cache, batch_size=16)
+    pooled = _pooled(cache)
+    norm = head.standardizer
+    np.testing.assert_allclose(norm.running_mean.numpy(), pooled.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.running_var.numpy(), pooled.var(axis=0), rtol=1e-4, atol=1e-7)
+
+
+def test_the_fit_is_the_optimum_the_adamw_head_only_approaches():
+    """Regularised loss of the fitted head against AdamW's after 100 epochs of the same objective's data:
+    the L-BFGS head is at or below it (it is the optimum), and training loss is reported."""
+    cache = _cache(clips=96)
+    fitted = build_probe("linear", L, D, C)
+    run = train_probe(fitted, cache, optimizer="lbfgs", C=1e6)  # next to no penalty: the loss alone
+    torch.manual_seed(0)
+    adamw = build_probe("linear", L, D, C)
+    train_probe(adamw, cache, epochs=100, batch_size=32, learning_rate=1e-2, weight_decay=0.0)
+    labels = torch.from_numpy(cache.labels)
+
+    def loss(head):
+        return F.binary_cross_entropy_with_logits(torch.from_numpy(predict(head, cache)[0]), labels).item()
+
+    assert run["history"] == [{"epoch": 1, "loss": pytest.approx(loss(fitted), rel=1e-4)}]
+    assert run["steps"] == 0 and run["seconds"] >= 0.0 and run["C"] == 1e6 and run["C_scores"] is None
+    assert loss(fitted) < loss(adamw)
+
+
+def test_the_fit_reads_the_centred_tokens_when_the_head_centres():
+    cache = _cache()
+    means = position_means(cache)
+    centred, plain = build_probe("linear", L, D, C), build_probe("linear", L, D, C)
+    centred.set_position_means(means * 3.0 + 1.0)  # a centring that changes the pooled vectors
+    fit_linear_head(centred, cache)
+    fit_linear_head(plain, cache)
+    assert not torch.allclose(centred.standardizer.running_mean, plain.standardizer.running_mean)
+    # through train_probe: centring is decided first, then the fit reads the centred tokens
+    run = train_probe(build_probe("linear", L, D, C), cache, optimizer="lbfgs", center_positions=True)
+    assert run["centred"] is True
+
+
+@pytest.mark.parametrize("probe", ["weighted_sum", "attentive", "prototype", "cgp"])
+def test_lbfgs_is_refused_for_every_head_but_the_linear_one(probe):
+    with pytest.raises(ValueError, match=f"optimizer='lbfgs' fits the linear head only.*the {probe} head"):
+        train_probe(build_probe(probe, L, D, C), _cache(clips=8), optimizer="lbfgs")
+
+
+def test_unknown_optimizers_and_bad_C_are_refused():
+    assert OPTIMIZERS == ("adamw", "lbfgs")
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('adamw', 'lbfgs'\), got 'sgd'"):
+        train_probe(build_probe("linear", L, D, C), _cache(clips=8), optimizer="sgd")
+    with pytest.raises(ValueError, match=r"C must be positive or None \(chosen by cross-validation\), got 0"):
+        train_probe(build_probe("linear", L, D, C), _cache(clips=8), optimizer="lbfgs", C=0)
+
+
+# ------------------------------------------------------------------------- C by cross-validation
+
+
+def _by_hand(X, Y, C_, folds, seed):
+    """The documented folds, scikit-learn fitted directly on each (standardised with the fold's own train
+    statistics), mAP of each held-out fold averaged."""
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(X)), folds)
+    scores = []
+    for k, part in enumerate(parts):
+        fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        scaler = StandardScaler().fit(X[fit])
+        logits = np.zeros((len(part), Y.shape[1]))
+        for c in range(Y.shape[1]):
+            model = LogisticRegression(C=C_, max_iter=1000).fit(scaler.transform(X[fit]), Y[fit, c])
+            logits[:, c] = model.decision_function(scaler.transform(X[part]))
+        scores.append(mean_average_precision(logits, Y[part]).mAP)
+    return float(np.mean(scores))
+
+
+def test_select_C_scores_each_C_on_held_out_folds_of_the_train_clips():
+    cache = _cache(clips=90)
+    X, Y = _pooled(cache), cache.labels
+    best, scores = select_C(X, Y, grid=(0.01, 1.0, 100.0), folds=3, seed=4)
+    assert list(scores) == [0.01, 1.0, 100.0]
+    for C_, score in scores.items():
+        assert score == pytest.approx(_by_hand(X, Y, C_, folds=3, seed=4), abs=2e-3)
+    assert best == max(scores, key=scores.get)
+    # another seed draws other folds
+    assert select_C(X, Y, grid=(0.01, 1.0, 100.0), folds=3, seed=5)[1] != scores
+
+
+def test_select_C_follows_the_data_and_breaks_ties_toward_the_stronger_penalty():
+    rng = np.random.default_rng(0)
+    # Few clips and many noise dimensions: a weak penalty over-fits, so a small C wins.
+    noisy = rng.standard_normal((60, 40))
+    labels = (rng.random((60, 3)) < 0.5).astype(np.float32)
+    noisy[:, 0] += 0.8 * labels[:, 0]
+    assert select_C(noisy, labels, grid=(0.001, 1000.0))[0] == 0.001
+    # Classes apart by a wide margin: every C ranks every held-out clip right (mAP 1), so the tie goes to the
+    # smaller C.
+    signs = rng.choice([-1.0, 1.0], size=(120, 2))
+    clean = signs * (1.0 + rng.random((120, 2)))
+    classes = (signs > 0).astype(np.float32)
+    best, scores = select_C(clean, classes, grid=(1000.0, 0.5))
+    assert scores[0.5] == scores[1000.0] == 1.0 and best == 0.5
+
+
+def test_select_C_works_for_single_label_classes_as_indices_or_one_hot():
+    cache = _cache(clips=60, single_label=True)
+    X, one_hot = _pooled(cache), cache.labels
+    indices = one_hot.argmax(axis=1)
+    assert select_C(X, one_hot, multi_label=False) == select_C(X, indices, multi_label=False)
+    best, scores = select_C(X, one_hot, multi_label=False)
+    assert list(scores) == list(C_GRID) and best in C_GRID
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"grid": ()}, "the C grid must hold positive values"),
+        ({"grid": (1.0, 0.0)}, "the C grid must hold positive values"),
+        ({"folds": 1}, "folds must be an integer >= 2, got 1"),
+        ({"folds": 2.0}, "folds must be an integer >= 2, got 2.0"),
+        ({"folds": 61}, "61-fold cross-validation needs at least 61 clips, got 60"),
+    ],
+)
+def test_select_C_arguments_are_checked(arguments, match):
+    cache = _cache(clips=60)
+    with pytest.raises(ValueError, match=match):
+        select_C(_pooled(cache), cache.labels, **arguments)
+
+
+def test_an_unset_C_is_chosen_by_cross_validation_and_then_fitted_on_every_clip():
+    cache = _cache(clips=90)
+    head = build_probe("linear", L, D, C)
+    run = train_probe(head, cache, optimizer="lbfgs", C=None, seed=2)
+    best, scores = select_C(_pooled(cache), cache.labels, seed=2)
+    assert run["C"] == best and run["C_scores"] == pytest.approx(scores)
+    fixed = build_probe("linear", L, D, C)
+    fit_linear_head(fixed, cache, C=best)
+    torch.testing.assert_close(head.classifier.weight, fixed.classifier.weight)
+    weight, _ = fit_linear_classifier(_pooled(cache), cache.labels, C=best)  # the fit on all the clips
+    np.testing.assert_allclose(
+        (head.classifier.weight / (head.standardizer.running_var + head.standardizer.eps).sqrt()).detach(),
+        weight,
+        rtol=1e-4,
+        atol=1e-5,
+    )
