@@ -301,8 +301,8 @@ def select_C(
     read: a C picked on the test split would flatter the probe.
 
     How much regularisation a linear probe needs depends on the features: on the corpus a pre-trained
-    AudioMAE-tiny's probe gains up to C=100 where a random initialisation's loses, so any one fixed C favours
-    one encoder over another (docs/benchmarks.md, "A linear probe fitted to its optimum").
+    AudioMAE-tiny's probe wants a far weaker penalty than its random initialisation or CAT-small, so any one
+    fixed C favours one encoder over another (docs/benchmarks.md, "A linear probe fitted to its optimum").
 
     Returns ``(C, {C: mean held-out mAP})``.
     """

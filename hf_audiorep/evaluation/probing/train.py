@@ -10,8 +10,8 @@ entropy for single-label classification. Scores are the library's: macro mAP ove
 The linear head, whose fit is convex, can instead be fitted to its optimum (``optimizer="lbfgs"``): the
 pooled vectors are computed once and the library's L2-regularised logistic regression (scikit-learn's L-BFGS,
 `fit_linear_classifier`) is fitted on them and written into the head. An AdamW head stops wherever its
-epochs end, which on the corpus left pre-trained encoders below their converged probe by up to 0.04 mAP, and
-a random initialisation less far below it (docs/benchmarks.md, "A linear probe fitted to its optimum").
+epochs end, which acts as a penalty of its own and on the corpus cost pre-trained encoders more than random
+ones (docs/benchmarks.md, "A linear probe fitted to its optimum").
 """
 
 from __future__ import annotations
