@@ -1,4 +1,5 @@
-"""Tiny random encoders of three families and labelled tone clips, for the probing tests (no Hub access)."""
+"""Tiny random encoders of three families, labelled tone clips and an in-memory feature cache, for the probing
+tests (no Hub access)."""
 
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from transformers import (
 )
 
 import hf_audiorep
-from hf_audiorep.evaluation.probing import LayerFeatureEncoder
+from hf_audiorep.evaluation.probing import FeatureCache, LayerFeatureEncoder
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 
 SAMPLE_RATE = 16000
@@ -111,3 +112,11 @@ def save_tiny_ast(directory: Path) -> Path:
     model.save_pretrained(directory)
     feature_extractor.save_pretrained(directory)
     return directory
+
+
+class ArrayCache(FeatureCache):
+    """A feature cache held in memory (the probe training and fitting read only these attributes)."""
+
+    def __init__(self, features, mask, labels):
+        self.features, self.token_mask, self.labels = features, mask, labels
+        self.meta = {}

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from probing_utils import ArrayCache
 
 from hf_audiorep.evaluation.probing import (
     PROBES,
     ConvexGatedProbe,
-    FeatureCache,
     PrototypeProbe,
     build_probe,
     evaluate_probe,
@@ -156,15 +156,7 @@ def test_prototype_similarities_are_cosines_and_class_weights_start_on_the_own_c
     torch.testing.assert_close(head.class_weights.detach(), expected_weights)
 
 
-class _ArrayCache(FeatureCache):
-    """A feature cache held in memory (the training loop reads only these attributes)."""
-
-    def __init__(self, features, mask, labels):
-        self.features, self.token_mask, self.labels = features, mask, labels
-        self.meta = {}
-
-
-def _learnable_cache(clips: int = 48, layers: int = L, seed: int = 0) -> _ArrayCache:
+def _learnable_cache(clips: int = 48, layers: int = L, seed: int = 0) -> ArrayCache:
     """Features whose class shows as a direction in some tokens of the last layers."""
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((clips, layers, T, D)).astype(np.float16)
@@ -172,7 +164,7 @@ def _learnable_cache(clips: int = 48, layers: int = L, seed: int = 0) -> _ArrayC
     directions = rng.standard_normal((C, D))
     for i, j in zip(*np.nonzero(labels), strict=True):
         features[i, layers // 2 :, rng.integers(T)] += 3.0 * directions[j]
-    return _ArrayCache(features, np.ones((clips, T), dtype=bool), labels)
+    return ArrayCache(features, np.ones((clips, T), dtype=bool), labels)
 
 
 @pytest.mark.parametrize("probe", ["prototype", "cgp"])
@@ -325,7 +317,7 @@ def test_saved_head_reloads_and_its_layer_weights_are_reported(granularity, tmp_
 # ------------------------------------------------------------------------------- the training loop
 
 
-def _padded_cache(clips: int = 48, seed: int = 1) -> _ArrayCache:
+def _padded_cache(clips: int = 48, seed: int = 1) -> ArrayCache:
     """A cache whose padded tokens hold large garbage: a head that reads them scores differently."""
     cache = _learnable_cache(clips=clips, seed=seed)
     mask = np.ones((clips, T), dtype=bool)
@@ -333,7 +325,7 @@ def _padded_cache(clips: int = 48, seed: int = 1) -> _ArrayCache:
     features = cache.features.copy()
     clip, token = np.nonzero(~mask)
     features[clip, :, token] = 40.0  # every layer of the padded tokens
-    return _ArrayCache(features, mask, cache.labels)
+    return ArrayCache(features, mask, cache.labels)
 
 
 def _frozen_epoch_loss(head, cache, multi_label: bool) -> float:
@@ -532,7 +524,7 @@ def test_position_means_average_each_positions_real_tokens_after_the_layer_norm(
     mask[1, 2:] = False
     mask[3, 1:] = False
     mask[:, 3] = False  # a position no clip reaches
-    cache = _ArrayCache(features, mask, np.zeros((5, C), dtype=np.float32))
+    cache = ArrayCache(features, mask, np.zeros((5, C), dtype=np.float32))
     means = position_means(cache, batch_size=2)  # batches that split the clips
     normalised = F.layer_norm(torch.from_numpy(features).float(), (D,))
     assert means.shape == (2, 4, D) and means.dtype == torch.float32
@@ -601,7 +593,7 @@ def test_position_share_is_the_variance_between_position_means_over_the_total():
     mask = np.ones((6, 5), dtype=bool)
     mask[0, 3:] = False
     mask[4, 1:] = False
-    cache = _ArrayCache(features, mask, np.zeros((6, C), dtype=np.float32))
+    cache = ArrayCache(features, mask, np.zeros((6, C), dtype=np.float32))
     tokens = F.layer_norm(torch.from_numpy(features).double(), (D,))
     real = torch.from_numpy(mask)
     total = between = 0.0
@@ -615,7 +607,7 @@ def test_position_share_is_the_variance_between_position_means_over_the_total():
     assert position_share(cache, batch_size=4) == pytest.approx(float(between / total), rel=1e-5)
     # Tokens that are their position's pattern whatever the clip: all of the variance.
     same = np.repeat(features[:1], 6, axis=0)
-    assert position_share(_ArrayCache(same, np.ones((6, 5), bool), cache.labels)) == pytest.approx(1.0)
+    assert position_share(ArrayCache(same, np.ones((6, 5), bool), cache.labels)) == pytest.approx(1.0)
 
 
 def test_a_saved_centred_head_reloads_its_means(tmp_path):
@@ -630,7 +622,7 @@ def test_a_saved_centred_head_reloads_its_means(tmp_path):
     torch.testing.assert_close(loaded(features, mask), head(features, mask))
 
 
-def _position_swamped_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
+def _position_swamped_cache(clips: int = 96, seed: int = 0) -> ArrayCache:
     """Every token is mostly its position's pattern, shared by all clips (as BAT-small's are); a clip's class
     shows as a small direction added to one token."""
     rng = np.random.default_rng(seed)
@@ -641,7 +633,7 @@ def _position_swamped_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
     directions = rng.standard_normal((C, D))
     for i, j in zip(*np.nonzero(labels), strict=True):
         features[i, :, rng.integers(T)] += 1.5 * directions[j]
-    return _ArrayCache(features.astype(np.float16), np.ones((clips, T), dtype=bool), labels)
+    return ArrayCache(features.astype(np.float16), np.ones((clips, T), dtype=bool), labels)
 
 
 def test_centring_lets_the_prototypes_see_past_a_pattern_every_clip_shares():
@@ -749,7 +741,7 @@ def test_a_head_saved_before_the_option_reloads_unstandardised(tmp_path):
     torch.testing.assert_close(loaded(features, mask), head(features, mask))
 
 
-def _shared_pattern_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
+def _shared_pattern_cache(clips: int = 96, seed: int = 0) -> ArrayCache:
     """Every clip is mostly the same pattern; its class a small direction added to all of its tokens: after
     the layer norm the pooled vectors differ little against their shared part, as BAT-small's do."""
     rng = np.random.default_rng(seed)
@@ -759,7 +751,7 @@ def _shared_pattern_cache(clips: int = 96, seed: int = 0) -> _ArrayCache:
     labels[np.arange(clips), rng.integers(C, size=clips)] = 1.0
     directions = rng.standard_normal((C, D))
     features += 0.3 * (labels @ directions)[:, None, None, :]
-    return _ArrayCache(features.astype(np.float32), np.ones((clips, T), dtype=bool), labels)
+    return ArrayCache(features.astype(np.float32), np.ones((clips, T), dtype=bool), labels)
 
 
 @pytest.mark.parametrize("probe", POOLED)

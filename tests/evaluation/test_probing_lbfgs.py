@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from probing_utils import ArrayCache
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -11,7 +12,6 @@ from hf_audiorep.evaluation.linear_probe import C_GRID, fit_linear_classifier, s
 from hf_audiorep.evaluation.metrics import mean_average_precision
 from hf_audiorep.evaluation.probing import (
     OPTIMIZERS,
-    FeatureCache,
     build_probe,
     fit_linear_head,
     position_means,
@@ -22,15 +22,7 @@ from hf_audiorep.evaluation.probing import (
 L, T, D, C = 3, 6, 8, 4
 
 
-class _ArrayCache(FeatureCache):
-    """A feature cache held in memory (the fit reads only these attributes)."""
-
-    def __init__(self, features, mask, labels):
-        self.features, self.token_mask, self.labels = features, mask, labels
-        self.meta = {}
-
-
-def _cache(clips: int = 60, seed: int = 0, single_label: bool = False) -> _ArrayCache:
+def _cache(clips: int = 60, seed: int = 0, single_label: bool = False) -> ArrayCache:
     """Padded clips whose classes show as directions in the last layer, on a large shared offset (what an
     AdamW head on unstandardised vectors fits slowly), with garbage in the padded tokens."""
     rng = np.random.default_rng(seed)
@@ -44,17 +36,17 @@ def _cache(clips: int = 60, seed: int = 0, single_label: bool = False) -> _Array
     mask = np.ones((clips, T), dtype=bool)
     mask[::3, T // 2 :] = False
     features[~mask[:, None, :].repeat(L, axis=1)] = 50.0
-    return _ArrayCache(features.astype(np.float16), mask, labels)
+    return ArrayCache(features.astype(np.float16), mask, labels)
 
 
-def _pooled(cache: _ArrayCache) -> np.ndarray:
+def _pooled(cache: ArrayCache) -> np.ndarray:
     """By hand: each clip's last layer, layer-normalised, averaged over its real tokens."""
     tokens = F.layer_norm(torch.from_numpy(cache.features[:, -1]).float(), (D,)).double().numpy()
     mask = cache.token_mask[..., None]
     return (tokens * mask).sum(axis=1) / mask.sum(axis=1)
 
 
-def _sklearn_logits(cache: _ArrayCache, single_label: bool, C_: float) -> np.ndarray:
+def _sklearn_logits(cache: ArrayCache, single_label: bool, C_: float) -> np.ndarray:
     """scikit-learn's logistic regression (its defaults: L-BFGS, tol 1e-4) on the standardised pooled vectors,
     fitted directly."""
     X = StandardScaler().fit_transform(_pooled(cache))
