@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from scipy.special import log_softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -150,23 +151,19 @@ def linear_probe(
         ``probe_num_classes`` and ``probe_num_classes_evaluated``. A class with no positive (or no negative)
         in train gets a constant score, which scores chance AP on test.
     """
-    if not C > 0:
-        raise ValueError(f"C must be positive, got {C!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    _check_fit_options(C, max_iter)
     train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
     test_X, test_Y = _check_split("test", test_X, test_Y, multi_label)
     if train_X.shape[1] != test_X.shape[1]:
         raise ValueError(f"train_X has {train_X.shape[1]} features but test_X has {test_X.shape[1]}")
-    scaler = StandardScaler().fit(train_X)
-    train_X, test_X = scaler.transform(train_X), scaler.transform(test_X)
-    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        if multi_label:
-            scores, targets, extra = _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter)
-        else:
-            scores, targets, extra = _single_label(train_X, train_Y, test_X, test_Y, C, max_iter)
-    _warn_unconverged(caught, max_iter)
+    if multi_label and train_Y.shape[1] != test_Y.shape[1]:
+        raise ValueError(f"train_Y has {train_Y.shape[1]} classes but test_Y has {test_Y.shape[1]}")
+    weight, bias = _fit(train_X, train_Y, multi_label, C, max_iter)
+    logits = test_X.astype(np.float64) @ weight.T + bias
+    if multi_label:
+        scores, targets, extra = logits, np.asarray(test_Y, dtype=np.float64), {}
+    else:
+        scores, targets, extra = _single_label_scores(logits, train_Y, test_Y)
     result = mean_average_precision(scores, targets)
     return {
         "probe_mAP": result.mAP,
@@ -189,21 +186,10 @@ def _warn_unconverged(caught: list, max_iter: int) -> None:
         )
 
 
-def _multi_label(train_X, train_Y, test_X, test_Y, C, max_iter):
-    if train_Y.shape[1] != test_Y.shape[1]:
-        raise ValueError(f"train_Y has {train_Y.shape[1]} classes but test_Y has {test_Y.shape[1]}")
-    train_Y = np.asarray(train_Y, dtype=np.float64) >= 0.5
-    scores = np.zeros((len(test_X), train_Y.shape[1]), dtype=np.float64)
-    for c in range(train_Y.shape[1]):
-        positives = int(train_Y[:, c].sum())
-        if 0 < positives < len(train_Y):
-            classifier = LogisticRegression(C=C, max_iter=max_iter).fit(train_X, train_Y[:, c])
-            scores[:, c] = classifier.decision_function(test_X)
-        # else: one label only in train; every test clip gets the same score (0), i.e. chance ranking
-    return scores, np.asarray(test_Y, dtype=np.float64), {}
-
-
-def _single_label(train_X, train_Y, test_X, test_Y, C, max_iter):
+def _single_label_scores(logits, train_Y, test_Y):
+    """The single-label probe's scores: the log-probabilities of the classes seen in train (the fitted
+    logits' log-softmax), a finite floor for the others (never predicted; it keeps the metrics defined), over
+    the classes of both splits."""
     num_classes = max(
         train_Y.shape[1] if train_Y.ndim == 2 else int(train_Y.max()) + 1,
         test_Y.shape[1] if test_Y.ndim == 2 else int(test_Y.max()) + 1,
@@ -211,14 +197,8 @@ def _single_label(train_X, train_Y, test_X, test_Y, C, max_iter):
     train_y = train_Y.argmax(axis=1) if train_Y.ndim == 2 else train_Y.astype(np.int64)
     test_y = test_Y.argmax(axis=1) if test_Y.ndim == 2 else test_Y.astype(np.int64)
     seen = np.unique(train_y)
-    scores = np.full((len(test_X), num_classes), -np.inf)
-    if len(seen) == 1:
-        scores[:, seen[0]] = 0.0
-    else:
-        classifier = LogisticRegression(C=C, max_iter=max_iter).fit(train_X, train_y)
-        scores[:, classifier.classes_] = classifier.predict_log_proba(test_X)
-    # Classes never seen in train are never predicted; a finite floor keeps the metrics defined.
-    scores[np.isneginf(scores)] = np.finfo(np.float32).min
+    scores = np.full((len(logits), num_classes), np.finfo(np.float32).min, dtype=np.float64)
+    scores[:, seen] = log_softmax(logits[:, seen], axis=1)
     targets = np.eye(num_classes)[test_y]
     return scores, targets, {"probe_accuracy": accuracy(scores, test_y)}
 
@@ -246,10 +226,11 @@ def fit_linear_classifier(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probe's logistic regression as the weights of a linear layer on the raw embeddings.
 
-    Fitted as `linear_probe` fits it (standardised features, L-BFGS, one binary model per class or one
-    multinomial model), then the standardisation is folded in: ``logits = X @ weight.T + bias`` on the
-    un-standardised ``X`` equals the probe's decision function. What LP-FT (Kumar et al., 2022) starts a
-    fine-tuning head from.
+    The fit `linear_probe` scores (standardised features, L-BFGS, one binary model per class or one
+    multinomial model), with the standardisation folded in: ``logits = X @ weight.T + bias`` on the
+    un-standardised ``X`` equals the fitted decision function. Two classes, which scikit-learn fits as one
+    binary model, get opposite halves of its log-odds. What LP-FT (Kumar et al., 2022) starts a fine-tuning
+    head from.
 
     A class the train split gives one value only gets a zero weight and the log-odds of its (Laplace-smoothed)
     frequency; a single-label class never seen gets a zero weight and a bias below every seen class's.
@@ -257,11 +238,21 @@ def fit_linear_classifier(
     Returns:
         ``weight`` ``(classes, D)`` and ``bias`` ``(classes,)``, float32.
     """
+    _check_fit_options(C, max_iter)
+    train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
+    weight, bias = _fit(train_X, train_Y, multi_label, C, max_iter)
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def _check_fit_options(C, max_iter) -> None:
     if not C > 0:
         raise ValueError(f"C must be positive, got {C!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
+
+
+def _fit(train_X, train_Y, multi_label, C, max_iter) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_linear_classifier` on checked arguments, in float64."""
     scaler = StandardScaler().fit(train_X)
     standardised = scaler.transform(train_X)
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
@@ -282,7 +273,7 @@ def fit_linear_classifier(
         seen = np.zeros(len(bias), dtype=bool)
         seen[y] = True
         bias[~seen] = (train_X @ weight[seen].T + bias[seen]).min() - np.log(len(y) + 1)
-    return weight.astype(np.float32), bias.astype(np.float32)
+    return weight, bias
 
 
 def select_C(
@@ -297,8 +288,9 @@ def select_C(
     """The inverse L2 strength of ``grid`` whose `fit_linear_classifier` scores the best mAP on held-out train
     clips: the clips are shuffled (``numpy.random.default_rng(seed).permutation``) and split into ``folds``
     near-equal parts (``numpy.array_split``), each held out in turn, and the mAP of each fold (macro over its
-    classes with a positive) is averaged. Ties go to the smaller C (the stronger penalty). No test clip is
-    read: a C picked on the test split would flatter the probe.
+    classes with a positive) is averaged; a fold without a positive of any class has no mAP and is left out.
+    Ties go to the smaller C (the stronger penalty). No test clip is read: a C picked on the test split would
+    flatter the probe.
 
     How much regularisation a linear probe needs depends on the features: on the corpus a pre-trained
     AudioMAE-tiny's probe wants a far weaker penalty than its random initialisation or CAT-small, so any one
@@ -317,10 +309,18 @@ def select_C(
     if not multi_label and Y.ndim == 1:
         Y = np.eye(int(Y.max()) + 1, dtype=np.float32)[Y.astype(np.int64)]
     parts = np.array_split(np.random.default_rng(seed).permutation(len(X)), folds)
+    # A fold with no positive of any class has no mAP (small or sparsely labelled sets): it is left out.
+    parts_scored = [k for k, part in enumerate(parts) if (np.asarray(Y[part], dtype=np.float64) >= 0.5).any()]
+    if not parts_scored:
+        raise ValueError(
+            f"no held-out fold of the {len(X)} train clips has a positive example: C cannot be chosen by "
+            "cross-validation here; give C (recipes/probe.py: --lbfgs_C)"
+        )
     scores = {}
     for C in grid:
         held_out = []
-        for k, part in enumerate(parts):
+        for k in parts_scored:
+            part = parts[k]
             fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
             weight, bias = fit_linear_classifier(X[fit], Y[fit], multi_label, C=C, max_iter=max_iter)
             held_out.append(mean_average_precision(X[part] @ weight.T + bias, Y[part]).mAP)
@@ -348,5 +348,10 @@ def _fit_multinomial(X, Y, C, max_iter):
     weight, bias = np.zeros((num_classes, X.shape[1])), np.zeros(num_classes)
     if len(seen) > 1:
         classifier = LogisticRegression(C=C, max_iter=max_iter).fit(X, y)
-        weight[classifier.classes_], bias[classifier.classes_] = classifier.coef_, classifier.intercept_
+        coef, intercept = classifier.coef_, classifier.intercept_
+        if len(classifier.classes_) == 2:
+            # Two classes are fitted as one binary model, the log-odds of classes_[1] against classes_[0]
+            # (one row): split it into two opposite halves, whose softmax is that model's probability.
+            coef, intercept = np.stack([-coef[0], coef[0]]) / 2, np.array([-intercept[0], intercept[0]]) / 2
+        weight[classifier.classes_], bias[classifier.classes_] = coef, intercept
     return weight, bias

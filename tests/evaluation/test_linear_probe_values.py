@@ -208,6 +208,14 @@ def test_linear_probe_encoder_passes_its_arguments_to_both_splits(monkeypatch, n
     assert calls == [("train batches", "cuda:1", 3), ("test batches", "cuda:1", 2)]
     assert result == linear_probe(train_X, train_Y, test_X, test_Y, C=1e-3, max_iter=1)
     assert result != linear_probe(train_X, train_Y, test_X, test_Y, C=1e-3)  # so max_iter is seen to arrive
+    # and C, at the default max_iter (also the default C=1)
+    penalised = linear_probe_encoder("model", "train batches", "test batches", "fe", C=1e-3)
+    assert penalised == linear_probe(train_X, train_Y, test_X, test_Y, C=1e-3)
+    assert (
+        linear_probe_encoder("model", "train batches", "test batches", "fe")
+        == linear_probe(train_X, train_Y, test_X, test_Y)
+        != penalised
+    )
     assert "probe_accuracy" not in result  # multi-label by default
     single = linear_probe_encoder(
         "model", "train batches", "test batches", "fe", multi_label=False

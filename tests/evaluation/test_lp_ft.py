@@ -50,14 +50,60 @@ def test_single_label_head_reproduces_the_multinomial_probe_and_ranks_unseen_cla
     assert (logits.argmax(1) == expected.predict(_standardised(X))).all()
 
 
+def test_two_seen_classes_give_the_binary_models_log_odds_as_the_difference_of_their_logits():
+    """scikit-learn fits two classes as one binary model (one row of weights): both classes must get their
+    half of it, not the same row (which ties every clip)."""
+    X, Y = _clusters(80, 6, 2, seed=4, multi_label=False)
+    Y = np.concatenate([Y, np.zeros((80, 1), np.float32)], axis=1)  # a third class no train clip has
+    weight, bias = fit_linear_classifier(X, Y, multi_label=False, C=0.5)
+    logits = X.astype(np.float64) @ weight.T + bias
+    expected = LogisticRegression(C=0.5, max_iter=1000).fit(_standardised(X), Y.argmax(1))
+    decision = expected.decision_function(_standardised(X))
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], decision, atol=2e-3)
+    np.testing.assert_allclose(logits[:, 0] + logits[:, 1], 0.0, atol=1e-4)  # centred, as a multinomial's
+    assert (logits.argmax(1) == expected.predict(_standardised(X))).all() and len(set(decision > 0)) == 2
+    assert not weight[2].any() and bias[2] < logits[:, :2].min()
+    # the same through class indices; one class seen: nothing to fit, a zero weight
+    index_weight, index_bias = fit_linear_classifier(X, Y.argmax(1), multi_label=False, C=0.5)
+    np.testing.assert_array_equal(index_weight, weight[:2])
+    np.testing.assert_array_equal(index_bias, bias[:2])
+    weight, bias = fit_linear_classifier(X, np.eye(3)[np.zeros(80, int)], multi_label=False)
+    assert not weight.any() and bias[0] > bias[1] == bias[2]
+
+
+def test_fit_linear_classifier_edge_classes_reach_their_documented_values(caplog):
+    X, Y = _clusters(60, 6, 4, seed=2)
+    Y[:, 1] = 0.0
+    Y[5, 1] = 1.0  # one positive: still fitted
+    Y[:, 2] = 1.0  # positive everywhere: the smoothed log-odds, no weight
+    weight, bias = fit_linear_classifier(X, Y)
+    assert weight[1].any() and not weight[2].any() and bias[2] == pytest.approx(np.log(60.5 / 0.5))
+    # max_iter reaches every fit, binary and multinomial; each unconverged one is counted in the warning
+    with caplog.at_level("WARNING", logger="hf_audiorep.evaluation.linear_probe"):
+        fit_linear_classifier(X, Y, max_iter=1)
+        fit_linear_classifier(X, Y.argmax(1), multi_label=False, max_iter=1)
+    assert caplog.messages == [
+        f"{n} of the probe's logistic regressions did not converge in max_iter=1 iterations" for n in (3, 1)
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_audiorep.evaluation.linear_probe"):
+        fit_linear_classifier(X, Y)
+    assert "did not converge" not in caplog.text
+
+
 def test_fit_linear_classifier_input_errors():
     X, Y = _clusters(20, 4, 2, seed=0)
     with pytest.raises(ValueError, match="C must be positive"):
         fit_linear_classifier(X, Y, C=0)
-    with pytest.raises(ValueError, match="max_iter"):
-        fit_linear_classifier(X, Y, max_iter=0)
-    with pytest.raises(ValueError, match="NaN"):
+    for max_iter in (0, True, 2.5):
+        with pytest.raises(ValueError, match=f"max_iter must be a positive integer, got {max_iter!r}"):
+            fit_linear_classifier(X, Y, max_iter=max_iter)
+    with pytest.raises(ValueError, match="train_X contains NaN or infinite values"):
         fit_linear_classifier(np.full_like(X, np.nan), Y)
+    with pytest.raises(
+        ValueError, match=r"train_Y must be \(clips, classes\) multi-hot for multi_label=True"
+    ):
+        fit_linear_classifier(X, Y.argmax(1))
 
 
 @pytest.fixture()

@@ -1,5 +1,7 @@
 """The linear probe head fitted to its optimum (`fit_linear_head`, ``train_probe(optimizer="lbfgs")``)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,11 @@ from hf_audiorep.evaluation.probing import (
     build_probe,
     fit_linear_head,
     position_means,
+    position_share,
     predict,
     train_probe,
 )
+from hf_audiorep.evaluation.probing.train import AUTO_CENTRING_SHARE
 
 L, T, D, C = 3, 6, 8, 4
 
@@ -118,6 +122,62 @@ def test_the_fit_reads_the_centred_tokens_when_the_head_centres():
     assert run["centred"] is True
 
 
+def test_train_probe_passes_its_arguments_to_the_fit_and_reports_it(caplog):
+    """``train_probe(optimizer="lbfgs")``: C=1 unless told, the labels' kind passed on, the run's report (its
+    keys, a wall time inside the call's, the position share and the centring decision, logged)."""
+    cache = _cache()
+    default, explicit = build_probe("linear", L, D, C), build_probe("linear", L, D, C)
+    run = train_probe(default, cache, optimizer="lbfgs")
+    fit_linear_head(explicit, cache, C=1.0)
+    assert run["C"] == 1.0
+    torch.testing.assert_close(default.classifier.weight, explicit.classifier.weight)
+
+    single = _cache(single_label=True)
+    head = build_probe("linear", L, D, C, standardize=False)
+    train_probe(head, single, optimizer="lbfgs", multi_label=False, C=0.05)
+    logits, expected = predict(head, single)[0], _sklearn_logits(single, True, 0.05)
+    np.testing.assert_allclose(
+        logits - logits.mean(1, keepdims=True),
+        expected - expected.mean(1, keepdims=True),
+        atol=2e-3,
+        rtol=2e-3,
+    )
+
+    caplog.set_level("INFO", logger="hf_audiorep.evaluation.probing.train")
+    started = time.perf_counter()
+    run = train_probe(build_probe("linear", L, D, C), cache, optimizer="lbfgs", center_positions="auto")
+    elapsed = time.perf_counter() - started
+    assert set(run) == {"history", "steps", "seconds", "centred", "position_share", "C", "C_scores"}
+    assert 0.0 <= run["seconds"] <= elapsed
+    share = position_share(cache)
+    assert run["position_share"] == pytest.approx(share) and run["centred"] is (share > AUTO_CENTRING_SHARE)
+    decision = "on" if run["centred"] else "off"
+    assert (
+        f"the positions' means hold {share:.2f} of the tokens' variance: centring {decision}"
+        in caplog.messages
+    )
+
+
+def test_fit_linear_head_defaults_and_its_cross_validation_of_single_label_classes(caplog):
+    """C=1 unless told; with C unset, the folds of seed 0 unless told, the labels' kind passed to the
+    cross-validation, and the choice logged with every C's score."""
+    cache = _cache()
+    default, explicit = build_probe("linear", L, D, C), build_probe("linear", L, D, C)
+    assert fit_linear_head(default, cache)["C"] == 1.0
+    fit_linear_head(explicit, cache, C=1.0)
+    torch.testing.assert_close(default.classifier.weight, explicit.classifier.weight)
+
+    single = _cache(clips=90, single_label=True)
+    caplog.set_level("INFO", logger="hf_audiorep.evaluation.probing.train")
+    fit = fit_linear_head(build_probe("linear", L, D, C), single, C=None, multi_label=False)
+    best, scores = select_C(_pooled(single), single.labels, multi_label=False, seed=0)
+    # near-unpenalised fits (C=1000) differ in the third digit with the pooling's rounding
+    assert fit["C"] == best and fit["C_scores"] == pytest.approx(scores, rel=1e-2)
+    multi = select_C(_pooled(single), single.labels, multi_label=True, seed=0)[1]
+    assert fit["C_scores"] != pytest.approx(multi, rel=1e-2)
+    assert f"C={best:g} chosen by cross-validation (held-out mAP per C: {fit['C_scores']})" in caplog.messages
+
+
 @pytest.mark.parametrize("probe", ["weighted_sum", "attentive", "prototype", "cgp"])
 def test_lbfgs_is_refused_for_every_head_but_the_linear_one(probe):
     with pytest.raises(ValueError, match=f"optimizer='lbfgs' fits the linear head only.*the {probe} head"):
@@ -186,6 +246,33 @@ def test_select_C_works_for_single_label_classes_as_indices_or_one_hot():
     assert select_C(X, one_hot, multi_label=False) == select_C(X, indices, multi_label=False)
     best, scores = select_C(X, one_hot, multi_label=False)
     assert list(scores) == list(C_GRID) and best in C_GRID
+
+
+def test_select_C_defaults_folds_without_positives_and_the_smallest_sets():
+    cache = _cache(clips=60)
+    X, Y = _pooled(cache), cache.labels
+    assert select_C(X, Y) == select_C(X, Y, seed=0) != select_C(X, Y, seed=1)
+    assert select_C(X, Y, folds=2)[1] == pytest.approx({C_: _by_hand(X, Y, C_, 2, 0) for C_ in C_GRID})
+    # leave-one-out on 6 clips, 2 of them without a positive: their folds have no mAP and are left out
+    Y6 = Y[:6].copy()
+    Y6[[1, 4]] = 0.0
+    kept = [k for k in range(6) if Y6[k].any()]
+    order = np.random.default_rng(0).permutation(6)
+    for C_, score in select_C(X[:6], Y6, grid=(0.1, 10.0), folds=6)[1].items():
+        expected = []
+        for clip in order:
+            if Y6[clip].any():
+                weight, bias = fit_linear_classifier(np.delete(X[:6], clip, 0), np.delete(Y6, clip, 0), C=C_)
+                expected.append(
+                    mean_average_precision(X[clip : clip + 1] @ weight.T + bias, Y6[clip : clip + 1]).mAP
+                )
+        assert len(expected) == len(kept) and score == pytest.approx(np.mean(expected))
+    with pytest.raises(
+        ValueError, match="no held-out fold of the 3 train clips has a positive example: C cannot"
+    ):
+        select_C(X[:3], np.zeros((3, C), np.float32), folds=3)
+    with pytest.raises(ValueError, match=r"train_X must be a non-empty \(clips, features\) array"):
+        select_C(X[:0], Y[:0])
 
 
 @pytest.mark.parametrize(
