@@ -9,6 +9,7 @@ from unittest.mock import MagicMock, patch
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 from PIL import Image
@@ -290,3 +291,29 @@ def test_a_transformers_encoder_directory_is_probed(recipe, tmp_path):
             tiny_probe_args(model_name_or_path=model_dir, output_dir=tmp_path / "push")
             + ["--push_to_hub", "true", "--hub_model_id", "someone/ast"]
         )
+
+
+def test_a_two_class_folder_gets_a_working_linear_probe(recipe, tmp_path):
+    """A binary single-label dataset, as a user's folder: scikit-learn fits two classes as one binary model,
+    and the probe head once gave both classes its one row of weights, so every clip tied."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 8)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        rows = ["file_name,label"]
+        for k in range(count):
+            label, freq = ("low", 330.0) if k % 2 else ("high", 1760.0)
+            t = np.arange(16000) / 16000
+            clip = rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3))
+            sf.write(
+                tmp_path / "data" / split / f"{k}.wav", (clip + 0.01 * rng.standard_normal(16000)), 16000
+            )
+            rows.append(f"{k}.wav,{label}")
+        (tmp_path / "data" / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    options = {"dataset": tmp_path / "data", "max_length": 96, "clip_seconds": 1.0, "num_decode_threads": 1}
+    options.update(problem_type="single_label_classification", probe="linear", lbfgs_C=1.0, cpu="true")
+    results = recipe.main(as_argv({**options, "output_dir": out}))
+    assert results["test_num_clips"] == 8 and results["optimizer"] == "lbfgs"
+    assert results["test_accuracy"] == 1.0
+    head, _ = load_probe_head(out)
+    assert not torch.allclose(head.classifier.weight[0], head.classifier.weight[1])
