@@ -408,10 +408,12 @@ def main(argv: list[str] | None = None) -> dict:
         write_layer_weights(report, output_dir, f"{head.name} layer weights ({results['encoder']})")
     save_probe_head(head, output_dir, layers=results["layers"], layer_names=layer_names, id2label=label_names)
     write_json_atomic(output_dir / "eval_results.json", results)
+    accuracy = f", accuracy {results['test_accuracy']:.4f}" if "test_accuracy" in results else ""
     logger.info(
-        "%s: test mAP %.4f on %d clips; cache %.2f GB, encoder %.1f s (%.1f clips/s), probe %.1f s",
+        "%s: test mAP %.4f%s on %d clips; cache %.2f GB, encoder %.1f s (%.1f clips/s), probe %.1f s",
         head.name,
         results["test_mAP"],
+        accuracy,
         results["test_num_clips"],
         results["cache_bytes"] / GB,
         build,

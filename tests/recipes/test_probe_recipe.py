@@ -293,7 +293,7 @@ def test_a_transformers_encoder_directory_is_probed(recipe, tmp_path):
         )
 
 
-def test_a_two_class_folder_gets_a_working_linear_probe(recipe, tmp_path):
+def test_a_two_class_folder_gets_a_working_linear_probe(recipe, tmp_path, caplog):
     """A binary single-label dataset, as a user's folder: scikit-learn fits two classes as one binary model,
     and the probe head once gave both classes its one row of weights, so every clip tied."""
     rng = np.random.default_rng(0)
@@ -312,8 +312,10 @@ def test_a_two_class_folder_gets_a_working_linear_probe(recipe, tmp_path):
     out = tmp_path / "out"
     options = {"dataset": tmp_path / "data", "max_length": 96, "clip_seconds": 1.0, "num_decode_threads": 1}
     options.update(problem_type="single_label_classification", probe="linear", lbfgs_C=1.0, cpu="true")
-    results = recipe.main(as_argv({**options, "output_dir": out}))
+    with caplog.at_level("INFO", logger="probe"):
+        results = recipe.main(as_argv({**options, "output_dir": out}))
     assert results["test_num_clips"] == 8 and results["optimizer"] == "lbfgs"
+    assert "linear: test mAP 1.0000, accuracy 1.0000 on 8 clips" in caplog.text
     assert results["test_accuracy"] == 1.0
     head, _ = load_probe_head(out)
     assert not torch.allclose(head.classifier.weight[0], head.classifier.weight[1])
