@@ -4,12 +4,15 @@
 dataclasses document each field with the docstring under it (as transformers' own configs do), which kept
 ``recipes/* --help`` silent about most options. :class:`RecipeArgumentParser` reads those docstrings, for
 the dataclass and every dataclass it inherits from, and uses them as the help where no metadata help is set.
+An option no dataclass has is refused as argparse refuses it (usage, the option, the closest known option,
+exit status 2), where ``HfArgumentParser`` raises a ``ValueError`` with a traceback.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import textwrap
@@ -62,3 +65,19 @@ class RecipeArgumentParser(HfArgumentParser):
                 # Field.metadata is a read-only mapping; the Field object itself is ours to update.
                 field.metadata = {**field.metadata, "help": docs[field.name]}
         super()._add_dataclass_arguments(dtype)
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        """``HfArgumentParser``'s, but words no option takes end the run as argparse ends it (usage, the
+        words, the closest option to the first, exit status 2) unless ``return_remaining_strings`` asks for
+        them."""
+        parsed = super().parse_args_into_dataclasses(args, return_remaining_strings=True, **kwargs)
+        if return_remaining_strings:
+            return parsed
+        *dataclass_objects, remaining = parsed
+        if remaining:
+            known = [option for action in self._actions for option in action.option_strings]
+            unknown = [word.split("=", 1)[0] for word in remaining if word.startswith("-")]
+            close = difflib.get_close_matches(unknown[0], known, n=1) if unknown else []
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(remaining)}{hint}")
+        return tuple(dataclass_objects)

@@ -189,8 +189,17 @@ def test_parsing_defaults_and_errors(classes, capsys):
     child, inner = parser.parse_args_into_dataclasses(args=argv)
     assert (child.steps, child.rate, child.optimizer, child.extra, child.name) == (3, 0.25, "sgd", False, "n")
     assert inner.depth == 4
-    for bad, words in ((["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"), (["--steps", "x"], "int")):
+    for bad, words in (
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--steps", "x"], "int"),
+        # an option no dataclass has: argparse's refusal (not HfArgumentParser's ValueError), with a hint
+        (["--stpes", "3"], "error: unrecognized arguments: --stpes 3 (did you mean --steps?)\n"),
+        (["--steps=3", "--zzz=1", "x"], "error: unrecognized arguments: --zzz=1 x\n"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args_into_dataclasses(args=bad)
         assert exit_.value.code == 2
         assert words in capsys.readouterr().err
+    # asked for, the words no option takes come back instead
+    *_, remaining = parser.parse_args_into_dataclasses(args=["--stpes", "3"], return_remaining_strings=True)
+    assert remaining == ["--stpes", "3"]
