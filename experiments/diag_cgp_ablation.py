@@ -123,6 +123,15 @@ def lbfgs_scores(train_X, train_Y, test_X, test_Y) -> tuple[float, float, float]
     )
 
 
+def train_and_score(variant: str, train: FeatureCache, test: FeatureCache, seed: int, epochs: int = 100):
+    """The variant trained as the recipe trains CGP (centring auto), and its train and test mAP:
+    ``(head, train_probe's report, {"train_mAP", "test_mAP", ...})``."""
+    torch.manual_seed(seed)
+    head = build_variant(variant, train)
+    fit = train_probe(head, train, center_positions="auto", seed=seed, epochs=epochs)
+    return head, fit, evaluate_probe(head, train, prefix="train_") | evaluate_probe(head, test)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("caches", nargs="+", help="feature cache directories (with train/ and test/)")
@@ -148,10 +157,7 @@ def main() -> None:
         if args.epochs:
             for variant in args.variants:
                 for epochs in args.epochs:
-                    torch.manual_seed(args.seed)
-                    head = build_variant(variant, train)
-                    train_probe(head, train, center_positions="auto", seed=args.seed, epochs=epochs)
-                    scores = evaluate_probe(head, train, prefix="train_") | evaluate_probe(head, test)
+                    _, _, scores = train_and_score(variant, train, test, args.seed, epochs)
                     print(
                         f"{directory} | {variant}, {epochs} epochs | train mAP {scores['train_mAP']:.3f} | "
                         f"test mAP {scores['test_mAP']:.3f}",
@@ -161,11 +167,8 @@ def main() -> None:
         train_Y = np.asarray(train.labels, dtype=np.float32)
         test_Y = np.asarray(test.labels, dtype=np.float32)
         for variant in args.variants:
-            torch.manual_seed(args.seed)
-            head = build_variant(variant, train)
             started = time.perf_counter()
-            fit = train_probe(head, train, center_positions="auto", seed=args.seed)
-            scores = evaluate_probe(head, train, prefix="train_") | evaluate_probe(head, test)
+            head, fit, scores = train_and_score(variant, train, test, args.seed)
             gates = head.layer_weights()
             gates = " / ".join(f"{w:.2f}" for w in gates.tolist()) if gates is not None else "-"
             print(
