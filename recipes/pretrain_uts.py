@@ -57,6 +57,7 @@ from hf_audiorep.data.embedded import load_embedded_corpus
 from hf_audiorep.data.sources import label_frequencies, load_audio_source
 from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
 from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, probe_tasks
+from hf_audiorep.evaluation.linear_probe import parse_C
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
@@ -143,6 +144,15 @@ class UTSProbeArguments:
     speech_pitch, ...; 'all'; '' to skip): linear probes of the frozen encoder on its train/test splits"""
     probe_train_clips: int | None = None
     """clips of the corpus train split the probes are fitted on (default: all)"""
+    probe_C: str = "1"
+    """the probes' inverse L2 strength (logistic regression's C), or 'auto': chosen per task by 3-fold
+    cross-validation on its train clips, so that encoders that want different penalties compare fairly"""
+
+    def __post_init__(self):
+        try:
+            self.probe_C = parse_C(self.probe_C)
+        except ValueError:
+            raise ValueError(f"--probe_C must be a positive number or 'auto', got {self.probe_C!r}") from None
 
     def task_names(self) -> list[str] | None:
         if self.probe_tasks == "all":
@@ -250,6 +260,7 @@ def _probe(probe_args: UTSProbeArguments, data_args: DataArguments, sources):
             tasks,
             clip_seconds=data_args.resolve_clip_seconds(),
             train_clips=probe_args.probe_train_clips,
+            C=probe_args.probe_C,
         )
 
     return evaluate

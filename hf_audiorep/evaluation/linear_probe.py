@@ -14,6 +14,7 @@ with one, for 1,600 x 768 features on a busy 2-core machine).
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from collections.abc import Iterable
 
@@ -35,11 +36,14 @@ __all__ = [
     "fit_linear_classifier",
     "linear_probe",
     "linear_probe_encoder",
+    "parse_C",
     "select_C",
 ]
 
 #: the inverse L2 strengths `select_C` tries: powers of ten, as CLIP's linear-probe sweep
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+#: `linear_probe`'s C chosen by `select_C`
+AUTO_C = "auto"
 
 
 @torch.no_grad()
@@ -131,7 +135,7 @@ def linear_probe(
     test_X,
     test_Y,
     multi_label: bool = True,
-    C: float = 1.0,
+    C: float | str = 1.0,
     max_iter: int = 1000,
 ) -> dict[str, float]:
     """Fit a logistic-regression probe on ``train`` and score it on ``test``.
@@ -142,22 +146,26 @@ def linear_probe(
             ``multi_label=False`` also ``(N,)`` class indices.
         multi_label: one binary classifier per class (AudioSet tagging) if True, else one multinomial
             classifier (scene classification).
-        C: inverse L2-regularisation strength (scikit-learn's ``C``).
+        C: inverse L2-regularisation strength (scikit-learn's ``C``), or ``"auto"``: the value of
+            `C_GRID` that `select_C` picks by cross-validation on the train clips. A comparison of
+            different encoders wants ``"auto"``: each encoder's features want their own penalty.
         max_iter: L-BFGS iterations per classifier.
 
     Returns:
         ``probe_mAP`` and ``probe_mAUC`` (macro over the test classes with a positive), ``probe_accuracy``
-        for single-label probes, and ``probe_num_train_clips``, ``probe_num_clips`` (test),
-        ``probe_num_classes`` and ``probe_num_classes_evaluated``. A class with no positive (or no negative)
-        in train gets a constant score, which scores chance AP on test.
+        for single-label probes, ``probe_C`` (the C fitted with), and ``probe_num_train_clips``,
+        ``probe_num_clips`` (test), ``probe_num_classes`` and ``probe_num_classes_evaluated``. A class
+        with no positive (or no negative) in train gets a constant score, which scores chance AP on test.
     """
-    _check_fit_options(C, max_iter)
+    _check_fit_options(C, max_iter, allow_auto=True)
     train_X, train_Y = _check_split("train", train_X, train_Y, multi_label)
     test_X, test_Y = _check_split("test", test_X, test_Y, multi_label)
     if train_X.shape[1] != test_X.shape[1]:
         raise ValueError(f"train_X has {train_X.shape[1]} features but test_X has {test_X.shape[1]}")
     if multi_label and train_Y.shape[1] != test_Y.shape[1]:
         raise ValueError(f"train_Y has {train_Y.shape[1]} classes but test_Y has {test_Y.shape[1]}")
+    if C == AUTO_C:
+        C, _ = select_C(train_X, train_Y, multi_label, max_iter=max_iter)
     weight, bias = _fit(train_X, train_Y, multi_label, C, max_iter)
     logits = test_X.astype(np.float64) @ weight.T + bias
     if multi_label:
@@ -169,6 +177,7 @@ def linear_probe(
         "probe_mAP": result.mAP,
         "probe_mAUC": result.mAUC,
         **extra,
+        "probe_C": float(C),
         "probe_num_train_clips": len(train_X),
         "probe_num_clips": result.num_clips,
         "probe_num_classes": int(targets.shape[1]),
@@ -210,7 +219,7 @@ def linear_probe_encoder(
     feature_extractor,
     device: str | torch.device | None = None,
     multi_label: bool = True,
-    C: float = 1.0,
+    C: float | str = 1.0,
     max_iter: int = 1000,
     max_train_batches: int | None = None,
     max_test_batches: int | None = None,
@@ -244,8 +253,23 @@ def fit_linear_classifier(
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def _check_fit_options(C, max_iter) -> None:
-    if not C > 0:
+def parse_C(value) -> float | str:
+    """A probe's C as given on a command line: a positive number, or ``"auto"`` (chosen by `select_C`)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO_C:
+        return AUTO_C
+    try:
+        C = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"C must be a positive number or {AUTO_C!r}, got {value!r}") from None
+    if not C > 0 or not np.isfinite(C):
+        raise ValueError(f"C must be a positive number or {AUTO_C!r}, got {value!r}")
+    return C
+
+
+def _check_fit_options(C, max_iter, allow_auto: bool = False) -> None:
+    if allow_auto and C == AUTO_C:
+        C = 1.0
+    if isinstance(C, (str, bool)) or not isinstance(C, numbers.Real) or not C > 0:
         raise ValueError(f"C must be positive, got {C!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data.arguments import EMBEDDED, DataArguments, StreamFactory, load_sources
 from ..training.checkpoint import write_json_atomic
-from .linear_probe import linear_probe_encoder
+from .linear_probe import AUTO_C, linear_probe_encoder, parse_C
 from .plot import plot_curves
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,15 @@ class ProbeArguments:
     """clips the probe is fitted on (the first N of --probe_train_split)"""
     probe_test_clips: int | None = None
     """clips the probe is scored on (default: the whole --probe_test_split)"""
+    probe_C: str = "1"
+    """the probe's inverse L2 strength (logistic regression's C), or 'auto': chosen by 3-fold
+    cross-validation on the probe's train clips, what a comparison of different encoders wants"""
 
     def __post_init__(self) -> None:
+        try:
+            self.probe_C = parse_C(self.probe_C)
+        except ValueError:
+            raise ValueError(f"--probe_C must be a positive number or 'auto', got {self.probe_C!r}") from None
         if self.probe_train_clips < 1:
             raise ValueError(f"--probe_train_clips must be >= 1, got {self.probe_train_clips}")
         if self.probe_test_clips is not None and self.probe_test_clips < 1:
@@ -51,10 +58,15 @@ class ProbeArguments:
     def describe(self) -> dict[str, str]:
         """Where and how the probe was measured, for eval_results.json and the model card."""
         config = f"/{self.probe_dataset_config}" if self.probe_dataset_config else ""
+        penalty = (
+            "C by 3-fold cross-validation on the train clips"
+            if self.probe_C == AUTO_C
+            else f"C={self.probe_C:g}"
+        )
         return {
             "dataset": f"{self.probe_dataset}{config}",
             "split": self.probe_test_split,
-            "protocol": f"linear probe (logistic regression) on {self.probe_train_clips} "
+            "protocol": f"linear probe (logistic regression, {penalty}) on {self.probe_train_clips} "
             f"{self.probe_train_split} clips, frozen encoder",
         }
 
@@ -107,6 +119,7 @@ def build_linear_probe(
             clips("train", probe_args.probe_train_clips),
             clips("test", probe_args.probe_test_clips),
             feature_extractor,
+            C=probe_args.probe_C,
         )
 
     return evaluate

@@ -24,7 +24,7 @@ from .linear_probe import extract_embeddings, linear_probe
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "ProbeTask", "corpus_probe_tasks", "probe_tasks"]
+__all__ = ["EVENTS", "ProbeTask", "corpus_probe_tasks", "embed_splits", "fit_task_probes", "probe_tasks"]
 
 #: the name of the in-domain task: the dataset's own (ontology) labels
 EVENTS = "events"
@@ -113,6 +113,58 @@ def _chance(train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, fl
     return {"chance_mAP": float(prevalence[prevalence > 0].mean())}
 
 
+def embed_splits(
+    model,
+    feature_extractor,
+    splits: Mapping[str, object],
+    *,
+    batch_size: int = 16,
+    clip_seconds: float = 10.0,
+    train_clips: int | None = None,
+    test_clips: int | None = None,
+    device=None,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{"train": (X, Y, index), "test": ...}``: the pooled embeddings of each split, its dataset-label
+    targets and the dataset rows they came from, which :func:`fit_task_probes` reads (the arguments are
+    :func:`probe_tasks`'s)."""
+    missing = [role for role in ("train", "test") if role not in splits]
+    if missing:
+        raise ValueError(f"splits needs 'train' and 'test', missing {missing}")
+    options = {"batch_size": batch_size, "clip_seconds": clip_seconds, "device": device}
+    return {
+        role: _embed_split(model, feature_extractor, splits[role], limit=limit, **options)
+        for role, limit in (("train", train_clips), ("test", test_clips))
+    }
+
+
+def fit_task_probes(
+    embedded: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    splits: Mapping[str, object],
+    tasks: Sequence[ProbeTask],
+    C: float | str = 1.0,
+) -> dict[str, float]:
+    """One linear probe per task on :func:`embed_splits`'s embeddings of ``splits`` (see
+    :func:`probe_tasks`)."""
+    if not tasks:
+        raise ValueError("give at least one probe task")
+    results: dict[str, float] = {}
+    for task in tasks:
+        train, test = (_task_data(task, splits[role], *embedded[role]) for role in ("train", "test"))
+        metrics = {
+            **linear_probe(*train, *test, multi_label=task.multi_label, C=C),
+            **_chance(train[1], test[1]),
+        }
+        logger.info(
+            "probe %s: mAP %.4f%s (C=%g)",
+            task.name,
+            metrics["probe_mAP"],
+            f", accuracy {metrics['probe_accuracy']:.4f}" if "probe_accuracy" in metrics else "",
+            metrics["probe_C"],
+        )
+        results.update({f"{task.name}/{key}": value for key, value in metrics.items()})
+    return results
+
+
 def probe_tasks(
     model,
     feature_extractor,
@@ -124,6 +176,7 @@ def probe_tasks(
     train_clips: int | None = None,
     test_clips: int | None = None,
     device=None,
+    C: float | str = 1.0,
 ) -> dict[str, float]:
     """Linear-probe ``model``'s frozen ``pooler_output`` on each task of ``tasks``.
 
@@ -141,6 +194,9 @@ def probe_tasks(
             ``sampling_rate`` (default: AudioSet's 10 s).
         train_clips, test_clips: the first this many clips of each split (all when None); only the
             batches that hold them are decoded and encoded.
+        C: the probes' inverse L2 strength, or ``"auto"``: chosen per task by cross-validation on its
+            train clips (:func:`~hf_audiorep.evaluation.linear_probe.select_C`), what a comparison of
+            encoders wants.
 
     Returns:
         ``{"<task>/probe_mAP", "<task>/probe_accuracy" (single-label), "<task>/probe_num_clips", ...}``:
@@ -149,23 +205,14 @@ def probe_tasks(
     """
     if not tasks:
         raise ValueError("give at least one probe task")
-    missing = [role for role in ("train", "test") if role not in splits]
-    if missing:
-        raise ValueError(f"splits needs 'train' and 'test', missing {missing}")
-    options = {"batch_size": batch_size, "clip_seconds": clip_seconds, "device": device}
-    embedded = {
-        role: _embed_split(model, feature_extractor, splits[role], limit=limit, **options)
-        for role, limit in (("train", train_clips), ("test", test_clips))
-    }
-    results: dict[str, float] = {}
-    for task in tasks:
-        train, test = (_task_data(task, splits[role], *embedded[role]) for role in ("train", "test"))
-        metrics = {**linear_probe(*train, *test, multi_label=task.multi_label), **_chance(train[1], test[1])}
-        logger.info(
-            "probe %s: mAP %.4f%s",
-            task.name,
-            metrics["probe_mAP"],
-            f", accuracy {metrics['probe_accuracy']:.4f}" if "probe_accuracy" in metrics else "",
-        )
-        results.update({f"{task.name}/{key}": value for key, value in metrics.items()})
-    return results
+    embedded = embed_splits(
+        model,
+        feature_extractor,
+        splits,
+        batch_size=batch_size,
+        clip_seconds=clip_seconds,
+        train_clips=train_clips,
+        test_clips=test_clips,
+        device=device,
+    )
+    return fit_task_probes(embedded, splits, tasks, C)

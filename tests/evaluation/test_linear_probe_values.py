@@ -221,3 +221,41 @@ def test_linear_probe_encoder_passes_its_arguments_to_both_splits(monkeypatch, n
         "model", "train batches", "test batches", "fe", multi_label=False
     )  # one-hot rows of a 4-class problem
     assert "probe_accuracy" in single
+
+
+def test_C_auto_fits_with_the_C_cross_validation_picks_and_reports_it(noisy):
+    train_X, train_Y, test_X, test_Y = noisy
+    chosen, _ = linear_probe_module.select_C(train_X, train_Y, True)
+    assert chosen != 1.0  # the data make the choice differ from the default, so the test can tell
+    auto = linear_probe(train_X, train_Y, test_X, test_Y, C="auto")
+    assert auto == linear_probe(train_X, train_Y, test_X, test_Y, C=chosen)
+    assert auto["probe_C"] == chosen and isinstance(auto["probe_C"], float)
+    assert linear_probe(train_X, train_Y, test_X, test_Y)["probe_C"] == 1.0
+    # single-label targets too: the classes' indices, cross-validated as one-hot rows
+    train_y, test_y = train_Y.argmax(1), test_Y.argmax(1)
+    single_chosen, _ = linear_probe_module.select_C(train_X, train_y, False)
+    single = linear_probe(train_X, train_y, test_X, test_y, multi_label=False, C="auto")
+    assert single == linear_probe(train_X, train_y, test_X, test_y, multi_label=False, C=single_chosen)
+
+
+def test_C_auto_is_linear_probes_only_and_bad_Cs_are_refused(noisy):
+    train_X, train_Y, test_X, test_Y = noisy
+    for bad in ("AUTO", "1", 0.0, -1.0, float("nan"), None):
+        with pytest.raises(ValueError, match="C must be positive, got "):
+            linear_probe(train_X, train_Y, test_X, test_Y, C=bad)
+    with pytest.raises(ValueError, match="C must be positive, got 'auto'"):
+        linear_probe_module.fit_linear_classifier(train_X, train_Y, C="auto")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("auto", "auto"), (" Auto ", "auto"), ("0.5", 0.5), ("1e2", 100.0), (3, 3.0), (0.25, 0.25)],
+)
+def test_parse_C_reads_a_command_line_value(given, expected):
+    assert linear_probe_module.parse_C(given) == expected
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "nan", "inf", "ten", "", None])
+def test_parse_C_refuses_what_is_not_a_positive_number_or_auto(given):
+    with pytest.raises(ValueError, match=r"C must be a positive number or 'auto', got "):
+        linear_probe_module.parse_C(given)

@@ -107,13 +107,31 @@ def test_describe_names_the_dataset_config_test_split_and_protocol():
     assert args.describe() == {
         "dataset": "org/labelled/balanced",
         "split": "eval",
-        "protocol": "linear probe (logistic regression) on 250 balanced_train clips, frozen encoder",
+        "protocol": "linear probe (logistic regression, C=1) on 250 balanced_train clips, frozen encoder",
     }
     assert ProbeArguments().describe() == {
         "dataset": "embedded",
         "split": "test",
-        "protocol": "linear probe (logistic regression) on 800 train clips, frozen encoder",
+        "protocol": "linear probe (logistic regression, C=1) on 800 train clips, frozen encoder",
     }
+    assert (
+        ProbeArguments(probe_C="0.01")
+        .describe()["protocol"]
+        .startswith("linear probe (logistic regression, C=0.01) on 800")
+    )
+    assert (
+        ProbeArguments(probe_C="auto")
+        .describe()["protocol"]
+        .startswith(
+            "linear probe (logistic regression, C by 3-fold cross-validation on the train clips) on 800"
+        )
+    )
+
+
+@pytest.mark.parametrize("given", ["0", "-2", "many"])
+def test_a_probe_C_that_is_not_a_positive_number_or_auto_is_refused(given):
+    with pytest.raises(ValueError, match=f"--probe_C must be a positive number or 'auto', got '{given}'"):
+        ProbeArguments(probe_C=given)
 
 
 # --- probe_batches: which data, which split per role, how many batches ------------------------------------
@@ -212,12 +230,12 @@ def test_the_evaluator_fits_on_train_and_scores_on_test_of_the_base_model(
 ):
     calls = []
 
-    def fake_probe_encoder(model, train, test, feature_extractor):
-        calls.append((model, list(train), list(test), feature_extractor))
+    def fake_probe_encoder(model, train, test, feature_extractor, C):
+        calls.append((model, list(train), list(test), feature_extractor, C))
         return {"probe_mAP": 0.5}
 
     monkeypatch.setattr(probe, "linear_probe_encoder", fake_probe_encoder)
-    probe_args = ProbeArguments(probe_train_clips=train_clips, probe_test_clips=test_clips)
+    probe_args = ProbeArguments(probe_train_clips=train_clips, probe_test_clips=test_clips, probe_C="auto")
     data = _run_data()
     evaluate = probe.build_linear_probe(probe_args, data, TRAIN_ARGS, 22050, STATE)
     # the data is prepared once, when the evaluator is built
@@ -227,8 +245,8 @@ def test_the_evaluator_fits_on_train_and_scores_on_test_of_the_base_model(
     encoder, extractor = object(), object()
     model = SimpleNamespace(base_model=encoder)
     assert evaluate(model, extractor) == {"probe_mAP": 0.5}
-    ((seen_model, train, test, seen_extractor),) = calls
-    assert seen_model is encoder and seen_extractor is extractor
+    ((seen_model, train, test, seen_extractor, C),) = calls
+    assert seen_model is encoder and seen_extractor is extractor and C == "auto"
     assert train == [{"role": "train", "batch": i} for i in range(train_batches)]
     assert test == [{"role": "test", "batch": i} for i in range(test_batches)]
     assert [(role, mode, sharded) for role, mode, _, sharded in recorder.streams] == [
@@ -268,7 +286,7 @@ def test_results_keep_the_probe_metrics_the_description_and_the_history(tmp_path
         "probe_mAUC": 0.75,
         "dataset": "org/labelled",
         "split": "eval",
-        "protocol": "linear probe (logistic regression) on 10 train clips, frozen encoder",
+        "protocol": "linear probe (logistic regression, C=1) on 10 train clips, frozen encoder",
         "eval_history": history,
         "probe_mAP_initialization": 0.125,
     }

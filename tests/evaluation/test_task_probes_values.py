@@ -116,3 +116,28 @@ def test_documented_defaults(monkeypatch, corpus):
     encoder, _, (X_train, _) = _embed(monkeypatch, corpus, train_clips=17, test_clips=16)
     assert set(X_train[:, 0]) == {80000.0}
     assert encoder.calls == 2 + 1  # 17 train clips in batches of 16, then 16 test clips
+
+
+def test_C_reaches_every_tasks_probe_and_auto_chooses_per_task(monkeypatch, corpus):
+    tasks = corpus_probe_tasks(["loudness", "events"])
+    options = {"clip_seconds": 0.5, "batch_size": 8}
+    fixed = probe_tasks(_WidthEncoder(), _WaveformFeatures(), corpus, tasks, C=0.01, **options)
+    assert fixed["loudness/probe_C"] == fixed["events/probe_C"] == 0.01
+    embedded = task_probes_module.embed_splits(_WidthEncoder(), _WaveformFeatures(), corpus, **options)
+    assert fixed == task_probes_module.fit_task_probes(embedded, corpus, tasks, C=0.01)
+    default = probe_tasks(_WidthEncoder(), _WaveformFeatures(), corpus, tasks, **options)
+    assert default["events/probe_C"] == 1.0
+    # "auto": one cross-validation per task, on that task's own train rows
+    linear_probe_module = inspect.getmodule(task_probes_module.linear_probe)
+    chosen = iter([0.1, 100.0])
+    seen = []
+
+    def select(train_X, train_Y, multi_label, **kwargs):
+        seen.append((len(train_X), multi_label))
+        return next(chosen), {}
+
+    monkeypatch.setattr(linear_probe_module, "select_C", select)
+    auto = task_probes_module.fit_task_probes(embedded, corpus, tasks, C="auto")
+    assert (auto["loudness/probe_C"], auto["events/probe_C"]) == (0.1, 100.0)
+    loudness_rows = auto["loudness/probe_num_train_clips"]
+    assert seen == [(loudness_rows, False), (len(corpus["train"]), True)]

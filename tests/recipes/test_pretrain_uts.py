@@ -3,6 +3,7 @@ labels; the vocabulary saved with the model and beside it; probes at initialisat
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_results_hold_probes_at_initialisation_and_end_and_the_tag_summary(tags_
         assert set(probes) >= {"events/probe_mAP", "loudness/probe_accuracy", "loudness/chance_accuracy"}
         assert probes["events/probe_num_clips"] == CORPUS["num_test_clips"]
         assert probes["events/probe_num_train_clips"] == CORPUS["num_train_clips"]
+        assert probes["events/probe_C"] == probes["loudness/probe_C"] == 1.0  # the protocol's fixed C
     assert results["probes"] != results["probes_at_initialisation"]  # the encoder changed
     assert summary["events/probe_mAP"] == results["probes"]["events/probe_mAP"]
 
@@ -119,11 +121,29 @@ def test_a_saved_vocabulary_labels_the_clips(recipe, tags_run, tmp_path):
         ({"objective": "ar", "decoder_preset": "bart-large"}, "unknown text preset"),
         ({"vocabulary_size": 0}, "--vocabulary_size must be >= 1"),
         ({"probe_tasks": "events,tempo_of_birds"}, "unknown probe task"),
+        ({"probe_C": "none"}, "--probe_C must be a positive number or 'auto', got 'none'"),
+        ({"probe_C": "0"}, "--probe_C must be a positive number or 'auto', got '0'"),
     ],
 )
 def test_bad_arguments_are_clear_errors(recipe, tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         recipe.main(_args(tmp_path, **overrides))
+
+
+def test_probe_C_auto_chooses_each_probes_penalty_by_cross_validation(recipe, tmp_path, monkeypatch):
+    linear_probe_module = importlib.import_module("hf_audiorep.evaluation.linear_probe")
+    calls = []
+
+    def select(train_X, train_Y, multi_label, **kwargs):
+        calls.append(len(train_X))
+        return 0.1, {}
+
+    monkeypatch.setattr(linear_probe_module, "select_C", select)
+    recipe.main(_args(tmp_path, probe_C="auto", probe_tasks="events", max_steps=1))
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    # the initialisation and the trained encoder, each fitted at the C the cross-validation gave
+    assert calls == [CORPUS["num_train_clips"]] * 2
+    assert results["probes"]["events/probe_C"] == results["probes_at_initialisation"]["events/probe_C"] == 0.1
 
 
 def test_every_attribute_task_is_a_probe_task(recipe):

@@ -1,0 +1,164 @@
+"""Re-probe finished UTS runs, their trained encoder and the random initialisation it started from, with
+each of several probe penalties: does the objective comparison's verdict depend on the probe's C?
+
+`recipes/pretrain_uts.py` probes with C=1 by default, the comparison's protocol. A fixed C favours some
+encoders over others (docs/benchmarks.md, "A linear probe fitted to its optimum"), and the comparison's
+"no better than the random initialisation" is a comparison of two encoders. For each RUN (an output folder
+of the recipe on the embedded corpus), the initialisation is rebuilt as the recipe builds it (the run's
+seed, then its model class from its saved config) and checked against the run's own probe of it: at C=1 the
+probes here must repeat ``probes_at_initialisation`` and ``probes`` of its eval_results.json, or the script
+stops. Each split is embedded once per encoder; every C fits on the same embeddings.
+
+    PYTHONPATH=. python experiments/uts_reprobe.py outputs/uts_rerun/{mtc_s0,ar_tags_s0,par_tags_s0} \\
+        --C 1 auto
+
+Prints one table per run, then one row per run (events mAP, the attribute tasks' mean accuracy and how many of
+them the trained encoder is ahead of its initialisation on, at each C), and writes ``<run>/reprobe.json``;
+``--archive DIR`` copies it to ``DIR/<run name>.json``, and a run already there is read, not probed again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+from transformers import AutoConfig, AutoFeatureExtractor, set_seed
+
+import hf_audiorep.modeling
+from hf_audiorep.data import load_embedded_corpus
+from hf_audiorep.evaluation.linear_probe import parse_C
+from hf_audiorep.evaluation.task_probes import corpus_probe_tasks, embed_splits, fit_task_probes
+
+#: how close the rebuilt probes must come to the run's own (float32 embeddings, same fit)
+TOLERANCE = 1e-4
+
+
+def _run_arguments(run: Path) -> dict[str, str]:
+    """The recipe options the run was started with (``--name value`` pairs of its recorded command)."""
+    command = json.loads((run / "train_results.json").read_text())["training_command"]
+    words = shlex.split(command)
+    return {w[2:]: v for w, v in zip(words, [*words[1:], ""], strict=True) if w.startswith("--")}
+
+
+def _encoders(run: Path, seed: int):
+    """The run's random initialisation (rebuilt) and its trained model."""
+    config = AutoConfig.from_pretrained(run)
+    model_class = getattr(hf_audiorep.modeling, config.architectures[0])
+    set_seed(seed)  # as the recipe does, right before it builds the model
+    initial = model_class(config)
+    return {"initialisation": initial.eval(), "trained": model_class.from_pretrained(run).eval()}
+
+
+def _check_against_run(name: str, ours: dict, recorded: dict) -> float:
+    keys = [k for k in recorded if re.search(r"/probe_(mAP|accuracy)$", k)]
+    worst = max(abs(ours[k] - recorded[k]) for k in keys)
+    if worst > TOLERANCE:
+        raise SystemExit(
+            f"{name}: the C=1 probes differ from the run's own by {worst:.4f}: the encoder or the data "
+            "is not the run's"
+        )
+    return worst
+
+
+def reprobe(run: Path, Cs: list, clip_seconds: float) -> dict:
+    results = json.loads((run / "eval_results.json").read_text())
+    arguments = _run_arguments(run)
+    seed = int(arguments.get("seed", 0))
+    corpus = load_embedded_corpus(seed=int(arguments.get("corpus_seed", 0)), clip_seconds=clip_seconds)
+    splits = {"train": corpus["train"], "test": corpus["test"]}
+    tasks = corpus_probe_tasks()
+    feature_extractor = AutoFeatureExtractor.from_pretrained(run)
+    out: dict = {"run": str(run), "objective": results.get("objective"), "seed": seed, "probes": {}}
+    for role, encoder in _encoders(run, seed).items():
+        start = time.perf_counter()
+        embedded = embed_splits(encoder.base_model, feature_extractor, splits, clip_seconds=clip_seconds)
+        for C in Cs:
+            probes = fit_task_probes(embedded, splits, tasks, C=C)
+            out["probes"][f"{role}, C={C}"] = probes
+            if C == 1.0:
+                recorded = results["probes_at_initialisation" if role == "initialisation" else "probes"]
+                out[f"{role}_max_difference_from_run"] = _check_against_run(f"{run} {role}", probes, recorded)
+        print(f"{run} {role}: {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+def _attribute_accuracies(probes: dict) -> dict[str, float]:
+    return {k.split("/")[0]: v for k, v in probes.items() if k.endswith("/probe_accuracy")}
+
+
+def summary(outs: list[dict], Cs: list) -> str:
+    """One row per run: events mAP and the attribute tasks' mean accuracy, initialisation -> trained, and how
+    many attribute tasks the trained encoder is ahead of its initialisation on, at each C."""
+    header = "| run | objective | " + " | ".join(
+        f"events mAP, C={C} | attributes mean accuracy, C={C} | attribute tasks ahead, C={C}" for C in Cs
+    )
+    rows = [header + " |", "|---|---|" + "---:|---:|---:|" * len(Cs)]
+    for out in outs:
+        cells = []
+        for C in Cs:
+            initial, trained = (out["probes"][f"{role}, C={C}"] for role in ("initialisation", "trained"))
+            a, b = _attribute_accuracies(initial), _attribute_accuracies(trained)
+            ahead = sum(b[task] > a[task] for task in a)
+            cells += [
+                f"{initial['events/probe_mAP']:.3f} -> {trained['events/probe_mAP']:.3f}",
+                f"{sum(a.values()) / len(a):.3f} -> {sum(b.values()) / len(b):.3f}",
+                f"{ahead} of {len(a)}",
+            ]
+        rows.append(f"| {Path(out['run']).name} | {out['objective']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def table(out: dict) -> str:
+    columns = list(out["probes"])
+    first = out["probes"][columns[0]]
+    rows = [
+        f"{out['run']} ({out['objective']}, seed {out['seed']})",
+        "",
+        "| task | metric | chance | " + " | ".join(columns) + " |",
+        "|---|---|---:|" + "---:|" * len(columns),
+    ]
+    for key in first:
+        task, metric = key.split("/", 1)
+        if metric not in ("probe_mAP", "probe_accuracy"):
+            continue
+        name = metric.removeprefix("probe_")
+        cells = [f"{out['probes'][c][key]:.3f} (C={out['probes'][c][f'{task}/probe_C']:g})" for c in columns]
+        rows.append(f"| {task} | {name} | {first[f'{task}/chance_{name}']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="output folders of recipes/pretrain_uts.py")
+    parser.add_argument(
+        "--C", nargs="+", default=["1", "auto"], help="probe penalties: numbers or auto (default: 1 auto)"
+    )
+    parser.add_argument("--clip_seconds", type=float, default=3.0, help="the runs' --clip_seconds")
+    parser.add_argument("--archive", type=Path, default=None, help="folder to copy each run's JSON to")
+    args = parser.parse_args()
+    Cs = [parse_C(C) for C in args.C]
+    outs = []
+    for run in args.runs:
+        archived = args.archive / f"{run.name}.json" if args.archive is not None else None
+        if archived is not None and archived.exists():
+            out = json.loads(archived.read_text())
+        else:
+            out = reprobe(run, Cs, args.clip_seconds)
+            text = json.dumps(out, indent=1) + "\n"
+            (run / "reprobe.json").write_text(text)
+            if archived is not None:
+                archived.parent.mkdir(parents=True, exist_ok=True)
+                archived.write_text(text)
+        outs.append(out)
+        print(table(out), flush=True)
+    print(summary(outs, Cs))
+
+
+if __name__ == "__main__":
+    main()
