@@ -42,6 +42,11 @@ PROTOCOL = (
 ).split()
 
 
+#: the probe every archived run was measured with, C=1 (the recipe's default then; `--probe_C auto` is now):
+#: stated outside the protocol's name, so a missing seed runs as the archived ones did and their name holds
+ARCHIVED_PROBE = ["--probe_C", "1"]
+
+
 def protocol_name(extra: list[str]) -> str:
     """A short stable name for a list of recipe arguments: results of different protocols never mix."""
     return hashlib.sha1(" ".join(extra).encode()).hexdigest()[:10]
@@ -49,7 +54,7 @@ def protocol_name(extra: list[str]) -> str:
 
 def _run(work_dir: Path, archive: Path, labels: str, k: int | None, seed: int, extra: list[str], report_only):
     name = f"{labels}{'' if k is None else f'_k{k}'}_s{seed}"
-    args = ["--labels", labels, "--seed", str(seed), *extra]
+    args = ["--labels", labels, "--seed", str(seed), *extra, *ARCHIVED_PROBE]
     args += [] if k is None else ["--vocabulary_size", str(k)]
     return run_recipe(
         "pretrain_uts",

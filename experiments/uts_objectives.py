@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runs import RESULTS, mean_std_cell, run_recipe  # noqa: E402
-from uts_label_quality import protocol_name, summarize  # noqa: E402
+from uts_label_quality import ARCHIVED_PROBE, protocol_name, summarize  # noqa: E402
 
 OBJECTIVES = ("mtc", "ar", "par", "contrastive", "multitask")
 VOCABULARY_SIZE = 100
@@ -55,6 +55,7 @@ TEXT_ROWS = (
 def _run(work_dir: Path, extra: list[str], objective: str, seed: int, text_field: str, report_only: bool):
     name = f"{objective}_s{seed}" if objective == "mtc" else f"{objective}_{text_field}_s{seed}"
     args = ["--labels", "tags", "--seed", str(seed), *extra, "--vocabulary_size", str(VOCABULARY_SIZE)]
+    args += ARCHIVED_PROBE
     if objective == "mtc":
         # The label-quality sweep's K=100 run is this run: the same command, filed under its own protocol.
         archive = (

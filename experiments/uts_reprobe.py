@@ -103,9 +103,13 @@ def summary(outs: list[dict], Cs: list) -> str:
             initial, trained = (out["probes"][f"{role}, C={C}"] for role in ("initialisation", "trained"))
             a, b = _attribute_accuracies(initial), _attribute_accuracies(trained)
             ahead = sum(b[task] > a[task] for task in a)
+            # the binomial standard error of a mean of accuracies on this few test clips: the scale of the
+            # test split's sampling noise in the column
+            variance = sum(p * (1 - p) / trained[f"{task}/probe_num_clips"] for task, p in b.items())
             cells += [
                 f"{initial['events/probe_mAP']:.3f} -> {trained['events/probe_mAP']:.3f}",
-                f"{sum(a.values()) / len(a):.3f} -> {sum(b.values()) / len(b):.3f}",
+                f"{sum(a.values()) / len(a):.3f} -> {sum(b.values()) / len(b):.3f} "
+                f"(SE {variance**0.5 / len(b):.3f})",
                 f"{ahead} of {len(a)}",
             ]
         rows.append(f"| {Path(out['run']).name} | {out['objective']} | " + " | ".join(cells) + " |")

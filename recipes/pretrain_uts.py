@@ -144,9 +144,10 @@ class UTSProbeArguments:
     speech_pitch, ...; 'all'; '' to skip): linear probes of the frozen encoder on its train/test splits"""
     probe_train_clips: int | None = None
     """clips of the corpus train split the probes are fitted on (default: all)"""
-    probe_C: str = "1"
-    """the probes' inverse L2 strength (logistic regression's C), or 'auto': chosen per task by 3-fold
-    cross-validation on its train clips, so that encoders that want different penalties compare fairly"""
+    probe_C: str = "auto"
+    """the probes' inverse L2 strength (logistic regression's C), or 'auto' (default): chosen per task by
+    3-fold cross-validation on its train clips, so that the initialisation and the trained encoder, which
+    want different penalties, compare fairly"""
 
     def __post_init__(self):
         try:

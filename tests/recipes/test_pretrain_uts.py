@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_audiorep.data.embedded import ATTRIBUTE_TASKS, EMBEDDED_ONTOLOGY, load_embedded_corpus
 from hf_audiorep.data.tags import TagSystem
+from hf_audiorep.evaluation.linear_probe import C_GRID
 from hf_audiorep.modeling import ZipformerForAudioClassification, ZipformerModel
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,8 @@ def test_results_hold_probes_at_initialisation_and_end_and_the_tag_summary(tags_
         assert set(probes) >= {"events/probe_mAP", "loudness/probe_accuracy", "loudness/chance_accuracy"}
         assert probes["events/probe_num_clips"] == CORPUS["num_test_clips"]
         assert probes["events/probe_num_train_clips"] == CORPUS["num_train_clips"]
-        assert probes["events/probe_C"] == probes["loudness/probe_C"] == 1.0  # the protocol's fixed C
+        # each probe's penalty was chosen on its train clips (the default)
+        assert probes["events/probe_C"] in C_GRID and probes["loudness/probe_C"] in C_GRID
     assert results["probes"] != results["probes_at_initialisation"]  # the encoder changed
     assert summary["events/probe_mAP"] == results["probes"]["events/probe_mAP"]
 
@@ -130,7 +132,8 @@ def test_bad_arguments_are_clear_errors(recipe, tmp_path, overrides, match):
         recipe.main(_args(tmp_path, **overrides))
 
 
-def test_probe_C_auto_chooses_each_probes_penalty_by_cross_validation(recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("probe_C", "expected"), [(None, 0.1), ("0.5", 0.5)])
+def test_probe_C_is_chosen_by_cross_validation_unless_given(recipe, tmp_path, monkeypatch, probe_C, expected):
     linear_probe_module = importlib.import_module("hf_audiorep.evaluation.linear_probe")
     calls = []
 
@@ -139,11 +142,13 @@ def test_probe_C_auto_chooses_each_probes_penalty_by_cross_validation(recipe, tm
         return 0.1, {}
 
     monkeypatch.setattr(linear_probe_module, "select_C", select)
-    recipe.main(_args(tmp_path, probe_C="auto", probe_tasks="events", max_steps=1))
+    given = {} if probe_C is None else {"probe_C": probe_C}
+    recipe.main(_args(tmp_path, probe_tasks="events", max_steps=1, **given))
     results = json.loads((tmp_path / "eval_results.json").read_text())
-    # the initialisation and the trained encoder, each fitted at the C the cross-validation gave
-    assert calls == [CORPUS["num_train_clips"]] * 2
-    assert results["probes"]["events/probe_C"] == results["probes_at_initialisation"]["events/probe_C"] == 0.1
+    # by default the initialisation and the trained encoder are each fitted at the C cross-validation gave
+    assert calls == ([CORPUS["num_train_clips"]] * 2 if probe_C is None else [])
+    assert results["probes"]["events/probe_C"] == expected
+    assert results["probes_at_initialisation"]["events/probe_C"] == expected
 
 
 def test_every_attribute_task_is_a_probe_task(recipe):
