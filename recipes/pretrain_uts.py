@@ -150,10 +150,7 @@ class UTSProbeArguments:
     want different penalties, compare fairly"""
 
     def __post_init__(self):
-        try:
-            self.probe_C = parse_C(self.probe_C)
-        except ValueError:
-            raise ValueError(f"--probe_C must be a positive number or 'auto', got {self.probe_C!r}") from None
+        self.probe_C = parse_C(self.probe_C, "--probe_C")
 
     def task_names(self) -> list[str] | None:
         if self.probe_tasks == "all":

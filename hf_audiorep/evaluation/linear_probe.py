@@ -253,23 +253,23 @@ def fit_linear_classifier(
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def parse_C(value) -> float | str:
-    """A probe's C as given on a command line: a positive number, or ``"auto"`` (chosen by `select_C`)."""
+def parse_C(value, name: str = "C") -> float | str:
+    """A probe's C as given on a command line: a positive number, or ``"auto"`` (chosen by `select_C`);
+    anything else is a ValueError naming the option ``name``."""
     if isinstance(value, str) and value.strip().lower() == AUTO_C:
         return AUTO_C
     try:
         C = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"C must be a positive number or {AUTO_C!r}, got {value!r}") from None
+        C = float("nan")
     if not C > 0 or not np.isfinite(C):
-        raise ValueError(f"C must be a positive number or {AUTO_C!r}, got {value!r}")
+        raise ValueError(f"{name} must be a positive number or {AUTO_C!r}, got {value!r}")
     return C
 
 
 def _check_fit_options(C, max_iter, allow_auto: bool = False) -> None:
-    if allow_auto and C == AUTO_C:
-        C = 1.0
-    if isinstance(C, (str, bool)) or not isinstance(C, numbers.Real) or not C > 0:
+    chosen_later = allow_auto and C == AUTO_C
+    if not chosen_later and (isinstance(C, (str, bool)) or not isinstance(C, numbers.Real) or not C > 0):
         raise ValueError(f"C must be positive, got {C!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")

@@ -46,10 +46,7 @@ class ProbeArguments:
     cross-validation on the probe's train clips, what a comparison of different encoders wants"""
 
     def __post_init__(self) -> None:
-        try:
-            self.probe_C = parse_C(self.probe_C)
-        except ValueError:
-            raise ValueError(f"--probe_C must be a positive number or 'auto', got {self.probe_C!r}") from None
+        self.probe_C = parse_C(self.probe_C, "--probe_C")
         if self.probe_train_clips < 1:
             raise ValueError(f"--probe_train_clips must be >= 1, got {self.probe_train_clips}")
         if self.probe_test_clips is not None and self.probe_test_clips < 1:
