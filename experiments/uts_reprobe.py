@@ -72,6 +72,7 @@ def reprobe(run: Path, Cs: list, clip_seconds: float) -> dict:
     results = json.loads((run / "eval_results.json").read_text())
     arguments = _run_arguments(run)
     seed = int(arguments.get("seed", 0))
+    clip_seconds = float(arguments.get("clip_seconds", clip_seconds))
     corpus = load_embedded_corpus(seed=int(arguments.get("corpus_seed", 0)), clip_seconds=clip_seconds)
     splits = {"train": corpus["train"], "test": corpus["test"]}
     tasks = corpus_probe_tasks()
@@ -145,7 +146,9 @@ def main() -> None:
     parser.add_argument(
         "--C", nargs="+", default=["1", "auto"], help="probe penalties: numbers or auto (default: 1 auto)"
     )
-    parser.add_argument("--clip_seconds", type=float, default=3.0, help="the runs' --clip_seconds")
+    parser.add_argument(
+        "--clip_seconds", type=float, default=3.0, help="clip length of a run whose command does not give one"
+    )
     parser.add_argument("--archive", type=Path, default=None, help="folder to copy each run's JSON to")
     args = parser.parse_args()
     Cs = [parse_C(C) for C in args.C]
