@@ -119,10 +119,10 @@ def test_documented_defaults(monkeypatch, corpus):
 
 
 def test_C_reaches_every_tasks_probe_and_auto_chooses_per_task(monkeypatch, corpus):
-    tasks = corpus_probe_tasks(["loudness", "events"])
+    tasks = corpus_probe_tasks(["speech_rate", "events"])  # speech_rate: only the clips with speech
     options = {"clip_seconds": 0.5, "batch_size": 8}
     fixed = probe_tasks(_WidthEncoder(), _WaveformFeatures(), corpus, tasks, C=0.01, **options)
-    assert fixed["loudness/probe_C"] == fixed["events/probe_C"] == 0.01
+    assert fixed["speech_rate/probe_C"] == fixed["events/probe_C"] == 0.01
     embedded = task_probes_module.embed_splits(_WidthEncoder(), _WaveformFeatures(), corpus, **options)
     assert fixed == task_probes_module.fit_task_probes(embedded, corpus, tasks, C=0.01)
     default = probe_tasks(_WidthEncoder(), _WaveformFeatures(), corpus, tasks, **options)
@@ -138,6 +138,7 @@ def test_C_reaches_every_tasks_probe_and_auto_chooses_per_task(monkeypatch, corp
 
     monkeypatch.setattr(linear_probe_module, "select_C", select)
     auto = task_probes_module.fit_task_probes(embedded, corpus, tasks, C="auto")
-    assert (auto["loudness/probe_C"], auto["events/probe_C"]) == (0.1, 100.0)
-    loudness_rows = auto["loudness/probe_num_train_clips"]
-    assert seen == [(loudness_rows, False), (len(corpus["train"]), True)]
+    assert (auto["speech_rate/probe_C"], auto["events/probe_C"]) == (0.1, 100.0)
+    speech_rows = auto["speech_rate/probe_num_train_clips"]
+    assert 0 < speech_rows < len(corpus["train"])
+    assert seen == [(speech_rows, False), (len(corpus["train"]), True)]
