@@ -30,6 +30,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoFeatureExtractor, set_seed
 
 import hf_audiorep.modeling
+from experiments._runs import mean_std_cell
 from hf_audiorep.data import load_embedded_corpus
 from hf_audiorep.evaluation.linear_probe import parse_C
 from hf_audiorep.evaluation.task_probes import corpus_probe_tasks, embed_splits, fit_task_probes
@@ -93,6 +94,27 @@ def _attribute_accuracies(probes: dict) -> dict[str, float]:
     return {k.split("/")[0]: v for k, v in probes.items() if k.endswith("/probe_accuracy")}
 
 
+def _reading(out: dict, C) -> dict[str, float]:
+    """Events mAP and the attribute tasks' mean accuracy of a run's two encoders at one C, and their
+    differences (trained minus initialisation), the number of attribute tasks the trained one is ahead on, and
+    the binomial standard error of the trained mean on this few test clips (the scale of the test split's
+    sampling noise)."""
+    initial, trained = (out["probes"][f"{role}, C={C}"] for role in ("initialisation", "trained"))
+    a, b = _attribute_accuracies(initial), _attribute_accuracies(trained)
+    reading = {
+        "events, initialisation": initial["events/probe_mAP"],
+        "events, trained": trained["events/probe_mAP"],
+        "attributes, initialisation": sum(a.values()) / len(a),
+        "attributes, trained": sum(b.values()) / len(b),
+    }
+    reading["events, difference"] = reading["events, trained"] - reading["events, initialisation"]
+    reading["attributes, difference"] = reading["attributes, trained"] - reading["attributes, initialisation"]
+    reading["attribute tasks ahead"] = sum(b[task] > a[task] for task in a)
+    variance = sum(p * (1 - p) / trained[f"{task}/probe_num_clips"] for task, p in b.items())
+    reading["attributes, standard error"] = variance**0.5 / len(b)
+    return reading
+
+
 def summary(outs: list[dict], Cs: list) -> str:
     """One row per run: events mAP and the attribute tasks' mean accuracy, initialisation -> trained, and how
     many attribute tasks the trained encoder is ahead of its initialisation on, at each C."""
@@ -103,19 +125,42 @@ def summary(outs: list[dict], Cs: list) -> str:
     for out in outs:
         cells = []
         for C in Cs:
-            initial, trained = (out["probes"][f"{role}, C={C}"] for role in ("initialisation", "trained"))
-            a, b = _attribute_accuracies(initial), _attribute_accuracies(trained)
-            ahead = sum(b[task] > a[task] for task in a)
-            # the binomial standard error of a mean of accuracies on this few test clips: the scale of the
-            # test split's sampling noise in the column
-            variance = sum(p * (1 - p) / trained[f"{task}/probe_num_clips"] for task, p in b.items())
+            r = _reading(out, C)
+            num_tasks = len(_attribute_accuracies(out["probes"][f"trained, C={C}"]))
             cells += [
-                f"{initial['events/probe_mAP']:.3f} -> {trained['events/probe_mAP']:.3f}",
-                f"{sum(a.values()) / len(a):.3f} -> {sum(b.values()) / len(b):.3f} "
-                f"(SE {variance**0.5 / len(b):.3f})",
-                f"{ahead} of {len(a)}",
+                f"{r['events, initialisation']:.3f} -> {r['events, trained']:.3f}",
+                f"{r['attributes, initialisation']:.3f} -> {r['attributes, trained']:.3f} "
+                f"(SE {r['attributes, standard error']:.3f})",
+                f"{r['attribute tasks ahead']} of {num_tasks}",
             ]
         rows.append(f"| {Path(out['run']).name} | {out['objective']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def seed_summary(outs: list[dict], Cs: list) -> str:
+    """Mean ± std over the seeds of each objective: events mAP and attribute mean accuracy of the
+    initialisation and the trained encoder, and the per-seed differences (each seed's trained encoder minus
+    its own initialisation: the initialisations differ by seed too), at each C."""
+    by_objective: dict[str, list[dict]] = {}
+    for out in outs:
+        by_objective.setdefault(out["objective"], []).append(out)
+    keys = list(_reading(outs[0], Cs[0]))
+    rows = []
+    for C in Cs:
+        rows += [
+            f"C={C}",
+            "",
+            "| objective | seeds | " + " | ".join(keys) + " |",
+            "|---|---|" + "---:|" * len(keys),
+        ]
+        for objective, runs in by_objective.items():
+            readings = [_reading(out, C) for out in runs]
+            seeds = ", ".join(str(out["seed"]) for out in runs)
+            cells = [
+                mean_std_cell([r[k] for r in readings], digits=1 if k.endswith("ahead") else 3) for k in keys
+            ]
+            rows.append(f"| {objective} | {seeds} | " + " | ".join(cells) + " |")
+        rows.append("")
     return "\n".join(rows)
 
 
@@ -167,6 +212,8 @@ def main() -> None:
         outs.append(out)
         print(table(out), flush=True)
     print(summary(outs, Cs))
+    if len({out["objective"] for out in outs}) < len(outs):  # some objective has several seeds
+        print(seed_summary(outs, Cs))
 
 
 if __name__ == "__main__":
