@@ -56,16 +56,30 @@ def _encoders(run: Path, seed: int):
 
 
 def _check_against_run(name: str, columns: dict[str, dict], recorded: dict) -> str:
-    """The column of ``columns`` that repeats the run's own probes (fitted at the C the run used), or exit."""
-    keys = [k for k in recorded if re.search(r"/probe_(mAP|accuracy)$", k)]
-    worst = {column: max(abs(ours[k] - recorded[k]) for k in keys) for column, ours in columns.items()}
-    best = min(worst, key=worst.get)
-    if worst[best] > TOLERANCE:
+    """The column of ``columns`` that repeats the run's own probes (fitted at the C the run used), or exit.
+
+    Only the tasks probed at the same C are compared: a run that chose C by cross-validation before
+    `select_C` scored single-label folds by their log-probabilities may have chosen another C for a task
+    of three or more classes; its multi-label events probe must still be repeated."""
+
+    def compared(ours: dict) -> list[str]:
+        tasks = {k.split("/")[0] for k in recorded if k.endswith("/probe_C") and recorded[k] == ours.get(k)}
+        return [k for k in recorded if re.search(r"/probe_(mAP|accuracy)$", k) and k.split("/")[0] in tasks]
+
+    worst = {}
+    for column, ours in columns.items():
+        keys = compared(ours)
+        if "events/probe_mAP" in keys:
+            worst[column] = max(abs(ours[k] - recorded[k]) for k in keys)
+    best = min(worst, key=worst.get) if worst else None
+    if best is None or worst[best] > TOLERANCE:
+        closest = f"closest: {best}, off by {worst[best]:.4f}" if best else "no column fits events at its C"
         raise SystemExit(
-            f"{name}: no probe column repeats the run's own probes (closest: {best}, off by "
-            f"{worst[best]:.4f}): the encoder or the data is not the run's, or the run probed at a C not "
-            "given to --C"
+            f"{name}: no probe column repeats the run's own probes ({closest}): the encoder or the data "
+            "is not the run's, or the run probed at a C not given to --C"
         )
+    tasks = {k.split("/")[0] for k in compared(columns[best])}
+    print(f"{name}: {best} repeats the run's probes on {len(tasks)} tasks", flush=True)
     return best
 
 

@@ -312,7 +312,8 @@ def select_C(
     """The inverse L2 strength of ``grid`` whose `fit_linear_classifier` scores the best mAP on held-out train
     clips: the clips are shuffled (``numpy.random.default_rng(seed).permutation``) and split into ``folds``
     near-equal parts (``numpy.array_split``), each held out in turn, and the mAP of each fold (macro over its
-    classes with a positive) is averaged; a fold without a positive of any class has no mAP and is left out.
+    classes with a positive; single-label folds scored by the log-probabilities `linear_probe` scores its test
+    clips by) is averaged; a fold without a positive of any class has no mAP and is left out.
     Ties go to the smaller C (the stronger penalty). No test clip is read: a C picked on the test split would
     flatter the probe.
 
@@ -347,7 +348,14 @@ def select_C(
             part = parts[k]
             fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
             weight, bias = fit_linear_classifier(X[fit], Y[fit], multi_label, C=C, max_iter=max_iter)
-            held_out.append(mean_average_precision(X[part] @ weight.T + bias, Y[part]).mAP)
+            logits, targets = X[part] @ weight.T + bias, Y[part]
+            if not multi_label:
+                # Scored as `linear_probe` scores its test clips. A multinomial model's logits carry a
+                # per-clip shift that the softmax ignores, so a class's raw logit ranks clips differently
+                # from its probability: with three or more classes, held-out mAP of raw logits can favour
+                # a C that is worse on the log-probabilities the probe is measured by.
+                logits, targets, _ = _single_label_scores(logits, Y[fit], targets)
+            held_out.append(mean_average_precision(logits, targets).mAP)
         scores[C] = float(np.mean(held_out))
     best = max(grid, key=lambda C: (scores[C], -C))
     return best, scores

@@ -248,6 +248,36 @@ def test_select_C_works_for_single_label_classes_as_indices_or_one_hot():
     assert list(scores) == list(C_GRID) and best in C_GRID
 
 
+def _by_hand_single_label(X, y, C_, folds, seed, log_probabilities=True):
+    """The documented folds, scikit-learn's multinomial model fitted directly on each; each held-out fold
+    scored by its log-probabilities (what `linear_probe` scores test clips by) or by its raw logits."""
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(X)), folds)
+    scores = []
+    for k, part in enumerate(parts):
+        fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        scaler = StandardScaler().fit(X[fit])
+        model = LogisticRegression(C=C_, max_iter=1000).fit(scaler.transform(X[fit]), y[fit])
+        held_out = scaler.transform(X[part])
+        score = model.predict_log_proba(held_out) if log_probabilities else model.decision_function(held_out)
+        scores.append(mean_average_precision(score, np.eye(y.max() + 1)[y[part]]).mAP)
+    return float(np.mean(scores))
+
+
+def test_select_C_scores_single_label_folds_by_their_log_probabilities():
+    """A multinomial model's logits are shifted per clip by what the softmax ignores, so a class's raw logit
+    ranks clips otherwise than its probability. Clips of three classes that differ by how large they are
+    (loudness-like) make the two rankings differ: the folds are scored as the test clips are."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(3, size=150)
+    X = rng.standard_normal((150, 6)) + (1.0 + y)[:, None] * rng.standard_normal(6)
+    grid = (0.01, 1.0, 100.0)
+    best, scores = select_C(X, y, multi_label=False, grid=grid, folds=3, seed=1)
+    for C_, score in scores.items():
+        assert score == pytest.approx(_by_hand_single_label(X, y, C_, 3, 1), abs=2e-3)
+        assert abs(score - _by_hand_single_label(X, y, C_, 3, 1, log_probabilities=False)) > 0.01
+    assert best == max(scores, key=scores.get)
+
+
 def test_select_C_defaults_folds_without_positives_and_the_smallest_sets():
     cache = _cache(clips=60)
     X, Y = _pooled(cache), cache.labels
