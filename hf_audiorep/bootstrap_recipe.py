@@ -19,13 +19,13 @@ import logging
 import math
 from dataclasses import dataclass
 
-from accelerate import PartialState
 from transformers import set_seed
 
 from . import registry
 from .data.arguments import DataArguments, StreamFactory, load_sources
 from .evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from .hub import push_run
+from .hub_errors import start_processes
 from .modeling import AudioFbankFeatureExtractor
 from .objectives import BootstrapPretrainingStep, FrozenTeacher, build_ema_teacher
 from .training import TrainingArguments, TrainLoop
@@ -187,7 +187,7 @@ def run_bootstrap_pretraining(
     family = registry.architecture_for(model_class.config_class.model_type).name
     logger = logging.getLogger(f"pretrain_{family}")
     # The process layout is needed before the loop exists, to shard the data once per rank.
-    state = PartialState(cpu=train_args.cpu)
+    state = start_processes(cpu=train_args.cpu)
     sources = load_sources(data_args, roles=("train",))
 
     # Every model of these recipes reads 16 kHz unless a checkpoint's feature extractor says otherwise.

@@ -266,6 +266,19 @@ def _report_and_exit(err: HubUnreachableError) -> None:
     sys.exit(RECIPE_EXIT_STATUS)
 
 
+def start_processes(cpu: bool = False):
+    """The recipe's `accelerate.PartialState`, returned once every process has joined the process group.
+
+    A rank that meets an unusable Hub exits at once (`run_recipe`). Without the wait, rank 0 could do so while
+    another rank was still connecting to it inside ``init_process_group``, and that rank then failed with
+    gloo's "Connection closed by peer" traceback beside rank 0's one line (seen under load)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    state.wait_for_everyone()
+    return state
+
+
 def run_recipe(main: Callable[[], object]) -> None:
     """Run a recipe's ``main()``: a Hub that cannot be used ends the run with one line on stderr (from
     rank 0 only under ``accelerate launch``) and exit status 2, instead of a traceback per process."""

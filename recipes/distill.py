@@ -27,7 +27,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
 from transformers import AutoModelForAudioClassification, set_seed
 
 import hf_audiorep
@@ -37,7 +36,7 @@ from hf_audiorep.data.embedded.devices import device_impulse_responses
 from hf_audiorep.data.sources import load_audio_source
 from hf_audiorep.evaluation import evaluate_classifier, few_shot_encoder, model_cost
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.hub_errors import run_recipe, start_processes
 from hf_audiorep.objectives import (
     DEVICE_COLUMN,
     TEACHER_EMBEDDING_COLUMN,
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         args=argv
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    state = PartialState(cpu=train_args.cpu)
+    state = start_processes(cpu=train_args.cpu)
     data_args.resolve_clip_seconds()
     sources = load_sources(data_args)
     teacher = FrozenTeacher.from_pretrained(student_args.teacher, device=state.device)

@@ -25,7 +25,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import (
     AutoConfig,
@@ -39,7 +38,7 @@ from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_source
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.hub_errors import run_recipe, start_processes
 from hf_audiorep.inference import model_window_seconds
 from hf_audiorep.modeling import AudioMAEConfig, CATConfig
 from hf_audiorep.objectives import (
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     if con_args.supcon_weight > 0 and (cr_args.consistency_regularization or lora_args.lora_r):
         raise ValueError("--supcon_weight cannot be combined with --consistency_regularization or --lora_r")
     # The process layout is needed before the loop exists, to shard the data once per rank.
-    state = PartialState(cpu=train_args.cpu)
+    state = start_processes(cpu=train_args.cpu)
     saved_extractor = _pretrained_feature_extractor(model_args) if model_args.model_name_or_path else None
     _resolve_clip_seconds(data_args, saved_extractor, model_args.model_name_or_path)
     sources = load_sources(data_args)

@@ -23,13 +23,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from accelerate import PartialState
 from transformers import set_seed
 
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.hub_errors import run_recipe, start_processes
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
 from hf_audiorep.objectives import MaskedAutoencoderStep, evaluate_reconstruction
 from hf_audiorep.training import TrainingArguments, TrainLoop
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, probe_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The process layout is needed before the loop exists, to shard the data once per rank.
-    state = PartialState(cpu=train_args.cpu)
+    state = start_processes(cpu=train_args.cpu)
     sources = load_sources(data_args, roles=("train", "eval"))
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args)

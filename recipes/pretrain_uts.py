@@ -48,7 +48,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
 from transformers import AutoModelForAudioClassification, set_seed
 
 import hf_audiorep
@@ -59,7 +58,7 @@ from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
 from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, probe_tasks
 from hf_audiorep.evaluation.linear_probe import parse_C
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.hub_errors import run_recipe, start_processes
 from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
 from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
 from hf_audiorep.objectives import (
@@ -326,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.parse_args_into_dataclasses(args=argv)
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    state = PartialState(cpu=train_args.cpu)
+    state = start_processes(cpu=train_args.cpu)
     objective = uts_args.objective
     text_objective = objective in TEXT_OBJECTIVES
     # Mined tags discard the eval and test splits (their labels are not tags), so a local dataset's are not

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from accelerate import PartialState
 from transformers import AutoModel, set_seed
 
 import hf_audiorep
@@ -55,7 +54,7 @@ from hf_audiorep.evaluation.probing import (
 )
 from hf_audiorep.evaluation.probing.cache import GB
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe
+from hf_audiorep.hub_errors import run_recipe, start_processes
 from hf_audiorep.inference import model_window_seconds
 from hf_audiorep.registry import feature_extractor_for
 from hf_audiorep.training import TrainingArguments
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--problem_type must be multi_label_classification or single_label_classification, got "
             f"{head_args.problem_type!r}"
         )
-    state = PartialState(cpu=run_args.cpu)
+    state = start_processes(cpu=run_args.cpu)
     if state.num_processes > 1:
         raise ValueError("the probe recipe runs in one process: start it with python or a 1-process launch")
     set_seed(head_args.seed)

@@ -223,3 +223,29 @@ def test_run_recipe_on_another_rank_leaves_the_report_to_rank_0(monkeypatch, cap
     # The launcher stops this rank during the wait when rank 0 has reported; past it, the rank reports.
     assert raised.value.code == 2 and waited == [hub_errors._OTHER_RANKS_GRACE_SECONDS]
     assert capsys.readouterr().err.startswith("finetune.py (rank 1): error: ")
+
+
+def test_start_processes_returns_only_once_every_process_has_joined(monkeypatch):
+    """Rank 0 may exit on an unusable Hub right after the process group starts; the wait keeps it from
+    leaving while another rank is still connecting to it (that rank's gloo traceback, seen under load)."""
+    import accelerate
+
+    calls = []
+
+    class State:
+        def __init__(self, cpu):
+            calls.append(("start", cpu))
+
+        def wait_for_everyone(self):
+            calls.append("wait")
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    state = hub_errors.start_processes(cpu=True)
+    assert isinstance(state, State) and calls == [("start", True), "wait"]
+
+
+def test_every_recipe_starts_its_processes_through_start_processes():
+    sources = [ROOT / "hf_audiorep" / "bootstrap_recipe.py", *sorted((ROOT / "recipes").glob("*.py"))]
+    starting = [path for path in sources if "start_processes(cpu=" in path.read_text()]
+    direct = [path.name for path in sources if "PartialState(cpu=" in path.read_text()]
+    assert len(starting) == 6 and direct == []
