@@ -67,6 +67,9 @@ class BootstrapModelArguments:
     """weight of the CLS-to-global alignment loss (CAT: 1; the small presets: 0)"""
     decoder_type: str | None = None
     """pre-training decoder: cnn (EAT's, CAT's default) | transformer (BAT's default)"""
+    transformer_decoder_positions: str | None = None
+    """how the transformer decoder tells patches apart: sincos (MAE's fixed positions, the default) | conv (a
+    depthwise conv over the patch grid, no absolute positions)"""
     ema_decay: float | None = None
     """teacher EMA decay at step 0 (EAT, CAT: 0.9998; the small presets' is shorter for CPU-length runs)"""
     ema_end_decay: float | None = None

@@ -309,6 +309,12 @@ class BootstrapTransformerDecoder(nn.Module):
     a LayerNorm and Linear(transformer_decoder_dim -> hidden). It predicts every patch, as the CNN decoder
     does; the loss reads the hidden ones. The blocks are ungated: the gate is a property of the encoder being
     pre-trained, and the decoder is thrown away after pre-training.
+
+    ``transformer_decoder_positions="conv"`` replaces the absolute positions by a depthwise convolution over
+    the patch grid, added to the tokens (GELU, as wav2vec 2.0's positional conv). Why: with absolute
+    positions the decoder can predict the teacher's positional share of the targets without the encoder,
+    and at CPU scale the encoder then collapsed (docs/benchmarks.md); a hidden patch told apart only by its
+    visible neighbours makes the decoder read them, as the CNN decoder must.
     """
 
     def __init__(self, config):
@@ -318,6 +324,10 @@ class BootstrapTransformerDecoder(nn.Module):
         grid_t, grid_f = config.grid_size
         self.embed = nn.Linear(config.hidden_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_conv = None
+        if config.transformer_decoder_positions == "conv":
+            kernel = config.decoder_kernel_size
+            self.pos_conv = nn.Conv2d(width, width, kernel, padding=kernel // 2, groups=width)
         self.register_buffer("pos_embed", torch.zeros(1, 1 + grid_t * grid_f, width), persistent=False)
         self.pos_embed.copy_(self.sincos_pos_embed())  # right without weight init too, as the encoders'
         block_config = ConfigView(
@@ -342,9 +352,14 @@ class BootstrapTransformerDecoder(nn.Module):
         rows, num_patches = mask.shape
         filler = self.mask_token.to(hidden_states.dtype).expand(rows, num_patches, hidden_states.shape[-1])
         patches = scatter_visible(filler, hidden_states[:, 1:], mask)
-        hidden_states = torch.cat([hidden_states[:, :1], patches], dim=1)
-        # Row-major (t, f) positions: a shorter clip uses a prefix of the grid, as in the encoder.
-        hidden_states = hidden_states + self.pos_embed[:, : 1 + num_patches].to(hidden_states.dtype)
+        if self.pos_conv is None:
+            hidden_states = torch.cat([hidden_states[:, :1], patches], dim=1)
+            # Row-major (t, f) positions: a shorter clip uses a prefix of the grid, as in the encoder.
+            hidden_states = hidden_states + self.pos_embed[:, : 1 + num_patches].to(hidden_states.dtype)
+        else:
+            grid = patches.transpose(1, 2).reshape(rows, patches.shape[-1], grid_t, num_patches // grid_t)
+            patches = patches + F.gelu(self.pos_conv(grid)).flatten(2).transpose(1, 2)
+            hidden_states = torch.cat([hidden_states[:, :1], patches], dim=1)
         attention_mask = token_attention_mask(self.config, hidden_states, patch_mask)
         for block in self.blocks:
             hidden_states = block(hidden_states, attention_mask)

@@ -74,11 +74,17 @@ class BootstrapViTConfig(PreTrainedConfig):
             `BootstrapTransformerDecoder`).
         decoder_dim (`int`, defaults to 768), decoder_kernel_size (`int`, defaults to 3), decoder_groups
             (`int`, defaults to 16), decoder_layers (`int`, defaults to 6): the CNN decoder's width, kernel,
-            conv groups and depth (read with `decoder_type="cnn"` only).
+            conv groups and depth (read with `decoder_type="cnn"` only; the kernel also sizes the transformer
+            decoder's `"conv"` positions).
         transformer_decoder_dim (`int`, defaults to 384), transformer_decoder_layers (`int`, defaults to 6),
             transformer_decoder_heads (`int`, defaults to 6): the transformer decoder's width, depth and heads
             (read with `decoder_type="transformer"` only); its MLP ratio, activation and eps are the
             encoder's.
+        transformer_decoder_positions (`str`, defaults to `"sincos"`): how the transformer decoder tells its
+            patches apart: `"sincos"`, MAE's fixed 2-D sin-cos positions added to every token, or `"conv"`, no
+            absolute positions but a depthwise ``decoder_kernel_size`` convolution over the token grid added
+            to it (wav2vec 2.0's and BEATs' convolutional positions), so that a hidden patch is told apart
+            only by what its visible neighbours carry, as in the CNN decoder.
         average_top_k_layers (`int`, defaults to 12): teacher layers averaged into the targets.
         instance_norm_targets (`bool`, defaults to `True`): instance-normalise each teacher layer over
             tokens.
@@ -137,6 +143,7 @@ class BootstrapViTConfig(PreTrainedConfig):
     transformer_decoder_dim: int = validated_field([positive, divisible_by(4)], default=384)
     transformer_decoder_layers: int = validated_field(positive, default=6)
     transformer_decoder_heads: int = validated_field(positive, default=6)
+    transformer_decoder_positions: Literal["sincos", "conv"] = "sincos"
     average_top_k_layers: int = validated_field(positive, default=12)
     instance_norm_targets: bool = True
     layer_norm_targets: bool = True

@@ -51,6 +51,9 @@ BAT_PRESETS: dict[str, dict[str, Any]] = {
     # the encoder no better than its initialisation (linear probe, mean of patches, 2-s clips, 800 clips,
     # experiments/diag_bootstrap.py's protocol: 0.212 at init, 0.186 after 80 steps, 0.175 after 240, its
     # embedding's effective rank falling from 22 to about 4), where the CNN decoder gave 0.256 after 80 steps.
+    # The collapse follows the decoder's absolute positions: without them (transformer_decoder_positions
+    # "conv") the transformer decoder leaves the encoder above its initialisation, still a little below the
+    # CNN's (docs/benchmarks.md, "A transformer decoder without absolute positions").
     # The transformer decoder's fields are sized for --decoder_type transformer all the same (bat-base's
     # 1/2 decoder-to-encoder width, 2 blocks). 1,977,600 encoder parameters, 2,097,984 with the CNN decoder.
     "bat-small": {

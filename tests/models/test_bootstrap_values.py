@@ -491,10 +491,23 @@ def transformer_decoder_by_hand(decoder, encoded, mask, grid_t, grid_f):
         sequence[row, 1 + (~mask[row]).nonzero()[:, 0]] = embedded[row, 1:]
     from hf_audiorep.modeling._layers import get_2d_sincos_pos_embed
 
-    # A shorter grid takes the first rows of the max_length table.
-    hidden = (
-        sequence + get_2d_sincos_pos_embed(sequence.shape[-1], 4, grid_f, cls_token=True)[: 1 + num_patches]
-    )
+    if decoder.pos_conv is None:
+        # A shorter grid takes the first rows of the max_length table.
+        table = get_2d_sincos_pos_embed(sequence.shape[-1], 4, grid_f, cls_token=True)
+        hidden = sequence + table[: 1 + num_patches]
+    else:
+        # Conv positions: each patch plus GELU of a depthwise conv over its (t, f) neighbourhood, zero-padded.
+        width, kernel = sequence.shape[-1], decoder.pos_conv.kernel_size[0]
+        grid = sequence[:, 1:].reshape(rows, grid_t, grid_f, width).permute(0, 3, 1, 2)
+        padded = torch.nn.functional.pad(grid, [kernel // 2] * 4)
+        conv = decoder.pos_conv.bias.view(1, width, 1, 1).expand(rows, width, grid_t, grid_f).clone()
+        for dt in range(kernel):
+            for df in range(kernel):
+                tap = decoder.pos_conv.weight[:, 0, dt, df].view(1, width, 1, 1)
+                conv = conv + tap * padded[:, :, dt : dt + grid_t, df : df + grid_f]
+        conv = torch.nn.functional.gelu(conv).permute(0, 2, 3, 1).reshape(rows, -1, width)
+        patches = sequence[:, 1:] + conv
+        hidden = torch.cat([sequence[:, :1], patches], dim=1)
     for block in decoder.blocks:
         hidden = block(hidden)
     return decoder.proj(decoder.norm(hidden))[:, 1:]
@@ -516,6 +529,44 @@ def test_transformer_decoder_on_a_shorter_grid_and_under_autocast():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), out, rtol=0.1, atol=0.1)
+
+
+def test_transformer_decoder_with_conv_positions_by_hand():
+    torch.manual_seed(0)
+    config = bat_config(
+        decoder_type="transformer", transformer_decoder_positions="conv", decoder_kernel_size=3
+    )
+    decoder = BootstrapTransformerDecoder(config).eval()
+    torch.nn.init.normal_(decoder.mask_token)
+    mask = torch.tensor([[True, False, True, True, False, False], [False, True, True, False, True, False]])
+    encoded = torch.randn(2, 1 + 3, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = decoder(encoded, mask, 3)
+        expected = transformer_decoder_by_hand(decoder, encoded, mask, 3, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["sincos", "conv"])
+def test_conv_positions_give_the_decoder_no_absolute_position(positions):
+    """With every patch hidden, the conv decoder can tell patches apart only near the grid's border (the
+    conv's zero padding): the interior patches get one prediction. Sin-cos positions give each its own."""
+    torch.manual_seed(0)
+    config = bat_config(
+        decoder_type="transformer", transformer_decoder_positions=positions, max_length=96, num_mel_bins=80
+    )
+    decoder = BootstrapTransformerDecoder(config).eval()
+    torch.nn.init.normal_(decoder.mask_token)
+    grid_t, grid_f = 6, 5
+    mask = torch.ones(1, grid_t * grid_f, dtype=torch.bool)
+    with torch.no_grad():
+        out = decoder(torch.randn(1, 1, 16), mask, grid_t).view(grid_t, grid_f, -1)
+    interior = out[1:-1, 1:-1].reshape(-1, out.shape[-1])
+    spread = (interior - interior[0]).abs().max()
+    if positions == "conv":
+        assert spread < 1e-5
+        assert (out[0, 0] - interior[0]).abs().max() > 1e-3, "the border still differs (zero padding)"
+    else:
+        assert spread > 1e-2
 
 
 # ---- initialisation --------------------------------------------------------------------------------

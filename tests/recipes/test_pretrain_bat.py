@@ -62,16 +62,19 @@ def test_recipe_options_reach_the_config_and_other_presets_are_refused(recipe, t
             probe_dataset="",
             attention_gate="none",
             decoder_type="transformer",
+            transformer_decoder_positions="conv",
             clone_batch=3,
         )
     )
     assert summary["global_step"] == 1
     config = json.loads((out / "config.json").read_text())
-    expected = ("none", "transformer", 3)
-    assert (config["attention_gate"], config["decoder_type"], config["clone_batch"]) == expected
+    expected = ("none", "transformer", "conv", 3)
+    fields = ("attention_gate", "decoder_type", "transformer_decoder_positions", "clone_batch")
+    assert tuple(config[field] for field in fields) == expected
     saved = load_file(str(out / "model.safetensors"))
     assert not any("gate_proj" in k for k in saved)
     assert "decoder.mask_token" in saved and saved["decoder.embed.weight"].shape == (96, 192)
+    assert saved["decoder.pos_conv.weight"].shape == (96, 1, 3, 3)
     with pytest.raises(ValueError, match="not a BAT preset"):
         recipe.main(recipe_args(tmp_path / "bad", preset="cat-small", max_steps=1))
 

@@ -73,6 +73,7 @@ class _BATTester(ModelTesterMixin):
     invalid_config_values = [
         ("attention_gate", "sigmoid"),
         ("decoder_type", "lstm"),
+        ("transformer_decoder_positions", "learned"),
         ("transformer_decoder_dim", 30),
         ("transformer_decoder_heads", 3),
         ("transformer_decoder_layers", 0),
