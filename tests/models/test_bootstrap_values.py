@@ -513,9 +513,11 @@ def transformer_decoder_by_hand(decoder, encoded, mask, grid_t, grid_f):
     return decoder.proj(decoder.norm(hidden))[:, 1:]
 
 
-def test_transformer_decoder_on_a_shorter_grid_and_under_autocast():
+@pytest.mark.parametrize("positions", ["sincos", "conv"])
+def test_transformer_decoder_on_a_shorter_grid_and_under_autocast(positions):
     torch.manual_seed(0)
-    decoder = BootstrapTransformerDecoder(bat_config(decoder_type="transformer")).eval()
+    config = bat_config(decoder_type="transformer", transformer_decoder_positions=positions)
+    decoder = BootstrapTransformerDecoder(config).eval()
     torch.nn.init.normal_(decoder.mask_token)
     mask = torch.tensor([[True, False, True, True, False, False], [False, True, True, False, True, False]])
     encoded = torch.randn(2, 1 + 3, 16, generator=torch.Generator().manual_seed(1))
@@ -529,21 +531,6 @@ def test_transformer_decoder_on_a_shorter_grid_and_under_autocast():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), out, rtol=0.1, atol=0.1)
-
-
-def test_transformer_decoder_with_conv_positions_by_hand():
-    torch.manual_seed(0)
-    config = bat_config(
-        decoder_type="transformer", transformer_decoder_positions="conv", decoder_kernel_size=3
-    )
-    decoder = BootstrapTransformerDecoder(config).eval()
-    torch.nn.init.normal_(decoder.mask_token)
-    mask = torch.tensor([[True, False, True, True, False, False], [False, True, True, False, True, False]])
-    encoded = torch.randn(2, 1 + 3, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out = decoder(encoded, mask, 3)
-        expected = transformer_decoder_by_hand(decoder, encoded, mask, 3, 2)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("positions", ["sincos", "conv"])
