@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers import set_seed
 
@@ -65,9 +66,9 @@ class BootstrapModelArguments:
     """independently masked student clones per clip (CAT: 4, EAT: 16)"""
     cls_loss_weight: float | None = None
     """weight of the CLS-to-global alignment loss (CAT: 1; the small presets: 0)"""
-    decoder_type: str | None = None
+    decoder_type: Literal["cnn", "transformer"] | None = None
     """pre-training decoder: cnn (EAT's, CAT's default) | transformer (BAT's default)"""
-    transformer_decoder_positions: str | None = None
+    transformer_decoder_positions: Literal["sincos", "conv"] | None = None
     """how the transformer decoder tells patches apart: sincos (MAE's fixed positions, the default) | conv (a
     depthwise conv over the patch grid, no absolute positions)"""
     ema_decay: float | None = None
@@ -89,9 +90,9 @@ class RRArguments:
     """weight of the RR loss (CAT: 1.0)"""
     rr_layer: int | None = None
     """student layer whose CLS is projected: -1 = final (the reference's default), i = block i's FFN output"""
-    rr_loss_type: str | None = None
+    rr_loss_type: Literal["mse", "cosine", "l1"] | None = None
     """mse (reference default) | cosine | l1"""
-    cls_rr_reduction: str | None = None
+    cls_rr_reduction: Literal["sum", "mean"] | None = None
     """sum (fairseq parity: CLS and RR terms summed over student samples) | mean"""
     trust_remote_code: bool = False
     """allow remote code when loading --rr_teacher"""

@@ -32,6 +32,7 @@ of `recipes/pretrain_cat.py` applies (the job is `hf_audiorep.bootstrap_recipe`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from hf_audiorep.bootstrap_recipe import (
     BootstrapModelArguments,
@@ -46,7 +47,7 @@ from hf_audiorep.modeling import BATForPreTraining
 class ModelArguments(BootstrapModelArguments):
     preset: str = "bat-small"
     """architecture preset for a fresh model: bat-small or bat-base"""
-    attention_gate: str | None = None
+    attention_gate: Literal["elementwise", "headwise", "none"] | None = None
     """output gate of every encoder attention: elementwise (BAT's default) | headwise | none (a plain ViT)"""
 
 

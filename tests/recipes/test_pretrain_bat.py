@@ -79,6 +79,25 @@ def test_recipe_options_reach_the_config_and_other_presets_are_refused(recipe, t
         recipe.main(recipe_args(tmp_path / "bad", preset="cat-small", max_steps=1))
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "choices"),
+    [
+        ("--decoder_type", "lstm", "'cnn', 'transformer'"),
+        ("--transformer_decoder_positions", "learned", "'sincos', 'conv'"),
+        ("--attention_gate", "sigmoid", "'elementwise', 'headwise', 'none'"),
+        ("--rr_loss_type", "kl", "'mse', 'cosine', 'l1'"),
+        ("--cls_rr_reduction", "max", "'sum', 'mean'"),
+    ],
+)
+def test_a_value_outside_an_options_choices_is_a_usage_error(recipe, capsys, option, value, choices):
+    """argparse refuses it before any data or model is built, naming the choices (not a config traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        recipe.main([option, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{value}'" in err and choices in err
+
+
 def test_every_option_has_help(recipe, capsys):
     with pytest.raises(SystemExit):
         recipe.main(["--help"])
