@@ -47,6 +47,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from transformers import AutoModelForAudioClassification, set_seed
 
@@ -70,6 +71,7 @@ from hf_audiorep.objectives import (
 from hf_audiorep.training import TrainingArguments, TrainLoop
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
 from hf_audiorep.training.checkpoint import write_json_atomic
+from hf_audiorep.training.optim import LR_SCHEDULERS, OPTIMIZERS
 from hf_audiorep.uts_text_recipe import (
     TEXT_OBJECTIVES,
     UTSTextArguments,
@@ -102,7 +104,7 @@ class ModelArguments:
     prior_bias_init: bool = True
     """start a fresh model's head at the label prior (its bias at each label's log-odds in the training
     split); without it the first hundreds of steps only fit the label frequencies (docs/benchmarks.md)"""
-    classifier_norm: str | None = None
+    classifier_norm: Literal["none", "batch"] | None = None
     """the head's input: none (Auden's head) | batch (frames standardised over the batch before the
     classifier, which learns faster from scratch: docs/benchmarks.md); default: the preset's / checkpoint's"""
 
@@ -174,9 +176,9 @@ class UTSTrainingArguments(TrainingArguments):
     # 3 seeds; docs/benchmarks.md) AdamW's encoders probed as well in domain and better out of domain, and
     # its training loss ended lower. ScaledAdam: --optimizer scaled_adam --lr_scheduler eden
     # --learning_rate 0.045 --max_grad_norm 0.
-    optimizer: str = "adamw"
+    optimizer: Literal[OPTIMIZERS] = "adamw"
     """adamw | scaled_adam (Zipformer's; it clips by itself: give it --max_grad_norm 0)"""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal[LR_SCHEDULERS] = "cosine"
     """cosine | linear | constant | eden (Zipformer's, for scaled_adam, with --eden_lr_batches 7500)"""
     learning_rate: float = 2e-3
     """peak learning rate (AdamW: 2e-3; ScaledAdam + Eden: Auden's 0.045)"""

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -33,7 +34,7 @@ class TrainingArguments:
     per_device_batch_size: int = _help(
         "clips per batch on each process (recipes build the stream with it)", 16
     )
-    optimizer: str = _help(
+    optimizer: Literal[OPTIMIZERS] = _help(
         "adamw | scaled_adam (Zipformer's: Adam scaled by each tensor's RMS, a learned scale per tensor, "
         "its own clipping; no weight decay, no layer decay; use with lr ~0.045, --lr_scheduler eden and "
         "--max_grad_norm 0)",
@@ -56,7 +57,7 @@ class TrainingArguments:
         "linear warmup steps (set this or warmup_ratio); from 0, or from half the rate with eden", 0
     )
     warmup_ratio: float = _help("linear warmup as a fraction of max_steps (set this or warmup_steps)", 0.0)
-    lr_scheduler: str = _help(
+    lr_scheduler: Literal[LR_SCHEDULERS] = _help(
         "learning-rate schedule: cosine | linear | constant after warmup, or eden "
         "(lr * ((b²+B²)/B²)^-¼ * ((e²+E²)/E²)^-¼ at step b, epoch e, with B, E the eden_lr_* fields)",
         "cosine",

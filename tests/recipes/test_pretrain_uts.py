@@ -132,6 +132,13 @@ def test_bad_arguments_are_clear_errors(recipe, tmp_path, overrides, match):
         recipe.main(_args(tmp_path, **overrides))
 
 
+def test_a_head_norm_outside_its_choices_is_a_usage_error(recipe, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        recipe.main(["--classifier_norm", "layer"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'layer' (choose from 'none', 'batch')" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("probe_C", "expected"), [(None, 0.1), ("0.5", 0.5)])
 def test_probe_C_is_chosen_by_cross_validation_unless_given(recipe, tmp_path, monkeypatch, probe_C, expected):
     linear_probe_module = importlib.import_module("hf_audiorep.evaluation.linear_probe")

@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
+from hf_audiorep.training import TrainingArguments
 from hf_audiorep.training.argument_parser import RecipeArgumentParser, field_docstrings
+from hf_audiorep.training.optim import LR_SCHEDULERS, OPTIMIZERS
 
 SOURCE = '''
 import dataclasses
@@ -203,3 +205,18 @@ def test_parsing_defaults_and_errors(classes, capsys):
     # asked for, the words no option takes come back instead
     *_, remaining = parser.parse_args_into_dataclasses(args=["--stpes", "3"], return_remaining_strings=True)
     assert remaining == ["--stpes", "3"]
+
+
+@pytest.mark.parametrize(
+    ("option", "names"), [("--optimizer", OPTIMIZERS), ("--lr_scheduler", LR_SCHEDULERS)]
+)
+def test_training_arguments_offer_exactly_the_optimizers_and_schedules_the_loop_builds(capsys, option, names):
+    """A wrong name is argparse's usage error listing the loop's own names, before any recipe work starts."""
+    parser = RecipeArgumentParser(TrainingArguments)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args_into_dataclasses(args=[option, "foo"])
+    assert exit_.value.code == 2
+    assert f"(choose from {', '.join(repr(name) for name in names)})" in capsys.readouterr().err
+    for name in names:
+        (parsed,) = parser.parse_args_into_dataclasses(args=[option, name, "--max_grad_norm", "0"])
+        assert getattr(parsed, option[2:]) == name
