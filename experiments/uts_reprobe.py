@@ -71,7 +71,13 @@ def _check_against_run(name: str, columns: dict[str, dict], recorded: dict) -> s
         keys = compared(ours)
         if "events/probe_mAP" in keys:
             worst[column] = max(abs(ours[k] - recorded[k]) for k in keys)
-    best = min(worst, key=worst.get) if worst else None
+    # Of the columns that repeat the run, the one that repeats it on the most tasks (a column at C=1 also
+    # repeats a cross-validated run on every task where cross-validation chose 1, events often among them).
+    best = (
+        min(worst, key=lambda c: (worst[c] > TOLERANCE, -len(compared(columns[c])), worst[c]))
+        if worst
+        else None
+    )
     if best is None or worst[best] > TOLERANCE:
         closest = f"closest: {best}, off by {worst[best]:.4f}" if best else "no column fits events at its C"
         raise SystemExit(
