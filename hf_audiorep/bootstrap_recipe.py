@@ -28,6 +28,8 @@ from .evaluation import ProbeArguments, build_linear_probe, probe_report, write_
 from .hub import push_run
 from .hub_errors import start_processes
 from .modeling import AudioFbankFeatureExtractor
+from .modeling._bootstrap_config import BootstrapViTConfig
+from .modeling._config_checks import choices
 from .objectives import BootstrapPretrainingStep, FrozenTeacher, build_ema_teacher
 from .training import TrainingArguments, TrainLoop
 from .training.argument_parser import RecipeArgumentParser
@@ -41,6 +43,12 @@ __all__ = [
     "config_overrides",
     "run_bootstrap_pretraining",
 ]
+
+# The options' argparse choices are the config fields' own values.
+DECODER_TYPES = choices(BootstrapViTConfig, "decoder_type")
+DECODER_POSITIONS = choices(BootstrapViTConfig, "transformer_decoder_positions")
+RR_LOSS_TYPES = choices(BootstrapViTConfig, "rr_loss_type")
+CLS_RR_REDUCTIONS = choices(BootstrapViTConfig, "cls_rr_reduction")
 
 #: argument fields that choose the model or the RR teacher rather than set a config field
 NOT_CONFIG_FIELDS = frozenset(
@@ -66,9 +74,9 @@ class BootstrapModelArguments:
     """independently masked student clones per clip (CAT: 4, EAT: 16)"""
     cls_loss_weight: float | None = None
     """weight of the CLS-to-global alignment loss (CAT: 1; the small presets: 0)"""
-    decoder_type: Literal["cnn", "transformer"] | None = None
+    decoder_type: Literal[DECODER_TYPES] | None = None
     """pre-training decoder: cnn (EAT's, CAT's default) | transformer (BAT's default)"""
-    transformer_decoder_positions: Literal["sincos", "conv"] | None = None
+    transformer_decoder_positions: Literal[DECODER_POSITIONS] | None = None
     """how the transformer decoder tells patches apart: sincos (MAE's fixed positions, the default) | conv (a
     depthwise conv over the patch grid, no absolute positions)"""
     ema_decay: float | None = None
@@ -90,9 +98,9 @@ class RRArguments:
     """weight of the RR loss (CAT: 1.0)"""
     rr_layer: int | None = None
     """student layer whose CLS is projected: -1 = final (the reference's default), i = block i's FFN output"""
-    rr_loss_type: Literal["mse", "cosine", "l1"] | None = None
+    rr_loss_type: Literal[RR_LOSS_TYPES] | None = None
     """mse (reference default) | cosine | l1"""
-    cls_rr_reduction: Literal["sum", "mean"] | None = None
+    cls_rr_reduction: Literal[CLS_RR_REDUCTIONS] | None = None
     """sum (fairseq parity: CLS and RR terms summed over student samples) | mean"""
     trust_remote_code: bool = False
     """allow remote code when loading --rr_teacher"""

@@ -40,14 +40,17 @@ from hf_audiorep.bootstrap_recipe import (
     run_bootstrap_pretraining,
 )
 from hf_audiorep.hub_errors import run_recipe
-from hf_audiorep.modeling import BATForPreTraining
+from hf_audiorep.modeling import BATConfig, BATForPreTraining
+from hf_audiorep.modeling._config_checks import choices
+
+ATTENTION_GATES = choices(BATConfig, "attention_gate")
 
 
 @dataclass
 class ModelArguments(BootstrapModelArguments):
     preset: str = "bat-small"
     """architecture preset for a fresh model: bat-small or bat-base"""
-    attention_gate: Literal["elementwise", "headwise", "none"] | None = None
+    attention_gate: Literal[ATTENTION_GATES] | None = None
     """output gate of every encoder attention: elementwise (BAT's default) | headwise | none (a plain ViT)"""
 
 

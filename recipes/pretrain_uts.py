@@ -60,7 +60,8 @@ from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, prob
 from hf_audiorep.evaluation.linear_probe import parse_C
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe, start_processes
-from hf_audiorep.modeling import ZipformerFbankFeatureExtractor
+from hf_audiorep.modeling import ZipformerConfig, ZipformerFbankFeatureExtractor
+from hf_audiorep.modeling._config_checks import choices
 from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
 from hf_audiorep.objectives import (
     AugmentationArguments,
@@ -84,6 +85,7 @@ from hf_audiorep.uts_text_recipe import (
 )
 
 logger = logging.getLogger("pretrain_uts")
+CLASSIFIER_NORMS = choices(ZipformerConfig, "classifier_norm")  # the option's argparse choices
 
 OBJECTIVES = ("mtc", *TEXT_OBJECTIVES)
 LABEL_SYSTEMS = ("tags", "ontology")
@@ -104,7 +106,7 @@ class ModelArguments:
     prior_bias_init: bool = True
     """start a fresh model's head at the label prior (its bias at each label's log-odds in the training
     split); without it the first hundreds of steps only fit the label frequencies (docs/benchmarks.md)"""
-    classifier_norm: Literal["none", "batch"] | None = None
+    classifier_norm: Literal[CLASSIFIER_NORMS] | None = None
     """the head's input: none (Auden's head) | batch (frames standardised over the batch before the
     classifier, which learns faster from scratch: docs/benchmarks.md); default: the preset's / checkpoint's"""
 

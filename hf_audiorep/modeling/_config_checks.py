@@ -15,7 +15,7 @@ the field (or, for a relation, the fields) and the value.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
@@ -27,6 +27,7 @@ __all__ = [
     "ConfigRelationError",
     "activation",
     "at_least",
+    "choices",
     "divisible_by",
     "each",
     "length",
@@ -37,6 +38,12 @@ __all__ = [
     "strict_config",
     "unit_interval",
 ]
+
+
+def choices(config_class: type, field: str) -> tuple:
+    """The values a ``Literal[...]`` config field accepts, for a recipe option that sets it (its argparse
+    choices stay the config's own, so a value added to the config is offered without a second list)."""
+    return get_args(config_class.__dataclass_fields__[field].type)
 
 
 class ConfigFieldError(StrictDataclassFieldValidationError, ValueError):

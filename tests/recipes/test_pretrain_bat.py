@@ -84,7 +84,7 @@ def test_recipe_options_reach_the_config_and_other_presets_are_refused(recipe, t
     [
         ("--decoder_type", "lstm", "'cnn', 'transformer'"),
         ("--transformer_decoder_positions", "learned", "'sincos', 'conv'"),
-        ("--attention_gate", "sigmoid", "'elementwise', 'headwise', 'none'"),
+        ("--attention_gate", "sigmoid", "'none', 'headwise', 'elementwise'"),
         ("--rr_loss_type", "kl", "'mse', 'cosine', 'l1'"),
         ("--cls_rr_reduction", "max", "'sum', 'mean'"),
     ],
