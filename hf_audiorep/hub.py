@@ -239,6 +239,8 @@ def _model_card(
             f"{protocol}",
             "",
         ]
+        if key == "probe_mAP":
+            lines[-1:-1] = _probe_baselines(evaluation)
     if eval_results and datasets is None and "/" in dataset_type:
         datasets = [dataset_type]
     eval_results = eval_results or None
@@ -262,6 +264,20 @@ def _model_card(
     )
     # Built from the YAML directly rather than ModelCard.from_template: no Jinja, no network, no placeholders.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+#: what a pre-training run's probe is read against (its eval_results.json keys), as the card names them
+_PROBE_BASELINES = (
+    ("probe_mAP_initialization", "the encoder's random initialisation"),
+    ("probe_mAP_input_statistics", "the input features' mean and standard deviation, without an encoder"),
+    ("probe_mAP_chance", "a constant score"),
+)
+
+
+def _probe_baselines(evaluation: dict[str, Any]) -> list[str]:
+    """The card's line giving the same probe's baselines on the same clips, where the run measured them."""
+    known = [f"{name} {float(evaluation[key]):.4f}" for key, name in _PROBE_BASELINES if key in evaluation]
+    return ["", "The same probe on the same clips: " + "; ".join(known) + "."] if known else []
 
 
 def _check_model_dir(model_dir: Path) -> None:

@@ -22,7 +22,7 @@ from .few_shot import (
     few_shot_evaluate,
     sample_episodes,
 )
-from .linear_probe import extract_embeddings, linear_probe, linear_probe_encoder
+from .linear_probe import chance_baseline, extract_embeddings, linear_probe, linear_probe_encoder
 from .metrics import TaggingScores, accuracy, mean_average_precision
 from .plot import plot_curves
 from .predict import collect_predictions, evaluate_classifier
@@ -65,6 +65,7 @@ __all__ = [
     "accuracy",
     "build_feature_cache",
     "build_linear_probe",
+    "chance_baseline",
     "build_probe",
     "caption_metrics",
     "clip_labels",

@@ -13,6 +13,7 @@ with one, for 1,600 x 768 features on a busy 2-core machine).
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import warnings
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "C_GRID",
+    "chance_baseline",
+    "clip_input_statistics",
     "extract_embeddings",
     "fit_linear_classifier",
     "linear_probe",
@@ -46,7 +49,6 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 AUTO_C = "auto"
 
 
-@torch.no_grad()
 def extract_embeddings(
     model,
     batches: Iterable[dict],
@@ -69,6 +71,14 @@ def extract_embeddings(
         ``X`` ``(N, D)`` float32 and ``Y`` ``(N, C)`` numpy arrays. The model is in eval mode meanwhile and
         gets its training mode back afterwards.
     """
+    X, Y, _ = _extract(model, batches, feature_extractor, device, max_batches, input_statistics=False)
+    return X, Y
+
+
+@torch.no_grad()
+def _extract(model, batches, feature_extractor, device, max_batches, input_statistics: bool):
+    """`extract_embeddings`, and with ``input_statistics`` also each clip's `input_statistics` from the same
+    pass over the clips (else None)."""
     if not callable(getattr(feature_extractor, "batch_features", None)):
         raise TypeError(
             "feature_extractor must have batch_features(waveforms, lengths), got "
@@ -80,7 +90,7 @@ def extract_embeddings(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    features, targets = [], []
+    features, targets, statistics = [], [], []
     try:
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
@@ -91,6 +101,8 @@ def extract_embeddings(
                 input_values, attention_mask = feature_extractor.batch_features(
                     waveforms.float(), batch["lengths"].to(device)
                 )
+            if input_statistics:
+                statistics.append(clip_input_statistics(input_values, attention_mask).cpu().numpy())
             outputs = encoder(input_values=input_values, attention_mask=attention_mask)
             pooled = getattr(outputs, "pooler_output", None)
             if pooled is None:
@@ -106,7 +118,39 @@ def extract_embeddings(
         model.train(was_training)
     if not features:
         raise ValueError("the batches produced no clips")
-    return np.concatenate(features).astype(np.float32, copy=False), np.concatenate(targets)
+    X = np.concatenate(features).astype(np.float32, copy=False)
+    return X, np.concatenate(targets), np.concatenate(statistics) if input_statistics else None
+
+
+def clip_input_statistics(input_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each clip's mean and standard deviation of every feature bin over its real frames, ``(B, 2 F)``
+    float32, from ``(B, T, F)`` features and their ``(B, T)`` frame mask: the hand-made clip features of the
+    trivial baseline a learned encoder must beat (a linear model of log-mel statistics). A clip without a
+    real frame gets zeros."""
+    values = input_values.float()
+    mask = attention_mask.to(values.dtype).unsqueeze(-1)
+    frames = mask.sum(dim=1).clamp_min(1.0)
+    mean = (values * mask).sum(dim=1) / frames
+    variance = ((values - mean.unsqueeze(1)).square() * mask).sum(dim=1) / frames
+    return torch.cat([mean, variance.sqrt()], dim=1)
+
+
+def chance_baseline(train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, float]:
+    """The trivial baseline: a constant score, whose AP for a class is its test prevalence (``chance_mAP``:
+    their mean over the classes with a positive), and, for single-label ``(N,)`` class indices, always
+    predicting the most frequent train class (``chance_accuracy``). Multi-hot ``(N, C)`` targets are rounded
+    at 0.5."""
+    test_targets = np.asarray(test_targets)
+    if test_targets.ndim == 1:
+        majority = np.bincount(np.asarray(train_targets)).argmax()
+        # Classes absent from the test split have no AP, so they are left out of the constant's mAP.
+        prevalence = np.bincount(test_targets) / len(test_targets)
+        return {
+            "chance_mAP": float(prevalence[prevalence > 0].mean()),
+            "chance_accuracy": float(np.mean(test_targets == majority)),
+        }
+    prevalence = (test_targets >= 0.5).mean(axis=0)
+    return {"chance_mAP": float(prevalence[prevalence > 0].mean())}
 
 
 def _check_split(name: str, X, Y, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -223,11 +267,34 @@ def linear_probe_encoder(
     max_iter: int = 1000,
     max_train_batches: int | None = None,
     max_test_batches: int | None = None,
+    baselines: bool = False,
 ) -> dict[str, float]:
-    """`extract_embeddings` on both splits, then `linear_probe`: the probe mAP of a frozen encoder."""
-    train_X, train_Y = extract_embeddings(model, train_batches, feature_extractor, device, max_train_batches)
-    test_X, test_Y = extract_embeddings(model, test_batches, feature_extractor, device, max_test_batches)
-    return linear_probe(train_X, train_Y, test_X, test_Y, multi_label=multi_label, C=C, max_iter=max_iter)
+    """`extract_embeddings` on both splits, then `linear_probe`: the probe mAP of a frozen encoder.
+
+    With ``baselines``, the same clips also give the two trivial baselines the encoder's probe is read
+    against, from the same pass: ``probe_mAP_chance`` (a constant score, `chance_baseline`) and
+    ``probe_mAP_input_statistics``, the same probe (same C, or C chosen the same way) of each clip's
+    `clip_input_statistics` instead of its embedding: what the encoder's input already offers a linear
+    model without any encoder.
+    """
+    extract = functools.partial(
+        _extract, model, feature_extractor=feature_extractor, device=device, input_statistics=baselines
+    )
+    train_X, train_Y, train_S = extract(train_batches, max_batches=max_train_batches)
+    test_X, test_Y, test_S = extract(test_batches, max_batches=max_test_batches)
+    probe = functools.partial(linear_probe, multi_label=multi_label, C=C, max_iter=max_iter)
+    result = probe(train_X, train_Y, test_X, test_Y)
+    if baselines:
+        chance = chance_baseline(_class_targets(train_Y, multi_label), _class_targets(test_Y, multi_label))
+        result["probe_mAP_chance"] = chance["chance_mAP"]
+        result["probe_mAP_input_statistics"] = probe(train_S, train_Y, test_S, test_Y)["probe_mAP"]
+    return result
+
+
+def _class_targets(Y: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Single-label one-hot rows as class indices, as `chance_baseline` reads them."""
+    Y = np.asarray(Y)
+    return Y.argmax(axis=1) if not multi_label and Y.ndim == 2 else Y
 
 
 def fit_linear_classifier(

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 #: the probe-mAP-vs-step plot a pre-training run leaves in its output directory
 PROBE_PLOT_NAME = "probe_curve.png"
+#: the trivial baselines `build_linear_probe`'s evaluator reports beside the encoder's probe (see
+#: `linear_probe_encoder`), with the names a report gives them
+BASELINES = {
+    "probe_mAP_chance": "chance (a constant score)",
+    "probe_mAP_input_statistics": "input features' mean and std (no encoder)",
+}
 
 
 @dataclass
@@ -109,15 +115,19 @@ def build_linear_probe(
     if not probe_args.probe_dataset:
         return None
     clips = probe_batches(probe_args, data_args, train_args, sample_rate, state)
+    baselines: dict[str, float] = {}  # measured once, at the run's first evaluation: no encoder in them
 
     def evaluate(model, feature_extractor) -> dict:
-        return linear_probe_encoder(
+        result = linear_probe_encoder(
             model.base_model,
             clips("train", probe_args.probe_train_clips),
             clips("test", probe_args.probe_test_clips),
             feature_extractor,
             C=probe_args.probe_C,
+            baselines=not baselines,
         )
+        baselines.update({key: result[key] for key in BASELINES if key in result})
+        return {**result, **baselines}
 
     return evaluate
 
@@ -136,30 +146,35 @@ def write_probe_results(
     write_json_atomic(Path(output_dir, "eval_results.json"), results)
     curve = [(int(row["step"]), float(row["probe_mAP"])) for row in eval_history if "probe_mAP" in row]
     if len(curve) > 1:
+        lines = {name: results[key] for key, name in BASELINES.items() if key in results}
+        if initial is not None:
+            lines["initialisation"] = initial["probe_mAP"]
         plot_curves(
             {"this run": curve},
             Path(output_dir, PROBE_PLOT_NAME),
             f"linear-probe mAP on {results['dataset']} ({results['split']})",
-            baselines={"initialisation": initial["probe_mAP"]} if initial is not None else None,
+            baselines=lines or None,
         )
     logger.info("linear probe: %s", json.dumps(final))
     return results
 
 
 def probe_report(results: Mapping, output_dir: str | Path) -> str:
-    """The few lines a pre-training run ends with: the probe of the initialisation and of the trained
-    encoder side by side, and where the numbers, the curve and the model are."""
+    """The few lines a pre-training run ends with: the trivial baselines, the probe of the initialisation
+    and of the trained encoder side by side, and where the numbers, the curve and the model are."""
     rows = [("step", "probe mAP")]
+    rows += [(name, f"{results[key]:.4f}") for key, name in BASELINES.items() if key in results]
     initial = results.get("probe_mAP_initialization")
     if initial is not None:
         rows.append(("initialisation (step 0)", f"{initial:.4f}"))
     history = [row for row in results["eval_history"] if "probe_mAP" in row]
     rows += [(f"step {row['step']}", f"{row['probe_mAP']:.4f}") for row in history[:-1] if row["step"] != 0]
     if "probe_mAP" in results:
-        change = (
-            "" if initial is None else f"  ({results['probe_mAP'] - initial:+.4f} over the initialisation)"
-        )
-        rows.append(("this run (final)", f"{results['probe_mAP']:.4f}{change}"))
+        final = results["probe_mAP"]
+        changes = [] if initial is None else [f"{final - initial:+.4f} over the initialisation"]
+        if "probe_mAP_input_statistics" in results:
+            changes.append(f"{final - results['probe_mAP_input_statistics']:+.4f} over the input statistics")
+        rows.append(("this run (final)", f"{final:.4f}" + (f"  ({', '.join(changes)})" if changes else "")))
     width = max(len(name) for name, _ in rows)
     lines = [f"linear probe on {results['dataset']} ({results['split']}): {results['protocol']}"]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.sources import load_audio_source
 from ..data.stream import AudioStream
-from .linear_probe import extract_embeddings, linear_probe
+from .linear_probe import chance_baseline, extract_embeddings, linear_probe
 
 logger = logging.getLogger(__name__)
 
@@ -98,21 +98,6 @@ def _task_data(task: ProbeTask, dataset, X, Y, index):
     return X[keep], values[keep].astype(np.int64)
 
 
-def _chance(train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, float]:
-    """The trivial baseline: a constant score (mAP = mean test prevalence of the classes with a positive)
-    and, for single-label targets, always predicting the most frequent train class."""
-    if test_targets.ndim == 1:
-        majority = np.bincount(train_targets).argmax()
-        # Classes absent from the test split have no AP, so they are left out of the constant's mAP.
-        prevalence = np.bincount(test_targets) / len(test_targets)
-        return {
-            "chance_mAP": float(prevalence[prevalence > 0].mean()),
-            "chance_accuracy": float(np.mean(test_targets == majority)),
-        }
-    prevalence = (np.asarray(test_targets) >= 0.5).mean(axis=0)
-    return {"chance_mAP": float(prevalence[prevalence > 0].mean())}
-
-
 def embed_splits(
     model,
     feature_extractor,
@@ -152,7 +137,7 @@ def fit_task_probes(
         train, test = (_task_data(task, splits[role], *embedded[role]) for role in ("train", "test"))
         metrics = {
             **linear_probe(*train, *test, multi_label=task.multi_label, C=C),
-            **_chance(train[1], test[1]),
+            **chance_baseline(train[1], test[1]),
         }
         logger.info(
             "probe %s: mAP %.4f%s (C=%g)",

@@ -3,6 +3,8 @@ tiny AudioMAE over a tiny AudioStream come back with the right shapes and the mo
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,16 @@ from datasets import Audio, ClassLabel, Dataset, Features, List
 
 from hf_audiorep import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForAudioClassification
 from hf_audiorep.data import AudioStream
-from hf_audiorep.evaluation import extract_embeddings, linear_probe, linear_probe_encoder
+from hf_audiorep.evaluation import (
+    chance_baseline,
+    extract_embeddings,
+    linear_probe,
+    linear_probe_encoder,
+)
+from hf_audiorep.evaluation.linear_probe import clip_input_statistics
+
+# the module, which the package's function of the same name hides
+linear_probe_module = importlib.import_module("hf_audiorep.evaluation.linear_probe")
 
 SR = 16000
 
@@ -114,21 +125,25 @@ def test_probe_input_errors():
 # ---------------------------------------------------------------------------- on a real encoder
 
 
-def _tones(swap_labels: bool = False) -> Dataset:
+def _tones(swap_labels: bool = False, labels: list[list[int]] | None = None, noise: float = 0.0) -> Dataset:
     """10 half-second clips alternating a 200 Hz ("low") and a 3 kHz ("high") tone; ``swap_labels`` names
-    each tone with the other's label."""
+    each tone with the other's label, ``labels`` gives each clip's labels instead; ``noise``: the standard
+    deviation of white noise added (a pure tone's filterbank frames are all alike)."""
     n = 10
     names = ["low", "high"]
     features = Features({"audio": Audio(sampling_rate=SR), "labels": List(ClassLabel(names=names))})
     t = np.arange(int(0.5 * SR)) / SR
     audio = [
         {
-            "array": (0.4 * np.sin(2 * np.pi * (200.0 if i % 2 == 0 else 3000.0) * t)).astype(np.float32),
+            "array": (
+                0.4 * np.sin(2 * np.pi * (200.0 if i % 2 == 0 else 3000.0) * t)
+                + noise * np.random.default_rng(i).standard_normal(len(t))
+            ).astype(np.float32),
             "sampling_rate": SR,
         }
         for i in range(n)
     ]
-    labels = [[(i + swap_labels) % 2] for i in range(n)]
+    labels = labels or [[(i + swap_labels) % 2] for i in range(n)]
     return Dataset.from_dict({"audio": audio, "labels": labels}, features=features)
 
 
@@ -229,3 +244,76 @@ def test_recipe_probe_reads_the_train_split_to_fit_and_the_test_split_to_score(t
     np.testing.assert_array_equal(seen["train_Y"], multi_hot("train", 12), err_msg="not fitted on train")
     np.testing.assert_array_equal(seen["test_Y"], multi_hot("test"), err_msg="not scored on test")
     assert result["probe_num_train_clips"] == 12 and result["probe_num_clips"] == 8
+
+
+# ---------------------------------------------------------------------------- the trivial baselines
+
+
+def test_input_statistics_are_each_bins_mean_and_std_over_the_real_frames_only():
+    torch.manual_seed(0)
+    values = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    values[0, 3:] = 100.0  # padding frames: must not reach the statistics
+    statistics = clip_input_statistics(values, mask)
+    assert statistics.shape == (3, 8) and statistics.dtype == torch.float32
+    for row, frames in enumerate([3, 5]):
+        real = values[row, :frames]
+        torch.testing.assert_close(statistics[row, :4], real.mean(dim=0))
+        torch.testing.assert_close(statistics[row, 4:], real.std(dim=0, unbiased=False))
+    assert torch.equal(statistics[2], torch.zeros(8)), "a clip without a real frame gets zeros"
+
+
+def test_the_baselines_come_from_the_same_clips_and_leave_the_encoders_probe_as_it_was(
+    tiny_encoder, monkeypatch
+):
+    """``baselines=True``: the encoder's probe is what it is without them; the constant score's mAP is the
+    test clips' mean class rate; the input-statistics probe is the same probe fitted on each clip's log-mel
+    mean and std, computed here by hand from the feature extractor."""
+    model, extractor = tiny_encoder
+    # Test clips with two labels or none, so the test split's mean class rate (0.7, 0.5 -> 0.6) differs from
+    # the train split's (0.5) and from 0.5.
+    test_labels = [[0, 1], [0], [1], [0, 1], [], [0], [1], [0], [0], [0, 1]]
+    train = list(_stream(_tones(noise=0.05), 4))
+    test = list(_stream(_tones(labels=test_labels, noise=0.05), 4))
+    plain = linear_probe_encoder(model, train, test, extractor)
+
+    fitted = []
+    real_probe = linear_probe_module.linear_probe
+
+    def recording_probe(train_X, train_Y, test_X, test_Y, **kwargs):
+        fitted.append((np.asarray(train_X), np.asarray(test_X), kwargs))
+        return real_probe(train_X, train_Y, test_X, test_Y, **kwargs)
+
+    monkeypatch.setattr(linear_probe_module, "linear_probe", recording_probe)
+    result = linear_probe_encoder(model, train, test, extractor, C=0.5, baselines=True)
+    plain_at_C = linear_probe_encoder(model, train, test, extractor, C=0.5)
+    assert {key: result[key] for key in plain_at_C} == plain_at_C and plain_at_C != plain
+
+    assert result["probe_mAP_chance"] == pytest.approx(0.6)
+    assert (
+        result["probe_mAP_chance"]
+        == chance_baseline(
+            np.eye(2)[[0, 1]],
+            np.array([[1 if c in labels else 0 for c in range(2)] for labels in test_labels]),
+        )["chance_mAP"]
+    )
+
+    def by_hand(batches):
+        rows = []
+        for batch in batches:
+            features, mask = extractor.batch_features(batch["waveforms"], batch["lengths"])
+            for clip, frames in zip(features, mask.sum(dim=1).tolist(), strict=True):
+                real = clip[:frames]
+                rows.append(torch.cat([real.mean(dim=0), real.std(dim=0, unbiased=False)]).numpy())
+        return np.stack(rows)
+
+    (_, _, embedding_options), (statistics_train, statistics_test, statistics_options) = fitted[:2]
+    assert statistics_train.shape == (10, 2 * extractor.feature_size)
+    assert statistics_train[:, extractor.feature_size :].mean() > 0.01, "frames that vary"
+    np.testing.assert_allclose(statistics_train, by_hand(train), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(statistics_test, by_hand(test), rtol=1e-5, atol=1e-5)
+    assert statistics_options == embedding_options and statistics_options["C"] == 0.5
+    expected = real_probe(statistics_train, np.concatenate([b["labels"] for b in train]), statistics_test,
+                          np.concatenate([b["labels"] for b in test]), C=0.5)["probe_mAP"]  # fmt: skip
+    assert result["probe_mAP_input_statistics"] == pytest.approx(expected)
+    assert "probe_mAP_chance" not in plain, "without baselines=True there are none"

@@ -196,16 +196,17 @@ def test_linear_probe_encoder_passes_its_arguments_to_both_splits(monkeypatch, n
     train_X, train_Y, test_X, test_Y = noisy
     calls = []
 
-    def fake_extract(model, batches, feature_extractor, device, max_batches):
-        calls.append((batches, device, max_batches))
-        return (train_X, train_Y) if batches == "train batches" else (test_X, test_Y)
+    def fake_extract(model, batches, feature_extractor, device, max_batches, input_statistics):
+        assert model == "model" and feature_extractor == "fe"
+        calls.append((batches, device, max_batches, input_statistics))
+        return (train_X, train_Y, None) if batches == "train batches" else (test_X, test_Y, None)
 
-    monkeypatch.setattr(linear_probe_module, "extract_embeddings", fake_extract)
+    monkeypatch.setattr(linear_probe_module, "_extract", fake_extract)
     result = linear_probe_encoder(
         "model", "train batches", "test batches", "fe", device="cuda:1", C=1e-3, max_iter=1,
         max_train_batches=3, max_test_batches=2,
     )  # fmt: skip
-    assert calls == [("train batches", "cuda:1", 3), ("test batches", "cuda:1", 2)]
+    assert calls == [("train batches", "cuda:1", 3, False), ("test batches", "cuda:1", 2, False)]
     assert result == linear_probe(train_X, train_Y, test_X, test_Y, C=1e-3, max_iter=1)
     assert result != linear_probe(train_X, train_Y, test_X, test_Y, C=1e-3)  # so max_iter is seen to arrive
     # and C, at the default max_iter (also the default C=1)

@@ -230,7 +230,7 @@ def test_the_evaluator_fits_on_train_and_scores_on_test_of_the_base_model(
 ):
     calls = []
 
-    def fake_probe_encoder(model, train, test, feature_extractor, C):
+    def fake_probe_encoder(model, train, test, feature_extractor, C, baselines):
         calls.append((model, list(train), list(test), feature_extractor, C))
         return {"probe_mAP": 0.5}
 
@@ -252,6 +252,27 @@ def test_the_evaluator_fits_on_train_and_scores_on_test_of_the_base_model(
     assert [(role, mode, sharded) for role, mode, _, sharded in recorder.streams] == [
         ("train", False, False),
         ("test", False, False),
+    ]
+
+
+def test_the_baselines_are_measured_at_the_first_evaluation_and_reported_at_every_one(recorder, monkeypatch):
+    asked = []
+
+    def fake_probe_encoder(model, train, test, feature_extractor, C, baselines):
+        asked.append(baselines)
+        result = {"probe_mAP": 0.1 * len(asked)}
+        if baselines:
+            result.update(probe_mAP_chance=0.07, probe_mAP_input_statistics=0.4)
+        return result
+
+    monkeypatch.setattr(probe, "linear_probe_encoder", fake_probe_encoder)
+    evaluate = probe.build_linear_probe(ProbeArguments(), _run_data(), TRAIN_ARGS, 16000, STATE)
+    model = SimpleNamespace(base_model=object())
+    results = [evaluate(model, object()) for _ in range(3)]
+    assert asked == [True, False, False], "no encoder in them: measured once"
+    assert results == [
+        {"probe_mAP": pytest.approx(0.1 * n), "probe_mAP_chance": 0.07, "probe_mAP_input_statistics": 0.4}
+        for n in (1, 2, 3)
     ]
 
 
@@ -332,6 +353,18 @@ def test_without_a_step_zero_probe_there_is_no_baseline(tmp_path, plots):
     ]
 
 
+def test_the_trivial_baselines_are_kept_and_drawn_beside_the_initialisation(tmp_path, plots):
+    row = {"probe_mAP_chance": 0.07, "probe_mAP_input_statistics": 0.4}
+    history = [{"step": 0, "probe_mAP": 0.2, **row}, {"step": 10, "probe_mAP": 0.3, **row}]
+    results = write_probe_results(tmp_path, ProbeArguments(), {"probe_mAP": 0.3, **row}, history)
+    assert results["probe_mAP_chance"] == 0.07 and results["probe_mAP_input_statistics"] == 0.4
+    assert plots[0]["baselines"] == {
+        "chance (a constant score)": 0.07,
+        "input features' mean and std (no encoder)": 0.4,
+        "initialisation": 0.2,
+    }
+
+
 def test_two_probes_make_a_curve_and_one_does_not(tmp_path, plots):
     write_probe_results(tmp_path, ProbeArguments(), {}, [{"step": 5, "probe_mAP": 0.4}, {"step": 9}])
     assert plots == []
@@ -383,6 +416,20 @@ def test_report_text_with_the_initialisation_every_probe_and_the_curve(tmp_path)
             f"model:   {tmp_path} (AutoModel.from_pretrained gives the encoder)",
         ]
     )
+
+
+def test_report_text_with_the_trivial_baselines(tmp_path):
+    results = _results(probe_mAP_chance=0.0731, probe_mAP_input_statistics=0.41)
+    assert probe_report(results, tmp_path).splitlines()[1:8] == [
+        "  step                                       probe mAP",
+        "  chance (a constant score)                  0.0731",
+        "  input features' mean and std (no encoder)  0.4100",
+        "  initialisation (step 0)                    0.1800",
+        "  step 50                                    0.2200",
+        "  step 75                                    0.2550",
+        "  this run (final)                           0.3100  (+0.1300 over the initialisation, "
+        "-0.1000 over the input statistics)",
+    ]
 
 
 def test_report_text_without_an_initialisation_or_a_curve(tmp_path):

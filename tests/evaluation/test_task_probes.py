@@ -11,6 +11,7 @@ from hf_audiorep import AudioMAEConfig, AudioMAEModel
 from hf_audiorep.data.embedded import ATTRIBUTE_TASKS, load_embedded_corpus
 from hf_audiorep.evaluation import ProbeTask, corpus_probe_tasks, linear_probe, probe_tasks
 from hf_audiorep.evaluation import task_probes as task_probes_module
+from hf_audiorep.evaluation.linear_probe import chance_baseline
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 
 SIZES = {"clip_seconds": 1.0, "num_train": 40, "num_validation": 0, "num_test": 24}
@@ -95,9 +96,9 @@ def test_each_split_is_embedded_once_and_limits_take_the_first_clips(corpus, enc
 
 
 def test_chance_is_the_prevalence_and_the_majority_class():
-    chance = task_probes_module._chance(np.array([0, 0, 1, 2]), np.array([1, 1, 0, 1]))
+    chance = chance_baseline(np.array([0, 0, 1, 2]), np.array([1, 1, 0, 1]))
     assert chance == {"chance_mAP": pytest.approx((0.25 + 0.75) / 2), "chance_accuracy": 0.25}
-    multi = task_probes_module._chance(np.zeros((2, 3)), np.array([[1, 0, 0], [1, 1, 0]], np.float32))
+    multi = chance_baseline(np.zeros((2, 3)), np.array([[1, 0, 0], [1, 1, 0]], np.float32))
     assert multi == {"chance_mAP": pytest.approx((1.0 + 0.5) / 2)}
 
 

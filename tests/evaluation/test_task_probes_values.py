@@ -15,6 +15,7 @@ from torch import nn
 from hf_audiorep.data.embedded import load_embedded_corpus
 from hf_audiorep.evaluation import ProbeTask, corpus_probe_tasks, probe_tasks
 from hf_audiorep.evaluation import task_probes as task_probes_module
+from hf_audiorep.evaluation.linear_probe import chance_baseline
 
 
 class _WaveformFeatures:
@@ -100,11 +101,11 @@ def test_attribute_tasks_are_single_label_and_events_multi_label():
 def test_a_soft_label_of_one_half_counts_as_positive_in_the_baseline():
     targets = np.array([[0.5, 0.0], [0.5, 1.0]], np.float32)
     # prevalence (1, 0.5): with ">" the first class would have none and drop out (0.5)
-    assert task_probes_module._chance(np.zeros((2, 2)), targets) == {"chance_mAP": pytest.approx(0.75)}
+    assert chance_baseline(np.zeros((2, 2)), targets) == {"chance_mAP": pytest.approx(0.75)}
 
 
 def test_the_single_label_baseline_with_classes_missing_from_a_split():
-    chance = task_probes_module._chance(np.array([3, 3, 0]), np.array([1, 1, 1, 2]))
+    chance = chance_baseline(np.array([3, 3, 0]), np.array([1, 1, 1, 2]))
     # the train majority (3) never occurs in test; the constant's mAP averages the test's classes 1 and 2
     assert chance == {"chance_mAP": pytest.approx((0.75 + 0.25) / 2), "chance_accuracy": 0.0}
 

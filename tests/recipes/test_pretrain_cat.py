@@ -192,6 +192,11 @@ def test_recipe_pretrains_probes_and_saves(pretrained, tmp_path):
     # Probed at the initialisation too (eval_on_start): the run's own baseline, reported and plotted.
     assert [row["step"] for row in results["eval_history"]] == [0, 2, 4]
     assert results["probe_mAP_initialization"] == results["eval_history"][0]["probe_mAP"]
+    # And the trivial baselines, measured once on the same clips: a constant score and the log-mel statistics.
+    baselines = [{key: row[key] for key in ("probe_mAP_chance", "probe_mAP_input_statistics")}
+                 for row in results["eval_history"]]  # fmt: skip
+    assert baselines == [baselines[0]] * 3 and 0.0 < baselines[0]["probe_mAP_chance"] < 1.0
+    assert results["probe_mAP_chance"] < results["probe_mAP_input_statistics"] <= 1.0
     assert (out / "probe_curve.png").stat().st_size > 0
     assert summary["global_step"] == 4 and summary["train_loss"] > 0
     saved = load_file(str(out / "model.safetensors"))
@@ -206,6 +211,13 @@ def test_recipe_pretrains_probes_and_saves(pretrained, tmp_path):
     # A published card reports the probe as a linear-probe mAP, with its protocol.
     card = (hub.prepare_repo(out, tmp_path / "repo", repo_id="org/cat-small") / "README.md").read_text()
     assert "linear-probe mAP" in card and "frozen encoder" in card
+    # beside its baselines, so a reader can tell what the pre-training added
+    assert (
+        f"The same probe on the same clips: the encoder's random initialisation "
+        f"{results['probe_mAP_initialization']:.4f}; the input features' mean and standard deviation, "
+        f"without an encoder {results['probe_mAP_input_statistics']:.4f}; a constant score "
+        f"{results['probe_mAP_chance']:.4f}." in card
+    )
     assert "pipeline_tag: feature-extraction" in card
     # The EMA teacher is checkpointed as safetensors with the run.
     checkpoint = out / "checkpoints" / "step_4"
