@@ -8,10 +8,17 @@ library's decoder (clear errors for missing, non-audio or damaged files), scores
 the Space do (:mod:`hf_audiorep.inference`; a file path is streamed in bounded memory), and applies the
 model's own activation (sigmoid for tagging, softmax for single-label) unless ``function_to_apply`` says
 otherwise. Every other model goes through transformers' pipeline unchanged.
+
+``batch_size`` (over a list, dataset or generator of inputs) gives each input the result ``batch_size=1``
+gives it: clips are scored one at a time, and a ``batch_size`` above the library's default number of windows
+per forward pass raises that number for each clip. Windows of different clips are not stacked into one
+forward pass: a front end without a fixed ``target_length`` would pad a short clip to a longer clip's window
+and change its scores.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -21,6 +28,9 @@ from transformers.utils import logging as hf_logging
 
 from .data.decode import decode_audio
 from .inference import tag_file, tag_waveform
+
+#: windows per forward pass at ``batch_size=1``: ``tag_windows``' default, the CLI's too
+_WINDOWS_PER_PASS = 8
 
 
 def _library_model_types() -> set[str]:
@@ -40,12 +50,32 @@ class AudioTaggingPipeline(AudioClassificationPipeline):
         return getattr(self.model.config, "model_type", None) in _library_model_types()
 
     def _sanitize_parameters(self, top_k=None, function_to_apply=None, **kwargs):
+        if top_k is not None and self._is_library_model():
+            # As the CLI's --top_k: slicing would turn 0 into no labels and -1 into all labels but one.
+            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer or None (every label), got {top_k!r}")
+            top_k = int(top_k)
         preprocess, forward, postprocess = super()._sanitize_parameters(top_k, function_to_apply, **kwargs)
         if self._is_library_model() and "function_to_apply" in postprocess:
             # Windows are aggregated after the activation (max of sigmoids, mean of softmaxes), so it is
             # applied in the forward step, not on the aggregate.
             forward["activation"] = postprocess.pop("function_to_apply")
         return preprocess, forward, postprocess
+
+    def get_iterator(
+        self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+    ):
+        if not self._is_library_model() or batch_size == 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        # One preprocessed clip (a path, or a waveform of its own length) per forward step: transformers'
+        # collation would hand _forward several clips at once, and stacking their windows is not exact (see
+        # the module docstring). The batch size goes to the windows of each clip instead.
+        forward_params = {**forward_params, "window_batch_size": max(batch_size, _WINDOWS_PER_PASS)}
+        return super().get_iterator(
+            inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params
+        )
 
     def preprocess(self, inputs):
         if not self._is_library_model():
@@ -69,15 +99,22 @@ class AudioTaggingPipeline(AudioClassificationPipeline):
             return {"waveform": decode_audio(inputs, rate, sampling_rate=rate)}
         return {"waveform": decode_audio(inputs, rate)}
 
-    def _forward(self, model_inputs, activation=None):
+    def _forward(self, model_inputs, activation=None, window_batch_size=_WINDOWS_PER_PASS):
         if not self._is_library_model():
             return super()._forward(model_inputs)
         model, fe = self.model, self.feature_extractor
         if "path" in model_inputs:
-            result, _ = tag_file(model, fe, model_inputs["path"], activation=activation)
+            result, _ = tag_file(
+                model, fe, model_inputs["path"], batch_size=window_batch_size, activation=activation
+            )
         else:
             result = tag_waveform(
-                model, fe, model_inputs["waveform"], fe.sampling_rate, activation=activation
+                model,
+                fe,
+                model_inputs["waveform"],
+                fe.sampling_rate,
+                batch_size=window_batch_size,
+                activation=activation,
             )
         return {"result": result}
 
