@@ -89,6 +89,11 @@ def _check_audio(audio, model: HearModel) -> torch.Tensor:
             f"the sounds last {audio.shape[1]} samples; at least {min_samples} (one analysis frame at "
             f"{model.sample_rate} Hz) are needed"
         )
+    finite = torch.isfinite(audio).all(dim=1)
+    if not finite.all():
+        # A NaN would reach every embedding of its sound silently; the other entry points refuse it too.
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"sound {bad[0]} contains NaN or infinite samples ({len(bad)} such sound(s) in all)")
     return audio.float()
 
 

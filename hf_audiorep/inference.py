@@ -106,11 +106,33 @@ def check_taggable(num_samples: int, sampling_rate: int) -> None:
         )
 
 
-def model_window_seconds(feature_extractor) -> float:
-    """Seconds of audio one forward pass sees: ``target_length`` frames, ``frame_shift_ms`` apart."""
-    shift = getattr(feature_extractor, "frame_shift_ms", 10.0) / 1000.0
-    target = getattr(feature_extractor, "target_length", None)
-    return float(target * shift) if target else 10.0
+#: the window of a model whose front end crops to no fixed length (the Zipformer's): an AudioSet clip
+DEFAULT_WINDOW_SECONDS = 10.0
+
+
+def model_window_seconds(feature_extractor, config=None) -> float:
+    """Seconds of audio one forward pass sees: the samples that make the front end's ``target_length``
+    frames exactly (``target_length`` frame shifts would leave the last frame or two padded). A front end
+    that crops to no fixed length gets `DEFAULT_WINDOW_SECONDS`, or less where the model's
+    ``config.max_length`` (the frames it accepts) is shorter."""
+    rate = feature_extractor.sampling_rate
+    if getattr(feature_extractor, "target_length", None):
+        exact = getattr(feature_extractor, "max_samples", None)
+        if exact is not None:
+            return exact / rate
+        # Another library's extractor: its frames, one shift apart.
+        return feature_extractor.target_length * getattr(feature_extractor, "frame_shift_ms", 10.0) / 1000.0
+    max_length = getattr(config, "max_length", None)
+    frames_of = getattr(feature_extractor, "num_frames", None)
+    samples = round(DEFAULT_WINDOW_SECONDS * rate)
+    if not max_length or frames_of is None or frames_of(samples) <= max_length:
+        return DEFAULT_WINDOW_SECONDS
+    # The longest clip whose frames the model accepts (frames grow with samples: a binary search).
+    low, high = 0, samples
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if frames_of(middle) <= max_length else (low, middle - 1)
+    return low / rate
 
 
 def _apply(activation: str, logits: torch.Tensor) -> torch.Tensor:
@@ -183,8 +205,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
-def _hop(feature_extractor, window_seconds, hop_seconds) -> tuple[float, float]:
-    window = window_seconds or model_window_seconds(feature_extractor)
+def _hop(model, feature_extractor, window_seconds, hop_seconds) -> tuple[float, float]:
+    window = window_seconds or model_window_seconds(feature_extractor, model.config)
     hop = hop_seconds or window / 2
     if hop <= 0 or hop > window:
         raise ValueError(f"hop_seconds must be in (0, window = {window:g} s], got {hop:g}")
@@ -216,7 +238,7 @@ def tag_waveform(
     if waveform.ndim != 1:
         raise ValueError(f"expected a mono 1-D waveform, got shape {waveform.shape}")
     check_taggable(len(waveform), sampling_rate)
-    window, hop = _hop(feature_extractor, window_seconds, hop_seconds)
+    window, hop = _hop(model, feature_extractor, window_seconds, hop_seconds)
     windows = iter_windows(ArrayReader(waveform, sampling_rate), sampling_rate, window, hop)
     return tag_windows(model, feature_extractor, windows, activation, batch_size)
 
@@ -237,7 +259,7 @@ def tag_file(
     Raises ``FileNotFoundError`` or ``CorruptAudioError`` (a ``ValueError``) naming the problem."""
     from tqdm.auto import tqdm
 
-    window, hop = _hop(feature_extractor, None, hop_seconds)
+    window, hop = _hop(model, feature_extractor, None, hop_seconds)
     sampling_rate = feature_extractor.sampling_rate
     with AudioFile(path) as audio:
         duration = audio.duration

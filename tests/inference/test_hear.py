@@ -114,6 +114,19 @@ def test_a_cat_encoder_serves_the_api(tmp_path):
         (torch.zeros((1, 16000), dtype=torch.int16), TypeError, "floats"),
         (torch.zeros((0, 16000)), ValueError, "no sounds"),
         (torch.zeros((1, 100)), ValueError, "100 samples"),
+        (torch.full((1, 16000), float("nan")), ValueError, r"sound 0 contains NaN or infinite samples \(1 "),
+        (
+            torch.zeros((3, 16000)).index_fill_(1, torch.tensor([5]), float("inf")),
+            ValueError,
+            r"sound 0 contains NaN or infinite samples \(3 ",
+        ),
+        (
+            torch.zeros((2, 16000)).index_put_(
+                (torch.tensor([1]), torch.tensor([9])), torch.tensor(float("nan"))
+            ),
+            ValueError,
+            r"sound 1 contains NaN",
+        ),
     ],
 )
 def test_bad_audio_gets_an_error_naming_the_problem(model, audio, error, message):
