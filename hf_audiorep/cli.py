@@ -5,34 +5,82 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .precision import PRECISIONS
 
 
-def _check_model_path(model_dir: str) -> None:
-    # "org/name" may be a Hub id; an absolute, relative or deeper path can only be a directory.
+class CommandError(Exception):
+    """A failure the user can fix: :func:`main` prints it as one line, ``hf-audiorep <command>: error: ...``.
+
+    ``status`` is the exit status: 2 for a bad argument (as argparse's own errors), 1 for anything else.
+    Only known failure types become a ``CommandError``; anything else keeps its traceback, since it is a bug.
+    """
+
+    def __init__(self, message: str, status: int = 1):
+        # A multi-line message (transformers writes some) would no longer read as one error line.
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
+        self.status = status
+
+
+def no_such_model_directory(model_dir: str) -> str | None:
+    """``"no such model directory: ..."`` when ``model_dir`` can only be a folder and is missing, else None.
+
+    "org/name" may be a Hub id; an absolute, relative or deeper path can only be a directory. The Space
+    (spaces/audio-tagger/app.py) says the same for its configured models."""
     if not Path(model_dir).exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1):
-        raise SystemExit(f"hf-audiorep: error: no such model directory: {model_dir}")
+        return f"no such model directory: {model_dir}"
+    return None
 
 
-def _load_config(model_dir: str, command: str = "hf-audiorep"):
+@contextmanager
+def _model_errors(model_dir: str, what: str = "a model"):
+    """Loading ``model_dir``: what is known to go wrong becomes a :class:`CommandError` naming the model.
+
+    That is a missing folder, a Hub id that cannot be fetched (a ``HubUnreachableError``, which
+    :func:`main` prints), and a folder without a loadable model: no or a bad ``config.json``, missing
+    weights or front end (transformers raises ``OSError`` or ``ValueError`` for those)."""
+    from .hub_errors import translate_hub_errors
+
+    missing = no_such_model_directory(model_dir)
+    if missing:
+        raise CommandError(missing)
+    if Path(model_dir).is_file():
+        raise CommandError(f"{model_dir} is a file; pass the model directory (the folder with config.json)")
+    if Path(model_dir).is_dir() and not (Path(model_dir) / "config.json").is_file():
+        raise CommandError(f"cannot load {what} from {model_dir}: it has no config.json (not a saved model)")
+    try:
+        with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
+            yield
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot load {what} from {model_dir}: {err}") from None
+
+
+def _load_config(model_dir: str):
     """The saved config of ``model_dir`` (a folder or a Hub id), or one line naming what is wrong."""
     from transformers import AutoConfig
 
     import hf_audiorep  # noqa: F401  (registers the Auto classes)
 
-    from .hub_errors import translate_hub_errors
+    with _model_errors(model_dir):
+        return AutoConfig.from_pretrained(model_dir)
 
-    _check_model_path(model_dir)
-    try:
-        # A Hub id that cannot be fetched becomes one line naming the model and what to check.
-        with translate_hub_errors(model_dir, repo_type="model", hint="or pass a local model directory"):
-            return AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:  # a directory without a (valid) config.json
-        raise SystemExit(f"{command}: error: cannot load a model from {model_dir}: {err}") from None
+
+def _check_front_end(model_dir: str) -> None:
+    # model.save_pretrained alone writes no feature extractor, a common mistake; transformers' own message
+    # for it talks about the Hub and a local directory of the same name.
+    root = Path(model_dir)
+    if root.is_dir() and not any((root / name).is_file() for name in _FRONT_END_FILES):
+        raise CommandError(
+            f"{model_dir} has no preprocessor_config.json: save the feature extractor next to the model "
+            f"(feature_extractor.save_pretrained({model_dir!r}))"
+        )
+
+
+#: where a saved model keeps its front end: a feature extractor alone, or inside a processor
+_FRONT_END_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 def _load(model_dir: str, device: str, precision: str = "fp32"):
@@ -43,13 +91,15 @@ def _load(model_dir: str, device: str, precision: str = "fp32"):
 
     config = _load_config(model_dir)
     if label_names(config) is None:
-        raise SystemExit(
+        raise CommandError(
             f"{model_dir} has no classification labels (id2label): it is an encoder, not a tagger; "
             "fine-tune it first (recipes/finetune.py --model_name_or_path ...)"
         )
-    model = AutoModelForAudioClassification.from_pretrained(model_dir).to(device)
-    feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
-    return for_inference(model, precision), feature_extractor
+    _check_front_end(model_dir)
+    with _model_errors(model_dir):
+        model = AutoModelForAudioClassification.from_pretrained(model_dir)
+        feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+    return for_inference(model.to(device), precision), feature_extractor
 
 
 def _report(path, result, duration, args) -> None:
@@ -73,7 +123,7 @@ def _report(path, result, duration, args) -> None:
             "labels": [{"label": lb, "score": s} for lb, s in top],
             "notices": notices,
         }
-        print(json.dumps(record), flush=True)
+        print(json.dumps(record, ensure_ascii=False), flush=True)
         return
     print(
         f"{path}  ({result.seconds:.1f} s, {len(result.window_starts)} window(s), "
@@ -87,9 +137,17 @@ def _report(path, result, duration, args) -> None:
 
 
 def _cmd_tag(args) -> int:
-    from .inference import tag_file
+    from .inference import model_window_seconds, tag_file
 
     model, fe = _load(args.model, args.device, args.precision)
+    # The window is known once the model is loaded: a hop longer than it would fail every file alike.
+    window = model_window_seconds(fe, model.config)
+    if args.hop_seconds is not None and args.hop_seconds > window:
+        raise CommandError(
+            f"argument --hop_seconds: must be at most the model's window, {window:g} s, "
+            f"got {args.hop_seconds:g}",
+            status=2,
+        )
     failed = 0
     for path in args.files:
         # One bad file never sinks the batch: it gets a one-line error and the next file is read.
@@ -122,27 +180,23 @@ def _is_captioner(config) -> bool:
 def _load_captioner(model_dir: str, device: str):
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    config = _load_config(model_dir, "hf-audiorep caption")
+    config = _load_config(model_dir)
     if not _is_captioner(config):
         kind = ", ".join(config.architectures or [config.model_type])
         # Loading it anyway would give a decoder of random weights: refuse, naming what the model is.
-        raise SystemExit(
-            f"hf-audiorep caption: error: {model_dir} ({kind}) has no caption decoder: it is not a captioner "
+        raise CommandError(
+            f"{model_dir} ({kind}) has no caption decoder: it is not a captioner "
             "(an audio-to-text model such as ZipformerForConditionalGeneration); tag with hf-audiorep tag"
         )
-    try:
+    with _model_errors(model_dir, "the captioner"):  # missing weights or processor files
         processor = AutoProcessor.from_pretrained(model_dir)
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_dir).to(device).eval()
-    except (OSError, ValueError) as err:  # missing weights or processor files, an unknown architecture
-        raise SystemExit(
-            f"hf-audiorep caption: error: cannot load the captioner in {model_dir}: {err}"
-        ) from None
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_dir)
     if not callable(getattr(processor, "batch_decode", None)):
-        raise SystemExit(
-            f"hf-audiorep caption: error: {model_dir} has no tokenizer to turn tokens into text: save the "
+        raise CommandError(
+            f"{model_dir} has no tokenizer to turn tokens into text: save the "
             "captioner's processor (feature extractor and tokenizer) with it"
         )
-    return model, processor
+    return model.to(device).eval(), processor
 
 
 def _read_for_caption(path, sampling_rate: int, max_seconds: float | None):
@@ -216,15 +270,41 @@ def _cmd_caption(args) -> int:
     return 1 if failed else 0
 
 
+def _parameter_count(config) -> int | None:
+    """What ``sum(p.numel() for p in model.parameters())`` gives for the saved architecture.
+
+    The weights file cannot say it: it also holds buffers (BatchNorm running statistics), and a sharded
+    checkpoint is several files. So the model is built from its config on the meta device (no memory, no
+    initialisation; tied weights stay tied, counted once, unlike accelerate's ``init_empty_weights``).
+    None for an architecture neither this library nor transformers defines (remote code)."""
+    import torch
+    import transformers
+
+    from .registry import architecture_for
+
+    name = (config.architectures or [None])[0]
+    try:
+        candidates = architecture_for(config.model_type).classes
+    except ValueError:  # a transformers model
+        candidates = ()
+    model_class = next((c for c in candidates if c.__name__ == name), None)
+    if model_class is None and name is not None:
+        model_class = getattr(transformers, name, None)
+    with torch.device("meta"):
+        if model_class is not None:
+            model = model_class(config)
+        elif name is None:  # a config written by hand: its base model
+            model = transformers.AutoModel.from_config(config)
+        else:
+            return None
+    return sum(p.numel() for p in model.parameters())
+
+
 def _cmd_info(args) -> int:
-    from transformers import AutoConfig
-
-    import hf_audiorep  # noqa: F401
-
     from .inference import label_names
 
     root = Path(args.model)
-    config = AutoConfig.from_pretrained(root)
+    config = _load_config(args.model)
     names = label_names(config)
     info = {
         "model_type": config.model_type,
@@ -235,12 +315,9 @@ def _cmd_info(args) -> int:
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "max_length"):
         if hasattr(config, name):
             info[name] = getattr(config, name)
-    weights = root / "model.safetensors"
-    if weights.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as f:
-            info["parameters"] = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    parameters = _parameter_count(config)
+    if parameters is not None:
+        info["parameters"] = parameters
     pre = root / "preprocessor_config.json"
     if pre.is_file():
         fe = json.loads(pre.read_text())
@@ -259,7 +336,10 @@ def _cmd_push(args) -> int:
     from .hub_errors import HubUnreachableError
 
     if args.dry_run is not None:
-        out = prepare_repo(args.model, args.dry_run, repo_id=args.repo_id)
+        try:
+            out = prepare_repo(args.model, args.dry_run, repo_id=args.repo_id)
+        except ValueError as err:  # not a saved model directory, or OUT_DIR is taken
+            raise CommandError(str(err)) from None
         for path in sorted(out.rglob("*")):
             if path.is_file():
                 print(f"{path.relative_to(out)}  ({path.stat().st_size} bytes)")
@@ -267,6 +347,8 @@ def _cmd_push(args) -> int:
         return 0
     try:
         commit = push_model(args.model, args.repo_id, private=args.private)
+    except ValueError as err:  # checked before any upload: not a saved model directory
+        raise CommandError(str(err)) from None
     except HubUnreachableError as err:
         # The message already names the repo and what to check; a traceback would only bury it.
         print(
@@ -448,15 +530,35 @@ def _load_few_shot_input(args):
 def _load_encoder(model: str, device: str):
     """The frozen encoder of a saved model directory or Hub id, of any kind (this library, transformers,
     CLAP); an error is one line naming the model."""
-    from .hub_errors import translate_hub_errors
     from .objectives.teachers import FrozenTeacher
 
-    _check_model_path(model)
+    _check_front_end(model)  # every kind of encoder needs its front end
     try:
-        with translate_hub_errors(model, repo_type="model", hint="or pass a local model directory"):
+        with _model_errors(model, "an encoder"):  # no config.json, no feature extractor
             return FrozenTeacher.from_pretrained(model, device=device)
-    except (OSError, ValueError, TypeError) as err:  # no config.json, no feature extractor, not audio
-        raise SystemExit(f"hf-audiorep few-shot: error: cannot load an encoder from {model}: {err}") from None
+    except TypeError as err:  # not an audio model
+        raise CommandError(f"cannot load an encoder from {model}: {err}") from None
+
+
+def _undecodable_clips(data, sampling_rate: int) -> list[str]:
+    """The clips of ``data`` that cannot be decoded, each named by its file (or row) and why."""
+    from datasets import Audio
+
+    from .data.decode import CorruptAudioError, decode_audio
+    from .data.sources import find_audio_column
+
+    column = find_audio_column(data, None)
+    if isinstance(data.features[column], Audio):
+        data = data.cast_column(column, Audio(decode=False))  # the path, not the decoded samples
+    failed = []
+    for row, value in enumerate(data[column]):
+        try:
+            decode_audio(value, sampling_rate)
+        except CorruptAudioError as err:  # what the embedding pass leaves out
+            name = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+            name = name or f"row {row}"
+            failed.append(str(err) if name in str(err) else f"{name}: {err}")
+    return failed
 
 
 def _cmd_few_shot(args) -> int:
@@ -480,6 +582,11 @@ def _cmd_few_shot(args) -> int:
         )
     except (ValueError, OSError) as err:  # a bad label column, too few classes, a missing input
         raise SystemExit(f"hf-audiorep few-shot: error: {err}") from None
+    if result.num_clips < len(data):
+        # The embedding pass only counts the clips it leaves out; reading them again, only when some were
+        # left out, names them so they can be fixed.
+        for message in _undecodable_clips(data, encoder.sampling_rate):
+            print(f"few-shot: left out a clip: {message}", file=sys.stderr)
     print(f"{args.model} on {args.dataset} [{args.split}], classes from {args.label_column!r}")
     print(result.format_table())
     if args.output is not None:
@@ -632,7 +739,8 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise argparse.ArgumentTypeError(f"expected {article} {kind.__name__}, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
@@ -664,6 +772,39 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """``--device``: a torch device this machine has, so that a typo or a missing GPU is refused up front
+    instead of surfacing as a traceback once the model is loaded."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, mps)"
+        ) from None
+    if device.type == "meta":
+        raise argparse.ArgumentTypeError("meta tensors hold no data: pick a device that computes, e.g. cpu")
+    try:
+        torch.empty(0, device=device)  # what .to(device) would meet: no driver, no such GPU, no backend
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise argparse.ArgumentTypeError(f"{text} is not available here: {reason}") from None
+    return text
+
+
+def _repo_id(text: str) -> str:
+    """A Hub repository id as the Hub itself checks it (offline), so a dry run never writes a bad one into
+    the model card."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-audiorep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -690,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tag only the first N seconds of each file (default: all)",
     )
-    tag.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    tag.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
     tag.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -705,11 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     tag.set_defaults(func=_cmd_tag)
     _add_caption(sub)
     info = sub.add_parser("info", help="describe a saved model directory")
-    info.add_argument("model")
+    info.add_argument("model", help="a saved model directory (or a Hub id when online)")
     info.set_defaults(func=_cmd_info)
     push = sub.add_parser("push", help="publish a saved model directory to the Hub (with remote code)")
     push.add_argument("model", help="a saved model directory")
-    push.add_argument("repo_id", help="the Hub repository, e.g. user/audiomae-as20k")
+    push.add_argument("repo_id", type=_repo_id, help="the Hub repository, e.g. user/audiomae-as20k")
     push.add_argument("--private", action="store_true")
     push.add_argument(
         "--dry_run", metavar="OUT_DIR", default=None, help="only build the upload folder in OUT_DIR"
@@ -755,7 +896,9 @@ def _add_caption(sub) -> None:
         help="caption only the first N seconds of each file (default and at most: what the encoder takes in "
         "one pass, config.max_length frames: 30 s for the UTS Zipformer)",
     )
-    caption.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    caption.add_argument(
+        "--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)"
+    )
     caption.add_argument(
         "--json", action="store_true", help="one JSON object per captioned file (errors go to stderr)"
     )
@@ -934,7 +1077,9 @@ def _add_few_shot(sub) -> None:
         default=16,
         help="clips per forward pass (default: 16)",
     )
-    few.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    few.add_argument(
+        "--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)"
+    )
     few.add_argument(
         "--num-clips",
         "--num_clips",
@@ -1034,6 +1179,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CommandError as err:
+        # The one place a known failure becomes one line; anything else keeps its traceback.
+        message = f"hf-audiorep {args.command}: error: {err}"
+        if err.status == 1:
+            raise SystemExit(message) from None  # printed on stderr, status 1, as the commands' own exits
+        print(message, file=sys.stderr)
+        return err.status
     except HubUnreachableError as err:
         print(f"hf-audiorep {args.command}: error: {err}", file=sys.stderr)
         return 2

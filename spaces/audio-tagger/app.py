@@ -38,6 +38,7 @@ if _HERE not in sys.path:
 
 from figures import render_figure  # noqa: E402
 
+from hf_audiorep.cli import no_such_model_directory  # noqa: E402
 from hf_audiorep.data.audio_file import read_head  # noqa: E402
 from hf_audiorep.data.decode import CorruptAudioError  # noqa: E402
 from hf_audiorep.inference import (  # noqa: E402
@@ -148,6 +149,10 @@ def _load_cached(model_id: str, precision: str):
 
     import hf_audiorep  # noqa: F401  (registers the library's architectures with the Auto classes)
 
+    # The command line's words for a missing folder, not transformers' "Repo id must be in the form ...".
+    missing = no_such_model_directory(model_id)
+    if missing:
+        raise ValueError(missing)
     try:
         AutoConfig.from_pretrained(model_id)
         trust_remote_code = False
@@ -321,7 +326,8 @@ def predict(
 
     result = tag_waveform(model, feature_extractor, waveform, sampling_rate)
     seconds = len(waveform) / sampling_rate
-    window = min(model_window_seconds(feature_extractor), seconds)
+    model_window = model_window_seconds(feature_extractor, model.config)  # the one tag_waveform used
+    window = min(model_window, seconds)
     figure = _figure(result, log_mel_spectrogram(feature_extractor, waveform), seconds, window, top_k)
     windows = len(result.window_starts)
     if windows > 1:
@@ -329,7 +335,7 @@ def predict(
             "mean window probability" if result.activation == "softmax" else "highest window score"
         )
     else:
-        how = f"in one pass (the model's window is {model_window_seconds(feature_extractor):.2f} s)"
+        how = f"in one pass (the model's window is {model_window:.2f} s)"
     summary = f"Tagged {seconds:.1f} s with `{model_id}` {how}. {result.describe_scoring()}"
     if result.describe_precision():
         summary = f"{summary} {result.describe_precision()}"
@@ -385,8 +391,9 @@ def build_demo(
     with gr.Blocks(title="hf_audiorep audio tagger") as demo:
         gr.Markdown(
             "# Audio tagger\n"
-            "Upload or record a sound: the model lists what it hears, with a score per label (labels are "
-            "independent, so scores do not sum to 1). Clips longer than the model's window are scored "
+            "Upload or record a sound: the model lists what it hears, with a score per label (a tagger's "
+            "labels are independent, so its scores do not sum to 1; a single-label classifier's "
+            "probabilities do; each result says which). Clips longer than the model's window are scored "
             f"window by window; at most {settings.max_seconds:g} s and {settings.max_megabytes:g} MB."
         )
         if not settings.model_ids:
@@ -427,35 +434,77 @@ def build_demo(
     return demo
 
 
+def _setting(name: str):
+    """An argparse type for the ``name`` limit of `TaggerSettings`: a number it accepts, checked by
+    `TaggerSettings` itself so the command line and the settings agree."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            TaggerSettings(**{name: value})
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    return parse
+
+
+def _arguments(parser: argparse.ArgumentParser, argv, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The parsed command line, with each setting it leaves out taken from its environment variable (else
+    the default); a bad value of either is refused as a usage error naming where it came from."""
+    args = parser.parse_args(argv)
+    for name, variable, default in (
+        ("max_seconds", "HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS),
+        ("max_megabytes", "HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES),
+    ):
+        if getattr(args, name) is None:
+            text = environ.get(variable, "").strip()
+            try:
+                setattr(args, name, _setting(name)(text) if text else default)
+            except argparse.ArgumentTypeError as err:
+                parser.error(f"environment variable {variable}: {err}")
+    if args.precision is None:
+        args.precision = environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto"
+        if args.precision not in PRECISIONS:
+            parser.error(
+                f"environment variable HF_AUDIOREP_PRECISION: must be one of {', '.join(PRECISIONS)}, "
+                f"got {args.precision!r}"
+            )
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    environ = os.environ
     parser = argparse.ArgumentParser(description="Serve the hf_audiorep audio tagger.")
     parser.add_argument(
         "--model", action="append", help="Hub id or directory of a checkpoint; repeat for several"
     )
     parser.add_argument(
         "--max_seconds",
-        type=float,
-        default=_env_float("HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS, environ),
-        help="longer clips are cut to this many seconds, with a notice",
+        type=_setting("max_seconds"),
+        default=None,
+        help="longer clips are cut to this many seconds, with a notice (default: HF_AUDIOREP_MAX_SECONDS, "
+        f"else {DEFAULT_MAX_SECONDS:g})",
     )
     parser.add_argument(
         "--max_megabytes",
-        type=float,
-        default=_env_float("HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES, environ),
-        help="larger files are refused",
+        type=_setting("max_megabytes"),
+        default=None,
+        help=f"larger files are refused (default: HF_AUDIOREP_MAX_MEGABYTES, else {DEFAULT_MAX_MEGABYTES:g})",
     )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default=environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto",
+        default=None,
         help="number format the models run in: auto (default; HF_AUDIOREP_PRECISION) = bf16 for the ViTs "
         "and BEATs on a CPU with AMX, fp32 otherwise; fp32 for float32 scores",
     )
     parser.add_argument("--no_examples", action="store_true", help="do not synthesise the example clips")
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on every interface")
     parser.add_argument("--server_port", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = _arguments(parser, argv, os.environ)
     torch.set_grad_enabled(False)
     demo = build_demo(
         args.model,

@@ -18,7 +18,7 @@ from tagger_utils import save_tiny_tagger, write_clip
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from hf_audiorep.data.decode import decode_audio
-from hf_audiorep.inference import log_mel_spectrogram, tag_waveform
+from hf_audiorep.inference import log_mel_spectrogram, model_window_seconds, tag_waveform
 
 SPACE = Path(__file__).resolve().parents[2] / "spaces" / "audio-tagger"
 
@@ -86,7 +86,10 @@ def test_long_stereo_44k_clip_is_resampled_windowed_and_cut(app, settings, model
     assert list(labels) == list(expected)
     assert list(labels.values()) == pytest.approx(list(expected.values()), abs=1e-6)
     assert "only its first 5 s" in message and "7.0 s" in message
-    assert "overlapping windows of 2.08 s" in message
+    # The model's window (2.08 s and a frame's remainder), as tag_waveform slides it.
+    model = AutoModelForAudioClassification.from_pretrained(model_dir)
+    window = model_window_seconds(AutoFeatureExtractor.from_pretrained(model_dir), model.config)
+    assert f"overlapping windows of {window:.2f} s" in message
     short_figure = app.predict(str(write_clip(tmp_path / "s.wav", 1.0)), None, 4, settings=settings)[1]
     # Longer than the window: a second panel plots each label's score over time.
     assert figure.height > short_figure.height + 150
@@ -179,6 +182,75 @@ def test_model_ids_come_from_arguments_then_environment(app):
         app.TaggerSettings(max_megabytes=float("nan"))
     with pytest.raises(TypeError, match="not a single string"):
         app.TaggerSettings(model_ids="org/model")
+
+
+def test_a_missing_model_directory_reads_as_on_the_command_line(app, tmp_path):
+    absent = tmp_path / "absent"
+    settings = app.TaggerSettings(model_ids=(str(absent),))
+    labels, _, message = app.predict(str(write_clip(tmp_path / "a.wav", 1.0)), None, 3, settings=settings)
+    assert labels is None and f"no such model directory: {absent}" in message  # hf-audiorep tag's words
+    assert "Repo id" not in message
+
+
+_LIMIT_VARIABLES = ("HF_AUDIOREP_MAX_SECONDS", "HF_AUDIOREP_MAX_MEGABYTES", "HF_AUDIOREP_PRECISION")
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "expected"),
+    [
+        (
+            {"HF_AUDIOREP_MAX_SECONDS": "abc"},
+            [],
+            "environment variable HF_AUDIOREP_MAX_SECONDS: expected a number, got 'abc'",
+        ),
+        ({}, ["--max_seconds", "0"], "argument --max_seconds: max_seconds must be a finite number >= 1"),
+        ({}, ["--max_megabytes", "nan"], "argument --max_megabytes: max_megabytes must be a positive number"),
+        (
+            {"HF_AUDIOREP_MAX_MEGABYTES": "-1"},
+            [],
+            "environment variable HF_AUDIOREP_MAX_MEGABYTES: max_megabytes must be a positive number",
+        ),
+        ({"HF_AUDIOREP_PRECISION": "fp8"}, [], "environment variable HF_AUDIOREP_PRECISION: must be one of"),
+    ],
+)
+def test_bad_limits_at_start_up_are_usage_errors(
+    app, model_dir, monkeypatch, capsys, environ, argv, expected
+):
+    for name in _LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(app, "build_demo", lambda *a, **k: pytest.fail("a bad setting must stop start-up"))
+    with pytest.raises(SystemExit) as exit_:
+        app.main(["--model", str(model_dir), *argv])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in last and expected in last, last
+
+
+def test_limits_come_from_arguments_then_environment(app, model_dir, monkeypatch):
+    started = {}
+
+    class Demo:
+        def launch(self, **kwargs):
+            started["launch"] = kwargs
+
+    def build_demo(model_ids, max_seconds, max_megabytes, examples, precision):
+        started["settings"] = (max_seconds, max_megabytes, precision)
+        return Demo()
+
+    monkeypatch.setattr(app, "build_demo", build_demo)
+    for name in _LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    app.main(["--model", str(model_dir)])
+    assert started["settings"] == (app.DEFAULT_MAX_SECONDS, app.DEFAULT_MAX_MEGABYTES, "auto")
+    monkeypatch.setenv("HF_AUDIOREP_MAX_SECONDS", "12")
+    monkeypatch.setenv("HF_AUDIOREP_MAX_MEGABYTES", "3.5")
+    monkeypatch.setenv("HF_AUDIOREP_PRECISION", "fp32")
+    app.main(["--model", str(model_dir)])
+    assert started["settings"] == (12.0, 3.5, "fp32") and started["launch"]["max_file_size"] == 3_500_000
+    app.main(["--model", str(model_dir), "--max_seconds", "7", "--precision", "bf16"])
+    assert started["settings"] == (7.0, 3.5, "bf16")
 
 
 # ------------------------------------------------------------------------------- pieces of the picture
@@ -336,6 +408,18 @@ def test_the_documented_start_command_serves_the_app(model_dir, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_bad_setting_at_start_up_is_one_line(model_dir):
+    """`HF_AUDIOREP_MAX_SECONDS=abc python app.py --model DIR`, as a process: a usage error, no traceback."""
+    import subprocess
+
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env["HF_AUDIOREP_MAX_SECONDS"] = "abc"
+    command = [sys.executable, str(SPACE / "app.py"), "--model", str(model_dir)]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "HF_AUDIOREP_MAX_SECONDS: expected a number, got 'abc'" in run.stderr
 
 
 def test_the_top_label_is_not_a_headline(app, model_dir):
