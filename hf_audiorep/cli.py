@@ -655,8 +655,9 @@ def _cmd_export(args) -> int:
         raise SystemExit(f"hf-audiorep export: error: {err}") from None
     calibration, check = features[: args.calibration_clips], features[args.calibration_clips :]
     print(f"{fp32}  ({fp32.stat().st_size:,} bytes)")
+    clip = _export_clip_text(args, model, feature_extractor)
     print(
-        f"  input_values {_frames_text(check, args)} per clip of {args.seconds:g} s; "
+        f"  input_values {_frames_text(check, args)} per clip of {clip}; "
         f"front end: {out / 'preprocessor_config.json'}"
     )
     print(f"  fp32 vs torch: max abs diff of the logits {check_onnx_parity(model, fp32, check):.3g}")
@@ -689,6 +690,17 @@ def _print_scene_accuracy(args, model, feature_extractor, graphs: dict) -> None:
         f"  top-1 accuracy on the embedded scene corpus's {args.accuracy_split} split ({accuracy['clips']} "
         f"clips; {accuracy['left_out']} of scenes the model lacks left out): {values}"
     )
+
+
+def _export_clip_text(args, model, feature_extractor) -> str:
+    """The clip length the graph was traced with: ``--seconds``, unless the front end cuts every clip to its
+    own ``target_length`` frames, which decide instead (saying so, rather than echoing a length not used)."""
+    from .inference import model_window_seconds
+
+    if not getattr(feature_extractor, "target_length", None):
+        return f"{args.seconds:g} s"
+    window = model_window_seconds(feature_extractor, model.config)
+    return f"{window:g} s (the model's window, fixed by its front end's target_length; --seconds not used)"
 
 
 def _frames_text(features, args, frames: tuple[int, int | None] | None = None) -> str:

@@ -271,3 +271,22 @@ def test_the_command_prints_one_line_and_no_traceback(tagger_dir, tmp_path):
     run = hf_audiorep_cli("info", tmp_path / "absent")
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"hf-audiorep info: error: no such model directory: {tmp_path / 'absent'}"
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def test_export_says_a_fixed_window_decides_the_clip_not_seconds(tagger_dir, tmp_path, capsys):
+    from transformers import AutoFeatureExtractor
+
+    from hf_audiorep.inference import model_window_seconds
+
+    extractor = AutoFeatureExtractor.from_pretrained(tagger_dir)
+    window = model_window_seconds(extractor)
+    status, out, err = run_cli(
+        capsys, "export", tagger_dir, tmp_path / "onnx", "--seconds", "5", "--calibration-data", "noise"
+    )
+    assert status == 0, err
+    (line,) = [line for line in out.splitlines() if "input_values" in line]
+    assert f"per clip of {window:g} s (the model's window" in line and "--seconds not used" in line, line
+    assert f"({extractor.target_length}, {extractor.num_mel_bins})" in line
