@@ -324,7 +324,10 @@ def predict(
     except UploadError as err:
         return None, None, f"**Cannot tag this upload.** {err}"
 
-    result = tag_waveform(model, feature_extractor, waveform, sampling_rate)
+    try:
+        result = tag_waveform(model, feature_extractor, waveform, sampling_rate)
+    except (ValueError, RuntimeError) as err:  # a model that cannot take this clip: say so, keep serving
+        return None, None, f"The model `{model_id}` could not tag this clip: {err}"
     seconds = len(waveform) / sampling_rate
     model_window = model_window_seconds(feature_extractor, model.config)  # the one tag_waveform used
     window = min(model_window, seconds)

@@ -192,6 +192,23 @@ def test_a_missing_model_directory_reads_as_on_the_command_line(app, tmp_path):
     assert "Repo id" not in message
 
 
+def test_a_model_that_cannot_take_the_clip_is_a_message_not_an_exception(
+    app, settings, tmp_path, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise ValueError("input_values has 300 frames, more than config.max_length=200")
+
+    monkeypatch.setattr(app, "tag_waveform", refuse)
+    labels, figure, message = app.predict(
+        str(write_clip(tmp_path / "a.wav", 1.0)), None, 3, settings=settings
+    )
+    assert labels is None and figure is None
+    assert message == (
+        f"The model `{settings.model_ids[0]}` could not tag this clip: input_values has 300 frames, more "
+        "than config.max_length=200"
+    )
+
+
 _LIMIT_VARIABLES = ("HF_AUDIOREP_MAX_SECONDS", "HF_AUDIOREP_MAX_MEGABYTES", "HF_AUDIOREP_PRECISION")
 
 
