@@ -135,6 +135,18 @@ def model_window_seconds(feature_extractor, config=None) -> float:
     return low / rate
 
 
+def model_clip_seconds(feature_extractor) -> float | None:
+    """The clip length the recipes pair with a model of ``target_length`` frames: frames times the frame
+    shift, the inverse of how they turn ``--clip_seconds`` into frames, so that fine-tuning or probing a saved
+    model reads clips of the length it was trained on (the corpus it was trained on, not a new one a few
+    milliseconds longer). None without a ``target_length``. Tagging uses `model_window_seconds`, the samples
+    that fill every frame."""
+    target = getattr(feature_extractor, "target_length", None)
+    if not target:
+        return None
+    return target * getattr(feature_extractor, "frame_shift_ms", 10.0) / 1000.0
+
+
 def _apply(activation: str, logits: torch.Tensor) -> torch.Tensor:
     if activation == "softmax":
         return logits.softmax(-1)

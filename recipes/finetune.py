@@ -39,7 +39,7 @@ from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe, start_processes
-from hf_audiorep.inference import model_window_seconds
+from hf_audiorep.inference import model_clip_seconds
 from hf_audiorep.modeling import AudioMAEConfig, CATConfig
 from hf_audiorep.objectives import (
     AugmentationArguments,
@@ -288,7 +288,7 @@ def _resolve_clip_seconds(data_args: DataArguments, saved_extractor, model_name:
     # A saved model was trained on clips of its window: longer clips would be generated (the corpus) or
     # decoded and then cropped away by the feature extractor.
     explicit = data_args.clip_seconds is not None
-    window = model_window_seconds(saved_extractor) if saved_extractor is not None else None
+    window = model_clip_seconds(saved_extractor) if saved_extractor is not None else None
     seconds = data_args.resolve_clip_seconds(window)
     if window is not None and not explicit:
         logger.info("clips of %g s: the window of %s (--clip_seconds sets another)", seconds, model_name)

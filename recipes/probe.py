@@ -55,7 +55,7 @@ from hf_audiorep.evaluation.probing import (
 from hf_audiorep.evaluation.probing.cache import GB
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import run_recipe, start_processes
-from hf_audiorep.inference import model_window_seconds
+from hf_audiorep.inference import model_clip_seconds
 from hf_audiorep.registry import feature_extractor_for
 from hf_audiorep.training import TrainingArguments
 from hf_audiorep.training.argument_parser import RecipeArgumentParser
@@ -331,9 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--push_to_hub publishes encoders of this library only (the card and remote code are its)"
         )
     if data_args.clip_seconds is None and getattr(encoder.feature_extractor, "target_length", None):
-        data_args.resolve_clip_seconds(
-            model_window_seconds(encoder.feature_extractor)
-        )  # the encoder's window
+        data_args.resolve_clip_seconds(model_clip_seconds(encoder.feature_extractor))  # the encoder's window
     data_args.resolve_clip_seconds()
     sources = load_sources(data_args, roles=("train", "test"))
     if "test" not in sources:

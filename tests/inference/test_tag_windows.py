@@ -69,3 +69,16 @@ def test_the_zipformer_is_tagged_in_windows_its_max_length_accepts():
     model.config.max_length = 3000
     assert model_window_seconds(extractor, model.config) == DEFAULT_WINDOW_SECONDS
     assert model_window_seconds(extractor) == DEFAULT_WINDOW_SECONDS
+
+
+def test_the_recipes_pair_a_model_with_the_clip_length_it_was_trained_on():
+    """Not the tagging window: the frames of ``--clip_seconds`` turned back into seconds, so a saved 4-s model
+    is fine-tuned or probed on the 4-s corpus it was trained on (a window a few samples longer would make the
+    corpus anew)."""
+    from hf_audiorep.inference import model_clip_seconds
+    from hf_audiorep.modeling import AudioFbankFeatureExtractor
+
+    extractor = AudioFbankFeatureExtractor(target_length=400)
+    assert model_clip_seconds(extractor) == pytest.approx(4.0)
+    assert model_window_seconds(extractor) == pytest.approx((399 * 160 + 400) / 16000)
+    assert model_clip_seconds(ZipformerFbankFeatureExtractor(num_mel_bins=32)) is None
