@@ -1,6 +1,8 @@
-"""Fixtures shared across test files: a tiny tagger of each problem type, and the awkward-audio corpus."""
+"""Fixtures shared across test files: a tiny tagger of each problem type, and the awkward-audio corpus; and a
+guard that no test leaves autograd switched off for the tests after it."""
 
 import pytest
+import torch
 from awkward_audio import write_awkward_files
 from tagger_utils import save_tiny_tagger
 
@@ -32,3 +34,14 @@ def hour_long_flac(tmp_path_factory):
     path = tmp_path_factory.mktemp("long") / case.name
     case.write(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _autograd_stays_on():
+    """A test that switches autograd off globally (a server's ``torch.set_grad_enabled(False)``, run
+    in-process) would make every later test that trains fail far from the cause: it is switched back on and
+    the test that left it off fails here."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left autograd switched off (torch.set_grad_enabled(False)) for later tests")

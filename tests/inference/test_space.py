@@ -257,6 +257,8 @@ def test_limits_come_from_arguments_then_environment(app, model_dir, monkeypatch
         return Demo()
 
     monkeypatch.setattr(app, "build_demo", build_demo)
+    # main() switches autograd off for the server's process; here the process goes on to train models.
+    monkeypatch.setattr(app.torch, "set_grad_enabled", lambda mode: None)
     for name in _LIMIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     app.main(["--model", str(model_dir)])
