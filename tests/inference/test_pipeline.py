@@ -87,3 +87,6 @@ def test_other_models_keep_transformers_behaviour(tmp_path):
     reference = AudioClassificationPipeline(model=ours.model, feature_extractor=ours.feature_extractor)
     wave = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
     assert ours(wave) == reference(wave)
+    # and its batching: the library's own one-clip-per-step batching is for the library's models only
+    waves = [np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32) for seed in range(3)]
+    assert ours(waves, batch_size=2) == reference(waves, batch_size=2)

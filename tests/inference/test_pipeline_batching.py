@@ -5,12 +5,7 @@ dicts, datasets and generators; and ``top_k`` is checked as the CLI checks ``--t
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from transformers import (
-    ASTConfig,
-    ASTFeatureExtractor,
-    ASTForAudioClassification,
-    AudioClassificationPipeline,
     pipeline,
 )
 from transformers.pipelines.pt_utils import KeyDataset
@@ -122,25 +117,6 @@ def test_batch_size_set_on_the_pipeline(tagger_dir):
     arrays = _mixed_arrays()
     tagger = pipeline("audio-classification", model=str(tagger_dir), batch_size=3)
     _assert_same(tagger(arrays, top_k=5), [tagger(x, top_k=5) for x in arrays])
-
-
-def test_other_models_keep_transformers_batching(tmp_path):
-    config = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_length=100,
-        num_mel_bins=16,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    ASTForAudioClassification(config).save_pretrained(tmp_path / "ast")
-    ASTFeatureExtractor(num_mel_bins=16, max_length=100).save_pretrained(tmp_path / "ast")
-    ours = pipeline("audio-classification", model=str(tmp_path / "ast"))
-    reference = AudioClassificationPipeline(model=ours.model, feature_extractor=ours.feature_extractor)
-    waves = [_noise(1.0, seed) for seed in range(3)]
-    assert ours(waves, batch_size=2) == reference(waves, batch_size=2)
 
 
 @pytest.mark.parametrize("top_k", [0, -1, -5, 2.5, True])
