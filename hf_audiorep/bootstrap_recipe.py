@@ -69,7 +69,8 @@ class BootstrapModelArguments:
     max_length: int | None = None
     """frames the model sees (multiple of 16); default: enough for --clip_seconds, at most 1024"""
     mask_ratio: float | None = None
-    """fraction of patches hidden from each student clone (EAT, CAT: 0.8)"""
+    """fraction of patches hidden from each student clone; default: the preset's (EAT, CAT, BAT: 0.8;
+    cat-small: 0.6)"""
     clone_batch: int | None = None
     """independently masked student clones per clip (CAT: 4, EAT: 16)"""
     cls_loss_weight: float | None = None

@@ -1,8 +1,8 @@
 """Pre-train a CAT encoder (multi-resolution stem + post-LN ViT) by bootstrapping an EMA teacher, with
 optional representation regularization (RR) toward a frozen encoder; labels are ignored.
 
-Runs with no arguments on the embedded corpus (the `cat-small` preset, 600 steps, minutes on a CPU), probes
-the encoder (a linear probe on the corpus test split) at the initialisation and every 200 steps, and ends
+Runs with no arguments on the embedded corpus (the `cat-small` preset, 1,200 steps, minutes on a CPU), probes
+the encoder (a linear probe on the corpus test split) at the initialisation and every 400 steps, and ends
 with a table of the initialisation's probe beside the trained encoder's, a plot of the probe against the
 step (`probe_curve.png`) and `eval_results.json`:
 
@@ -57,6 +57,11 @@ class ModelArguments(BootstrapModelArguments):
 @dataclass
 class CATPretrainTrainingArguments(BootstrapTrainingArguments):
     output_dir: str = "outputs/pretrain-cat"
+    # The main job: long enough for cat-small's mean-pooled embedding to pass a linear model of its input's
+    # statistics on the corpus, short enough for minutes on two cores; four probes keep the curve and leave
+    # the time to training (docs/benchmarks.md, "More steps and less masking for the main job").
+    max_steps: int = 1200
+    eval_steps: int | None = 400
 
 
 def main(argv: list[str] | None = None) -> dict:

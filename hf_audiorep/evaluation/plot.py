@@ -28,7 +28,9 @@ def plot_curves(
     if not curves:
         raise ValueError("plot_curves needs at least one non-empty curve")
     width, height, margin = 720, 440, 60
-    image = Image.new("RGB", (width, height), "white")
+    legend = [*curves, *baselines]
+    # The legend goes under the plot, a row per name: inside the frame it hid the end of a rising curve.
+    image = Image.new("RGB", (width, height + 16 * len(legend) + 8), "white")
     draw = ImageDraw.Draw(image)
     points = [p for curve in curves.values() for p in curve]
     max_step = max(max(s for s, _ in points), 1)
@@ -50,7 +52,6 @@ def plot_curves(
         x, _ = xy(step, low)
         draw.line([x, height - margin, x, height - margin + 4], fill="black")
         draw.text((x - 10, height - margin + 8), str(step), fill="black")
-    legend = [*curves, *baselines]
     colours = dict(zip(legend, _COLOURS * (len(legend) // len(_COLOURS) + 1), strict=False))
     for name, value in baselines.items():
         (x0, y), (x1, _) = xy(0, value), xy(max_step, value)
@@ -63,13 +64,9 @@ def plot_curves(
             x, y = xy(s, v)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[name])
     for row, name in enumerate(legend):
-        legend_y = margin + 8 + 16 * row
-        draw.line(
-            [width - margin - 210, legend_y + 6, width - margin - 190, legend_y + 6],
-            fill=colours[name],
-            width=3,
-        )
-        draw.text((width - margin - 185, legend_y), name, fill="black")
+        legend_y = height + 16 * row
+        draw.line([margin, legend_y + 6, margin + 20, legend_y + 6], fill=colours[name], width=3)
+        draw.text((margin + 25, legend_y), name, fill="black")
     draw.text((margin, 20), title, fill="black")
     draw.text((width // 2 - 60, height - 24), xlabel, fill="black")
     draw.text((6, margin - 24), ylabel, fill="black")

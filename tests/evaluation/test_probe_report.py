@@ -23,7 +23,8 @@ def test_results_report_the_initialisation_the_curve_and_the_final_probe(tmp_pat
     results = write_probe_results(tmp_path, ProbeArguments(), summary, history)
     assert results["probe_mAP_initialization"] == 0.18
     assert json.loads((tmp_path / "eval_results.json").read_text()) == results
-    assert Image.open(tmp_path / PROBE_PLOT_NAME).size == (720, 440)
+    # The legend under the plot: a row for the curve, one for the initialisation.
+    assert Image.open(tmp_path / PROBE_PLOT_NAME).size == (720, 440 + 2 * 16 + 8)
 
     report = probe_report(results, tmp_path)
     lines = report.splitlines()

@@ -257,7 +257,7 @@ def test_plot_curves_places_points_curves_baselines_and_ticks(tmp_path, drawn):
     path = plot.plot_curves(curves, tmp_path / "deep" / "p.png", "probe", baselines={"init": 0.05})
     assert path == tmp_path / "deep" / "p.png"
     with Image.open(path) as image:
-        assert image.size == (720, 440)
+        assert image.size == (720, 440 + 3 * 16 + 8)  # the legend's three rows under the plot
     low, high = 0.05 - 0.02, 0.3 + 0.02  # every value and baseline, 0.02 beyond
 
     def xy(step, value):
@@ -284,12 +284,12 @@ def test_plot_curves_places_points_curves_baselines_and_ticks(tmp_path, drawn):
         value = low + (high - low) * i / 4
         assert texts[f"{value:.3f}"] == pytest.approx([6, xy(0, value)[1] - 6])
         assert texts[str(5 * i)] == pytest.approx([60 + 150 * i - 10, 388])
-    # Legend: a row per curve then per baseline (the empty curve left out), in the curve's colour.
-    assert texts["cat"] == [475, 68] and texts["bat"] == [475, 84] and texts["init"] == [475, 100]
+    # Legend: under the plot, a row per curve then per baseline (the empty curve left out), in its colour.
+    assert texts["cat"] == [85, 440] and texts["bat"] == [85, 456] and texts["init"] == [85, 472]
     assert "none" not in texts
     legend = _of(drawn, "line", width=3)[2:]
     assert legend == [
-        ([450, 74 + 16 * r, 470, 74 + 16 * r], {"fill": c, "width": 3})
+        ([60, 446 + 16 * r, 80, 446 + 16 * r], {"fill": c, "width": 3})
         for r, c in enumerate((BLUE, RED, GREEN))
     ]
     assert texts["probe"] == [60, 20] and texts["training step"] == [300, 416]
@@ -300,7 +300,7 @@ def test_plot_curves_places_points_curves_baselines_and_ticks(tmp_path, drawn):
 def test_plot_curves_labels_one_point_curves_and_many_colours(tmp_path, drawn):
     # A curve of one point at step 0: a dot, no line, and the step axis runs to 1, not 0.
     plot.plot_curves({"a": [(0, 0.5)]}, tmp_path / "p.png", "t", xlabel="epoch", ylabel="acc")
-    assert _of(drawn, "line", width=3) == [([450, 74, 470, 74], {"fill": BLUE, "width": 3})]  # the legend's
+    assert _of(drawn, "line", width=3) == [([60, 446, 80, 446], {"fill": BLUE, "width": 3})]  # the legend's
     assert _of(drawn, "ellipse") == [
         (pytest.approx([57, 377 - 320 * 0.5, 63, 383 - 320 * 0.5]), {"fill": BLUE})
     ]

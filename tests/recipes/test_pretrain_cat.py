@@ -343,7 +343,7 @@ def test_the_small_preset_learns_instead_of_collapsing(tmp_path):
         "num_eval_clips": "8",
         "num_test_clips": "400",
         "probe_train_clips": "400",
-        "max_steps": "80",
+        "max_steps": "120",
         "eval_steps": "0",
         "checkpointing_steps": "0",
         "num_decode_threads": "2",
@@ -354,5 +354,6 @@ def test_the_small_preset_learns_instead_of_collapsing(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     initial, final = results["probe_mAP_initialization"], results["probe_mAP"]
     # Measured (corpus version 2, whose clips carry rooms, distances and recording chains): 0.121 at
-    # initialisation, 0.150 after 80 steps (and 0.150 after 120). A collapsed encoder ends below 0.121.
-    assert final > initial + 0.02, f"probe mAP {final:.4f} after 80 steps vs {initial:.4f} at initialisation"
+    # initialisation, 0.149 after 120 steps with the preset's 60 % masking (0.141 after 80; 80 % masking gave
+    # 0.150 after 80 and 120). A collapsed encoder ends below 0.121.
+    assert final > initial + 0.02, f"probe mAP {final:.4f} after 120 steps vs {initial:.4f} at initialisation"
