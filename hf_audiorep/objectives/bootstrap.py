@@ -144,7 +144,11 @@ class BootstrapPretrainingStep:
             teacher_targets=targets,
             rr_targets=self.rr_targets(batch),
         )
-        logs = {"patch_loss": outputs.patch_loss.detach(), "cls_loss": outputs.cls_loss.detach()}
+        logs = {"patch_loss": outputs.patch_loss.detach()}
+        # A term of weight 0 (cat-small, bat-small) is left out of the log: its value, hundreds beside a patch
+        # loss of a few units, read as the loss the run is stuck on.
+        if getattr(model, "module", model).config.cls_loss_weight > 0:
+            logs["cls_loss"] = outputs.cls_loss.detach()
         if outputs.rr_loss is not None:
             logs["rr_loss"] = outputs.rr_loss.detach()
         logs["ema_decay"] = self.teacher.current_decay

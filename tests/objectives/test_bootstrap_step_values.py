@@ -245,3 +245,12 @@ def test_step_without_rr_logs_no_rr_loss():
     loss, logs = step(model, spectrogram_batch())
     assert set(logs) == {"patch_loss", "cls_loss", "ema_decay"} and logs["ema_decay"] == 0.5
     assert isinstance(step.teacher, ModelEMA) and torch.isfinite(loss)
+
+
+def test_step_leaves_a_cls_term_of_weight_0_out_of_the_log():
+    model = tiny_model(rr_embedding_dim=0, cls_loss_weight=0.0)
+    step = BootstrapPretrainingStep(FrameFeatures(), build_ema_teacher(model))
+    torch.manual_seed(0)
+    loss, logs = step(model, spectrogram_batch())
+    assert set(logs) == {"patch_loss", "ema_decay"}
+    torch.testing.assert_close(loss, logs["patch_loss"])  # the loss is the patch term alone
