@@ -1189,6 +1189,11 @@ def main(argv: list[str] | None = None) -> int:
     from .hub_errors import HubUnreachableError
 
     args = build_parser().parse_args(argv)
+    # transformers' "Loading weights" bar would sit among the command's own output for a model loaded
+    # in a fraction of a second; the commands show their own bars where work is long.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except CommandError as err:

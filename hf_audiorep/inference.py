@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .data.audio_file import ArrayReader, AudioFile, iter_windows, window_count
+from .heap import release_freed_memory
 
 #: a clip whose peak is below this is reported as silent (16-bit dither sits near -90 dBFS)
 SILENCE_DBFS = -60.0
@@ -157,6 +158,10 @@ def _apply(activation: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"activation must be 'sigmoid', 'softmax' or 'none', got {activation!r}")
 
 
+# A trim costs about a millisecond; a batch of windows, tens of them.
+_BATCHES_PER_HEAP_TRIM = 16
+
+
 @torch.no_grad()
 def tag_windows(
     model,
@@ -185,6 +190,8 @@ def tag_windows(
         if progress is not None:
             progress.update(len(pending))
         pending.clear()
+        if len(outputs) % _BATCHES_PER_HEAP_TRIM == 0:
+            release_freed_memory()  # else resident memory grows with the file's length
 
     for start, window in windows:
         starts.append(start)
