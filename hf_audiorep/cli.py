@@ -83,6 +83,49 @@ def _check_front_end(model_dir: str) -> None:
 _FRONT_END_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
+#: the file argument that reads standard input (``ffmpeg ... -f wav - | hf-audiorep tag -``)
+STDIN = "-"
+#: how standard input is named in the output
+STDIN_NAME = "<stdin>"
+
+
+@contextmanager
+def _readable_files(files: list[Path], command: str):
+    """``(name shown, path read)`` per file argument. ``-`` is standard input, copied to a temporary file
+    first so it is decoded as any file is (its format sniffed, long input in windows and bounded memory)."""
+    stdin_count = sum(str(f) == STDIN for f in files)
+    if not stdin_count:
+        yield [(f, f) for f in files]
+        return
+    if stdin_count > 1:
+        raise CommandError(f"standard input ({STDIN}) can be read once, it was given {stdin_count} times", 2)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise CommandError(
+            f"{STDIN} reads audio from standard input, which is a terminal here: pipe a file in "
+            f"(cat clip.wav | hf-audiorep {command} {STDIN})",
+            status=2,
+        )
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hf-audiorep-") as folder:
+        spooled = Path(folder) / "stdin"
+        with open(spooled, "wb") as copy:
+            shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        yield [(Path(STDIN_NAME), spooled) if str(f) == STDIN else (f, f) for f in files]
+
+
+def _report_unreadable(shown: Path, read: Path, err: Exception) -> None:
+    """One line on stderr for a file that could not be used (stdout stays one result per file)."""
+    message = str(err).replace(str(read), str(shown))
+    if str(shown) not in message:
+        message = f"{shown}: {message}"
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+_FILES_HELP = f"audio files (WAV, FLAC, OGG, MP3, M4A, ...); {STDIN} reads one from standard input"
+
+
 def _load(model_dir: str, device: str, precision: str = "fp32"):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -149,19 +192,18 @@ def _cmd_tag(args) -> int:
             status=2,
         )
     failed = 0
-    for path in args.files:
-        # One bad file never sinks the batch: it gets a one-line error and the next file is read.
-        try:
-            result, duration = tag_file(
-                model, fe, path, max_seconds=args.max_seconds, hop_seconds=args.hop_seconds, progress=True
-            )
-        except (OSError, ValueError) as err:  # missing, not audio, damaged, too short
-            # stderr only: --json output stays one result object per tagged file.
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        _report(path, result, duration, args)
+    with _readable_files(args.files, "tag") as files:
+        for shown, path in files:
+            # One bad file never sinks the batch: it gets a one-line error and the next file is read.
+            try:
+                result, duration = tag_file(
+                    model, fe, path, max_seconds=args.max_seconds, hop_seconds=args.hop_seconds, progress=True
+                )
+            except (OSError, ValueError) as err:  # missing, not audio, damaged, too short
+                _report_unreadable(shown, path, err)
+                failed += 1
+                continue
+            _report(shown, result, duration, args)
     if failed:
         print(f"{failed} of {len(args.files)} file(s) could not be tagged", file=sys.stderr)
     return 1 if failed else 0
@@ -230,41 +272,43 @@ def _cmd_caption(args) -> int:
     longest = model.config.max_length * getattr(fe, "frame_shift_ms", 10.0) / 1000
     max_seconds = longest if args.max_seconds is None else min(args.max_seconds, longest)
     failed = 0
-    for start in range(0, len(args.files), args.batch_size):
-        batch = []
-        for path in args.files[start : start + args.batch_size]:
-            # One bad file never sinks the batch: it gets a one-line error and the next file is read.
-            try:
-                batch.append((path, *_read_for_caption(path, sampling_rate, max_seconds)))
-            except (OSError, ValueError) as err:  # missing, not audio, damaged, too short
-                message = str(err) if str(path) in str(err) else f"{path}: {err}"
-                print(f"error: {message}", file=sys.stderr, flush=True)
-                failed += 1
-        captions = caption_waveforms(
-            model,
-            processor,
-            [waveform for _, waveform, _ in batch],
-            parallel=args.parallel,
-            max_new_tokens=args.max_new_tokens,
-        )
-        for (path, _, duration), caption in zip(batch, captions, strict=True):
-            notices = []
-            if duration > max_seconds:
-                why = "--max_seconds" if max_seconds == args.max_seconds else "the encoder's limit"
-                notices.append(f"only the first {max_seconds:g} s of {duration:.1f} s were captioned ({why})")
-            if args.json:
-                record = {
-                    "file": str(path),
-                    "seconds": round(duration, 3),
-                    "caption": caption,
-                    "notices": notices,
-                }
-                print(json.dumps(record, ensure_ascii=False), flush=True)
-                continue
-            print(f"{path}: {caption}")
-            for notice in notices:
-                print(f"  note: {notice}")
-            sys.stdout.flush()
+    with _readable_files(args.files, "caption") as files:
+        for start in range(0, len(files), args.batch_size):
+            batch = []
+            for shown, path in files[start : start + args.batch_size]:
+                # One bad file never sinks the batch: it gets a one-line error and the next file is read.
+                try:
+                    batch.append((shown, *_read_for_caption(path, sampling_rate, max_seconds)))
+                except (OSError, ValueError) as err:  # missing, not audio, damaged, too short
+                    _report_unreadable(shown, path, err)
+                    failed += 1
+            captions = caption_waveforms(
+                model,
+                processor,
+                [waveform for _, waveform, _ in batch],
+                parallel=args.parallel,
+                max_new_tokens=args.max_new_tokens,
+            )
+            for (path, _, duration), caption in zip(batch, captions, strict=True):
+                notices = []
+                if duration > max_seconds:
+                    why = "--max_seconds" if max_seconds == args.max_seconds else "the encoder's limit"
+                    notices.append(
+                        f"only the first {max_seconds:g} s of {duration:.1f} s were captioned ({why})"
+                    )
+                if args.json:
+                    record = {
+                        "file": str(path),
+                        "seconds": round(duration, 3),
+                        "caption": caption,
+                        "notices": notices,
+                    }
+                    print(json.dumps(record, ensure_ascii=False), flush=True)
+                    continue
+                print(f"{path}: {caption}")
+                for notice in notices:
+                    print(f"  note: {notice}")
+                sys.stdout.flush()
     if failed:
         print(f"{failed} of {len(args.files)} file(s) could not be captioned", file=sys.stderr)
     return 1 if failed else 0
@@ -828,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
         "window), single-label models softmax probabilities (averaged over windows). A file that cannot be "
         "read gets a one-line error and the others are still tagged; the exit status is 1 if any failed.",
     )
-    tag.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3, M4A, ...)")
+    tag.add_argument("files", nargs="+", type=Path, help=_FILES_HELP)
     tag.add_argument("--model", required=True, help="a saved model directory (or a Hub id when online)")
     tag.add_argument("--top_k", type=_positive(int), default=5, help="how many labels to print per file")
     tag.add_argument(
@@ -886,7 +930,7 @@ def _add_caption(sub) -> None:
         "any failed.",
     )
     caption.add_argument("model", help="a saved captioner directory (or a Hub id when online)")
-    caption.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3, M4A, ...)")
+    caption.add_argument("files", nargs="+", type=Path, help=_FILES_HELP)
     caption.add_argument(
         "--parallel",
         action="store_true",

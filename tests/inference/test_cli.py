@@ -14,6 +14,7 @@ from tagger_utils import write_clip
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import hf_audiorep
+from hf_audiorep.cli import main as cli_main
 from hf_audiorep.data.audio_file import ArrayReader, AudioFile, iter_windows, read_head, window_count
 from hf_audiorep.data.decode import decode_audio
 from hf_audiorep.inference import describe_duration, model_window_seconds, tag_file, tag_waveform
@@ -152,6 +153,45 @@ def test_a_clean_run_leaves_stderr_empty(tagger_dir, tmp_path):
     run = hf_audiorep_cli("tag", clip, "--model", tagger_dir, "--top_k", 1)
     assert run.returncode == 0 and "c.wav" in run.stdout
     assert run.stderr == ""
+
+
+def test_standard_input_is_tagged_as_its_file(tagger_dir, tmp_path):
+    clip = write_clip(tmp_path / "c.flac", 5.5, seed=3)
+    piped = hf_audiorep_cli("tag", "-", clip, "--model", tagger_dir, "--json", stdin=clip)
+    assert piped.returncode == 0, piped.stderr
+    from_stdin, from_file = (json.loads(line) for line in piped.stdout.splitlines())
+    assert from_stdin["file"] == "<stdin>" and from_file["file"] == str(clip)
+    assert {k: v for k, v in from_stdin.items() if k != "file"} == {
+        k: v for k, v in from_file.items() if k != "file"
+    }
+
+
+def test_standard_input_errors_name_it(tagger_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    run = hf_audiorep_cli("tag", "-", "--model", tagger_dir, stdin=empty)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "error: <stdin> is empty (0 bytes)",
+        "1 of 1 file(s) could not be tagged",
+    ]
+    text = tmp_path / "notes"
+    text.write_text("not audio at all, just text\n" * 20)
+    run = hf_audiorep_cli("tag", "-", "--model", tagger_dir, stdin=text)
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[0] == "error: cannot decode <stdin>: not an audio file (text)"
+    run = hf_audiorep_cli("tag", "-", "-", "--model", tagger_dir, stdin=text)
+    assert run.returncode == 2 and "standard input (-) can be read once" in run.stderr
+
+
+def test_standard_input_from_a_terminal_is_refused(tagger_dir, monkeypatch, capsys):
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert cli_main(["tag", "-", "--model", str(tagger_dir)]) == 2
+    assert "standard input, which is a terminal here: pipe a file in" in capsys.readouterr().err
 
 
 def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, tagger_dir, tmp_path):

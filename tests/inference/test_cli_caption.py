@@ -132,17 +132,27 @@ def test_a_bad_file_is_reported_and_the_others_captioned(captioner_dir, files, t
         "caption", captioner_dir, *args, "--max_new_tokens", MAX_NEW_TOKENS, "--batch_size", 2
     )
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    # stderr also holds transformers' weight-loading bar: the command's own lines are these.
+    # stderr holds the command's own lines only (transformers' weight-loading bar once sat among them).
     lines = result.stderr.strip().split("\n")
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 3 and lines[-1] == "3 of 5 file(s) could not be captioned"
+    errors = lines[:-1]
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    assert lines[-1] == "3 of 5 file(s) could not be captioned"
     for bad, line in zip([notes, missing, short], errors, strict=True):
         assert str(bad) in line
     assert "too short to caption" in errors[2]
     # The good files, batched with the bad ones, keep the captions they get alone.
     captions = [expected_captions(captioner_dir, [f], batch_size=1)[0] for f in (files[0], files[2])]
     assert result.stdout == f"{files[0]}: {captions[0]}\n{files[2]}: {captions[1]}\n"
+
+
+def test_standard_input_is_captioned_as_its_file(captioner_dir, files):
+    result = hf_audiorep_cli(
+        "caption", captioner_dir, "-", "--max_new_tokens", MAX_NEW_TOKENS, "--json", stdin=files[1]
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["file"] == "<stdin>" and record["seconds"] == pytest.approx(2.5, abs=1e-3)
+    assert record["caption"] == expected_captions(captioner_dir, [files[1]], batch_size=1)[0]
 
 
 def test_a_tagger_is_refused_in_one_line(tagger_dir, files):
