@@ -258,6 +258,7 @@ def _read_for_caption(path, sampling_rate: int, max_seconds: float | None):
 
 def _cmd_caption(args) -> int:
     from .evaluation.captioning import caption_waveforms
+    from .inference import describe_silence, sound_peak
 
     model, processor = _load_captioner(args.model, args.device)
     if args.parallel and not callable(getattr(model, "parallel_generate", None)):
@@ -289,13 +290,15 @@ def _cmd_caption(args) -> int:
                 parallel=args.parallel,
                 max_new_tokens=args.max_new_tokens,
             )
-            for (path, _, duration), caption in zip(batch, captions, strict=True):
+            for (path, waveform, duration), caption in zip(batch, captions, strict=True):
                 notices = []
                 if duration > max_seconds:
                     why = "--max_seconds" if max_seconds == args.max_seconds else "the encoder's limit"
                     notices.append(
                         f"only the first {max_seconds:g} s of {duration:.1f} s were captioned ({why})"
                     )
+                if silent := describe_silence(sound_peak(waveform), "the caption describes silence"):
+                    notices.append(silent)
                 if args.json:
                     record = {
                         "file": str(path),

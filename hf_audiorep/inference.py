@@ -33,7 +33,7 @@ class TaggingResult:
     window_starts: np.ndarray  # (W,) seconds
     activation: str = "sigmoid"  # "sigmoid" (multi-label), "softmax" (single-label) or "none" (raw logits)
     seconds: float = 0.0  # audio scored
-    peak: float = 0.0  # largest absolute sample scored
+    peak: float = 0.0  # largest deviation of a sample from its window's mean (sound_peak)
     precision: str = "fp32"  # what the model ran in (hf_audiorep.precision): "fp32" or "bf16"
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
@@ -59,13 +59,23 @@ class TaggingResult:
 
     def silence_notice(self) -> str | None:
         """A notice when the scored audio is silent: the scores then mean little."""
-        if self.peak > 0.0 and 20 * math.log10(self.peak) >= SILENCE_DBFS:
-            return None
-        level = "-inf" if self.peak == 0.0 else f"{20 * math.log10(self.peak):.0f}"
-        return (
-            f"the clip is silent (peak {level} dBFS): the scores are the model's answer to silence "
-            "and mean little"
-        )
+        return describe_silence(self.peak, "the scores are the model's answer to silence and mean little")
+
+
+def sound_peak(waveform: np.ndarray) -> float:
+    """The largest deviation of a sample from the waveform's mean: a constant (DC) offset is no sound,
+    however far from zero it sits."""
+    waveform = np.asarray(waveform, dtype=np.float64)
+    return float(np.max(np.abs(waveform - waveform.mean()))) if waveform.size else 0.0
+
+
+def describe_silence(peak: float, consequence: str) -> str | None:
+    """``"the clip is silent (peak ... dBFS): <consequence>"`` when ``peak`` (:func:`sound_peak`) is below
+    ``SILENCE_DBFS``, else None."""
+    if peak > 0.0 and 20 * math.log10(peak) >= SILENCE_DBFS:
+        return None
+    level = "-inf" if peak == 0.0 else f"{20 * math.log10(peak):.0f}"
+    return f"the clip is silent (peak {level} dBFS): {consequence}"
 
 
 def label_names(config) -> list[str] | None:
@@ -196,8 +206,7 @@ def tag_windows(
     for start, window in windows:
         starts.append(start)
         end = max(end, start + len(window) / sampling_rate)  # windows overlap and cover the clip
-        if window.size:
-            peak = max(peak, float(np.max(np.abs(window))))
+        peak = max(peak, sound_peak(window))
         pending.append(window)
         if len(pending) == batch_size:
             flush()

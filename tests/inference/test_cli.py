@@ -212,9 +212,18 @@ def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, ta
 def test_cli_notices_silence_and_describes_short_clips(tagger_dir, tmp_path):
     import soundfile as sf
 
-    sf.write(tmp_path / "quiet.wav", np.full(32000, 1e-5, np.float32), 16000, subtype="FLOAT")
+    quiet = np.random.default_rng(0).choice([-1e-5, 1e-5], 32000).astype(np.float32)
+    sf.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
+    # A constant (DC) offset is no sound, however far from zero it sits: here it carries the same hiss.
+    sf.write(tmp_path / "offset.wav", 0.25 + quiet, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "tone.wav", 0.25 + 0.01 * np.sin(np.arange(32000) / 5), 16000, subtype="FLOAT")
     run = hf_audiorep_cli("tag", tmp_path / "quiet.wav", "--model", tagger_dir)
     assert run.returncode == 0 and "note: the clip is silent (peak -100 dBFS)" in run.stdout
+    files = [tmp_path / f"{name}.wav" for name in ("quiet", "offset", "tone")]
+    run = hf_audiorep_cli("tag", *files, "--model", tagger_dir, "--json")
+    silence = [[n for n in json.loads(line)["notices"] if "silent" in n] for line in run.stdout.splitlines()]
+    assert silence == [["the clip is silent (peak -100 dBFS): the scores are the model's answer to silence "
+                        "and mean little"]] * 2 + [[]]  # fmt: skip
     assert describe_duration(1, 16000) == "1 sample (0.06 ms)"
     assert describe_duration(480, 16000) == "30 ms" and describe_duration(52000, 16000) == "3.2 s"
 

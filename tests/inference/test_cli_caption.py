@@ -155,6 +155,24 @@ def test_standard_input_is_captioned_as_its_file(captioner_dir, files):
     assert record["caption"] == expected_captions(captioner_dir, [files[1]], batch_size=1)[0]
 
 
+def test_a_silent_file_is_captioned_with_a_notice(captioner_dir, files, tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "offset.wav", np.full(24000, 0.3, np.float32), 16000, subtype="FLOAT")  # DC alone
+    result = hf_audiorep_cli(
+        "caption",
+        captioner_dir,
+        tmp_path / "offset.wav",
+        files[0],
+        "--max_new_tokens",
+        MAX_NEW_TOKENS,
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    notices = [json.loads(line)["notices"] for line in result.stdout.splitlines()]
+    assert notices == [["the clip is silent (peak -inf dBFS): the caption describes silence"], []]
+
+
 def test_a_tagger_is_refused_in_one_line(tagger_dir, files):
     result = hf_audiorep_cli("caption", tagger_dir, files[0])
     assert result.returncode != 0
