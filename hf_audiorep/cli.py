@@ -553,25 +553,27 @@ def _cmd_build_tags(args) -> int:
 def _load_few_shot_input(args):
     """The clips of ``few-shot``: a split of the embedded corpus (only that split is generated) or of any
     input ``build-tags`` reads."""
-    if args.dataset != "embedded":
+    import inspect
+
+    from .data.arguments import EMBEDDED, EMBEDDED_SCENES
+    from .data.embedded import load_embedded_corpus, load_embedded_scenes
+
+    load = {EMBEDDED: load_embedded_corpus, EMBEDDED_SCENES: load_embedded_scenes}.get(args.dataset)
+    if load is None:
         data = _load_local_or_hub(args.dataset, args.split)
         if args.num_clips is not None and args.num_clips < len(data):
             data = data.select(range(args.num_clips))
         return data
-    import inspect
-
-    from .data.embedded import load_embedded_corpus
-
-    defaults = inspect.signature(load_embedded_corpus).parameters
+    defaults = inspect.signature(load).parameters
     counts = {name: 0 for name in defaults if name.startswith("num_") and name != "num_proc"}
     asked = f"num_{args.split}"
     if asked not in counts:
         splits = ", ".join(name.removeprefix("num_") for name in counts)
-        raise ValueError(f"the embedded corpus has the splits {splits}, not {args.split!r}")
+        raise ValueError(f"the {args.dataset} corpus has the splits {splits}, not {args.split!r}")
     # A clip depends on (seed, split, index) only, so this split alone holds the same clips as in the full
     # corpus, without rendering the others.
     counts[asked] = args.num_clips if args.num_clips is not None else defaults[asked].default
-    return load_embedded_corpus(seed=args.corpus_seed, **counts)[args.split]
+    return load(seed=args.corpus_seed, **counts)[args.split]
 
 
 def _load_encoder(model: str, device: str):
@@ -609,8 +611,11 @@ def _undecodable_clips(data, sampling_rate: int) -> list[str]:
 
 
 def _cmd_few_shot(args) -> int:
+    from .data.arguments import EMBEDDED_SCENES
     from .evaluation.few_shot import few_shot_encoder
 
+    if args.label_column is None:
+        args.label_column = "scene" if args.dataset == EMBEDDED_SCENES else "labels"
     try:
         data = _load_few_shot_input(args)
         encoder = _load_encoder(args.model, args.device)
@@ -864,9 +869,23 @@ def _repo_id(text: str) -> str:
     return text
 
 
+class _EitherSpelling(argparse.ArgumentParser):
+    """A command whose long options also take their other spelling, ``--top_k`` or ``--top-k``, as the
+    recipes' HfArgumentParser does: users type both, and one command taking only one would be a trap."""
+
+    def add_argument(self, *names, **kwargs):
+        spelled = []
+        for name in names:
+            spelled.append(name)
+            if name.startswith("--"):
+                word = name[2:]
+                spelled.append("--" + (word.replace("_", "-") if "_" in word else word.replace("-", "_")))
+        return super().add_argument(*dict.fromkeys(spelled), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-audiorep", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EitherSpelling)
     tag = sub.add_parser(
         "tag",
         help="print the top labels of audio files, scored as the model was trained",
@@ -1069,14 +1088,15 @@ def _add_few_shot(sub) -> None:
         "transformers audio model or CLAP), then run N-way K-shot episodes on its classes: nearest "
         "prototype by cosine similarity and logistic regression on the L2-normalised support clips, each "
         "scored by macro accuracy on the query clips. Prints the mean over episodes with a 95% "
-        "t-interval; --output also writes every episode's accuracy as JSON. Options take - or _.",
+        "t-interval; --output also writes every episode's accuracy as JSON.",
     )
     few.add_argument("model", help="a saved model directory (or a Hub id when online)")
     few.add_argument(
         "--dataset",
         default="embedded",
-        help="'embedded' (the generated corpus), a folder saved by datasets' save_to_disk, a JSON-lines "
-        "manifest, an audio folder with a metadata file, or a Hub dataset id (default: embedded)",
+        help="'embedded' (the generated event corpus), 'embedded-scenes' (the generated scene corpus), a "
+        "folder saved by datasets' save_to_disk, a JSON-lines manifest, an audio folder with a metadata "
+        "file, or a Hub dataset id (default: embedded)",
     )
     few.add_argument(
         "--split",
@@ -1088,9 +1108,9 @@ def _add_few_shot(sub) -> None:
         "--label-column",
         "--label_column",
         dest="label_column",
-        default="labels",
+        default=None,
         help="the column with each clip's class: a class label, a string, or a list holding exactly one "
-        "label (default: labels)",
+        "label (default: scene for embedded-scenes, else labels)",
     )
     few.add_argument(
         "--n-way",
@@ -1101,7 +1121,12 @@ def _add_few_shot(sub) -> None:
         help="classes per episode, or 'all' for every class with enough clips (default: 5)",
     )
     few.add_argument(
-        "--k-shot", "--k_shot", dest="k_shot", type=_positive(int), default=5, help="support clips per class"
+        "--k-shot",
+        "--k_shot",
+        dest="k_shot",
+        type=_positive(int),
+        default=5,
+        help="support clips per class (default: 5)",
     )
     few.add_argument(
         "--n-query",
@@ -1168,8 +1193,7 @@ def _add_export(sub) -> None:
         "runtime computes the same log-mel/fbank features. --int8 also writes model.int8.onnx, statically "
         "quantised (int8 weights per channel, uint8 activations calibrated on --calibration-clips clips). "
         "Prints the file sizes, the fp32 graph's largest logit difference to PyTorch, int8's top-1 "
-        "agreement with PyTorch on as many other clips, and CPU latency per clip on one thread. "
-        "Options take - or _.",
+        "agreement with PyTorch on as many other clips, and CPU latency per clip on one thread.",
     )
     export.add_argument("model", help="a saved classifier directory (or a Hub id when online)")
     export.add_argument("output_dir", help="where model.onnx and its configs go (created if missing)")

@@ -353,7 +353,8 @@ def clip_labels(dataset, label_column: str) -> list:
     """One class per clip of ``dataset``'s ``label_column``, by name when the column is a ``ClassLabel``.
 
     A list-valued column (the embedded corpus's multi-label ``labels``) must hold exactly one label per clip,
-    as the single-event clips of its ``heldout`` split do; a clip with none or several is an error.
+    as the single-event clips of its ``heldout`` split do; a clip with none or several is an error. A string
+    with ``;`` holds several labels, as in the recipes.
     """
     from ..data.sources import _class_label_of
 
@@ -364,6 +365,9 @@ def clip_labels(dataset, label_column: str) -> list:
     ids = dataset["clip_id"] if "clip_id" in columns else None
     labels = []
     for row, value in enumerate(dataset[label_column]):
+        if isinstance(value, str) and ";" in value:
+            # The recipes read "dog;siren" as two labels (a metadata.csv's multi-label cell): so does this.
+            value = [token.strip() for token in value.split(";") if token.strip()]
         if isinstance(value, list | tuple):
             if len(value) != 1:
                 clip = f"clip {ids[row]!r}" if ids is not None else f"row {row}"

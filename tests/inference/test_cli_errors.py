@@ -290,3 +290,20 @@ def test_export_says_a_fixed_window_decides_the_clip_not_seconds(tagger_dir, tmp
     (line,) = [line for line in out.splitlines() if "input_values" in line]
     assert f"per clip of {window:g} s (the model's window" in line and "--seconds not used" in line, line
     assert f"({extractor.target_length}, {extractor.num_mel_bins})" in line
+
+
+def test_every_long_option_takes_either_spelling():
+    # build-tags once refused --num-clips where few-shot took --num-clips and --num_clips alike.
+    from hf_audiorep.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            for option in (o for o in action.option_strings if o.startswith("--")):
+                word = option[2:]
+                other = "--" + (word.replace("_", "-") if "_" in word else word.replace("-", "_"))
+                assert other in action.option_strings, f"{name} {option} has no {other}"
+    args = build_parser().parse_args(
+        ["build-tags", "--output-dir", "out", "--num-clips", "3", "--min-term-df", "2"]
+    )
+    assert (args.output_dir, args.num_clips, args.min_term_df) == ("out", 3, 2)

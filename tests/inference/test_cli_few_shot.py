@@ -15,7 +15,7 @@ from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, List, Va
 
 import hf_audiorep
 from hf_audiorep.cli import build_parser, main
-from hf_audiorep.data.embedded import load_embedded_corpus
+from hf_audiorep.data.embedded import load_embedded_corpus, load_embedded_scenes
 from hf_audiorep.evaluation import few_shot_encoder
 from hf_audiorep.modeling import AudioFbankFeatureExtractor
 
@@ -41,7 +41,7 @@ def scene_dir(tmp_path_factory):
     ``labels`` column whose last clip has two labels)."""
     rng = np.random.default_rng(0)
     scenes = ["beach", "metro", "office", "park"]
-    rows = {"clip_id": [], "audio": [], "scene": [], "labels": []}
+    rows = {"clip_id": [], "audio": [], "scene": [], "labels": [], "tags": []}
     for index in range(16):
         scene = index % 4
         tone = np.sin(2 * np.pi * 200 * (scene + 1) * np.arange(8000) / 16000)
@@ -49,12 +49,14 @@ def scene_dir(tmp_path_factory):
         rows["audio"].append({"array": (0.3 * tone + 0.01 * rng.normal(size=8000)), "sampling_rate": 16000})
         rows["scene"].append(scene)
         rows["labels"].append([scene, (scene + 1) % 4] if index == 15 else [scene])
+        rows["tags"].append(f"{scenes[scene]};{scenes[(scene + 1) % 4]}" if index == 15 else scenes[scene])
     features = Features(
         {
             "clip_id": Value("string"),
             "audio": Audio(sampling_rate=16000),
             "scene": ClassLabel(names=scenes),
             "labels": List(ClassLabel(names=scenes)),
+            "tags": Value("string"),  # a metadata.csv's column: "a;b" is two labels, as in the recipes
         }
     )
     path = tmp_path_factory.mktemp("scenes") / "scene-corpus"
@@ -111,10 +113,35 @@ def test_few_shot_on_a_saved_scene_dataset(encoder_dir, scene_dir, tmp_path):
     assert record["n_query"] is None and list(record["scores"]) == ["prototype"]
 
 
+def test_the_readme_command_on_the_scene_corpus(encoder_dir, tmp_path):
+    # The README's ContrastASC command: the generated scene corpus, its held-out scenes, "scene" by default.
+    output = tmp_path / "scenes.json"
+    argv = [
+        "few-shot",
+        str(encoder_dir),
+        "--dataset",
+        "embedded-scenes",
+        "--split",
+        "heldout",
+        "--n-way",
+        "all",
+    ]
+    assert (
+        main([*argv, "--k-shot", "2", "--n-query", "2", "--episodes", "3", *HELDOUT, "--output", str(output)])
+        == 0
+    )
+    record = json.loads(output.read_text())
+    heldout = load_embedded_scenes(num_train=0, num_validation=0, num_test=0, num_heldout=24)["heldout"]
+    names = heldout.features["scene"].names
+    assert record["label_column"] == "scene" and record["num_clips"] == 24
+    assert set(record["classes"]) == {names[i] for i in heldout["scene"]} and len(record["classes"]) == 6
+
+
 def test_a_bad_label_column_is_one_clear_line(encoder_dir, scene_dir):
     cases = {
         "label": r"label_column 'label' is not a column of the dataset; it has \[.*'labels'",
         "labels": r"clip 'clip-15' has 2 labels in 'labels' \(\['park', 'beach'\]\)",
+        "tags": r"clip 'clip-15' has 2 labels in 'tags' \(\['park', 'beach'\]\)",
     }
     for column, message in cases.items():
         argv = ["few-shot", str(encoder_dir), "--dataset", str(scene_dir), "--label-column", column]
