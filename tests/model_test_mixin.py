@@ -318,6 +318,20 @@ class ModelTesterMixin:
                     single = main_output(model(**{k: v[i : i + 1] for k, v in inputs.items()}))
                     torch.testing.assert_close(single, batched[i : i + 1], rtol=0, atol=ATOL)
 
+    def test_a_bfloat16_model_takes_float32_features(self):
+        # What users write: `from_pretrained(..., dtype=torch.bfloat16)`, then the feature extractor's float32
+        # output. CAT's stem once handed float32 tokens to its bfloat16 LayerNorm, which refused them.
+        config = self.get_config()
+        for model_class in (c for c in self.model_classes if not is_pretraining(c)):
+            inputs = self.model_inputs(model_class, config, self.get_inputs(config))
+            model = self.build(model_class, config)
+            with torch.no_grad():
+                reference = main_output(model(**inputs))
+                low = main_output(model.to(torch.bfloat16)(**inputs))
+            assert low.dtype == torch.bfloat16, model_class.__name__
+            scale = reference.abs().max().item()
+            torch.testing.assert_close(low.float(), reference, rtol=0, atol=0.05 * scale)
+
     def test_gradient_checkpointing_gives_the_same_gradients(self):
         config = self.get_config(**self.deterministic_overrides)
         inputs = self.get_inputs(config)

@@ -201,7 +201,6 @@ class MultiResolutionStem(nn.Module):
                 )
             visible_grid = visible.view(batch, 1, grid_t, grid_f)
 
-        input_dtype = spectrogram.dtype
         # The convolutions' dtype, not token_proj's: a dynamically quantised copy (torch.ao's
         # quantize_dynamic, one of the paths benchmarks/bench_space.py measures) keeps them in float while
         # its Linear layers hold int8 weights behind a method.
@@ -224,7 +223,7 @@ class MultiResolutionStem(nn.Module):
                 side_tokens = side_tokens + side(hidden_states).flatten(2).transpose(1, 2)
             tokens = self.stage_embeds[-1](hidden_states).flatten(2).transpose(1, 2)
             tokens = self.token_proj(tokens) + side_tokens
-        return tokens.to(input_dtype)
+        return tokens  # in the weights' dtype, as the patch embedding of the other families
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.bart.modeling_bart import BartDecoder, shift_tokens_right
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from ._layers import geometry_mismatches
 from .configuration_zipformer import DECODER_PRESETS, ZipformerConfig
@@ -221,6 +222,7 @@ class ZipformerForConditionalGeneration(ZipformerPreTrainedModel, GenerationMixi
             )
         return mask
 
+    @can_return_tuple  # return_dict=False: a tuple, as every transformers model gives
     def forward(
         self,
         input_values: torch.Tensor | None = None,

@@ -132,16 +132,21 @@ def test_stem_equals_the_stage_by_stage_computation(masked):
     torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_stem_computes_in_its_weights_dtype_and_returns_the_input_dtype():
-    """A bfloat16 spectrogram into a float32 stem: cast up for the convolutions, the tokens cast back."""
+def test_stem_computes_and_returns_in_its_weights_dtype():
+    """As the other families' patch embeddings: the tokens go on to the encoder's own LayerNorm, in the
+    weights' dtype. A bfloat16 spectrogram into a float32 stem is cast up; the float32 spectrogram a feature
+    extractor gives, into a bfloat16 stem (a model loaded with dtype=torch.bfloat16), is cast down."""
     stem = randomised(MultiResolutionStem(tiny_config())).eval()
     spectrogram = torch.randn(1, GRID_T * P, GRID_F * P, generator=torch.Generator().manual_seed(3))
     visible = torch.tensor([[True, True, False, True, True, False]])
     with torch.no_grad():
         tokens = stem(spectrogram.bfloat16(), visible)
         reference = stem(spectrogram.bfloat16().float(), visible)
-    assert tokens.dtype == torch.bfloat16
-    torch.testing.assert_close(tokens, reference.bfloat16())
+        assert tokens.dtype == torch.float32
+        torch.testing.assert_close(tokens, reference, rtol=0, atol=0)
+        low = stem.bfloat16()(spectrogram, visible)
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low, stem(spectrogram.bfloat16(), visible), rtol=0, atol=0)
 
 
 def test_stem_layers_have_the_reference_shapes():

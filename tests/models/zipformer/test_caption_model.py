@@ -151,6 +151,10 @@ def test_labels_give_plain_cross_entropy_on_bos_shifted_inputs(tokenizer):
     expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.logits, logits)
+    # return_dict=False: the same values as a tuple, as any transformers model gives (it once reached the
+    # BART decoder, whose tuple the captioner then read as an output object)
+    loss, tuple_logits, *_ = model(values, mask, labels=labels, return_dict=False)
+    torch.testing.assert_close((loss, tuple_logits), (out.loss, out.logits))
 
 
 def test_tagging_head_is_the_taggers(tokenizer):
