@@ -4,10 +4,15 @@ loaded together (``AutoProcessor``), as Whisper's processor pairs its feature ex
 Only torch and transformers are imported here, so the file can ship as Hub remote code.
 """
 
+import os
+
 import torch
 from transformers import ProcessorMixin
 
 __all__ = ["ZipformerProcessor"]
+
+#: what a saved tokenizer writes (one of them at least)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
 class ZipformerProcessor(ProcessorMixin):
@@ -26,6 +31,21 @@ class ZipformerProcessor(ProcessorMixin):
 
     def __init__(self, feature_extractor, tokenizer):
         super().__init__(feature_extractor, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # AutoProcessor sends every Zipformer folder here, taggers and encoders too, which keep a feature
+        # extractor and no tokenizer; transformers' own message for that asks for sentencepiece.
+        folder = str(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and not any(
+            os.path.isfile(os.path.join(folder, n)) for n in _TOKENIZER_FILES
+        ):
+            raise ValueError(
+                f"{folder} has no tokenizer, so no ZipformerProcessor: a Zipformer tagger or encoder keeps a "
+                "feature extractor only (AutoFeatureExtractor.from_pretrained); a captioner is saved with "
+                "its processor (processor.save_pretrained)"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def __call__(self, audio=None, text=None, sampling_rate=None, return_tensors=None, **kwargs):
         if audio is None and text is None:

@@ -130,3 +130,23 @@ def test_decoding_is_the_tokenizers(processor, tokenizer):
     assert processor.batch_decode(ids, skip_special_tokens=True) == ["rain falls", "a dog"]
     assert processor.decode(ids[0]) == tokenizer.decode(ids[0]) != "rain falls"  # <s> and </s> shown
     assert processor.decode(ids[0], skip_special_tokens=True) == "rain falls"
+
+
+def test_a_folder_without_a_tokenizer_is_named_as_such(processor, tmp_path):
+    from transformers import AutoProcessor
+
+    import hf_audiorep  # noqa: F401  (registers the Auto classes)
+    from hf_audiorep.registry import config_from_preset
+
+    # A Zipformer tagger keeps a feature extractor only; AutoProcessor once asked for sentencepiece.
+    tagger = tmp_path / "tagger"
+    config_from_preset("zipformer-small", num_labels=3).save_pretrained(tagger)
+    processor.feature_extractor.save_pretrained(tagger)
+    with pytest.raises(
+        ValueError, match=r"has no tokenizer, so no ZipformerProcessor: .*AutoFeatureExtractor"
+    ):
+        AutoProcessor.from_pretrained(tagger)
+    captioner = tmp_path / "captioner"
+    processor.save_pretrained(captioner)
+    loaded = ZipformerProcessor.from_pretrained(captioner)
+    assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
