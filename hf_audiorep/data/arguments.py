@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ class DataArguments:
     """split evaluated at the end; empty to skip"""
     label_column: str | None = None
     """column holding the labels (default: detected; e.g. 'scene' for scene classification on the corpus)"""
+    label_names: str | None = None
+    """the class names, comma-separated (e.g. dog,siren,bird), or a text file with one name per line: fixes
+    the classes and their order, streamed or not (needed to stream string labels, whose classes cannot be
+    read ahead); a clip whose label is not among them is skipped when streamed, an error otherwise.
+    Default: the classes found in the train split"""
     streaming: bool = False
     """stream the dataset (Hub or local) instead of downloading or preparing it first"""
     clip_seconds: float | None = field(
@@ -93,10 +99,15 @@ class DataArguments:
     """split of --unlabeled_dataset read as unlabelled audio"""
 
     def __post_init__(self):
+        self.class_names()  # a bad --label_names fails here, before any data is read
         if self.max_duration == 0:
             self.max_duration = None  # None cannot be typed on the command line
         if self.max_duration is not None:
             check_bucketing_arguments(self.max_duration, self.num_buckets, self.bucket_buffer_duration)
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes --label_names names, in its order (None when it is not given)."""
+        return parse_label_names(self.label_names)
 
     def resolve_clip_seconds(self, window_seconds: float | None = None) -> float:
         """Fills an unset ``clip_seconds``: ``window_seconds`` (the window of the pre-trained model a run
@@ -105,6 +116,26 @@ class DataArguments:
         if self.clip_seconds is None:
             self.clip_seconds = window_seconds or _clip_seconds(self)
         return self.clip_seconds
+
+
+def parse_label_names(value: str | None) -> tuple[str, ...] | None:
+    """--label_names as class names: the lines of the file it names, else its comma-separated parts.
+
+    A file is how names that hold commas (such as AudioSet's) are given."""
+    if value is None or not value.strip():
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            names = [line.strip() for line in f]
+    else:
+        names = [part.strip() for part in value.split(",")]
+    names = [name for name in names if name]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"--label_names names {duplicates} more than once: name each class once")
+    if not names:
+        raise ValueError(f"--label_names {value!r} names no class (e.g. --label_names dog,siren,bird)")
+    return tuple(names)
 
 
 #: clip length of the scene corpus when --clip_seconds is not given (DCASE's 1-s segments)
@@ -161,6 +192,12 @@ def load_sources(data: DataArguments, roles=ROLES) -> dict[str, AudioSource]:
 
 
 def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, AudioSource]:
+    if data.class_names() is not None:
+        # Its ClassLabel columns store class indices, which named classes in another order would misread.
+        raise ValueError(
+            f"--label_names is for datasets given by --dataset; the built-in corpus {data.dataset!r} has "
+            "its own classes: leave --label_names out"
+        )
     kwargs = {"seed": data.corpus_seed, "clip_seconds": _clip_seconds(data)}
     sizes = (
         ("num_train", data.num_train_clips),
@@ -176,12 +213,24 @@ def _embedded_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, 
     else:
         corpus = load_embedded_corpus(**kwargs)
         label_column = data.label_column
+    _check_embedded_splits(data, corpus, splits)
     if data.eval_split == AUTO_EVAL_SPLIT and "eval" in splits and len(corpus[splits["eval"]]) == 0:
         logger.info("the corpus has no validation clips (--num_eval_clips 0): no evaluation during training")
         del splits["eval"]
     return {
         role: load_audio_source(corpus[split], label_column=label_column) for role, split in splits.items()
     }
+
+
+def _check_embedded_splits(data: DataArguments, corpus, splits: dict[str, str]) -> None:
+    """A split the built-in corpus lacks is a mistyped option: say which, and the splits there are."""
+    for role, split in splits.items():
+        if split not in corpus:
+            skip = "" if role == "train" else f"; --{role}_split none skips it"
+            raise SplitNotFoundError(
+                f"--{role}_split {split!r}: the built-in corpus {data.dataset!r} has no such split; it has "
+                f"{sorted(corpus)}. --{role}_split names another split{skip}"
+            )
 
 
 def _closed_set_scenes(corpus):
@@ -203,8 +252,13 @@ def _dataset_sources(data: DataArguments, splits: dict[str, str]) -> dict[str, A
     Each split would otherwise build its own from the labels it contains, and a test split lacking a
     class would be scored against shifted columns.
     """
-    sources = {"train": _load(data, data.dataset, splits["train"])} if "train" in splits else {}
-    vocabulary = sources["train"].vocabulary if sources else None
+    named = data.class_names()
+    sources = {}
+    if "train" in splits:
+        sources["train"] = _load(data, data.dataset, splits["train"], label_names=named)
+        if named is not None:
+            _check_vocabulary(data, "train", splits["train"], sources["train"])
+    vocabulary = sources["train"].vocabulary if sources else named
     for role, split in splits.items():
         if role == "train":
             continue
@@ -234,6 +288,11 @@ def _check_vocabulary(data: DataArguments, role: str, split: str, source: AudioS
         raise ValueError(f"the {role} split {split!r} of {data.dataset}: {err}") from err
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        if data.class_names() is not None:
+            raise ValueError(
+                f"the {role} split {split!r} of {data.dataset} has labels that --label_names does not name: "
+                f"{shown}. Add them to --label_names, or remove their clips from {split!r}"
+            )
         raise ValueError(
             f"the {role} split {split!r} of {data.dataset} has labels that the train split "
             f"{data.train_split!r} does not: {shown}. The model learns the train split's "

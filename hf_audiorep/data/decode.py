@@ -142,6 +142,16 @@ def _read_any(audio, sampling_rate: int | None) -> tuple[np.ndarray, int]:
     )
 
 
+def _file_name_of(audio) -> str | None:
+    """The file ``audio`` was read from (a path, or a datasets value's ``path``), or None: a record that
+    decodes to nothing must be found in a dataset of thousands of files by its name."""
+    if isinstance(audio, str | os.PathLike):
+        return os.fspath(audio)
+    if isinstance(audio, Mapping) and audio.get("path"):
+        return str(audio["path"])
+    return None
+
+
 @functools.lru_cache(maxsize=8)
 def _resampler(orig_sr: int, target_sr: int) -> torchaudio.transforms.Resample:
     # The sinc kernel costs as much to build as it does to apply to a 10 s clip; AudioSet has only
@@ -170,12 +180,13 @@ def decode_audio(audio, target_sr: int, *, sampling_rate: int | None = None) -> 
     if target_sr <= 0:
         raise ValueError(f"target_sr must be positive, got {target_sr}")
     waveform, sr = _read_any(audio, sampling_rate)
+    what = _file_name_of(audio) or "the clip"
     if sr <= 0:
-        raise CorruptAudioError(f"invalid sampling rate {sr}")
+        raise CorruptAudioError(f"{what} has an invalid sampling rate ({sr})")
     if waveform.size == 0:
-        raise CorruptAudioError("the clip has no samples")
+        raise CorruptAudioError(f"{what} has no samples")
     if not np.isfinite(waveform).all():
-        raise CorruptAudioError("the clip contains NaN or infinite samples")
+        raise CorruptAudioError(f"{what} contains NaN or infinite samples")
     return np.ascontiguousarray(resample(waveform, sr, target_sr), dtype=np.float32)
 
 

@@ -24,13 +24,19 @@ Layouts understood:
 - local Parquet files or WebDataset ``.tar`` shards (a directory, optionally with split
   sub-directories as above, or a glob), and audio folders (folder-per-label, or a ``metadata.csv``
   with ``file_name`` and a labels column).
+- a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (``datasets.load_from_disk``):
+  a DatasetDict's splits are the splits; a single Dataset is the 'train' split.
 - a ``datasets.Dataset``/``IterableDataset`` (or a ``DatasetDict``, indexed by ``split``) passed
   directly, as the embedded corpus is; ``ClassLabel`` features give the vocabulary (the library's own
   table, ids and groups included, when the names are AudioSet's or the embedded corpus's).
+
+Label strings give AudioSet's vocabulary only when they hold MIDs (``/m/...``); other strings, AudioSet
+display names among them, give a vocabulary of the names found, sorted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import logging
@@ -264,6 +270,8 @@ def _load_local(path, split, config_name, columns, common):
         files = [path]
     if files is None:
         root = Path(path)
+        if _is_saved_dataset(root):
+            return _saved_dataset_source(root, split, common["streaming"], columns)
         kind = _local_kind(root)
         if kind == "audiofolder":
             return _make_source(_load_audio_folder(root, split, common), "audiofolder", **columns)
@@ -409,6 +417,44 @@ def _log_skipped_files(root: Path, split: str, files) -> None:
         )
 
 
+def _is_saved_dataset(root: Path) -> bool:
+    """Whether ``root`` is what ``DatasetDict.save_to_disk`` (an index of split folders) or
+    ``Dataset.save_to_disk`` (Arrow files beside their state) wrote."""
+    if (root / "dataset_dict.json").is_file():
+        return True
+    return (root / "state.json").is_file() and (root / "dataset_info.json").is_file()
+
+
+def _saved_dataset_source(root: Path, split: str, streaming: bool, columns: dict) -> AudioSource:
+    """``split`` of a folder written by ``save_to_disk``. The vocabulary is read from the files on disk
+    before a stream is made of them: unlike a remote stream they can be scanned, so string labels need
+    no --label_names."""
+    source = _make_source(_load_saved_split(root, split), "saved-dataset", **columns)
+    if not streaming:
+        return source
+    # The stream reads an IterableDataset; the Arrow files stay memory-mapped, nothing is copied.
+    return dataclasses.replace(source, dataset=source.dataset.to_iterable_dataset())
+
+
+def _load_saved_split(root: Path, split: str) -> Dataset:
+    """A DatasetDict's splits are its splits; a single Dataset is the 'train' split, as an audio folder
+    without split sub-folders is."""
+    saved = datasets.load_from_disk(str(root))
+    if isinstance(saved, DatasetDict):
+        if split not in saved:
+            raise SplitNotFoundError(
+                f"{root} has no {split!r} split; it has {sorted(saved)} (the splits of the DatasetDict "
+                "save_to_disk wrote there)"
+            )
+        return saved[split]
+    if split != "train":
+        raise SplitNotFoundError(
+            f"{root} has no {split!r} split; it has ['train'] (it holds one Dataset, written by "
+            "Dataset.save_to_disk, which is read as the train split)"
+        )
+    return saved
+
+
 def _local_kind(root: Path) -> str:
     if not root.is_dir():
         raise ValueError(f"{root} is neither a directory nor a file")
@@ -423,7 +469,7 @@ def _local_kind(root: Path) -> str:
             has_audio = has_audio or suffix in AUDIO_EXTENSIONS
     if has_audio:
         return "audiofolder"
-    raise ValueError(f"{root} holds no .parquet, .tar or audio files")
+    raise ValueError(f"{root} holds no .parquet, .tar or audio files, and no dataset written by save_to_disk")
 
 
 def _split_files(root: Path, split: str, config_name: str | None, ext: str) -> list[str]:
@@ -552,22 +598,38 @@ def _vocabulary(dataset, layout: str, label_column: str | None, label_names, aud
             return AUDIOSET_ONTOLOGY
         if isinstance(dataset, IterableDataset):
             raise ValueError(
-                f"integer labels in {label_column!r} without a ClassLabel feature: pass label_names="
+                f"integer labels in {label_column!r} without a ClassLabel feature, and a stream cannot be "
+                f"scanned for its classes: {_NAME_THE_CLASSES}"
             )
         flat = [int(i) for v in values if v is not None for i in (v if isinstance(v, list | tuple) else [v])]
         return LabelVocabulary.from_names(str(i) for i in range(max(flat, default=-1) + 1))
-    unknown = AUDIOSET_ONTOLOGY.unknown_labels(tokens)
-    if not unknown:
-        return AUDIOSET_ONTOLOGY
     if any(is_mid(t) for t in tokens):
-        shown = sorted(unknown)[:5]
-        raise ValueError(f"labels {shown} in {label_column!r} are not AudioSet MIDs or class names")
+        return _audioset_by_mids(tokens, label_column)
+    # Display names alone are not a hint: a user's own 'Dog', 'Cat' and 'Speech' are three classes, not
+    # AudioSet's 527 (AudioSet's own layouts label with MIDs, or are recognised by audioset_hint).
     if isinstance(dataset, IterableDataset):
         raise ValueError(
             f"the labels in {label_column!r} are free strings (e.g. {tokens[:3]}) and a stream cannot be "
-            "scanned for its vocabulary: pass label_names="
+            f"scanned for its classes: {_NAME_THE_CLASSES}"
         )
     return LabelVocabulary.from_names(sorted(set(tokens)))
+
+
+#: how a user fixes the classes of data whose classes cannot be read from it
+_NAME_THE_CLASSES = (
+    "name them with --label_names (e.g. --label_names dog,siren,bird, or a text file with one name per "
+    "line; label_names= in Python)"
+)
+
+
+def _audioset_by_mids(tokens: list[str], label_column: str) -> LabelVocabulary:
+    """AudioSet's table for labels that hold MIDs, which name AudioSet classes unambiguously; the other
+    labels beside them must then be AudioSet's too."""
+    unknown = AUDIOSET_ONTOLOGY.unknown_labels(tokens)
+    if unknown:
+        shown = sorted(unknown)[:5]
+        raise ValueError(f"labels {shown} in {label_column!r} are not AudioSet MIDs or class names")
+    return AUDIOSET_ONTOLOGY
 
 
 def labels_outside_vocabulary(source: AudioSource) -> list[str]:

@@ -15,7 +15,7 @@ from hf_audiorep.data.decode import AUDIO_EXTENSIONS, decode_audio
 from hf_audiorep.data.sources import SplitNotFoundError, load_audio_source
 
 SR = 16000
-# Not AudioSet class names (those would select the AudioSet vocabulary).
+# Free strings: only MIDs select the AudioSet vocabulary (see test_user_datasets.py).
 CLASSES = {"alpha": 330.0, "beta": 660.0, "gamma": 1320.0}
 
 
