@@ -26,7 +26,7 @@ from . import registry
 from .data.arguments import DataArguments, StreamFactory, load_sources
 from .evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from .hub import push_run
-from .hub_errors import start_processes
+from .hub_errors import check_model_source, start_processes
 from .modeling import AudioFbankFeatureExtractor
 from .modeling._bootstrap_config import BootstrapViTConfig
 from .modeling._config_checks import choices
@@ -87,6 +87,9 @@ class BootstrapModelArguments:
     ema_anneal_end_steps: int | None = None
     """optimizer steps of the linear decay ramp (EAT, CAT: 100000)"""
 
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "--model_name_or_path")
+
 
 @dataclass
 class RRArguments:
@@ -105,6 +108,9 @@ class RRArguments:
     """sum (fairseq parity: CLS and RR terms summed over student samples) | mean"""
     trust_remote_code: bool = False
     """allow remote code when loading --rr_teacher"""
+
+    def __post_init__(self):
+        check_model_source(self.rr_teacher, "--rr_teacher")
 
 
 @dataclass

@@ -246,6 +246,34 @@ def check_hub_reachable(
                 raise
 
 
+def check_model_source(name: str | None, option: str) -> None:
+    """Fail at once, naming ``option``, when ``name`` is neither a local directory nor a Hub model that can
+    be read. transformers' own message for a missing folder is about repo id syntax, and comes after the
+    data is loaded."""
+    if not name or os.path.isdir(name):
+        return
+    if os.path.exists(name):
+        raise NotADirectoryError(f"{option} {name}: not a directory (a saved model is a folder)")
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise FileNotFoundError(f"{option} {name}: no such model directory") from None
+    if name.startswith((".", "~")):
+        raise FileNotFoundError(f"{option} {name}: no such model directory")
+    if _offline():
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # downloaded before: the libraries read it from the cache
+        raise HubUnreachableError(
+            f"{option} {name}: no such model directory here, and offline mode is on (HF_HUB_OFFLINE), so "
+            "it cannot be read from the Hub either",
+            name,
+        )
+    check_hub_reachable(name, repo_type="model", hint="or pass a local model directory")
+
+
 def _report_and_exit(err: HubUnreachableError) -> None:
     rank = int(os.environ.get("RANK", "0") or 0)
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "recipe"

@@ -36,7 +36,7 @@ from hf_audiorep.data.embedded.devices import device_impulse_responses
 from hf_audiorep.data.sources import load_audio_source
 from hf_audiorep.evaluation import evaluate_classifier, few_shot_encoder, model_cost
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe, start_processes
+from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
 from hf_audiorep.objectives import (
     DEVICE_COLUMN,
     TEACHER_EMBEDDING_COLUMN,
@@ -84,6 +84,7 @@ class StudentArguments:
     def __post_init__(self):
         if not self.teacher:
             raise ValueError("--teacher is required: a saved audio classifier (directory or Hub id)")
+        check_model_source(self.teacher, "--teacher")
         if self.output_norm not in NORMS:
             raise ValueError(f"--output_norm must be one of {NORMS}, got {self.output_norm!r}")
         if self.teacher_batch_size < 1:

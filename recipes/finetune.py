@@ -38,7 +38,7 @@ from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_source
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe, start_processes
+from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
 from hf_audiorep.inference import model_clip_seconds
 from hf_audiorep.modeling import AudioMAEConfig, CATConfig
 from hf_audiorep.objectives import (
@@ -99,6 +99,9 @@ class ModelArguments:
     """LP-FT (Kumar et al., 2022): before fine-tuning, set the head to a logistic-regression probe fitted on
     the frozen encoder's embeddings of the train split (one encoder pass), so the first steps do not rewrite
     a pre-trained encoder to fit a random head"""
+
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "--model_name_or_path")
 
 
 @dataclass

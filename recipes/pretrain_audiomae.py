@@ -28,7 +28,7 @@ from transformers import set_seed
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.evaluation import ProbeArguments, build_linear_probe, probe_report, write_probe_results
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe, start_processes
+from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
 from hf_audiorep.modeling import AudioFbankFeatureExtractor, AudioMAEConfig, AudioMAEForPreTraining
 from hf_audiorep.objectives import MaskedAutoencoderStep, evaluate_reconstruction
 from hf_audiorep.training import TrainingArguments, TrainLoop
@@ -49,6 +49,9 @@ class ModelArguments:
     """fraction of patches hidden from the encoder (AudioMAE: 0.8)"""
     norm_pix_loss: bool = True
     """regress per-patch normalised log-mels (AudioMAE: True)"""
+
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "--model_name_or_path")
 
 
 @dataclass

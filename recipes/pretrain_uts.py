@@ -59,7 +59,7 @@ from hf_audiorep.data.tags import TagSystem, TagSystemBuilder
 from hf_audiorep.evaluation import corpus_probe_tasks, evaluate_classifier, probe_tasks
 from hf_audiorep.evaluation.linear_probe import parse_C
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe, start_processes
+from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
 from hf_audiorep.modeling import ZipformerConfig, ZipformerFbankFeatureExtractor
 from hf_audiorep.modeling._config_checks import choices
 from hf_audiorep.modeling.processing_zipformer import ZipformerProcessor
@@ -109,6 +109,9 @@ class ModelArguments:
     classifier_norm: Literal[CLASSIFIER_NORMS] | None = None
     """the head's input: none (Auden's head) | batch (frames standardised over the batch before the
     classifier, which learns faster from scratch: docs/benchmarks.md); default: the preset's / checkpoint's"""
+
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "--model_name_or_path")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -183,6 +184,10 @@ class TrainingArguments:
             )
         if not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(
+                f"--output_dir {self.output_dir} is a file: give a directory (created if missing)"
+            )
         derived = self.push_to_hub and self.hub_model_id is None
         if derived:
             # Resolved here rather than at push time, so a name the Hub would refuse fails before training.

@@ -3,6 +3,7 @@
 Nothing here touches the network: offline mode, or ``HF_ENDPOINT`` on a closed loopback port.
 """
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -249,3 +250,59 @@ def test_every_recipe_starts_its_processes_through_start_processes():
     starting = [path for path in sources if "start_processes(cpu=" in path.read_text()]
     direct = [path.name for path in sources if "PartialState(cpu=" in path.read_text()]
     assert len(starting) == 6 and direct == []
+
+
+def test_a_model_option_names_what_it_does_not_find(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hf_audiorep.hub_errors import check_model_source
+
+    check_model_source(None, "--model_name_or_path")  # not given: a fresh model
+    check_model_source(str(tmp_path), "--teacher")
+    for missing in (tmp_path / "absent", "./absent", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=rf"^--teacher {missing}: no such model directory$"):
+            check_model_source(str(missing), "--teacher")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        check_model_source(str(tmp_path / "file"), "--teacher")
+    # A repo id: offline it can only come from the cache.
+    monkeypatch.setattr(hub_errors, "_offline", lambda: True)
+    with pytest.raises(
+        HubUnreachableError, match="--rr_teacher org/absent: no such model directory here, and"
+    ):
+        check_model_source("org/absent", "--rr_teacher")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: f"/cache/{repo}/{name}")
+    check_model_source("org/cached", "--rr_teacher")
+
+
+@pytest.mark.parametrize(
+    "recipe, option",
+    [
+        ("finetune", "model_name_or_path"),
+        ("distill", "teacher"),
+        ("pretrain_audiomae", "model_name_or_path"),
+        ("pretrain_uts", "model_name_or_path"),
+        ("pretrain_bat", "model_name_or_path"),
+        ("pretrain_cat", "rr_teacher"),
+        ("probe", "model_name_or_path"),
+    ],
+)
+def test_every_recipe_checks_its_model_options_when_parsed(recipe, option, tmp_path):
+    # A missing folder once failed after the data was loaded, with transformers' words on repo id syntax.
+    from recipe_utils import load_recipe
+    from transformers import HfArgumentParser
+
+    from hf_audiorep import bootstrap_recipe
+
+    # The bootstrap recipes (CAT, BAT) take their RR options from the module they share.
+    namespace = {**vars(bootstrap_recipe), **vars(load_recipe(recipe))}
+    classes = [c for c in namespace.values() if dataclasses.is_dataclass(c) and isinstance(c, type)]
+    owner = next(c for c in classes if option in {f.name for f in dataclasses.fields(c)})
+    with pytest.raises(FileNotFoundError, match=f"--{option} {tmp_path / 'absent'}: no such model directory"):
+        HfArgumentParser(owner).parse_args_into_dataclasses([f"--{option}", str(tmp_path / "absent")])
+
+
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"--output_dir .*file is a file: give a directory"):
+        TrainingArguments(output_dir=str(tmp_path / "file"))
