@@ -35,9 +35,11 @@ example's). No architecture has to be exported at a fixed length:
 
 Two shape rules hold in every graph: an axis the exporter saw as symbolic is assumed not to be 1, so a clip
 must reduce to at least two time steps wherever the model strides or patches (a one-patch ViT clip, a BEATs
-clip under 32 frames); and the example must hold two clips or more, or the batch axis is fixed. `frame_range`
-gives the range the exporter recorded for the input; a ``.pt2`` program also checks the derived sizes and
-raises on a clip it cannot take; an ONNX graph does not check, and its result is then undefined.
+clip under 32 frames); and the batch axis is traced with two clips or more (`export_program` repeats an
+example of one clip), or the exporter fixes it. `frame_lengths` (and `frame_range`) give the lengths the
+program takes: the range the exporter recorded for the input, narrowed by the guards it keeps on the
+derived sizes, which a ``.pt2`` program checks, raising on a clip it cannot take; an ONNX graph does not
+check, and its result is then undefined.
 
 Model code changed for the exporter (numerically unchanged in eager mode): `_layers.pad_to_patches`
 and the patch-grid ceilings avoid a branch on the padding amount and negative operands of ``%`` and ``//``
@@ -68,6 +70,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -83,6 +86,8 @@ __all__ = [
     "embedded_scene_split",
     "export_onnx",
     "export_program",
+    "FrameLengths",
+    "frame_lengths",
     "frame_range",
     "load_for_export",
     "onnx_latency",
@@ -256,10 +261,11 @@ def export_program(
             a classifier (``...ForAudioClassification``: ``logits``); exported in eval mode.
         example_inputs: ``input_values`` ``(batch, frames, bins)`` (array, tensor or a mapping holding it)
             to trace with; ``None`` gives two clips of 100 frames of noise (fewer when ``max_length`` is).
-            With a dynamic axis, give it at least two clips and two frames: the exporter fixes an axis of
-            size 1.
+            One clip is traced twice over, as a batch of two, so that the batch axis stays dynamic (the
+            exporter fixes an axis it sees at size 1). With a dynamic length, give it a length the model
+            reduces to two steps or more (`frame_lengths`' shortest).
         dynamic_batch: a symbolic batch axis; ``False`` fixes it to the example's.
-        dynamic_length: a symbolic time axis, over the lengths the model accepts (`frame_range`);
+        dynamic_length: a symbolic time axis, over the lengths the model accepts (`frame_lengths`);
             ``False`` fixes it to the example's.
 
     Returns:
@@ -267,11 +273,15 @@ def export_program(
         `save_program` writes it as ``.pt2``.
     """
     example = _example_features(model, example_inputs)
+    if dynamic_batch and len(example) == 1:
+        # The exporter fixes an axis it sees at size 1. The clip twice traces the same function (the model
+        # treats clips alike and independently in eval mode) with a batch axis it can leave symbolic.
+        example = example.expand(2, *example.shape[1:]).contiguous()
     dims = {}
     if dynamic_batch:
         dims[0] = torch.export.Dim("batch")
     if dynamic_length:
-        # The range is the model's: its input checks and shape arithmetic bound it (`frame_range`).
+        # The range is the model's: its input checks and shape arithmetic bound it (`frame_lengths`).
         dims[1] = torch.export.Dim.DYNAMIC
     was_training = model.training
     model.eval()
@@ -287,18 +297,110 @@ def export_program(
         model.train(was_training)
 
 
+#: frames past the shortest accepted length checked when the time axis has no longest: the guards' floor
+#: divisions and remainders are by the models' strides and patch sizes, far shorter, so the pattern they
+#: repeat with shows within it
+UNBOUNDED_WINDOW = 1024
+
+
+@dataclass(frozen=True)
+class FrameLengths:
+    """The clip lengths (``frames``) a program's time axis takes: ``shortest``, ``shortest + step``, ... up to
+    ``longest`` (``None``: no longest; the pattern is checked over `UNBOUNDED_WINDOW` frames)."""
+
+    shortest: int
+    longest: int | None
+    step: int = 1
+
+    def accepts(self, frames: int) -> bool:
+        """Whether the program takes a clip of ``frames`` frames."""
+        in_range = self.shortest <= frames and (self.longest is None or frames <= self.longest)
+        return in_range and (frames - self.shortest) % self.step == 0
+
+    def __str__(self) -> str:
+        text = f"{self.shortest} <= frames <= {'any' if self.longest is None else self.longest}"
+        return text if self.step == 1 else f"{text}, in steps of {self.step} from {self.shortest}"
+
+
+def frame_lengths(program: torch.export.ExportedProgram) -> FrameLengths:
+    """The lengths the program's time axis takes: the example's alone when that axis is fixed.
+
+    The exporter's range for the axis is not enough: a program also keeps guards on sizes derived from it
+    (a ViT's patch count must not be 1, a stride must leave two frames) and refuses a clip that fails one.
+    Every length of the range is put to those guards, on shapes alone (no clip is computed); a length
+    passes when it passes at batch sizes 1 and 2 (the example's batch, when that axis is fixed).
+
+    Raises:
+        ValueError: when no length passes, or the passing ones are not evenly spaced (then no
+            ``(shortest, longest, step)`` describes them).
+    """
+    accepted, longest = _accepted_frames(program)
+    steps = {later - earlier for earlier, later in zip(accepted, accepted[1:], strict=False)}
+    step = min(steps, default=1)
+    if len(steps) > 1:
+        raise ValueError(
+            f"the program takes clips of {accepted[:8]}... frames, not evenly spaced: no range describes "
+            "them; check a length with program_outputs before relying on it"
+        )
+    return FrameLengths(accepted[0], longest, step)
+
+
 def frame_range(program: torch.export.ExportedProgram) -> tuple[int, int | None]:
     """The shortest and longest ``frames`` (``None``: unbounded) the program's time axis takes; both are the
-    example's length when that axis is fixed."""
+    example's length when that axis is fixed. Between them, every length is taken unless `frame_lengths`
+    gives a ``step`` over 1."""
+    accepted, longest = _accepted_frames(program)
+    return accepted[0], longest
+
+
+def _time_axis(program: torch.export.ExportedProgram):
+    """The example ``input_values`` (fake) tensor the program was traced with, and its time axis's size
+    (an int when fixed, else the symbol the exporter gave it)."""
     (name,) = program.graph_signature.user_inputs
     frames = next(node for node in program.graph.nodes if node.name == name)
-    size = frames.meta["val"].shape[1]
+    example = frames.meta["val"]
+    return example, example.shape[1]
+
+
+def _accepted_frames(program: torch.export.ExportedProgram) -> tuple[list[int], int | None]:
+    """The lengths in the exporter's range for the time axis that pass the program's guards (see
+    `frame_lengths`), and the range's end (``None``: unbounded)."""
+    example, size = _time_axis(program)
     if isinstance(size, int):
-        return size, size
+        return [size], size
     bounds = program.range_constraints[size.node.expr]
     # An unbounded axis ends at torch's own integer infinity, which is no sympy Integer.
-    upper = int(bounds.upper) if isinstance(bounds.upper, sympy.Integer) else None
-    return int(bounds.lower), upper
+    longest = int(bounds.upper) if isinstance(bounds.upper, sympy.Integer) else None
+    # Sizes 0 and 1 are below every range the exporter gives a symbolic axis (it assumes neither).
+    shortest = max(int(bounds.lower), 2)
+    end = longest if longest is not None else shortest + UNBOUNDED_WINDOW
+    passes = _guard_check(program, example)
+    accepted = [frames for frames in range(shortest, end + 1) if passes(frames)]
+    if not accepted:
+        raise ValueError(f"the program takes no clip length between {shortest} and {end} frames")
+    return accepted, (accepted[-1] if longest is not None else None)
+
+
+def _guard_check(program: torch.export.ExportedProgram, example: torch.Tensor):
+    """``passes(frames)``: whether a clip of ``frames`` frames passes the guards the program checks first
+    when called, run on shapes alone (meta tensors)."""
+    # `module()` gathers the exporter's guards (range, specialisations, derived sizes) into one function that
+    # the program calls on its inputs before anything else; a failed guard raises AssertionError.
+    guards = getattr(program.module(), "_guards_fn", None)
+    if guards is None:  # a torch that keeps no guards beside the range: the range is all there is to check
+        return lambda frames: True
+    batch, _, *rest = example.shape
+    batches = [batch] if isinstance(batch, int) else [1, 2]
+
+    def passes(frames: int) -> bool:
+        for size in batches:
+            try:
+                guards(torch.empty(size, frames, *rest, device="meta"))
+            except AssertionError:
+                return False
+        return True
+
+    return passes
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
@@ -371,12 +473,22 @@ def export_onnx(
         )
     metadata = {"model_type": model.config.model_type, "clip_seconds": f"{seconds:g}"}
     if dynamic_length:
-        low, high = frame_range(program)
-        metadata = {"model_type": model.config.model_type, "frames": f"{low}-{'' if high is None else high}"}
+        metadata = {"model_type": model.config.model_type, **_frames_metadata(program)}
     _strip_and_label(path, metadata)
     feature_extractor.save_pretrained(path.parent)
     model.config.save_pretrained(path.parent)
     return path
+
+
+def _frames_metadata(program: torch.export.ExportedProgram) -> dict[str, str]:
+    """``frames`` (``"low-high"``, ``"low-"`` when unbounded) and, when only every n-th length is taken,
+    ``frames_step``: what a runtime must feed the graph, which checks no length itself."""
+    lengths = frame_lengths(program)
+    longest = "" if lengths.longest is None else lengths.longest
+    metadata = {"frames": f"{lengths.shortest}-{longest}"}
+    if lengths.step > 1:
+        metadata["frames_step"] = str(lengths.step)
+    return metadata
 
 
 def _strip_and_label(path: Path, metadata: dict[str, str]) -> None:

@@ -54,7 +54,7 @@ from hf_audiorep.evaluation.probing import (
 )
 from hf_audiorep.evaluation.probing.cache import GB
 from hf_audiorep.hub import push_run
-from hf_audiorep.hub_errors import run_recipe, start_processes
+from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
 from hf_audiorep.inference import model_clip_seconds
 from hf_audiorep.registry import feature_extractor_for
 from hf_audiorep.training import TrainingArguments
@@ -87,12 +87,18 @@ class EncoderArguments:
     encoder_batch_size: int = 16
     """clips per forward pass of the encoder while the cache is written"""
 
+    def __post_init__(self):
+        check_model_source(self.model_name_or_path, "--model_name_or_path")
+
 
 @dataclass
 class CacheArguments:
     layers: list[int] | None = None
     """indices into the encoder's hidden_states to cache and probe (0: the embedding output, i: block i,
-    negative: from the end); default: all of them"""
+    negative: from the end), all of one shape. Default: all of them where they share one shape; otherwise
+    (a CNN such as CP-Mobile, whose stages differ in channels and resolution) the last one and those just
+    before it of its shape, its last stage. A CNN's (channels, freq, time) map is probed as freq x time
+    tokens of width channels"""
     token_pooling: int = 1
     """average each run of this many consecutive tokens into one before caching (shrinks the cache as much)"""
     cache_dir: str | None = None
@@ -229,6 +235,21 @@ def _encoder(args: EncoderArguments, cache_args: CacheArguments, device) -> Laye
     return encoder.select(cache_args.layers, cache_args.token_pooling)
 
 
+def _default_layers(encoder: LayerFeatureEncoder, data_args: DataArguments, cache_args: CacheArguments):
+    """Without --layers: every hidden state, unless they differ in shape (a CNN's stages), when they could not
+    be stacked; then the last stage's (`LayerFeatureEncoder.default_layers`), said in the log."""
+    rate = encoder.sampling_rate
+    layers = encoder.default_layers(round(data_args.clip_seconds * rate), rate)
+    if layers is not None:
+        logger.info(
+            "the hidden states of %s differ in shape: probing %s, the last one and those before it of its "
+            "shape (--layers chooses others of one shape)",
+            type(encoder.model).__name__,
+            layers,
+        )
+        encoder.select(layers, cache_args.token_pooling)
+
+
 def _num_clips(source, limit: int | None, role: str) -> int:
     if limit is not None and limit < 1:
         raise ValueError(f"--max_{role}_clips must be >= 1, got {limit}")
@@ -333,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.clip_seconds is None and getattr(encoder.feature_extractor, "target_length", None):
         data_args.resolve_clip_seconds(model_clip_seconds(encoder.feature_extractor))  # the encoder's window
     data_args.resolve_clip_seconds()
+    if cache_args.layers is None:
+        _default_layers(encoder, data_args, cache_args)
     sources = load_sources(data_args, roles=("train", "test"))
     if "test" not in sources:
         raise ValueError("probing scores the head on a test split: set --test_split")

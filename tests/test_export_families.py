@@ -11,10 +11,12 @@ from family_utils import TINY, random_features, tiny_model
 
 from hf_audiorep.export import (
     ENCODER_OUTPUTS,
+    FrameLengths,
     check_onnx_parity,
     check_program_parity,
     export_onnx,
     export_program,
+    frame_lengths,
     frame_range,
     onnx_outputs,
     output_names,
@@ -83,3 +85,60 @@ def test_onnx_graph_matches_eager_at_other_batch_sizes_and_lengths(family, tmp_p
         features = random_features(batch, frames, seed)
         assert check_onnx_parity(model, path, features) < TOLERANCE
         assert len(onnx_outputs(path, features)[output_names(model)[0]]) == batch
+
+
+#: lengths past the shortest run when the time axis has no longest (CP-Mobile)
+UNBOUNDED_CHECK = 48
+
+
+def _rejects(program, frames: int) -> bool:
+    try:
+        program_outputs(program, random_features(1, frames, seed=frames))
+    except AssertionError as error:  # the program's guards: "Guard failed: ..."
+        return "Guard failed" in str(error)
+    return False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frame_lengths_are_the_lengths_the_program_takes(family):
+    program = export_program(tiny_model(family, classifier=True), _example(family))
+    lengths = frame_lengths(program)
+    assert lengths.step == 1  # every family takes every length of its range
+    assert frame_range(program) == (lengths.shortest, lengths.longest)
+    end = lengths.longest if lengths.longest is not None else lengths.shortest + UNBOUNDED_CHECK
+    for frames in range(lengths.shortest, end + 1):
+        assert lengths.accepts(frames)
+        outputs = program_outputs(program, random_features(1, frames, seed=frames))
+        assert outputs["logits"].shape == (1, 3), frames
+    # Just below the shortest (a ViT's one-patch clip, a stride leaving one step) and past the longest, the
+    # program refuses the clip, as reported.
+    for frames in (lengths.shortest - 1, lengths.shortest - 2):
+        assert not lengths.accepts(frames) and _rejects(program, frames), frames
+    if lengths.longest is not None:
+        assert not lengths.accepts(lengths.longest + 1) and _rejects(program, lengths.longest + 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_program_traced_on_one_clip_takes_any_batch_size(family):
+    model = tiny_model(family, classifier=True)
+    program = export_program(model, _example(family)[:1])
+    for seed, batch in enumerate((1, 3), start=1):
+        features = random_features(batch, EXAMPLE_FRAMES.get(family, 100), seed)
+        assert len(program_outputs(program, features)["logits"]) == batch
+        assert check_program_parity(model, program, features) < TOLERANCE
+
+
+def test_frame_lengths_say_when_only_every_nth_length_is_taken():
+    every_fourth = FrameLengths(shortest=32, longest=128, step=4)
+    assert [every_fourth.accepts(n) for n in (28, 32, 33, 36, 128, 132)] == [0, 1, 0, 1, 1, 0]
+    assert str(every_fourth) == "32 <= frames <= 128, in steps of 4 from 32"
+    assert str(FrameLengths(17, None)) == "17 <= frames <= any"
+
+
+def test_unevenly_spaced_lengths_are_refused_by_name(monkeypatch):
+    from hf_audiorep import export
+
+    monkeypatch.setattr(export, "_accepted_frames", lambda program: ([16, 32, 40], 40))
+    with pytest.raises(ValueError, match=r"takes clips of \[16, 32, 40\]\.\.\. frames, not evenly spaced"):
+        frame_lengths(None)
+    assert frame_range(None) == (16, 40)

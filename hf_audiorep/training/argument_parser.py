@@ -10,6 +10,7 @@ exit status 2), where ``HfArgumentParser`` raises a ``ValueError`` with a traceb
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import difflib
@@ -55,6 +56,19 @@ def field_docstrings(cls: type) -> dict[str, str]:
     return docs
 
 
+def _describe_negative_twin(action) -> None:
+    """The ``--no_<option>`` that HfArgumentParser adds beside a boolean option whose default is True repeats
+    the option's help, which says what the option does, not what its twin turns off; and its "(default:
+    False)" would read as the option's default (the twin's is never used: the option sets their shared
+    destination)."""
+    twin = next((o for o in action.option_strings if o.startswith("--no_")), None)
+    if twin is None:
+        return
+    option = "--" + twin[len("--no_") :]
+    action.help = f"turn {option} off (the same as {option} false)"
+    action.default = argparse.SUPPRESS
+
+
 class RecipeArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` that takes each field's docstring as its ``--help`` text."""
 
@@ -65,6 +79,8 @@ class RecipeArgumentParser(HfArgumentParser):
                 # Field.metadata is a read-only mapping; the Field object itself is ours to update.
                 field.metadata = {**field.metadata, "help": docs[field.name]}
         super()._add_dataclass_arguments(dtype)
+        for action in self._actions:
+            _describe_negative_twin(action)
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
         """``HfArgumentParser``'s, but words no option takes end the run as argparse ends it (usage, the

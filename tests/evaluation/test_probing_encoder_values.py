@@ -136,7 +136,7 @@ class SpectrogramEncoder(SpectrogramModelMixin, torch.nn.Module):
         tokens = self.tokens if self.tokens is not None else self.leading + grid_t * grid_f
         widths = self.widths or [2] * (self.num_layers + 1)
         hidden = tuple(_hidden(batch, tokens, i, widths[i]) for i in range(self.num_layers + 1))
-        if self.rank == 4:
+        for _ in range(self.rank - 3):  # a state of another rank: singleton axes after the batch
             hidden = tuple(h[:, None] for h in hidden)
         return SimpleNamespace(hidden_states=hidden, last_hidden_state=hidden[-1])
 
@@ -263,15 +263,22 @@ def test_token_pooling_groups_the_tokens_and_their_mask():
 def test_hidden_states_of_another_width_or_rank_are_refused():
     encoder = spectrogram_encoder(widths=[2, 2, 3, 2])
     with pytest.raises(
-        ValueError, match=r"share one \(batch, tokens, dim\) shape, got .*; choose layers of one width$"
+        ValueError,
+        match=r"^the probed hidden states of SpectrogramEncoder differ in shape, so they cannot be stacked "
+        r"\(hidden states \[0, 1, 3\]: width 2 over 9 tokens; hidden states \[2\]: width 3 over 9 tokens\); "
+        r"probe layers of one shape, e.g. the last one alone \(layers=\[-1\], --layers -1 in recipes/probe",
     ):
         encoder.layer_features(WAVES, LENGTHS, SR)
     features, _ = spectrogram_encoder(layers=[0, 1, 3], widths=[2, 2, 3, 2]).layer_features(
         WAVES, LENGTHS, SR
     )
     assert features.shape == (2, 3, 9, 2), "the odd one is not probed"
-    with pytest.raises(ValueError, match=r"share one \(batch, tokens, dim\) shape"):
-        spectrogram_encoder(rank=4).layer_features(WAVES, LENGTHS, SR)
+    with pytest.raises(
+        ValueError,
+        match=r"^hidden state 0 of SpectrogramEncoder has shape \(2, 1, 1, 9, 2\): probing reads \(batch, "
+        r"tokens, dim\) or a CNN's \(batch, channels, freq, time\) map$",
+    ):
+        spectrogram_encoder(rank=5).layer_features(WAVES, LENGTHS, SR)
 
 
 @pytest.mark.parametrize("hidden_states", [None, (), []])
@@ -314,6 +321,93 @@ def test_waveform_encoder_features_are_the_hidden_states_of_the_real_samples():
         [True, True],
         [True, False],
     ]
+
+
+# --- a CNN's feature maps ----------------------------------------------------------------------------------
+
+
+class MapEncoder(torch.nn.Module):
+    """A CNN of CP-Mobile's kind on `SpectrogramExtractor`'s frames: hidden state i is a ``(batch, channels,
+    freq, time)`` map, ``states[i] = (channels, freq, time stride)``, whose value at ``(c, f, t)`` is
+    ``1000 c + 100 i + 10 t + f``. ``output_mask`` (a ``(batch, steps)`` list) is returned as the model's own
+    ``attention_mask``, as CP-Mobile returns its last map's."""
+
+    def __init__(self, states, output_mask=None):
+        super().__init__()
+        self.states, self.output_mask = states, output_mask
+        self.config = SimpleNamespace(
+            model_type="audiorep-fake-cnn", num_mel_bins=4, num_channels=1, hidden_size=states[-1][0]
+        )
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_values, attention_mask=None, output_hidden_states=False):
+        batch, frames, _ = input_values.shape
+        hidden = []
+        for index, (channels, freq, stride) in enumerate(self.states):
+            c, f, t = torch.meshgrid(
+                torch.arange(channels), torch.arange(freq), torch.arange(frames // stride), indexing="ij"
+            )
+            hidden.append((1000 * c + 100 * index + 10 * t + f).double().expand(batch, -1, -1, -1))
+        mask = None if self.output_mask is None else torch.tensor(self.output_mask)
+        return SimpleNamespace(hidden_states=tuple(hidden), last_hidden_state=hidden[-1], attention_mask=mask)
+
+
+def map_encoder(states, layers=None, token_pooling=1, output_mask=None):
+    return LayerFeatureEncoder(
+        MapEncoder(states, output_mask), SpectrogramExtractor(), "hf_audiorep", layers, token_pooling
+    )
+
+
+#: a stem and two stages: states 0-1 are 2 channels over 2 x 8 positions, states 2-3 4 over 2 x 4
+STAGES = [(2, 2, 1), (2, 2, 1), (4, 2, 2), (4, 2, 2)]
+
+
+def test_a_cnn_map_is_probed_as_time_major_tokens_of_its_channels():
+    # 8 frames, a stride of 2: 4 time steps x 2 frequencies = 8 tokens of 3 channels.
+    encoder = map_encoder([(3, 2, 2)])
+    features, mask = encoder.layer_features(WAVES, LENGTHS, SR)
+    assert features.shape == (2, 1, 8, 3) and features.dtype == torch.float32
+    for token in range(8):
+        time, freq = divmod(token, 2)  # every frequency of a time step, then the next step's
+        assert features[1, 0, token].tolist() == [1000.0 * c + 10 * time + freq for c in range(3)]
+    # Clip 1's frames 0-2 are real; at the map's half rate, ceil(3 / 2) = 2 steps: tokens 0-3.
+    assert mask.dtype == torch.bool and mask.tolist() == [[True] * 8, [True] * 4 + [False] * 4]
+    assert encoder.feature_shape(80, SR) == (1, 8, 3)
+    # token_pooling = freq averages one time step.
+    pooled, pooled_mask = encoder.select(None, token_pooling=2).layer_features(WAVES, LENGTHS, SR)
+    assert pooled[0, 0, :, 0].tolist() == [0.5, 10.5, 20.5, 30.5]
+    assert pooled_mask.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+def test_a_cnn_maps_mask_is_the_models_own_where_it_has_one_at_that_resolution():
+    own = [[1, 1, 1, 1], [1, 0, 0, 0]]
+    _, mask = map_encoder([(3, 2, 2)], output_mask=own).layer_features(WAVES, LENGTHS, SR)
+    assert mask.tolist() == [[True] * 8, [True, True] + [False] * 6]
+    # At another resolution (the stride-1 map has 8 steps) it is not this map's: the frame mask is.
+    _, mask = map_encoder([(3, 2, 1)], output_mask=own).layer_features(WAVES, LENGTHS, SR)
+    assert mask.tolist() == [[True] * 16, [True] * 6 + [False] * 10]
+
+
+def test_cnn_stages_of_other_widths_are_refused_naming_each_and_what_to_probe():
+    with pytest.raises(ValueError) as error:
+        map_encoder(STAGES).layer_features(WAVES, LENGTHS, SR)
+    message = str(error.value)
+    assert "hidden states [0, 1]: width 2 over 2 x 8 (freq x time) positions" in message
+    assert "hidden states [2, 3]: width 4 over 2 x 4 (freq x time) positions" in message
+    assert "layers=[-1], --layers -1 in recipes/probe.py" in message
+    assert "choose layers of one width" not in message
+    features, _ = map_encoder(STAGES, layers=[2, 3]).layer_features(WAVES, LENGTHS, SR)
+    assert features.shape == (2, 2, 8, 4)
+
+
+def test_default_layers_are_all_of_one_shape_else_the_last_stage():
+    encoder = map_encoder(STAGES, layers=[0])
+    assert encoder.default_layers(80, SR) == [2, 3]
+    assert encoder.requested_layers == [0], "the choice is the caller's to make"
+    assert map_encoder([(2, 2, 1), (4, 2, 2), (4, 2, 1)]).default_layers(80, SR) == [2]
+    assert map_encoder([(2, 2, 1)] * 3).default_layers(80, SR) is None
+    assert spectrogram_encoder().default_layers(80, SR) is None
+    assert spectrogram_encoder(widths=[2, 3, 2, 2]).default_layers(80, SR) == [2, 3]
 
 
 # --- arguments ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from family_utils import tiny_config
 from PIL import Image
 from probing_utils import save_tiny_ast
 from recipe_utils import as_argv, load_recipe
@@ -20,11 +21,13 @@ from hf_audiorep.evaluation.linear_probe import C_GRID
 from hf_audiorep.evaluation.probing import (
     CacheBudgetError,
     FeatureCache,
+    LayerFeatureEncoder,
     evaluate_probe,
     load_probe_head,
     position_means,
     position_share,
 )
+from hf_audiorep.registry import architecture_for
 
 TINY = {
     "max_length": 208,
@@ -246,6 +249,50 @@ def test_every_option_has_help(recipe, capsys):
                 if not (w.startswith("{") or w.strip("[]").replace("_", "").isupper())
             ]
             assert len(words) >= 3, f"{option} has no help text: {after!r}"
+
+
+def test_the_negative_standardize_option_says_what_it_turns_off(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    own = text.split("--no_standardize, --no-standardize ", 1)[1].split(" --optimizer", 1)[0]
+    positive = text.split("--standardize [STANDARDIZE] ", 1)[1].split(" --no_standardize", 1)[0]
+    assert own == "turn --standardize off (the same as --standardize false)"
+    assert own not in positive and "(default:" not in own
+
+
+def _save_tiny_cp_mobile(directory: Path) -> Path:
+    """A tiny CP-Mobile encoder (the library's CNN) saved with its front end: its hidden states are (batch,
+    channels, freq, time) maps whose channels and resolution differ from stage to stage."""
+    config = tiny_config("cp_mobile")
+    architecture = architecture_for(config.model_type)
+    torch.manual_seed(0)
+    architecture.base_model(config).save_pretrained(directory)
+    architecture.feature_extractor(num_mel_bins=config.num_mel_bins).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("probe", ["linear", "cgp"])
+def test_a_cnn_encoder_is_probed_on_its_last_stage_by_default(recipe, tmp_path, probe):
+    model_dir = _save_tiny_cp_mobile(tmp_path / "cp_mobile")
+    encoder = LayerFeatureEncoder.from_pretrained(model_dir)
+    last_stage = _shape_of_last(encoder, seconds=1.0)
+    options = dict(model_name_or_path=model_dir, probe=probe, epochs=2, output_dir=tmp_path / probe)
+    options.update(clip_seconds=1.0, num_train_clips=16, num_test_clips=16, lbfgs_C=1.0)
+    if probe == "cgp":
+        del options["lbfgs_C"]
+    results = recipe.main(tiny_probe_args(**options))
+    assert results["layers"] == [encoder.num_hidden_states - 1]  # the tiny CNN's last stage is one block
+    assert 0.0 < results["test_mAP"] <= 1.0 and results["test_num_clips"] == 16
+    cache = FeatureCache(tmp_path / probe / "feature_cache" / "train")
+    assert (cache.num_layers, cache.num_tokens, cache.hidden_size) == last_stage
+
+
+def _shape_of_last(encoder: LayerFeatureEncoder, seconds: float) -> tuple[int, int, int]:
+    """``(layers, tokens, dim)`` of the last hidden state alone: one layer of freq x time tokens of its
+    channels."""
+    rate = encoder.sampling_rate
+    return encoder.select([-1]).feature_shape(round(seconds * rate), rate)
 
 
 @pytest.mark.slow

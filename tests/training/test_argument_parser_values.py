@@ -149,7 +149,8 @@ def test_help_of_each_option(classes, capsys):
 def test_help_of_a_subclass_and_of_several_dataclasses(classes):
     parser = RecipeArgumentParser((classes.Child, classes.Outer.Inner))
     child = helps(parser)
-    assert child.pop("no_extra") == "a switch of the child"  # the bool's --no_extra complement
+    # the bool's --no_extra twin says what it turns off, not the option's own words
+    assert child.pop("no_extra") == "turn --extra off (the same as --extra false)"
     assert child == {
         **BASE_HELP,
         "rate": "the rate, from metadata",

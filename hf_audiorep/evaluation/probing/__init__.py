@@ -20,7 +20,7 @@ from .cache import (
     encoder_fingerprint,
     plan_cache,
 )
-from .encoder import LayerFeatureEncoder, group_tokens
+from .encoder import LayerFeatureEncoder, group_tokens, map_tokens
 from .heads import (
     PROBES,
     AttentiveProbe,
@@ -81,6 +81,7 @@ __all__ = [
     "group_tokens",
     "layer_weights_report",
     "load_probe_head",
+    "map_tokens",
     "plot_layer_weights",
     "position_means",
     "position_share",

@@ -17,6 +17,13 @@ Conventions:
   fixed-length inputs from their feature extractor (AST) and every token counts.
 - ``token_pooling = k`` averages groups of ``k`` consecutive tokens (over real tokens only): the cache shrinks
   ``k`` times, at the price of the prototypes' token resolution.
+- A CNN's hidden state is a feature map ``(batch, channels, freq, time)`` (CP-Mobile's): each (freq, time)
+  position is a token of width ``channels``, ``freq * time`` tokens ordered time-major (every frequency of
+  time step 0, then of step 1, ...), as the ViTs order their patches, so a shorter clip's tokens are a prefix
+  of a longer one's and ``token_pooling = freq`` averages one time step. A position is padding when its time
+  step is (the model's own output mask where it has one at that resolution, else a uniform stride).
+- Layers are stacked, so the probed ones must share one shape; a CNN's stages differ in channels and
+  resolution, so probe one stage's (`default_layers` picks the last one's).
 
 The encoder is the frozen `~hf_audiorep.objectives.FrozenTeacher`'s: eval mode, no gradient, inputs
 resampled to the feature extractor's rate.
@@ -31,7 +38,7 @@ import torch
 from ...modeling._layers import SpectrogramModelMixin, frames_to_patch_mask
 from ...objectives.teachers import FrozenTeacher, _frame_mask
 
-__all__ = ["LayerFeatureEncoder", "group_tokens"]
+__all__ = ["LayerFeatureEncoder", "group_tokens", "map_tokens"]
 
 
 def group_tokens(
@@ -61,6 +68,22 @@ def group_tokens(
     return sums / counts.clamp(min=1.0), counts[:, 0, :, 0] > 0
 
 
+def map_tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """``(batch, tokens, dim)`` of a hidden state: a CNN's ``(batch, channels, freq, time)`` map as
+    ``freq * time`` tokens of width ``channels``, time-major (see the module docstring); others unchanged."""
+    if hidden.ndim != 4:
+        return hidden
+    batch, channels, freq, time = hidden.shape
+    return hidden.permute(0, 3, 2, 1).reshape(batch, time * freq, channels)
+
+
+def _shape_text(hidden: torch.Tensor) -> str:
+    if hidden.ndim == 4:
+        _, channels, freq, time = hidden.shape
+        return f"width {channels} over {freq} x {time} (freq x time) positions"
+    return f"width {hidden.shape[-1]} over {hidden.shape[1]} tokens"
+
+
 class LayerFeatureEncoder(FrozenTeacher):
     """A frozen encoder whose probes read its hidden states (see the module docstring).
 
@@ -69,7 +92,8 @@ class LayerFeatureEncoder(FrozenTeacher):
         feature_extractor: the model's own feature extractor.
         kind: ``"hf_audiorep"`` (the library's models and front ends) or ``"auto"`` (any other
             ``AutoModel`` with an ``AutoFeatureExtractor``); `from_pretrained` picks it.
-        layers: indices into ``hidden_states``; None for all of them.
+        layers: indices into ``hidden_states``, of one shape; None for all of them (`default_layers` gives
+            a choice that stacks).
         token_pooling: tokens averaged into one (1 keeps every token).
     """
 
@@ -120,12 +144,18 @@ class LayerFeatureEncoder(FrozenTeacher):
         """``embeddings`` for ``hidden_states[0]``, ``layer i`` for the output of block ``i``."""
         return ["embeddings" if i == 0 else f"layer {i}" for i in self.layer_indices]
 
-    def _select(self, hidden_states) -> torch.Tensor:
+    def _all_hidden_states(self, outputs) -> tuple | list:
+        hidden_states = getattr(outputs, "hidden_states", None)
         if not isinstance(hidden_states, tuple | list) or not hidden_states:
             raise TypeError(
                 f"{type(self.model).__name__} returned no hidden_states with output_hidden_states=True; "
                 "probing needs an encoder that returns them"
             )
+        return hidden_states
+
+    def _select(self, outputs) -> list[torch.Tensor]:
+        """The probed hidden states, as they came (``num_hidden_states`` is set from their count)."""
+        hidden_states = self._all_hidden_states(outputs)
         count = len(hidden_states)
         bad = [i for i in self.requested_layers or () if not -count <= i < count]
         if bad:
@@ -133,17 +163,38 @@ class LayerFeatureEncoder(FrozenTeacher):
                 f"layers {bad} are out of range: {type(self.model).__name__} returns {count} hidden states"
             )
         self.num_hidden_states = count
-        chosen = [hidden_states[i] for i in self.layer_indices]
-        shapes = {tuple(h.shape) for h in chosen}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-            raise ValueError(
-                f"the probed hidden states must share one (batch, tokens, dim) shape, got {sorted(shapes)}; "
-                "choose layers of one width"
-            )
-        return torch.stack(chosen, dim=1).float()
+        return [hidden_states[i] for i in self.layer_indices]
 
-    def _token_mask(self, attention_mask: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor:
+    def _stack(self, chosen: list[torch.Tensor]) -> torch.Tensor:
+        """``(batch, layers, tokens, dim)`` float32 of the chosen hidden states, CNN maps as tokens."""
+        for index, hidden in zip(self.layer_indices, chosen, strict=True):
+            if hidden.ndim not in (3, 4):
+                raise ValueError(
+                    f"hidden state {index} of {type(self.model).__name__} has shape {tuple(hidden.shape)}: "
+                    "probing reads (batch, tokens, dim) or a CNN's (batch, channels, freq, time) map"
+                )
+        if len({tuple(hidden.shape) for hidden in chosen}) != 1:
+            raise ValueError(self._mixed_shapes_message(chosen))
+        return torch.stack([map_tokens(hidden) for hidden in chosen], dim=1).float()
+
+    def _mixed_shapes_message(self, chosen: list[torch.Tensor]) -> str:
+        """Which probed layers have which shape, and how to pick layers that stack."""
+        groups: dict[str, list[int]] = {}
+        for index, hidden in zip(self.layer_indices, chosen, strict=True):
+            groups.setdefault(_shape_text(hidden), []).append(index)
+        shapes = "; ".join(f"hidden states {indices}: {shape}" for shape, indices in groups.items())
+        return (
+            f"the probed hidden states of {type(self.model).__name__} differ in shape, so they cannot be "
+            f"stacked ({shapes}); probe layers of one shape, e.g. the last one alone (layers=[-1], "
+            "--layers -1 in recipes/probe.py) or the indices of one group above"
+        )
+
+    def _token_mask(self, attention_mask, hidden: torch.Tensor, outputs, tokens: int) -> torch.Tensor:
+        """``(batch, tokens)`` True on the tokens of ``hidden`` (one probed hidden state) that carry audio."""
+        if hidden.ndim == 4:
+            return self._map_token_mask(attention_mask, hidden, outputs)
         device = self.device
+        batch = hidden.shape[0]
         full = torch.ones(batch, tokens, dtype=torch.bool, device=device)
         if attention_mask is None:
             return full
@@ -156,6 +207,30 @@ class LayerFeatureEncoder(FrozenTeacher):
                 return full
             return torch.cat([full[:, :leading], patches], dim=1)
         return _frame_mask(attention_mask, tokens, self.model)
+
+    def _map_token_mask(self, attention_mask, feature_map: torch.Tensor, outputs) -> torch.Tensor:
+        """The token mask of a CNN map: each time step's mask, repeated over its frequencies (time-major)."""
+        batch, _, freq, time = feature_map.shape
+        steps = getattr(outputs, "attention_mask", None)
+        if steps is None or steps.shape[-1] != time:
+            # No mask from the model at this map's resolution: bring the frame mask down as a uniform stride.
+            if attention_mask is None:
+                steps = torch.ones(batch, time, dtype=torch.bool, device=self.device)
+            else:
+                steps = _frame_mask(attention_mask.to(self.device), time, self.model)
+        return steps.to(self.device).bool().repeat_interleave(freq, dim=1)
+
+    def _run(self, waveforms: torch.Tensor, lengths: torch.Tensor, sample_rate: int):
+        """The model's outputs on a padded batch, hidden states included; the frame (or sample) mask of its
+        inputs; the device the caller's tensors are on."""
+        waveforms, lengths, out_device = self._prepare(waveforms, lengths, sample_rate)
+        self.model.eval()
+        if self.kind == "hf_audiorep":
+            inputs = self._library_inputs(waveforms, lengths)
+            attention_mask = inputs["attention_mask"]
+        else:
+            inputs, attention_mask = self._auto_inputs(self.model, waveforms, lengths)
+        return self.model(**inputs, output_hidden_states=True), attention_mask, out_device
 
     @torch.no_grad()
     def layer_features(
@@ -172,18 +247,27 @@ class LayerFeatureEncoder(FrozenTeacher):
             ``features`` ``(B, layers, tokens, dim)`` float32 and ``token_mask`` ``(B, tokens)`` bool, on
             ``waveforms``' device, after ``token_pooling``.
         """
-        waveforms, lengths, out_device = self._prepare(waveforms, lengths, sample_rate)
-        self.model.eval()
-        if self.kind == "hf_audiorep":
-            inputs = self._library_inputs(waveforms, lengths)
-            attention_mask = inputs["attention_mask"]
-        else:
-            inputs, attention_mask = self._auto_inputs(self.model, waveforms, lengths)
-        outputs = self.model(**inputs, output_hidden_states=True)
-        features = self._select(getattr(outputs, "hidden_states", None))
-        mask = self._token_mask(attention_mask, features.shape[0], features.shape[2])
+        outputs, attention_mask, out_device = self._run(waveforms, lengths, sample_rate)
+        chosen = self._select(outputs)
+        features = self._stack(chosen)
+        mask = self._token_mask(attention_mask, chosen[0], outputs, features.shape[2])
         features, mask = group_tokens(features, mask, self.token_pooling)
         return features.to(out_device), mask.to(out_device)
+
+    @torch.no_grad()
+    def default_layers(self, num_samples: int, sample_rate: int) -> list[int] | None:
+        """The layers to probe when none are chosen: ``None`` (all of them) when every hidden state has one
+        shape; otherwise the last one and those just before it of its shape (a CNN's last stage, whose
+        blocks share channels and resolution). One forward of a noise clip of ``num_samples`` samples."""
+        noise = 0.1 * torch.randn(1, num_samples, generator=torch.Generator().manual_seed(0))
+        outputs, _, _ = self._run(noise.to(self.device), torch.tensor([num_samples]), sample_rate)
+        shapes = [tuple(hidden.shape) for hidden in self._all_hidden_states(outputs)]
+        if len(set(shapes)) == 1:
+            return None
+        first = len(shapes) - 1
+        while first > 0 and shapes[first - 1] == shapes[-1]:
+            first -= 1
+        return list(range(first, len(shapes)))
 
     def feature_shape(self, num_samples: int, sample_rate: int) -> tuple[int, int, int]:
         """``(layers, tokens, dim)`` of one clip of ``num_samples`` samples (one forward of a noise clip)."""
