@@ -1,4 +1,4 @@
-"""The HEAR embedding API over any spectrogram encoder of the library.
+"""The HEAR embedding API over the library's ViT encoders on a fixed patch grid (AudioMAE, CAT, BAT).
 
 HEAR (Holistic Evaluation of Audio Representations, Turian et al. 2022) and the benchmarks built on its
 runner call three functions of a module::
@@ -41,8 +41,9 @@ class HearModel(nn.Module):
         super().__init__()
         if not hasattr(encoder, "grid_shape"):
             raise TypeError(
-                f"{type(encoder).__name__} is not a spectrogram-patch encoder of hf_audiorep (it has no "
-                "grid_shape): timestamp embeddings need its patch grid"
+                f"hf_audiorep.hear serves the library's ViT encoders on a fixed patch grid (AudioMAE, CAT, "
+                f"BAT), whose timestamp embeddings are the grid's columns; {type(encoder).__name__} has no "
+                "such grid (grid_shape)"
             )
         if getattr(feature_extractor, "target_length", None) is None:
             raise ValueError("the feature extractor must have a target_length: it sets the window length")

@@ -209,8 +209,9 @@ def sample_episodes(
     classes, members, excluded = _classes_with_enough_clips(labels, need)
     ways = len(classes) if n_way is None else n_way
     if len(classes) < max(ways, 2):
+        asked = f"n_way={n_way}" if n_way is not None else "n_way=None (every class, --n-way all)"
         raise ValueError(
-            f"n_way={n_way} needs {max(ways, 2)} classes with at least {need} clips each "
+            f"{asked} needs {max(ways, 2)} classes with at least {need} clips each "
             f"(k_shot={k_shot} + n_query={n_query if n_query is not None else '1 or more'}), but only "
             f"{len(classes)} of the {len(classes) + len(excluded)} classes have that many"
             + (f" (too few: {', '.join(map(str, excluded))})" if excluded else "")

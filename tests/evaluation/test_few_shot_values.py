@@ -229,7 +229,8 @@ def test_too_few_classes_is_refused_in_words():
     with pytest.raises(ValueError) as error:
         sample_episodes(labels, None, 4, None, 3, 0)
     assert str(error.value) == (
-        "n_way=None needs 2 classes with at least 5 clips each (k_shot=4 + n_query=1 or more), "
+        "n_way=None (every class, --n-way all) needs 2 classes with at least 5 clips each (k_shot=4 + "
+        "n_query=1 or more), "
         "but only 1 of the 3 classes have that many (too few: b, c)"
     )
     with pytest.raises(ValueError) as error:

@@ -137,3 +137,16 @@ def test_bad_audio_gets_an_error_naming_the_problem(model, audio, error, message
 def test_load_model_needs_a_model():
     with pytest.raises(ValueError, match="needs a model"):
         hear.load_model("")
+
+
+@pytest.mark.parametrize("preset", ["beats-iter3", "zipformer-small", "cp-mobile-6k"])
+def test_an_encoder_without_a_patch_grid_is_refused_by_name(preset, tmp_path):
+    # The README once said "any spectrogram encoder"; these three are not served (yet), and say so.
+    import hf_audiorep
+    from hf_audiorep.registry import config_from_preset, feature_extractor_for
+
+    config = config_from_preset(preset)
+    encoder = hf_audiorep.registry.architecture_for(config.model_type).base_model(config)
+    name = type(encoder).__name__
+    with pytest.raises(TypeError, match=rf"serves the library's ViT encoders .* {name} has no such grid"):
+        hear.HearModel(encoder, feature_extractor_for(config))
