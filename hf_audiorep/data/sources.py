@@ -603,6 +603,10 @@ def _vocabulary(dataset, layout: str, label_column: str | None, label_names, aud
             )
         flat = [int(i) for v in values if v is not None for i in (v if isinstance(v, list | tuple) else [v])]
         return LabelVocabulary.from_names(str(i) for i in range(max(flat, default=-1) + 1))
+    if not tokens:
+        # No clip carries a label (a split read for its audio or text, as retrieval reads captions): there
+        # are no classes to find, and AudioSet's table, the default before any label is seen, stays.
+        return AUDIOSET_ONTOLOGY
     if any(is_mid(t) for t in tokens):
         return _audioset_by_mids(tokens, label_column)
     # Display names alone are not a hint: a user's own 'Dog', 'Cat' and 'Speech' are three classes, not
