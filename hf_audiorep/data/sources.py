@@ -594,7 +594,9 @@ def _vocabulary(dataset, layout: str, label_column: str | None, label_names, aud
         return AUDIOSET_ONTOLOGY  # WebDataset JSON sidecars of the AudioSet layouts
     tokens = _string_tokens(values)
     if tokens is None:  # integer indices without a ClassLabel feature
-        if layout in ("audioset-parquet", "webdataset"):
+        if layout == "webdataset":
+            # AudioSet's WebDataset index its table; a Parquet file with bare integers is anyone's (AudioSet's
+            # own Parquet labels with MIDs, and a Hub AudioSet repo is recognised by audioset_hint).
             return AUDIOSET_ONTOLOGY
         if isinstance(dataset, IterableDataset):
             raise ValueError(

@@ -56,6 +56,19 @@ def test_audioset_display_names_in_a_parquet_file_are_its_own_classes(tmp_path):
     assert source.label_names == ("Cat", "Dog", "Speech")
 
 
+def test_bare_integer_labels_in_a_parquet_file_are_its_own_classes(tmp_path):
+    # Once read as indices of AudioSet's 527 classes: Parquet files are anyone's, and AudioSet's label MIDs.
+    audio = [{"array": _tone(300.0), "sampling_rate": SR}] * 3
+    Dataset.from_dict({"audio": audio, "label": [[0], [2], [1, 2]]}).to_parquet(tmp_path / "d.parquet")
+    source = load_audio_source(str(tmp_path / "d.parquet"))
+    assert source.label_names == ("0", "1", "2")
+    streamed = str(tmp_path / "d.parquet")
+    with pytest.raises(
+        ValueError, match="integer labels in 'label' without a ClassLabel feature.*--label_names"
+    ):
+        load_audio_source(streamed, streaming=True)
+
+
 def test_mids_still_select_the_audioset_vocabulary(tmp_path):
     root = _metadata_folder(tmp_path / "data", {"train": ["/m/09x0r", "/m/04rlf;Dog"]})
     source = load_audio_source(str(root), cache_dir=str(tmp_path / "cache"))
