@@ -22,17 +22,16 @@ timestamps, as HEAR asks.
     averaged over frequency, centred on the column's frames (the front end's ``frame_times``). With 16-frame
     patches at a 10 ms shift that is one embedding per 160 ms: coarser than HEAR's suggested 50 ms, because a
     ViT has no finer token in time.
-  - BEATs: the same, on its 16 x 16 patch grid (its tokens run frequency-fastest within a time column): a
-    160 ms hop. A partial last patch is dropped, as BEATs drops it.
-  - Zipformer: its output frames (``last_hidden_state``, the valid ones by its output ``attention_mask``).
-    Step i reads input frames 4i to 4i + 10 through its unpadded front end (three 3-tap convolutions, the
-    middle one of stride 2, then the output downsampling by 2; the ConvNeXt between them widens that
-    symmetrically), so it is centred on frame 4i + 5: a 40 ms hop from 55 ms at the default
-    ``output_downsampling_factor``; the stacks inside return to their input's rate, frame for frame.
-  - CP-Mobile: the last feature map averaged over frequency, one per time column; the columns are the
-    stride of its stem and blocks apart (8 frames of 15.625 ms, a 125 ms hop, at the DCASE presets), each
-    centred on the frame its 'same'-padded convolutions are centred on. Its width is the last stage's
+  - BEATs: the same, on its patch grid (its tokens run frequency-fastest within a time column). A partial
+    last patch is dropped, as BEATs drops it.
+  - Zipformer: its output frames (``last_hidden_state``, the valid ones by its output ``attention_mask``),
+    placed by its unpadded front-end convolutions and its output downsampling (the stacks inside return to
+    their input's rate, frame for frame; the ConvNeXt between them widens a step's context symmetrically).
+  - CP-Mobile: the last feature map averaged over frequency, one per time column, the stride of its stem and
+    blocks apart, each centred where its 'same'-padded convolutions centre it. Its width is the last stage's
     channels, which differs from the clip embedding's when ``config.embedding_size`` is set.
+
+  ``model.timestamp_hop_ms`` gives the hop of a loaded model.
 
 - **Scene embedding**: the model's own clip embedding (``pooler_output``: CLS or mean of patches for a ViT, as
   the config says; the mean of the valid output frames or columns for the others), averaged over the windows,
