@@ -89,22 +89,28 @@ STDIN = "-"
 STDIN_NAME = "<stdin>"
 
 
-@contextmanager
-def _readable_files(files: list[Path], command: str):
-    """``(name shown, path read)`` per file argument. ``-`` is standard input, copied to a temporary file
-    first so it is decoded as any file is (its format sniffed, long input in windows and bounded memory)."""
+def _check_stdin_argument(files: list[Path], command: str) -> bool:
+    """Whether ``files`` reads standard input; refuses ``-`` given twice or from a terminal. A command calls
+    it before loading its model, so that a mistyped command line fails at once."""
     stdin_count = sum(str(f) == STDIN for f in files)
-    if not stdin_count:
-        yield [(f, f) for f in files]
-        return
     if stdin_count > 1:
         raise CommandError(f"standard input ({STDIN}) can be read once, it was given {stdin_count} times", 2)
-    if sys.stdin is None or sys.stdin.isatty():
+    if stdin_count and (sys.stdin is None or sys.stdin.isatty()):
         raise CommandError(
             f"{STDIN} reads audio from standard input, which is a terminal here: pipe a file in "
             f"(cat clip.wav | hf-audiorep {command} {STDIN})",
             status=2,
         )
+    return bool(stdin_count)
+
+
+@contextmanager
+def _readable_files(files: list[Path], command: str):
+    """``(name shown, path read)`` per file argument. ``-`` is standard input, copied to a temporary file
+    first so it is decoded as any file is (its format sniffed, long input in windows and bounded memory)."""
+    if not _check_stdin_argument(files, command):
+        yield [(f, f) for f in files]
+        return
     import shutil
     import tempfile
 
@@ -182,6 +188,7 @@ def _report(path, result, duration, args) -> None:
 def _cmd_tag(args) -> int:
     from .inference import model_window_seconds, tag_file
 
+    _check_stdin_argument(args.files, "tag")
     model, fe = _load(args.model, args.device, args.precision)
     # The window is known once the model is loaded: a hop longer than it would fail every file alike.
     window = model_window_seconds(fe, model.config)
@@ -260,6 +267,7 @@ def _cmd_caption(args) -> int:
     from .evaluation.captioning import caption_waveforms
     from .inference import describe_silence, sound_peak
 
+    _check_stdin_argument(args.files, "caption")
     model, processor = _load_captioner(args.model, args.device)
     if args.parallel and not callable(getattr(model, "parallel_generate", None)):
         raise SystemExit(

@@ -185,6 +185,32 @@ class ModelTesterMixin:
             model = self.build(model_class, self.get_config())
             assert model.config._attn_implementation == "sdpa", model_class.__name__
 
+    def test_output_attentions_gives_every_layers_weights(self):
+        # transformers' contract: with eager attention, output_attentions=True returns one
+        # (batch, heads, queries, keys) softmax per layer, and asking for them changes no output.
+        if not self.has_attentions:
+            return
+        config = self.get_config(problem_type="multi_label_classification")
+        config._attn_implementation = "eager"
+        inputs = self.get_inputs(config)
+        for model_class in self.model_classes:
+            if is_pretraining(model_class):
+                continue  # its attentions are the student's on its masked tokens; the encoder's are checked
+            model = self.build(model_class, config)
+            with torch.no_grad():
+                plain = model(**inputs)
+                outputs = model(**inputs, output_attentions=True)
+            torch.testing.assert_close(main_output(outputs), main_output(plain), atol=ATOL, rtol=0)
+            attentions = outputs.attentions
+            name = model_class.__name__
+            assert attentions is not None and len(attentions) == config.num_hidden_layers, name
+            for weights in attentions:
+                batch, _heads, queries, keys = weights.shape
+                assert batch == inputs["input_values"].shape[0] and queries == keys, name
+                torch.testing.assert_close(
+                    weights.sum(-1), torch.ones_like(weights[..., 0]), atol=1e-5, rtol=0
+                )
+
     def test_outputs_types_shapes_and_hidden_states(self):
         config = self.get_config(problem_type="multi_label_classification")
         inputs = self.get_inputs(config)

@@ -492,9 +492,14 @@ class ZipformerEncoderLayer(GradientCheckpointingLayer):
         pos_emb: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         attn_implementation: str = "sdpa",
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``attentions``: a list that receives the layer's attention weights ``(batch, heads, T, T)``
+        (eager attention only: sdpa never forms them)."""
         orig = hidden_states
         attention = self.self_attn_weights(hidden_states, pos_emb, key_padding_mask, attn_implementation)
+        if attentions is not None:
+            attentions.append(attention.weights)
         x = hidden_states + self.feed_forward1(hidden_states)
         x = x + self.nonlin_attention(x, attention)
         x = x + self.self_attn1(x, attention)

@@ -81,6 +81,10 @@ class ZipformerModelOutput(BaseModelOutputWithPooling):
         1 on the valid frames of ``last_hidden_state``.
     output_lengths (`torch.LongTensor` of shape `(batch,)`):
         Valid frames of ``last_hidden_state`` per clip.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        One tensor per layer, ``(batch, num_heads, T_s, T_s)`` with ``T_s`` the frames of the layer's stack
+        (at ``config.frame_rates[s]``): the softmax weights that the layer's two self-attentions and its
+        non-linear attention share; padding keys get zero weight.
     """
 
     attention_mask: torch.LongTensor | None = None
@@ -260,6 +264,7 @@ class ZipformerModel(ZipformerPreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> ZipformerModelOutput:
         config = self.config
@@ -271,6 +276,8 @@ class ZipformerModel(ZipformerPreTrainedModel):
             )
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions
         device = input_values.device
         if attention_mask is None:
             lengths = torch.full((batch,), num_frames, device=device, dtype=torch.long)
@@ -285,7 +292,9 @@ class ZipformerModel(ZipformerPreTrainedModel):
         out_lengths = downsampled_lengths(lengths, factor)
         out_mask = ~padding_mask(out_lengths, (hidden_states.shape[1] + factor - 1) // factor)
         feature_masks = self.feature_masks(batch, device, hidden_states.dtype)
-        implementation = config._attn_implementation
+        # sdpa never forms the weights; the eager path gives the same outputs (to rounding) and keeps them.
+        implementation = "eager" if output_attentions else config._attn_implementation
+        all_attentions = [] if output_attentions else None
         outputs, all_hidden_states = [], []
         if output_hidden_states:
             all_hidden_states.append(self._output([hidden_states], lengths, out_mask))
@@ -300,7 +309,7 @@ class ZipformerModel(ZipformerPreTrainedModel):
             if feature_masks[s] is not None:
                 x = x * feature_masks[s]
             for block in self.stack_blocks(s):
-                x = block(x, pos_emb, pad, implementation)
+                x = block(x, pos_emb, pad, implementation, all_attentions)
                 if feature_masks[s] is not None:
                     x = x * feature_masks[s]
             hidden_states = stack.leave(hidden_states, x)
@@ -316,6 +325,7 @@ class ZipformerModel(ZipformerPreTrainedModel):
             last_hidden_state=last_hidden_state,
             pooler_output=masked_mean(last_hidden_state, out_mask, dim=1),
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             attention_mask=out_mask.long(),
             output_lengths=out_lengths,
         )
@@ -378,6 +388,7 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
@@ -385,7 +396,10 @@ class ZipformerForAudioClassification(ZipformerPreTrainedModel):
             ``multi_label_classification``, ``(batch,)`` class indices for ``single_label_classification``.
         """
         outputs: ZipformerModelOutput = self.zipformer(
-            input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+            input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         logits = mtc_logits(self, outputs.last_hidden_state, outputs.attention_mask)
         return classification_output(self, logits, labels, outputs, **kwargs)

@@ -194,6 +194,22 @@ def test_standard_input_from_a_terminal_is_refused(tagger_dir, monkeypatch, caps
     assert "standard input, which is a terminal here: pipe a file in" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["tag", "caption"])
+def test_standard_input_is_checked_before_the_model_loads(command, tmp_path, monkeypatch, capsys):
+    # No model at that path: the command line's own mistake is what the user is told first.
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    missing = str(tmp_path / "no-model")
+    arguments = [command, "-", "--model", missing] if command == "tag" else [command, missing, "-"]
+    assert cli_main(arguments) == 2
+    assert "which is a terminal here" in capsys.readouterr().err
+    assert cli_main([*arguments[:2], "-", *arguments[2:]] if command == "tag" else [*arguments, "-"]) == 2
+    assert "can be read once, it was given 2 times" in capsys.readouterr().err
+
+
 def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, tagger_dir, tmp_path):
     clip = write_clip(tmp_path / "c.wav", 5.0, seed=1)
     model, fe = _load(single_label_tagger_dir)

@@ -127,6 +127,28 @@ def test_batched_with_padding_equals_each_clip_alone_unpadded(attn_implementatio
                 torch.testing.assert_close(state[i, :valid], state_alone[0], rtol=0, atol=1e-5)
 
 
+def test_attentions_come_at_each_stacks_rate_and_skip_the_padding_with_sdpa_too():
+    # sdpa never forms the weights: asking for them must still return them (the eager path), not None.
+    config = tiny_config()
+    model = build(ZipformerModel, config)
+    assert model.config._attn_implementation == "sdpa"
+    lengths = [119, 70]
+    features, mask = random_batch(config, lengths)
+    with torch.no_grad():
+        plain = model(features, mask)
+        outputs = model(features, mask, output_attentions=True)
+    torch.testing.assert_close(outputs.last_hidden_state, plain.last_hidden_state, rtol=0, atol=1e-5)
+    stacks = [s for s, layers in enumerate(config.num_encoder_layers) for _ in range(layers)]
+    assert len(outputs.attentions) == len(stacks) == 4
+    for stack, weights in zip(stacks, outputs.attentions, strict=True):
+        factor = config.downsampling_factor[stack]
+        frames = weights.shape[-1]
+        assert weights.shape == (2, config.num_heads[stack], frames, frames)
+        valid = -(-model.embed.output_lengths(torch.tensor(70)).item() // factor)  # ceil: a partial group
+        assert weights[1, :, :, valid:].abs().max() < 1e-6, "a padded key got weight"
+        assert weights[1, :, :, :valid].sum(-1).sub(1).abs().max() < 1e-5
+
+
 def test_padding_content_does_not_matter_and_padding_frames_are_zero():
     config = tiny_config()
     model = build(ZipformerModel, config)
