@@ -97,16 +97,6 @@ def configured_model_ids(
     return list(dict.fromkeys(m.strip() for m in raw if m.strip()))
 
 
-def _env_float(name: str, default: float, environ: Mapping[str, str]) -> float:
-    value = environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-
-
 @dataclass(frozen=True)
 class TaggerSettings:
     """What the handler needs besides the upload: the models it may load and the upload limits."""
@@ -129,13 +119,47 @@ class TaggerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TaggerSettings:
+        """The settings the environment gives (`ENVIRONMENT`); a bad value is a ValueError naming its
+        variable."""
         environ = os.environ if environ is None else environ
         return cls(
             model_ids=tuple(configured_model_ids(environ=environ)),
-            max_seconds=_env_float("HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS, environ),
-            max_megabytes=_env_float("HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES, environ),
-            precision=environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto",
+            **{name: setting_from_environment(name, environ) for name in ENVIRONMENT},
         )
+
+
+#: each setting of `TaggerSettings` that an environment variable gives: the variable, and the default when it
+#: is unset or blank. `TaggerSettings.from_env` and the start command (`main`) both read them from here.
+ENVIRONMENT = {
+    "max_seconds": ("HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS),
+    "max_megabytes": ("HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES),
+    "precision": ("HF_AUDIOREP_PRECISION", "auto"),
+}
+
+
+def parse_setting(name: str, text: str) -> float | str:
+    """``text`` as the value of the `TaggerSettings` field ``name``, checked by `TaggerSettings` itself so
+    that the command line, the environment and the settings agree; a ValueError says what is wrong."""
+    value: float | str = text
+    if name != "precision":
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    TaggerSettings(**{name: value})
+    return value
+
+
+def setting_from_environment(name: str, environ: Mapping[str, str]) -> float | str:
+    """The value of setting ``name`` from its variable in `ENVIRONMENT`, else its default."""
+    variable, default = ENVIRONMENT[name]
+    text = environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        return parse_setting(name, text)
+    except ValueError as err:
+        raise ValueError(f"environment variable {variable}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -443,14 +467,9 @@ def _setting(name: str):
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        try:
-            TaggerSettings(**{name: value})
+            return parse_setting(name, text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
-        return value
 
     return parse
 
@@ -459,23 +478,12 @@ def _arguments(parser: argparse.ArgumentParser, argv, environ: Mapping[str, str]
     """The parsed command line, with each setting it leaves out taken from its environment variable (else
     the default); a bad value of either is refused as a usage error naming where it came from."""
     args = parser.parse_args(argv)
-    for name, variable, default in (
-        ("max_seconds", "HF_AUDIOREP_MAX_SECONDS", DEFAULT_MAX_SECONDS),
-        ("max_megabytes", "HF_AUDIOREP_MAX_MEGABYTES", DEFAULT_MAX_MEGABYTES),
-    ):
+    for name in ENVIRONMENT:
         if getattr(args, name) is None:
-            text = environ.get(variable, "").strip()
             try:
-                setattr(args, name, _setting(name)(text) if text else default)
-            except argparse.ArgumentTypeError as err:
-                parser.error(f"environment variable {variable}: {err}")
-    if args.precision is None:
-        args.precision = environ.get("HF_AUDIOREP_PRECISION", "").strip() or "auto"
-        if args.precision not in PRECISIONS:
-            parser.error(
-                f"environment variable HF_AUDIOREP_PRECISION: must be one of {', '.join(PRECISIONS)}, "
-                f"got {args.precision!r}"
-            )
+                setattr(args, name, setting_from_environment(name, environ))
+            except ValueError as err:
+                parser.error(str(err))
     return args
 
 

@@ -174,8 +174,15 @@ def test_model_ids_come_from_arguments_then_environment(app):
     assert app.configured_model_ids(None, {}) == []
     env = {"HF_AUDIOREP_MODEL": "m", "HF_AUDIOREP_MAX_SECONDS": "12", "HF_AUDIOREP_MAX_MEGABYTES": "3.5"}
     assert app.TaggerSettings.from_env(env) == app.TaggerSettings(("m",), 12.0, 3.5)
-    with pytest.raises(ValueError, match="HF_AUDIOREP_MAX_SECONDS must be a number"):
-        app.TaggerSettings.from_env({"HF_AUDIOREP_MAX_SECONDS": "ten"})
+    # Every bad value names its variable, as the start command's usage error does (one parser for both).
+    for variable, text, problem in (
+        ("HF_AUDIOREP_MAX_SECONDS", "ten", "expected a number, got 'ten'"),
+        ("HF_AUDIOREP_MAX_SECONDS", "0.5", "max_seconds must be a finite number >= 1"),
+        ("HF_AUDIOREP_MAX_MEGABYTES", "-2", "max_megabytes must be a positive number"),
+        ("HF_AUDIOREP_PRECISION", "fp8", "precision must be one of"),
+    ):
+        with pytest.raises(ValueError, match=f"^environment variable {variable}: {problem}"):
+            app.TaggerSettings.from_env({variable: text})
     with pytest.raises(ValueError, match="max_seconds"):
         app.TaggerSettings(max_seconds=0.0)
     with pytest.raises(ValueError, match="max_megabytes"):
@@ -227,7 +234,11 @@ _LIMIT_VARIABLES = ("HF_AUDIOREP_MAX_SECONDS", "HF_AUDIOREP_MAX_MEGABYTES", "HF_
             [],
             "environment variable HF_AUDIOREP_MAX_MEGABYTES: max_megabytes must be a positive number",
         ),
-        ({"HF_AUDIOREP_PRECISION": "fp8"}, [], "environment variable HF_AUDIOREP_PRECISION: must be one of"),
+        (
+            {"HF_AUDIOREP_PRECISION": "fp8"},
+            [],
+            "environment variable HF_AUDIOREP_PRECISION: precision must be one of",
+        ),
     ],
 )
 def test_bad_limits_at_start_up_are_usage_errors(
