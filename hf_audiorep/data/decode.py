@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import tempfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 import torchaudio
 
 from ..modeling.feature_extraction_base import integer_to_unit_scale
-from .formats import undecodable_message
+from .formats import declared_length, truncation_message, undecodable_message
 
 # Every extension the decoder opens: libsndfile's formats (RAW needs a header it lacks), then FFmpeg's.
 AUDIO_EXTENSIONS: tuple[str, ...] = tuple(
@@ -36,10 +37,14 @@ class CorruptAudioError(ValueError):
     """A clip that cannot be decoded, is empty, or holds NaN/infinite samples."""
 
 
-def _read_soundfile(file) -> tuple[np.ndarray, int]:
-    # always_2d gives (frames, channels) for mono and multichannel alike.
-    data, sr = sf.read(file, dtype="float32", always_2d=True)
-    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0], int(sr)
+def _read_soundfile(data: bytes, declared) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        if f.format == "MP3" and declared is None:
+            # libsndfile stops an MP3 without a length header at a length it estimates from the first frame's
+            # bitrate, a fraction of a VBR file; FFmpeg (torchcodec) reads it to its end.
+            raise ValueError("an MP3 without a length header")
+        frames = f.read(dtype="float32", always_2d=True)  # (frames, channels) for mono and multichannel alike
+        return frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0], int(f.samplerate)
 
 
 def _read_torchcodec(source) -> tuple[np.ndarray, int]:
@@ -79,19 +84,49 @@ def undecodable(source, what: str, error: BaseException) -> CorruptAudioError:
 
 
 def _read_encoded(source, what: str) -> tuple[np.ndarray, int]:
-    """Decode encoded audio (bytes or a path) with soundfile, else torchcodec."""
-    if isinstance(source, bytes):
-        if not source:
-            raise CorruptAudioError(f"{what} is empty (0 bytes)")
-    else:
-        source = check_audio_path(source)
-    try:
-        return _read_soundfile(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except Exception as sf_error:  # noqa: BLE001 - libsndfile raises several types for bad input
+    """Decode encoded audio (bytes or a path). A file is read as `hf-audiorep tag` reads it (`AudioFile`:
+    soundfile, else torchcodec; an MP3 without a length header measured to its end), so every entry point
+    decodes a file alike and refuses one that holds less audio than its container declares: the decoders
+    return the part before the cut without a word, and half a recording scored or trained on as the whole
+    one misleads."""
+    if not isinstance(source, bytes):
+        return _read_file(check_audio_path(source))
+    if not source:
+        raise CorruptAudioError(f"{what} is empty (0 bytes)")
+    declared = declared_length(source)
+    if declared is None or (not declared.cut and declared.has_audio):
         try:
-            return _read_torchcodec(source)
-        except Exception:  # noqa: BLE001 - torchcodec missing, or the data really is broken
-            raise undecodable(source, what, sf_error) from sf_error
+            try:
+                waveform, sr = _read_soundfile(source, declared)
+            except Exception:  # noqa: BLE001 - libsndfile raises several types for bad input
+                waveform, sr = _read_torchcodec(source)
+        except Exception:  # noqa: BLE001 - torchcodec missing, or the data really is broken: said below
+            pass
+        else:
+            if sr > 0 and truncation_message(what, declared, len(waveform) / sr) is None:
+                return waveform, sr
+    # Something is wrong with these bytes: the file reader says what, in the words it uses for a file.
+    with tempfile.TemporaryDirectory(prefix="hf-audiorep-") as folder:
+        spooled = os.path.join(folder, "audio")
+        with open(spooled, "wb") as f:
+            f.write(source)
+        try:
+            return _read_file(spooled)
+        except CorruptAudioError as err:
+            raise CorruptAudioError(str(err).replace(spooled, what)) from None
+
+
+def _read_file(path: str) -> tuple[np.ndarray, int]:
+    """A whole file, mono at its own rate, through `AudioFile` (which raises for a truncated file)."""
+    from .audio_file import BLOCK_SECONDS, AudioFile  # it builds on this module
+
+    with AudioFile(path) as audio:
+        block, parts = max(1, round(BLOCK_SECONDS * audio.sample_rate)), []
+        while len(chunk := audio.read(block)):
+            parts.append(chunk)
+        audio.check_complete()
+        waveform = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return waveform, audio.sample_rate
 
 
 def _to_mono(array, what: str) -> np.ndarray:

@@ -95,6 +95,8 @@ def test_a_complete_file_is_read_to_its_end(name, write, phrase, tmp_path):
     path = tmp_path / f"clip.{name}"
     write(path)
     assert _read_all(path) == pytest.approx(SECONDS, abs=0.05)  # AAC keeps its priming samples
+    assert len(decode_audio(path, RATE)) / RATE == pytest.approx(SECONDS, abs=0.05)
+    assert len(decode_audio(path.read_bytes(), RATE)) / RATE == pytest.approx(SECONDS, abs=0.05)
     from hf_audiorep.data.formats import declared_length  # new with the check: imported here
 
     declared = declared_length(path)
@@ -107,11 +109,17 @@ def test_a_truncated_file_is_refused_with_what_it_declares_and_holds(name, write
     write(path)
     cut = _cut(path, tmp_path)
     capfd.readouterr()
-    for read in (_read_all, lambda p: read_head(p, 16000, 60.0)):
+    # The file as the CLI reads it (windows, or its head), and as the datasets and the pipeline decode it
+    # (decode_audio, from a path or from the bytes a datasets Audio value holds).
+    readers = {
+        str(cut): (_read_all, lambda p: read_head(p, 16000, 60.0), lambda p: decode_audio(p, 16000)),
+        "the audio bytes": (lambda p: decode_audio(p.read_bytes(), 16000),),
+    }
+    for what, read in ((what, read) for what, reads in readers.items() for read in reads):
         with pytest.raises(CorruptAudioError) as info:
             read(cut)
         message = str(info.value)
-        assert message.startswith(f"{cut} is truncated"), message
+        assert message.startswith(f"{what} is truncated"), message
         found = re.search(re.escape(phrase).replace(re.escape("{held}"), r"(\d+\.\d)"), message)
         assert found is not None, message
         # the seconds it names are those a decoder gets out of the cut file, not 0 and not the whole
@@ -193,8 +201,11 @@ def test_files_that_declare_no_length_or_carry_tags_are_read_whole(name, options
             )
     else:
         _ffmpeg(*options)(path)
-    # libsndfile stopped a Xing-less VBR MP3 at a length guessed from its first frame (0.5 s of 4)
+    # libsndfile stopped a Xing-less VBR MP3 at a length guessed from its first frame (0.5 s of 4), for the
+    # CLI's reader and for decode_audio (datasets' bytes, the pipeline's paths) alike
     assert _read_all(path) == pytest.approx(SECONDS, abs=0.15)
+    for source in (path, path.read_bytes()):
+        assert len(decode_audio(source, RATE)) / RATE == pytest.approx(SECONDS, abs=0.15)
 
 
 @needs_ffmpeg
