@@ -326,12 +326,15 @@ def save_checkpoint(
     extra_state: Mapping[str, Any] | None = None,
     save_total_limit: int | None = None,
     eval_history: Sequence[Mapping[str, Any]] = (),
+    train_loss_totals: tuple[float, int] | None = None,
 ) -> Path:
     """Write ``checkpoints/step_<global_step>`` atomically; call on every process.
 
     ``epoch`` and ``data_state`` are this process's own: each rank streams its own shard, so each rank's
     position is kept and restored separately. ``eval_history`` (the main process's evaluations so far) is
-    kept so that a resumed run still reports, and plots, the evaluations made before the interruption.
+    kept so that a resumed run still reports, and plots, the evaluations made before the interruption;
+    ``train_loss_totals`` (the loss summed over the run's micro-steps on every process, and their count) so
+    that its ``train_loss`` is the whole run's mean.
     """
     root = checkpoints_root(output_dir)
     tmp_dir = root / f"{TMP_PREFIX}step_{global_step}"
@@ -359,6 +362,9 @@ def save_checkpoint(
             "ranks": ranks,
             "eval_history": list(eval_history),
         }
+        if train_loss_totals is not None:
+            loss_sum, micro_steps = train_loss_totals
+            trainer_state["train_loss_totals"] = {"loss_sum": loss_sum, "micro_steps": micro_steps}
         # Metrics may be numpy scalars; anything else JSON cannot hold is kept as its text.
         _fsync_json(tmp_dir / TRAINER_STATE_NAME, trainer_state, default=_json_scalar)
         _publish(tmp_dir, final_dir)
@@ -374,8 +380,8 @@ def load_checkpoint(
 ) -> dict:
     """Restore model, optimizer, scheduler, RNG and ``extra_state``; call on every process.
 
-    Returns this process's ``{"global_step", "epoch", "data"}`` and the run's ``"eval_history"``; the caller
-    restores the data stream.
+    Returns this process's ``{"global_step", "epoch", "data"}`` and the run's ``"eval_history"`` and
+    ``"train_loss_totals"``; the caller restores the data stream.
     """
     checkpoint = Path(checkpoint)
     trainer_state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
@@ -402,6 +408,7 @@ def load_checkpoint(
         "epoch": int(mine["epoch"]),
         "data": mine["data"],
         "eval_history": list(trainer_state.get("eval_history", [])),  # absent from older checkpoints
+        "train_loss_totals": trainer_state.get("train_loss_totals"),  # None: the resumed part's mean only
     }
 
 

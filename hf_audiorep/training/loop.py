@@ -247,6 +247,7 @@ class TrainLoop:
         self.epoch = 0
         self.log_history: list[dict] = []
         self.eval_history: list[dict] = []
+        self._carried_loss: dict | None = None  # the loss totals a resumed checkpoint carries
 
     # ------------------------------------------------------------------------------------------- the run
 
@@ -271,6 +272,7 @@ class TrainLoop:
             self.global_step, self.epoch = restored["global_step"], restored["epoch"]
             self.train_batches.load_state_dict(restored["data"])
             self.eval_history = restored["eval_history"]
+            self._carried_loss = restored["train_loss_totals"]
             fresh_epoch = False  # continue the interrupted epoch from the restored position
             logger.info(f"resumed from {checkpoint} at step {self.global_step}, epoch {self.epoch}")
         else:
@@ -321,6 +323,7 @@ class TrainLoop:
                         self.extra_state,
                         args.save_total_limit,
                         self.eval_history,
+                        self._loss_totals(run_totals),
                     )
                 window.start += time.perf_counter() - paused  # throughput counts training time only
                 if self.global_step >= args.max_steps:
@@ -450,14 +453,22 @@ class TrainLoop:
 
     # ---------------------------------------------------------------------------------------------- end
 
+    def _loss_totals(self, run_totals: _Window) -> tuple[float, int]:
+        """The training loss summed over the run's micro-steps on every process, and their count: this
+        invocation's plus those a resumed checkpoint carried (one collective; call on every process)."""
+        loss_sum, micro_steps = run_totals.loss_totals(self.accelerator)
+        carried = self._carried_loss or {}
+        return loss_sum + carried.get("loss_sum", 0.0), micro_steps + carried.get("micro_steps", 0)
+
     def _summary(self, run_totals: _Window, runtime: float, checkpoint: Path | None) -> dict:
         accelerator = self.accelerator
-        totals = run_totals.reduce(accelerator)
+        loss_sum, micro_steps = self._loss_totals(run_totals)
         clips = run_totals.clips * accelerator.num_processes
         summary = {
             "global_step": self.global_step,
             "epoch": self.epoch,
-            "train_loss": totals["loss"] if totals else None,  # mean over the steps run by this invocation
+            # the mean over every step of the run, a resumed run's steps before the interruption included
+            "train_loss": loss_sum / micro_steps if micro_steps else None,
             "train_runtime": runtime,
             "train_clips": clips,
             "train_clips_per_second": clips / runtime if runtime > 0 else 0.0,
@@ -582,6 +593,14 @@ class _Window:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def loss_totals(self, accelerator: Accelerator) -> tuple[float, int]:
+        """The loss summed over the micro-steps of every process, and their count (one collective)."""
+        count = torch.tensor(float(self.micro_steps), device=self.device, dtype=torch.float64)
+        loss_sum, total = accelerator.reduce(
+            torch.stack([self.loss_sum, count]).float(), reduction="sum"
+        ).tolist()
+        return loss_sum, round(total)
 
     def reduce(self, accelerator: Accelerator) -> dict[str, float] | None:
         """Means over this window's micro-steps on all processes (one collective)."""

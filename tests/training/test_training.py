@@ -246,7 +246,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
         return loop, ema, loop.run()
 
     reference = {}
-    loop_a, ema_a, _ = run(tmp_path / "a", toy.classification_step(reference))
+    loop_a, ema_a, summary_a = run(tmp_path / "a", toy.classification_step(reference))
     assert [row["step"] for row in loop_a.eval_history] == [4, 8, 12]
 
     with pytest.raises(toy.Crash):
@@ -264,6 +264,10 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     assert state["epoch"] == 1  # step 8 of 6-step epochs
     assert resumed["losses"] == reference["losses"][16:]
     assert resumed["indices"] == reference["indices"][16 * 4 :]
+    # train_loss is the whole run's mean, the 16 micro-steps before the crash included
+    assert state["train_loss_totals"]["micro_steps"] == 16
+    assert summary["train_loss"] == pytest.approx(summary_a["train_loss"], rel=1e-6)
+    assert summary["train_loss"] != pytest.approx(sum(resumed["losses"]) / len(resumed["losses"]), rel=1e-3)
     _assert_same_weights(loop_a, loop_b)
     assert torch.equal(ema_a.module.head.weight, ema_b.module.head.weight) and ema_b.num_updates == 12
     assert loop_a.optimizer.param_groups[0]["lr"] == loop_b.optimizer.param_groups[0]["lr"]
