@@ -398,6 +398,27 @@ class ModelTesterMixin:
                 assert torch.isfinite(checkpointed[name]).all(), name
                 torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=ATOL, msg=name)
 
+    def test_a_frozen_encoder_trains_its_adapters_under_reentrant_checkpointing(self):
+        # PEFT's path (LoRA, prepare_model_for_kbit_training): frozen weights, a few trainable ones inside the
+        # blocks, reentrant checkpointing. Reentrant checkpointing passes gradients only through block inputs
+        # that require grad, which `enable_input_require_grads` arranges by hooking `get_input_embeddings()`.
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        config = self.get_config(**self.deterministic_overrides)
+        inputs = self.get_inputs(config)
+        for model_class in self.model_classes:
+            if not model_class.supports_gradient_checkpointing or is_pretraining(model_class):
+                continue
+            model = self.build(model_class, config).train()
+            block = next(m for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+            adapter = next(block.parameters())
+            for parameter in model.parameters():
+                parameter.requires_grad_(parameter is adapter)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+            model.enable_input_require_grads()
+            self.loss_of(model, model(**self.forward_kwargs(model_class, config, inputs))).backward()
+            assert adapter.grad is not None and adapter.grad.abs().sum() > 0, model_class.__name__
+
     def test_invalid_config_values_name_the_field(self):
         for field, value in self.invalid_config_values:
             with pytest.raises(ValueError, match=field):

@@ -231,6 +231,12 @@ class ZipformerModel(ZipformerPreTrainedModel):
         self.downsample_output = SimpleDownsample(config.output_downsampling_factor)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The front end's output norm, the last module of `Conv2dSubsampling` that returns the frames alone:
+        transformers' `enable_input_require_grads` (PEFT's path to adapters under reentrant checkpointing)
+        hooks the returned module's output tensor, and the front end itself returns ``(frames, lengths)``."""
+        return self.embed.out_norm
+
     def stack_blocks(self, stack: int) -> list[ZipformerEncoderLayer]:
         """The layers of stack ``stack``, in order."""
         first = sum(self.config.num_encoder_layers[:stack])
