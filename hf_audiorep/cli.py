@@ -89,6 +89,18 @@ STDIN = "-"
 STDIN_NAME = "<stdin>"
 
 
+def _check_max_seconds(max_seconds: float | None) -> None:
+    """``--max_seconds`` shorter than any clip a model takes would fail every file alike, each blamed."""
+    from .inference import MIN_SECONDS
+
+    if max_seconds is not None and max_seconds < MIN_SECONDS:
+        raise CommandError(
+            f"argument --max_seconds: must be at least {MIN_SECONDS:g} (the shortest clip a model takes), "
+            f"got {max_seconds:g}",
+            status=2,
+        )
+
+
 def _check_stdin_argument(files: list[Path], command: str) -> bool:
     """Whether ``files`` reads standard input; refuses ``-`` given twice or from a terminal. A command calls
     it before loading its model, so that a mistyped command line fails at once."""
@@ -189,6 +201,7 @@ def _cmd_tag(args) -> int:
     from .inference import model_window_seconds, tag_file
 
     _check_stdin_argument(args.files, "tag")
+    _check_max_seconds(args.max_seconds)
     model, fe = _load(args.model, args.device, args.precision)
     # The window is known once the model is loaded: a hop longer than it would fail every file alike.
     window = model_window_seconds(fe, model.config)
@@ -268,6 +281,7 @@ def _cmd_caption(args) -> int:
     from .inference import describe_silence, sound_peak
 
     _check_stdin_argument(args.files, "caption")
+    _check_max_seconds(args.max_seconds)
     model, processor = _load_captioner(args.model, args.device)
     if args.parallel and not callable(getattr(model, "parallel_generate", None)):
         raise SystemExit(

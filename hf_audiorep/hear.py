@@ -56,6 +56,8 @@ import torch
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel
 
+from .modeling.feature_extraction_base import MAX_SAMPLE_MAGNITUDE, sample_range_problem
+
 #: windows encoded per forward pass
 BATCH_WINDOWS = 8
 
@@ -314,11 +316,12 @@ def _check_audio(audio, model: HearModel) -> torch.Tensor:
             f"the sounds last {audio.shape[1]} samples; at least {min_samples} ({model._min_samples_reason}) "
             "are needed"
         )
-    finite = torch.isfinite(audio).all(dim=1)
-    if not finite.all():
+    peaks = audio.abs().amax(dim=1)
+    bad = torch.nonzero(~(peaks <= MAX_SAMPLE_MAGNITUDE)).flatten().tolist()
+    if bad:
         # A NaN would reach every embedding of its sound silently; the other entry points refuse it too.
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise ValueError(f"sound {bad[0]} contains NaN or infinite samples ({len(bad)} such sound(s) in all)")
+        problem = sample_range_problem(float(peaks[bad[0]]))
+        raise ValueError(f"sound {bad[0]} {problem} ({len(bad)} such sound(s) in all)")
     return audio.float()
 
 

@@ -99,12 +99,13 @@ def activation_for(config) -> str:
 
 
 def describe_duration(num_samples: int, sampling_rate: int) -> str:
-    """``"3.2 s"``, ``"40 ms"`` or ``"1 sample (0.06 ms)"``: never "lasts 0 ms"."""
+    """``"3.2 s"``, ``"40 ms"``, ``"99.9 ms"`` or ``"1 sample (0.06 ms)"``: never "lasts 0 ms", and never
+    rounded up to a limit the clip falls short of (``"100 ms"`` for 99.94)."""
     seconds = num_samples / sampling_rate
     if seconds >= 1.0:
         return f"{seconds:.1f} s"
     if seconds >= 0.001:
-        return f"{seconds * 1000:.0f} ms"
+        return f"{math.floor(round(seconds * 10000, 6)) / 10:g} ms"
     return f"{num_samples} sample{'s' if num_samples != 1 else ''} ({seconds * 1000:.2f} ms)"
 
 
@@ -196,6 +197,12 @@ def tag_windows(
     def flush():
         inputs = feature_extractor([w for w in pending], sampling_rate=sampling_rate, return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            # The inputs were checked, so the weights are broken (a diverged run): NaN scores are no result.
+            raise ValueError(
+                f"the model's scores are NaN or infinite at {starts[len(starts) - len(pending)]:.1f} s: its "
+                "weights are broken (a run that diverged?)"
+            )
         outputs.append(_apply(activation, logits).cpu().numpy())
         if progress is not None:
             progress.update(len(pending))

@@ -69,11 +69,24 @@ def _directory(path: Path) -> None:
     path.mkdir()
 
 
+def _unfinished_wav(path: Path) -> None:
+    """What a recorder that crashed leaves: the RIFF and data sizes never written (0), the samples there."""
+    import struct
+
+    rate, samples = 16000, (_tone(2.0, 16000) * 32767).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", 0) + samples
+    path.write_bytes(b"RIFF" + struct.pack("<I", 0) + body)
+
+
 AWKWARD_FILES = (
     AwkwardFile("empty.wav", lambda p: p.write_bytes(b""), "empty (0 bytes)"),
     AwkwardFile("zero_samples.wav", _write(np.zeros(0, np.float32), 16000), "no samples"),
     AwkwardFile("one_sample.wav", _write(np.full(1, 0.5, np.float32), 16000), "1 sample"),
     AwkwardFile("nan.wav", _write(np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT"), "NaN"),
+    # finite, but its spectrogram's power overflows float32: every score would be NaN
+    AwkwardFile("huge_float.wav", _write(1e20 * _tone(2.0, 16000), 16000, subtype="FLOAT"), "far outside"),
+    AwkwardFile("unfinished.wav", _unfinished_wav, None),
     AwkwardFile(
         "garbage.wav", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not an audio file"
     ),
@@ -83,6 +96,7 @@ AWKWARD_FILES = (
     ),
     AwkwardFile("truncated.flac", _truncated_flac, "truncated or damaged"),
     AwkwardFile("missing.wav", lambda p: None, "no such file"),
+    AwkwardFile("dangling.wav", lambda p: p.symlink_to(p.with_name("gone.wav")), "is a broken symbolic link"),
     AwkwardFile("folder.wav", _directory, "is a directory"),
     AwkwardFile("click_30ms.wav", _write(_tone(0.03, 16000), 16000), "at least 0.1 s"),
     AwkwardFile("silence.wav", _write(np.zeros(32000, np.float32), 16000), None),
@@ -106,7 +120,7 @@ def write_awkward_files(directory: Path, include_slow: bool = True) -> dict[str,
         if case.slow and not include_slow:
             continue
         path = directory / case.name
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             case.write(path)
         written[case.name] = (path, case)
     return written

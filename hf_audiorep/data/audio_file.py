@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import soundfile as sf
 
+from ..modeling.feature_extraction_base import MAX_SAMPLE_MAGNITUDE, sample_range_problem
 from .decode import CorruptAudioError, check_audio_path, resample, undecodable
 from .formats import declared_length, truncation_message, undecodable_message
 
@@ -72,7 +73,9 @@ class AudioFile:
                 reason = getattr(sf_error, "error_string", None) or str(sf_error)
                 raise CorruptAudioError(undecodable_message(self.path, head, reason, self.declared))
             raise undecodable(self.path, self.path, sf_error) from sf_error
-        if self._sf is not None and self._sf.format == "MP3" and self.declared is None:
+        if self._sf is not None and (
+            self._sf.frames == 0 or (self._sf.format == "MP3" and self.declared is None)
+        ):
             self._measure_with_ffmpeg()
         if self.sample_rate <= 0:
             raise CorruptAudioError(f"{self.path} declares an invalid sampling rate ({self.sample_rate} Hz)")
@@ -85,7 +88,8 @@ class AudioFile:
 
     def _measure_with_ffmpeg(self) -> None:
         # libsndfile stops an MP3 without a Xing or VBRI header at a length it estimates from the first
-        # frame's bitrate, a fraction of a VBR file; FFmpeg reads it to its end.
+        # frame's bitrate, a fraction of a VBR file, and reads a WAV whose data size was never written (0,
+        # what a recorder that crashed leaves) as empty; FFmpeg reads both to their end.
         estimate = self.sample_rate, self.num_frames
         try:
             self._open_torchcodec()
@@ -170,9 +174,11 @@ class AudioFile:
             block = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
         else:
             block = self._read_decoder(frames)
-        if not np.isfinite(block).all():
-            at = (self.frames_read + int(np.argmin(np.isfinite(block)))) / self.sample_rate
-            raise CorruptAudioError(f"{self.path} contains NaN or infinite samples (first at {at:.2f} s)")
+        magnitudes = np.abs(block)
+        problem = sample_range_problem(float(magnitudes.max())) if len(block) else None
+        if problem is not None:
+            at = (self.frames_read + int(np.argmin(magnitudes <= MAX_SAMPLE_MAGNITUDE))) / self.sample_rate
+            raise CorruptAudioError(f"{self.path} {problem} (first at {at:.2f} s)")
         self.frames_read += len(block)
         return np.ascontiguousarray(block)
 

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from ..modeling.feature_extraction_base import integer_to_unit_scale
+from ..modeling.feature_extraction_base import integer_to_unit_scale, sample_range_problem
 from .formats import declared_length, truncation_message, undecodable_message
 
 # Every extension the decoder opens: libsndfile's formats (RAW needs a header it lacks), then FFmpeg's.
@@ -63,6 +63,8 @@ def check_audio_path(path) -> str:
     """``path`` as a string, or the error a user should see: no such file, a directory, an empty file."""
     path = os.fspath(path)
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{path} is a broken symbolic link: {os.readlink(path)} does not exist")
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not an audio file")
@@ -103,9 +105,10 @@ def _read_encoded(source, what: str) -> tuple[np.ndarray, int]:
         except Exception:  # noqa: BLE001 - torchcodec missing, or the data really is broken: said below
             pass
         else:
-            if sr > 0 and truncation_message(what, declared, len(waveform) / sr) is None:
+            # An empty read may be a WAV whose data size was never written: the file reader tries FFmpeg.
+            if len(waveform) and sr > 0 and truncation_message(what, declared, len(waveform) / sr) is None:
                 return waveform, sr
-    # Something is wrong with these bytes: the file reader says what, in the words it uses for a file.
+    # Something is wrong with these bytes: the file reader reads them or says what, as it does for a file.
     with tempfile.TemporaryDirectory(prefix="hf-audiorep-") as folder:
         spooled = os.path.join(folder, "audio")
         with open(spooled, "wb") as f:
@@ -132,6 +135,11 @@ def _read_file(path: str) -> tuple[np.ndarray, int]:
 def _to_mono(array, what: str) -> np.ndarray:
     array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
     integer_scale = integer_to_unit_scale(array.dtype)
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and array.size:
+        # Past float32's range the cast makes inf, and the error would then misname the user's samples.
+        problem = sample_range_problem(float(np.abs(array).max()))
+        if problem is not None:
+            raise CorruptAudioError(f"{what} {problem}")
     array = array.astype(np.float32, copy=False)
     if integer_scale is not None:  # int16 PCM and the like: to [-1, 1), as the feature extractor does
         offset, scale = integer_scale
@@ -220,8 +228,9 @@ def decode_audio(audio, target_sr: int, *, sampling_rate: int | None = None) -> 
         raise CorruptAudioError(f"{what} has an invalid sampling rate ({sr})")
     if waveform.size == 0:
         raise CorruptAudioError(f"{what} has no samples")
-    if not np.isfinite(waveform).all():
-        raise CorruptAudioError(f"{what} contains NaN or infinite samples")
+    problem = sample_range_problem(float(np.abs(waveform).max()))
+    if problem is not None:
+        raise CorruptAudioError(f"{what} {problem}")
     return np.ascontiguousarray(resample(waveform, sr, target_sr), dtype=np.float32)
 
 

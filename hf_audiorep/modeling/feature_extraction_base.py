@@ -56,6 +56,25 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: the largest sample magnitude taken as audio. Float audio lies within +-1 and integer PCM written as floats
+#: within +-2**31; far beyond that a spectrogram's power overflows float32 (from about 1e17) and every score
+#: of the clip becomes NaN, so such a clip is refused with what is wrong with it.
+MAX_SAMPLE_MAGNITUDE = 1e10
+
+
+def sample_range_problem(peak: float) -> str | None:
+    """What is wrong with samples whose largest magnitude is ``peak`` (NaN when any sample is NaN), as the
+    end of a sentence about the clip; None when nothing is."""
+    if not math.isfinite(peak):
+        return "contains NaN or infinite samples"
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        return (
+            f"has samples of magnitude {peak:.3g}, far outside audio's range (+-1 for float audio, +-2**31 "
+            "for integer PCM): it is damaged or not audio"
+        )
+    return None
+
+
 def integer_to_unit_scale(dtype: np.dtype | torch.dtype) -> tuple[float, float] | None:
     """(offset, scale) mapping integer PCM to [-1, 1), or None for floating-point dtypes.
 
@@ -587,13 +606,21 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
                 # call; one copy of one clip is cheaper than the noise.
                 clip = clip.copy()
             clip = torch.from_numpy(clip)  # a view, strides and all: no copy on CPU
+        if clip.dtype == torch.float64 and clip.numel():
+            # Past float32's range the cast makes inf, and the error would then misname the user's samples;
+            # NaN and inf are named after the cast, as for any dtype.
+            for row, peak in enumerate(clip.abs().amax(dim=-1).reshape(-1).tolist()):
+                if math.isfinite(peak) and peak > MAX_SAMPLE_MAGNITUDE:
+                    if clip.ndim > 1:  # a (batch, samples) array: name the row
+                        where = _clip_description(row if clip.shape[0] > 1 else None)
+                    raise ValueError(f"{where.capitalize()} {sample_range_problem(peak)}.")
         return self._to_unit_float(clip.to(device))
 
     @staticmethod
     def _check_finite(waveforms: torch.Tensor, several: bool) -> None:
-        # One reduction over the batch instead of an isfinite pass per clip; NaN and inf both survive a sum.
-        # A sum can also overflow on huge finite samples, so flagged rows are confirmed exactly.
-        for row in torch.nonzero(~torch.isfinite(waveforms.sum(dim=1))).flatten().tolist():
-            if not bool(torch.isfinite(waveforms[row]).all()):
-                where = _clip_description(row if several else None)
-                raise ValueError(f"{where.capitalize()} contains NaN or infinite samples.")
+        # One reduction over the batch: a row's peak magnitude is NaN when it holds a NaN, inf for an inf,
+        # and beyond MAX_SAMPLE_MAGNITUDE for samples whose spectrogram would overflow.
+        peaks = waveforms.abs().amax(dim=1)
+        for row in torch.nonzero(~(peaks <= MAX_SAMPLE_MAGNITUDE)).flatten().tolist():
+            where = _clip_description(row if several else None)
+            raise ValueError(f"{where.capitalize()} {sample_range_problem(float(peaks[row]))}.")

@@ -189,7 +189,7 @@ def test_a_bad_clip_is_named_by_its_index_in_the_dataset():
     model, processor = Captioner(), Processor()
     lengths = [1600, 1600, 1600, 1599, 1600]  # clip 3 is under 0.1 s
     with pytest.raises(
-        CorruptAudioError, match=r"^clip 3 cannot be captioned: the clip lasts 100 ms, too short"
+        CorruptAudioError, match=r"^clip 3 cannot be captioned: the clip lasts 99.9 ms, too short"
     ):
         generate_captions(model, processor, clips(lengths), batch_size=2, progress=False)
     with pytest.raises(CorruptAudioError, match=r"^clip 3 cannot be captioned"):
@@ -199,7 +199,7 @@ def test_a_bad_clip_is_named_by_its_index_in_the_dataset():
 def test_check_captionable_takes_exactly_a_tenth_of_a_second():
     wave = np.zeros(1600, dtype=np.float32)
     assert check_captionable(wave, SR) is wave
-    with pytest.raises(ValueError, match="the clip lasts 100 ms, too short to caption: at least 0.1 s"):
+    with pytest.raises(ValueError, match="the clip lasts 99.9 ms, too short to caption: at least 0.1 s"):
         check_captionable(wave[:-1], SR)
     assert check_captionable(np.zeros(800), 8000).shape == (800,)
 

@@ -87,7 +87,7 @@ def test_space_handler(awkward_files, tagger_dir):
     app = load_app()
     settings = app.TaggerSettings(model_ids=(str(tagger_dir),), max_seconds=30.0, max_megabytes=100.0)
     # A Space receives uploads: a missing path or a folder is a server-side problem, said in its own words.
-    server_side = {"missing.wav": "could not be found", "folder.wav": "could not be found"}
+    server_side = dict.fromkeys(("missing.wav", "dangling.wav", "folder.wav"), "could not be found")
     for name, (path, case) in awkward_files.items():
         labels, figure, message = app.predict(str(path), None, 3, settings=settings)
         if case.expect is None:

@@ -9,6 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from cli_utils import hf_audiorep_cli
 from tagger_utils import write_clip
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
@@ -210,6 +211,27 @@ def test_standard_input_is_checked_before_the_model_loads(command, tmp_path, mon
     assert "can be read once, it was given 2 times" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["tag", "caption"])
+def test_max_seconds_shorter_than_any_clip_is_a_usage_error(command, tmp_path, capsys):
+    missing = str(tmp_path / "no-model")
+    clip = str(write_clip(tmp_path / "c.wav", 2.0))
+    arguments = [command, clip, "--model", missing] if command == "tag" else [command, missing, clip]
+    assert cli_main([*arguments, "--max_seconds", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --max_seconds: must be at least 0.1 (the shortest clip a model takes), got 0.05" in err
+
+
+def test_a_model_with_broken_weights_is_an_error_not_nan_scores(tagger_dir, tmp_path):
+    model, fe = _load(tagger_dir)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.ndim == 2).fill_(float("nan"))
+    clip = decode_audio(str(write_clip(tmp_path / "c.wav", 3.0)), 16000)
+    with pytest.raises(
+        ValueError, match=r"the model's scores are NaN or infinite at 0\.0 s: its weights are broken"
+    ):
+        tag_waveform(model, fe, clip, 16000)
+
+
 def test_single_label_models_are_scored_with_softmax(single_label_tagger_dir, tagger_dir, tmp_path):
     clip = write_clip(tmp_path / "c.wav", 5.0, seed=1)
     model, fe = _load(single_label_tagger_dir)
@@ -242,6 +264,8 @@ def test_cli_notices_silence_and_describes_short_clips(tagger_dir, tmp_path):
                         "and mean little"]] * 2 + [[]]  # fmt: skip
     assert describe_duration(1, 16000) == "1 sample (0.06 ms)"
     assert describe_duration(480, 16000) == "30 ms" and describe_duration(52000, 16000) == "3.2 s"
+    # never rounded up to a limit the clip falls short of ("lasts 100 ms, too short: at least 0.1 s")
+    assert describe_duration(1599, 16000) == "99.9 ms" and describe_duration(1600, 16000) == "100 ms"
 
 
 def test_info_describes_an_encoder_as_having_no_labels(tmp_path, tagger_dir):

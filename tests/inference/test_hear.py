@@ -117,6 +117,11 @@ def test_a_cat_encoder_serves_the_api(tmp_path):
         (torch.zeros((1, 100)), ValueError, "100 samples"),
         (torch.full((1, 16000), float("nan")), ValueError, r"sound 0 contains NaN or infinite samples \(1 "),
         (
+            torch.full((2, 16000), 1e20),
+            ValueError,
+            r"sound 0 has samples of magnitude 1e\+20, far outside .* \(2 ",
+        ),
+        (
             torch.zeros((3, 16000)).index_fill_(1, torch.tensor([5]), float("inf")),
             ValueError,
             r"sound 0 contains NaN or infinite samples \(3 ",

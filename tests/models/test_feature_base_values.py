@@ -553,11 +553,33 @@ def test_clips_that_cannot_be_featurised_are_refused_by_name(raw_audio, text):
     assert str(err.value) == text
 
 
-def test_huge_finite_samples_are_not_mistaken_for_infinite_ones():
+@pytest.mark.parametrize(
+    "loud",
+    [
+        np.full(100, 3e38, np.float32),  # a row's sum overflows to inf; every sample is finite
+        np.full(100, 1e20, np.float32),  # finite, but the power spectrum overflows float32: NaN scores
+        np.full(100, 1e300, np.float64),  # finite in the user's array, inf once cast to float32
+    ],
+)
+def test_huge_finite_samples_are_refused_by_their_magnitude_not_as_infinite(loud):
     fe = LogMelFeatureExtractor(**TINY)
-    loud = np.full(100, 3e38, np.float32)  # the row's sum overflows to inf; every sample is finite
-    out = fe([clip(100), loud], sampling_rate=SR, return_tensors="pt")
-    assert out["attention_mask"].sum().item() == 2 * (1 + 100 // 16)
+    with pytest.raises(ValueError) as err:
+        fe([clip(100), loud], sampling_rate=SR, return_tensors="pt")
+    assert str(err.value) == (
+        f"Clip 1 has samples of magnitude {loud[0]:.3g}, far outside audio's range (+-1 for float audio, "
+        "+-2**31 for integer PCM): it is damaged or not audio."
+    )
+    # The loudest real audio passes: integer PCM written as floats, without rescaling.
+    assert fe(np.full(100, 2.0**31, np.float32), sampling_rate=SR)["input_values"] is not None
+
+
+def test_the_features_of_the_loudest_accepted_samples_are_finite():
+    fe = LogMelFeatureExtractor(**TINY)
+    rng = np.random.default_rng(0)
+    from hf_audiorep.modeling.feature_extraction_base import MAX_SAMPLE_MAGNITUDE
+
+    loud = (rng.choice([-1.0, 1.0], 400) * MAX_SAMPLE_MAGNITUDE).astype(np.float32)
+    assert np.isfinite(fe(loud, sampling_rate=SR, return_tensors="np")["input_values"]).all()
     _, mask = fe.batch_features(torch.from_numpy(np.stack([loud, loud])))
     assert mask.all()
 
