@@ -36,6 +36,7 @@ from transformers import (
 import hf_audiorep
 from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
 from hf_audiorep.data.semi_supervised import SemiSupervisedBatches
+from hf_audiorep.data.sources import check_one_label_per_clip
 from hf_audiorep.evaluation import evaluate_classifier
 from hf_audiorep.hub import push_run
 from hf_audiorep.hub_errors import check_model_source, run_recipe, start_processes
@@ -343,6 +344,10 @@ def main(argv: list[str] | None = None) -> dict:
     saved_extractor = _pretrained_feature_extractor(model_args) if model_args.model_name_or_path else None
     _resolve_clip_seconds(data_args, saved_extractor, model_args.model_name_or_path)
     sources = load_sources(data_args)
+    if model_args.problem_type == "single_label_classification":
+        for source in sources.values():
+            if source is not None:
+                check_one_label_per_clip(source)  # multi-hot targets would pass the softmax unnoticed
     label_names = list(sources["train"].label_names)
     set_seed(train_args.seed)  # the same initial weights on every rank and every rerun
     model, feature_extractor = _model(model_args, label_names, saved_extractor)

@@ -274,7 +274,8 @@ def _load_local(path, split, config_name, columns, common):
             return _saved_dataset_source(root, split, common["streaming"], columns)
         kind = _local_kind(root)
         if kind == "audiofolder":
-            return _make_source(_load_audio_folder(root, split, common), "audiofolder", **columns)
+            dataset = _load_audio_folder(root, split, common, columns["label_names"])
+            return _make_source(dataset, "audiofolder", **columns)
         files = _split_files(root, split, config_name, ".parquet" if kind == "parquet" else ".tar")
     if not files:
         raise ValueError(f"no files match {path!r}")
@@ -374,9 +375,10 @@ def _names_split(path: str, names) -> bool:
     return any(stem == n or stem.endswith(tuple(sep + n for sep in _CUT_SPLIT_SEPARATORS)) for n in names)
 
 
-def _load_audio_folder(root: Path, split: str, common: dict):
+def _load_audio_folder(root: Path, split: str, common: dict, label_names=None):
     """``split`` of an audio folder, as ``load_dataset("audiofolder", data_dir=root)`` reads it, with
-    every file the decoder opens (see ``_AudioFolder``)."""
+    every file the decoder opens (see ``_AudioFolder``), its folder labels those of ``split`` alone (see
+    ``_folder_labels_of_split``)."""
     base = root.resolve().as_posix()
     data_files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
     if split not in data_files:
@@ -392,9 +394,51 @@ def _load_audio_folder(root: Path, split: str, common: dict):
         hash=_AUDIO_FOLDER_HASH,
     )
     if common["streaming"]:
-        return builder.as_streaming_dataset(split=split)
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split)
+        dataset = builder.as_streaming_dataset(split=split)
+    else:
+        builder.download_and_prepare()
+        dataset = builder.as_dataset(split=split)
+    return _folder_labels_of_split(dataset, data_files[split], label_names)
+
+
+#: the column datasets' audiofolder puts a clip's folder name in (a ClassLabel)
+_FOLDER_LABEL = "label"
+
+
+def _folder_labels_of_split(dataset, files, label_names):
+    """``dataset`` with its folder-label ClassLabel holding the labels of this split's files only.
+
+    datasets' audiofolder builds one ClassLabel from the label folders of every split, so a label found
+    only under test/ would become a class of the train split (one the model never sees in training), and
+    the check of other splits against the train split's classes could not see it missing. The labels of a
+    split are the parent folders of its audio files (audiofolder's own rule), so a stream needs no reading.
+    With ``label_names`` (another split's vocabulary, or --label_names) they come first, in their order,
+    and the split's other labels after them, where ``labels_outside_vocabulary`` finds them.
+    """
+    feature = (dataset.features or {}).get(_FOLDER_LABEL)
+    if not isinstance(feature, ClassLabel):
+        return dataset  # labels from metadata.csv, or a single label folder: nothing was merged
+    found = {Path(f).parent.name for f in files if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS}
+    named = _named_vocabulary(label_names).names if label_names is not None else ()
+    names = [*named, *sorted(found - set(named))]
+    if names == feature.names:
+        return dataset
+    return _relabel(dataset, feature, ClassLabel(names=names))
+
+
+def _relabel(dataset, old: ClassLabel, new: ClassLabel):
+    """``dataset`` with its folder-label indices of ``old`` turned into indices of ``new`` (by name)."""
+    index = {name: i for i, name in enumerate(new.names)}
+    mapping = [index.get(name, -1) for name in old.names]  # -1: a label of another split, never stored here
+    features = dataset.features.copy()
+    features[_FOLDER_LABEL] = new
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(
+            lambda label: {_FOLDER_LABEL: mapping[label]}, input_columns=_FOLDER_LABEL, features=features
+        )
+    # Only the label column is read and rewritten: no audio is decoded.
+    column = [mapping[label] for label in dataset[_FOLDER_LABEL]]
+    return dataset.remove_columns(_FOLDER_LABEL).add_column(_FOLDER_LABEL, column, feature=new)
 
 
 def _log_skipped_files(root: Path, split: str, files) -> None:
@@ -678,3 +722,28 @@ def _make_source(dataset, layout, audio_column, label_column, label_names, audio
     if isinstance(feature, Audio) and feature.decode:
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
     return AudioSource(dataset, audio_column, label_column, vocabulary, layout)
+
+
+def check_one_label_per_clip(source: AudioSource) -> None:
+    """Raises when a clip of ``source`` carries more than one label: what single-label classification
+    (softmax cross-entropy, accuracy) needs, and a multi-label dataset would otherwise pass as multi-hot
+    targets that the loss and the metrics misread. Reads the label column alone; a stream cannot be
+    scanned ahead, so one is not checked."""
+    if source.label_column is None or source.is_streaming:
+        return
+    for row, value in enumerate(_sample_label_values(source.dataset, source.label_column)):
+        labels = source.label_to_index(value)
+        if len(labels) > 1:
+            names = [source.label_names[i] for i in labels]
+            raise ValueError(
+                f"clip {_clip_name(source, row)} carries {len(labels)} labels {names}, and "
+                "single_label_classification takes one per clip: keep the default "
+                "multi_label_classification for several labels per clip"
+            )
+
+
+def _clip_name(source: AudioSource, row: int) -> str:
+    """Row ``row`` of ``source`` as a user finds it: its file when the audio column records one."""
+    audio = source.dataset[row][source.audio_column]
+    path = audio.get("path") if isinstance(audio, dict) else None
+    return f"{row} ({os.path.basename(path)})" if path else str(row)

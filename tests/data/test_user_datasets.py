@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset
 from hf_audiorep.data.arguments import DataArguments, load_sources, parse_label_names
 from hf_audiorep.data.decode import CorruptAudioError, decode_audio
 from hf_audiorep.data.ontology import AUDIOSET_ONTOLOGY
-from hf_audiorep.data.sources import SplitNotFoundError, load_audio_source
+from hf_audiorep.data.sources import SplitNotFoundError, check_one_label_per_clip, load_audio_source
 from hf_audiorep.data.stream import AudioStream
 
 SR = 16000
@@ -31,6 +31,16 @@ def _metadata_folder(root, splits: dict[str, list[str]]):
             sf.write(root / split / f"c{k}.wav", _tone(200.0 + 100 * k), SR)
             rows.append(f'c{k}.wav,"{label}"')
         (root / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _label_folders(root, splits: dict[str, list[str]]):
+    """``root/<split>/<label>/`` with two 0.5 s clips per label: the folder-per-label layout."""
+    for split, labels in splits.items():
+        for k, label in enumerate(labels):
+            (root / split / label).mkdir(parents=True)
+            for j in range(2):
+                sf.write(root / split / label / f"{label}{j}.wav", _tone(200.0 + 100 * k, 0.5), SR)
     return root
 
 
@@ -133,6 +143,60 @@ def test_label_names_from_a_file(tmp_path):
     listed.write_text("b\na\n")
     data = DataArguments(dataset=str(root), label_names=str(listed), eval_split="none", test_split="none")
     assert load_sources(data)["train"].label_names == ("b", "a")
+
+
+# ------------------------------------------------------------- a label folder in one split only
+
+
+def test_a_test_label_missing_from_train_is_an_error_naming_it(tmp_path):
+    # audiofolder builds one ClassLabel from every split's folders: chirp became a class never trained on.
+    root = _label_folders(tmp_path / "data", {"train": ["click", "noise", "tone"], "test": ["chirp", "tone"]})
+    data = DataArguments(dataset=str(root), eval_split="none", test_split="none")
+    assert load_sources(data)["train"].label_names == ("click", "noise", "tone")
+    data = DataArguments(dataset=str(root), eval_split="none")
+    with pytest.raises(ValueError, match=r"test split 'test' .* train split 'train' does not: chirp\."):
+        load_sources(data)
+
+
+def test_label_names_missing_a_test_label_names_the_test_split(tmp_path):
+    root = _label_folders(tmp_path / "data", {"train": ["click", "noise", "tone"], "test": ["chirp", "tone"]})
+    data = DataArguments(dataset=str(root), label_names="click,noise,tone", eval_split="none")
+    with pytest.raises(ValueError, match=r"the test split 'test' .* --label_names does not name: chirp\."):
+        load_sources(data)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_folder_splits_keep_the_train_classes_and_their_indices(tmp_path, streaming):
+    # The test split lacks noise and has its labels at other places of its own folder list.
+    root = _label_folders(tmp_path / "data", {"train": ["click", "noise", "tone"], "test": ["tone", "click"]})
+    sources = load_sources(DataArguments(dataset=str(root), streaming=streaming, eval_split="none"))
+    assert sources["train"].label_names == sources["test"].label_names == ("click", "noise", "tone")
+    stream = AudioStream(sources["test"], batch_size=4, sample_rate=SR, clip_seconds=CLIP, train=False)
+    assert sorted(_rows(stream)) == [[0], [0], [2], [2]]
+
+
+def test_a_streamed_folder_split_has_the_classes_of_its_own_folders(tmp_path):
+    # The labels of a stream's split come from its file list: no clip is read to find them.
+    root = _label_folders(tmp_path / "data", {"train": ["click", "tone"], "test": ["chirp", "tone"]})
+    data = DataArguments(dataset=str(root), streaming=True, eval_split="none", test_split="none")
+    source = load_sources(data)["train"]
+    assert source.label_names == ("click", "tone")
+    stream = AudioStream(source, batch_size=4, sample_rate=SR, clip_seconds=CLIP, train=False)
+    assert sorted(_rows(stream)) == [[0], [0], [1], [1]]
+
+
+# ------------------------------------------------------------------ single-label classification
+
+
+def test_several_labels_per_clip_are_refused_for_single_label_classification(tmp_path):
+    root = _metadata_folder(tmp_path / "data", {"train": ["tone", "tone;noise", "noise"]})
+    source = load_audio_source(str(root), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(
+        ValueError, match=r"clip 1 \(c1\.wav\) carries 2 labels .*keep the default multi_label_classification"
+    ):
+        check_one_label_per_clip(source)
+    single = _label_folders(tmp_path / "folders", {"train": ["click", "tone"]})
+    check_one_label_per_clip(load_audio_source(str(single), cache_dir=str(tmp_path / "cache")))
 
 
 # ---------------------------------------------------------------------------- save_to_disk

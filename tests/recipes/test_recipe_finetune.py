@@ -392,3 +392,15 @@ def test_config_overrides_errors_name_the_problem(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         recipe.main(TINY + ["--output_dir", str(tmp_path / "out"), "--config_overrides", overrides])
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_single_label_training_on_clips_with_several_labels_is_refused_before_training(tmp_path):
+    # The embedded corpus is multi-label: softmax cross-entropy on its multi-hot targets would train and
+    # report an accuracy that means nothing.
+    recipe = load_recipe("finetune")
+    args = tiny_finetune_args(
+        problem_type="single_label_classification", max_steps=2, output_dir=str(tmp_path / "out")
+    )
+    with pytest.raises(ValueError, match=r"single_label_classification takes one per clip: keep the default"):
+        recipe.main(args)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
