@@ -160,10 +160,32 @@ def _frames(clip_seconds: float, frame_shift_ms: float = 10.0, patch_size: int =
     return -(-frames // patch_size) * patch_size
 
 
+def _continued_model(model_class, path: str, overrides: dict):
+    """The checkpoint at ``path`` with the command line's ``overrides``. An override that changes the
+    architecture (another decoder, gate or width) leaves weights that do not fit: refused by name, where
+    transformers would stop with a size-mismatch error or start the new parts at random without a word."""
+    saved = model_class.config_class.from_pretrained(path)
+    changed = {k: v for k, v in overrides.items() if hasattr(saved, k) and getattr(saved, k) != v}
+    try:
+        model, info = model_class.from_pretrained(path, **overrides, output_loading_info=True)
+    except RuntimeError as err:
+        if not changed:
+            raise
+        info, model = {"mismatched_keys": [str(err)]}, None
+    misfit = any(info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    if changed and misfit:
+        settings = ", ".join(f"--{k} {v} (the checkpoint's: {getattr(saved, k)})" for k, v in changed.items())
+        raise ValueError(
+            f"{path} cannot continue with {settings}: its weights do not fit that architecture. Continue "
+            "with the checkpoint's own settings, or start a new run from a --preset to change them"
+        )
+    return model
+
+
 def _model(model_class, model_args, rr_args, rr_dim: int | None, clip_seconds: float):
     overrides = config_overrides(model_args, rr_args)
     if model_args.model_name_or_path:
-        model = model_class.from_pretrained(model_args.model_name_or_path, **overrides)
+        model = _continued_model(model_class, model_args.model_name_or_path, overrides)
         feature_extractor = AudioFbankFeatureExtractor.from_pretrained(model_args.model_name_or_path)
         if rr_dim is not None and model.config.rr_embedding_dim != rr_dim:
             raise ValueError(

@@ -198,7 +198,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         bf16_inference=True,
         card_notes=(
             "BAT's authors released the encoder's shape (ViT-B/16 with gated attention), not its training "
-            "code. The gate formula (an element-wise sigmoid gate on the attention output), the pre-LN "
+            "code. The gate formula (a sigmoid gate on the attention output, per head or per element as "
+            "`attention_gate` in config.json says, or none), the pre-LN "
             "layout, the front end, the pre-training decoder and every pre-training hyper-parameter (EAT's) "
             "are this library's choices, listed in `BATConfig`'s docstring. These weights were not checked "
             "against the authors' released checkpoint."

@@ -173,6 +173,8 @@ def test_card_carries_the_architecture_implementation_notes(repo, tmp_path):
     text = (prepare_repo(bat_dir, tmp_path / "repo", repo_id="someone/bat") / "README.md").read_text()
     notes = next(a for a in ARCHITECTURES if a.name == "bat").card_notes
     assert "## Implementation notes" in text and notes in text and "were not checked" in notes
+    # One text for every BAT: it must not state a gate that a checkpoint's config may contradict.
+    assert "`attention_gate` in config.json" in notes and "element-wise sigmoid" not in notes
     # AudioMAE has no notes: no empty section.
     assert "Implementation notes" not in (repo / "README.md").read_text()
 

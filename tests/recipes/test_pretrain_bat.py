@@ -79,6 +79,22 @@ def test_recipe_options_reach_the_config_and_other_presets_are_refused(recipe, t
         recipe.main(recipe_args(tmp_path / "bad", preset="cat-small", max_steps=1))
 
 
+def test_continuing_a_checkpoint_with_another_architecture_is_refused_by_name(recipe, pretrained, tmp_path):
+    # The fixture's run has the preset's CNN decoder and element-wise gates: another decoder stopped inside
+    # transformers (size mismatch), other gates started at random without a word.
+    out, _ = pretrained
+    short = {"max_steps": 1, "eval_steps": 0, "checkpointing_steps": 0, "probe_dataset": ""}
+    for option, value in (("decoder_type", "transformer"), ("attention_gate", "headwise")):
+        arguments = recipe_args(tmp_path / option, model_name_or_path=str(out), **{option: value}, **short)
+        refused = rf"cannot continue with --{option} {value} \(the checkpoint's: "
+        with pytest.raises(ValueError, match=refused):
+            recipe.main(arguments)
+    # a setting that leaves the weights as they are is taken
+    summary = recipe.main(recipe_args(tmp_path / "ok", model_name_or_path=str(out), mask_ratio=0.5, **short))
+    assert summary["global_step"] == 1
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["mask_ratio"] == 0.5
+
+
 @pytest.mark.parametrize(
     ("option", "value", "choices"),
     [
