@@ -38,16 +38,20 @@ from typing import Literal
 from transformers import AutoModel, set_seed
 
 import hf_audiorep
-from hf_audiorep.data.arguments import DataArguments, StreamFactory, load_sources
+from hf_audiorep.data.arguments import AUTO_EVAL_SPLIT, DataArguments, StreamFactory, load_sources
+from hf_audiorep.data.sources import check_one_label_per_clip
 from hf_audiorep.evaluation.probing import (
+    CacheBudgetError,
     LayerFeatureEncoder,
     build_feature_cache,
     build_probe,
     cached_features,
+    dataset_fingerprint,
     encoder_fingerprint,
     evaluate_probe,
     layer_weights_report,
     plan_cache,
+    remove_layer_weights,
     save_probe_head,
     train_probe,
     write_layer_weights,
@@ -263,11 +267,18 @@ def _num_clips(source, limit: int | None, role: str) -> int:
     return len(source.dataset) if limit is None else min(limit, len(source.dataset))
 
 
-def _fingerprint(encoder_hash: str, data_args: DataArguments, role: str, clips: int, rate: int) -> str:
-    """What a split's cached features depend on besides the encoder: which clips, how long, at what rate."""
+def _fingerprint(
+    encoder_hash: str, data_args: DataArguments, source, role: str, clips: int, rate: int
+) -> str:
+    """What a split's cached features depend on besides the encoder: which clips, how long, at what rate,
+    and (when the split can be listed) the clips' labels and audio files themselves, since the same path can
+    hold other files later. A streamed split is known by its arguments only."""
     data = {**dataclasses.asdict(data_args), "role": role, "clips": clips, "sample_rate": rate}
     for speed_only in ("num_decode_threads", "shuffle_buffer"):
         del data[speed_only]
+    data["classes"] = list(source.label_names)  # the columns of the cached multi-hot labels
+    if not source.is_streaming:
+        data["records"] = dataset_fingerprint(source.dataset, source.audio_column, source.label_column, clips)
     return hashlib.sha256((encoder_hash + json.dumps(data, sort_keys=True, default=str)).encode()).hexdigest()
 
 
@@ -280,7 +291,9 @@ def _caches(encoder, sources, data_args, cache_args, batch_size: int, seed: int,
         for role in ("train", "test")
     }
     encoder_hash = encoder_fingerprint(encoder)
-    prints = {role: _fingerprint(encoder_hash, data_args, role, n, rate) for role, n in clips.items()}
+    prints = {
+        role: _fingerprint(encoder_hash, data_args, sources[role], role, n, rate) for role, n in clips.items()
+    }
     stream = StreamFactory(
         sources, data_args, batch_size=batch_size, sample_rate=rate, seed=seed, rank=0, world_size=1
     )
@@ -331,11 +344,53 @@ def _protocol(head, head_args: ProbeHeadArguments, caches, data_args, cache_args
     return f"{head.description}; frozen encoder, hidden states {layers}{pooling}{centred}; {fit}"
 
 
-def main(argv: list[str] | None = None) -> dict:
+#: probe.py's own help for the shared data options it reads otherwise than training does, or not at all
+_PROBE_HELP = {
+    "test_split": "split the probe is scored on (required: probing cannot skip it)",
+    "eval_split": "not used by probe.py, which scores on --test_split only",
+    "max_duration": "not used by probe.py (the cache holds fixed-length clips of --clip_seconds)",
+    "num_buckets": "not used by probe.py (see --max_duration)",
+    "bucket_buffer_duration": "not used by probe.py (see --max_duration)",
+}
+
+
+def _parser() -> RecipeArgumentParser:
     parser = RecipeArgumentParser(
         (EncoderArguments, CacheArguments, ProbeHeadArguments, DataArguments, RunArguments)
     )
+    for action in parser._actions:
+        if action.dest in _PROBE_HELP:
+            action.help = _PROBE_HELP[action.dest]
+    return parser
+
+
+def _check_arguments(parser, cache_args: CacheArguments, data_args: DataArguments) -> None:
+    """Refuses, as argparse refuses a bad option (usage, one line, exit status 2), what probe.py cannot do."""
+    if not cache_args.cache_budget_gb > 0:
+        parser.error(f"--cache_budget_gb must be positive, got {cache_args.cache_budget_gb:g}")
+    if data_args.eval_split != AUTO_EVAL_SPLIT:
+        parser.error("probe.py evaluates on --test_split only; --eval_split is not used: leave it out")
+    if data_args.max_duration is not None or data_args.bucket_buffer_duration is not None:
+        parser.error(
+            "probe.py caches fixed-length clips of --clip_seconds; --max_duration and "
+            "--bucket_buffer_duration are not used: leave them out"
+        )
+    if not data_args.test_split or data_args.test_split.lower() == "none":
+        parser.error("probing scores the head on a test split, which cannot be skipped: set --test_split")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = _parser()
     encoder_args, cache_args, head_args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    _check_arguments(parser, cache_args, data_args)
+    try:
+        return _run(encoder_args, cache_args, head_args, data_args, run_args)
+    except CacheBudgetError as err:
+        # The user's sizing, not a fault: one line with what fits, as argparse reports a bad option.
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
+
+
+def _run(encoder_args, cache_args, head_args, data_args, run_args) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if head_args.problem_type not in ("multi_label_classification", "single_label_classification"):
         raise ValueError(
@@ -357,8 +412,14 @@ def main(argv: list[str] | None = None) -> dict:
     if cache_args.layers is None:
         _default_layers(encoder, data_args, cache_args)
     sources = load_sources(data_args, roles=("train", "test"))
+    if head_args.problem_type == "single_label_classification":
+        for source in sources.values():
+            check_one_label_per_clip(source)  # multi-hot targets would pass the softmax unnoticed
     if "test" not in sources:
-        raise ValueError("probing scores the head on a test split: set --test_split")
+        raise ValueError(
+            f"probing scores the head on a test split, and {data_args.test_split!r} gave none: "
+            "set --test_split"
+        )
     output_dir = Path(run_args.output_dir)
     cache_dir = Path(cache_args.cache_dir) if cache_args.cache_dir else output_dir / "feature_cache"
     caches = _caches(
@@ -426,7 +487,18 @@ def main(argv: list[str] | None = None) -> dict:
     report = layer_weights_report(head, layer_names, label_names)
     if report is not None:
         write_layer_weights(report, output_dir, f"{head.name} layer weights ({results['encoder']})")
-    save_probe_head(head, output_dir, layers=results["layers"], layer_names=layer_names, id2label=label_names)
+    elif remove_layer_weights(output_dir):
+        logger.info(
+            "removed the layer weights of an earlier run from %s (--probe %s has none)", output_dir, head.name
+        )
+    save_probe_head(
+        head,
+        output_dir,
+        layers=results["layers"],
+        layer_names=layer_names,
+        token_pooling=cache_args.token_pooling,  # the head reads pooled tokens: a reload must pool the same
+        id2label=label_names,
+    )
     write_json_atomic(output_dir / "eval_results.json", results)
     accuracy = f", accuracy {results['test_accuracy']:.4f}" if "test_accuracy" in results else ""
     logger.info(

@@ -547,12 +547,14 @@ def test_a_centred_head_reads_its_tokens_minus_their_positions_mean(probe):
     torch.manual_seed(0)
     head = build_probe(probe, L, D, C)
     features, mask = _features()
-    means = torch.randn(L, T - 2, D)  # fewer positions than the input: the last two stay as they are
+    means = torch.randn(L, T, D)
     plain = _classified_input(head, features, mask)
     head.set_position_means(means)
     centred = _classified_input(head, features, mask)
-    torch.testing.assert_close(centred[:, :, : T - 2], plain[:, :, : T - 2] - means)
-    torch.testing.assert_close(centred[:, :, T - 2 :], plain[:, :, T - 2 :])
+    torch.testing.assert_close(centred, plain - means)
+    head.set_position_means(means[:, : T - 2])  # other positions than the input's: refused, not truncated
+    with pytest.raises(ValueError, match=f"centres {T - 2} token positions"):
+        _classified_input(head, features, mask)
     head.set_position_means(None)
     torch.testing.assert_close(_classified_input(head, features, mask), plain)
 

@@ -19,7 +19,6 @@ from recipe_utils import as_argv, load_recipe
 
 from hf_audiorep.evaluation.linear_probe import C_GRID
 from hf_audiorep.evaluation.probing import (
-    CacheBudgetError,
     FeatureCache,
     LayerFeatureEncoder,
     evaluate_probe,
@@ -221,7 +220,8 @@ def test_per_class_gates_write_a_heat_map(recipe, cgp_run):
 
 
 def test_a_cache_over_budget_is_refused_before_encoding(recipe, tmp_path):
-    with pytest.raises(CacheBudgetError, match=r"--cache_budget_gb 0\.001.*--token_pooling \d+ fits"):
+    # A user's sizing, not a fault: one error line (the CacheBudgetError's message), no traceback.
+    with pytest.raises(SystemExit, match=r"error: .*--cache_budget_gb 0\.001.*--token_pooling \d+ fits"):
         recipe.main(tiny_probe_args(cache_budget_gb=0.001, output_dir=tmp_path / "out"))
     assert not (tmp_path / "out" / "feature_cache").exists()
 
@@ -366,3 +366,12 @@ def test_a_two_class_folder_gets_a_working_linear_probe(recipe, tmp_path, caplog
     assert results["test_accuracy"] == 1.0
     head, _ = load_probe_head(out)
     assert not torch.allclose(head.classifier.weight[0], head.classifier.weight[1])
+
+
+def test_single_label_probing_of_clips_with_several_labels_is_refused_before_encoding(recipe, tmp_path):
+    # The embedded corpus is multi-label: a softmax head on its multi-hot targets would report an accuracy
+    # that means nothing.
+    arguments = tiny_probe_args(problem_type="single_label_classification", output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"single_label_classification takes one per clip: keep the default"):
+        recipe.main(arguments)
+    assert not (tmp_path / "out" / "feature_cache").exists()

@@ -17,6 +17,7 @@ from .cache import (
     FeatureCache,
     build_feature_cache,
     cached_features,
+    dataset_fingerprint,
     encoder_fingerprint,
     plan_cache,
 )
@@ -41,6 +42,7 @@ from .report import (
     LAYER_WEIGHTS_PNG,
     layer_weights_report,
     plot_layer_weights,
+    remove_layer_weights,
     write_layer_weights,
 )
 from .train import (
@@ -75,6 +77,7 @@ __all__ = [
     "build_feature_cache",
     "build_probe",
     "cached_features",
+    "dataset_fingerprint",
     "encoder_fingerprint",
     "evaluate_probe",
     "fit_linear_head",
@@ -88,6 +91,7 @@ __all__ = [
     "predict",
     "plan_cache",
     "probe_loss",
+    "remove_layer_weights",
     "save_probe_head",
     "train_probe",
     "write_layer_weights",

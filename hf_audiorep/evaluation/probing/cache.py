@@ -6,8 +6,8 @@ from the page cache rather than from RAM the size of the split:
 - ``features.npy`` ``(clips, layers, tokens, dim)`` float16 (`LayerFeatureEncoder.layer_features`);
 - ``token_mask.npy`` ``(clips, tokens)`` bool, True on tokens that carry audio;
 - ``labels.npy`` ``(clips, classes)`` float32 multi-hot (one-hot for single-label data);
-- ``meta.json``: the fingerprint of what produced it (encoder weights and settings, data), the shapes, and
-  the encoder's time.
+- ``meta.json``: the fingerprint of what produced it (encoder weights and settings, data: the clips' labels
+  and audio files, `dataset_fingerprint`), the shapes, and the encoder's time.
 
 The size is known before any clip is encoded, ``clips x layers x tokens x dim x 2`` bytes (plus the masks),
 so `plan_cache` refuses a cache over the user's budget, or over the free disk space, with the estimate and
@@ -41,6 +41,7 @@ __all__ = [
     "FeatureCache",
     "build_feature_cache",
     "cached_features",
+    "dataset_fingerprint",
     "encoder_fingerprint",
     "plan_cache",
 ]
@@ -127,6 +128,39 @@ def encoder_fingerprint(encoder: LayerFeatureEncoder) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def dataset_fingerprint(
+    dataset, audio_column: str, label_column: str | None, num_clips: int, chunk: int = 1024
+) -> str:
+    """A hash of what the first ``num_clips`` records of a map-style ``datasets.Dataset`` hold, read without
+    decoding any audio: their labels, and their audio's identity, a local file's path, size and modification
+    time (its content changes them) or else the hash of the encoded bytes the record carries.
+
+    A cache keyed on the data's path alone was reused after files moved between class folders or were
+    replaced, and scored stale labels and audio."""
+    digest = hashlib.sha256()
+    columns = [audio_column] + ([label_column] if label_column else [])
+    records = dataset.select_columns(columns).with_format("arrow")
+    for start in range(0, min(num_clips, len(dataset)), chunk):
+        table = records[start : min(start + chunk, num_clips)]
+        for audio in table.column(audio_column).to_pylist():
+            _update_audio_identity(digest, audio)
+        if label_column:
+            digest.update(json.dumps(table.column(label_column).to_pylist(), default=str).encode())
+    return digest.hexdigest()
+
+
+def _update_audio_identity(digest, audio) -> None:
+    if not isinstance(audio, dict):  # a path string, or an array the dataset holds itself
+        audio = {"path": audio} if isinstance(audio, str) else {"bytes": np.asarray(audio).tobytes()}
+    path, data = audio.get("path"), audio.get("bytes")
+    digest.update(json.dumps(path).encode())
+    if data is not None:
+        digest.update(hashlib.sha256(data).digest())
+    elif path is not None and os.path.isfile(path):
+        stat = os.stat(path)
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
 
 
 class FeatureCache:

@@ -91,7 +91,8 @@ class ProbeHead(nn.Module):
     def set_position_means(self, means: torch.Tensor | None) -> None:
         """Centre every token on ``means[layer, position]`` (``(layers, tokens, dim)``: the train split's mean
         normalised token at each position, `position_means`) before the head reads it; None turns it off.
-        Inputs with more tokens than ``means`` leave the extra positions uncentred."""
+        The head then reads features of exactly as many tokens as ``means`` (a cache's, or `ProbedEncoder`'s
+        padded ones) and refuses others."""
         if means is not None:
             if means.ndim != 3 or means.shape[0] != self.num_layers or means.shape[2] != self.hidden_size:
                 raise ValueError(
@@ -130,10 +131,20 @@ class ProbeHead(nn.Module):
             )
         features = F.layer_norm(features, (self.hidden_size,))
         if self.position_means is not None:
-            tokens = features.shape[2]
-            means = self.position_means[:, :tokens].to(features.dtype)
-            features = features - F.pad(means, (0, 0, 0, tokens - means.shape[1]))  # extra positions: 0
+            self._check_positions(features.shape[2])
+            features = features - self.position_means.to(features.dtype)
         return features, None if token_mask is None else token_mask.bool()
+
+    def _check_positions(self, tokens: int) -> None:
+        # Means of other positions than the input's would centre the wrong tokens without any error: most
+        # often the features were pooled otherwise (token_pooling) than the train cache the means came from.
+        expected = self.position_means.shape[1]
+        if tokens != expected:
+            raise ValueError(
+                f"the head centres {expected} token positions but the features have {tokens} tokens: "
+                "give it features of the encoder, layers and token_pooling it was trained on "
+                "(probe_config.json records them), padded to its clip length"
+            )
 
     def classify(self, features: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .encoder import LayerFeatureEncoder
-from .heads import ProbeHead
+from .heads import ProbeHead, load_probe_head
 
 __all__ = ["ProbedEncoder"]
 
@@ -28,8 +31,33 @@ class ProbedEncoder(nn.Module):
             raise TypeError(f"encoder must be a LayerFeatureEncoder, got {type(encoder).__name__}")
         self.encoder, self.head, self.storage_dtype = encoder, head, storage_dtype
 
+    @classmethod
+    def from_saved_head(
+        cls,
+        encoder: LayerFeatureEncoder,
+        directory: str | Path,
+        storage_dtype: torch.dtype | None = torch.float16,
+    ) -> ProbedEncoder:
+        """``encoder`` with the head `save_probe_head` wrote to ``directory``, the encoder set to the probed
+        layers and token pooling that ``probe_config.json`` records (the head was trained on exactly those
+        features: other ones give other logits)."""
+        head, config = load_probe_head(directory)
+        layers = config.get("layers", encoder.requested_layers)
+        encoder.select(layers, int(config.get("token_pooling", 1)))
+        return cls(encoder, head, storage_dtype)
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, sample_rate: int) -> torch.Tensor:
         features, token_mask = self.encoder.layer_features(waveforms, lengths, sample_rate)
         if self.storage_dtype is not None:
             features = features.to(self.storage_dtype).float()
+        features, token_mask = self._pad_to_cache(features, token_mask)
         return self.head(features, token_mask)
+
+    def _pad_to_cache(self, features: torch.Tensor, token_mask: torch.Tensor):
+        # A batch of short clips has fewer tokens than the cache, which pads every clip to the full clip
+        # length with masked tokens: padding the same way lets a centring head see its positions' count.
+        means = getattr(self.head, "position_means", None)  # any module may serve as the head
+        missing = 0 if means is None else means.shape[1] - features.shape[2]
+        if missing <= 0:
+            return features, token_mask
+        return F.pad(features, (0, 0, 0, missing)), F.pad(token_mask, (0, missing), value=False)

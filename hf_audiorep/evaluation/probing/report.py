@@ -18,6 +18,7 @@ __all__ = [
     "LAYER_WEIGHTS_PNG",
     "layer_weights_report",
     "plot_layer_weights",
+    "remove_layer_weights",
     "write_layer_weights",
 ]
 
@@ -66,6 +67,19 @@ def write_layer_weights(report: dict, output_dir: str | Path, title: str) -> tup
         class_names=list(weights) if rows is not None else None,
     )
     return json_path, png
+
+
+def remove_layer_weights(output_dir: str | Path) -> list[Path]:
+    """Deletes ``layer_weights.json`` and ``.png`` from ``output_dir`` and returns those that were there:
+    a head without layer weights writes none, and an earlier run's files in a reused directory would
+    otherwise pass for this run's."""
+    removed = []
+    for name in (LAYER_WEIGHTS_JSON, LAYER_WEIGHTS_PNG):
+        path = Path(output_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _short(name: str) -> str:

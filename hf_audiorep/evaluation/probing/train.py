@@ -204,6 +204,20 @@ def train_probe(
     }
 
 
+#: folds of the cross-validation that chooses the linear head's C when none is given
+CV_FOLDS = 3
+
+
+def _check_cv_clips(clips: int) -> None:
+    # select_C's own error names the folds but not the way around them, a given C.
+    if clips < CV_FOLDS:
+        raise ValueError(
+            f"choosing C by {CV_FOLDS}-fold cross-validation needs at least {CV_FOLDS} train clips, got "
+            f"{clips}: set --lbfgs_C to skip the cross-validation (C=... in fit_linear_head and "
+            "train_probe), or train on more clips"
+        )
+
+
 @torch.no_grad()
 def fit_linear_head(
     head: LinearProbe,
@@ -236,7 +250,10 @@ def fit_linear_head(
     labels = np.asarray(cache.labels, dtype=np.float32)
     scores = None
     if C is None:
-        C, scores = select_C(pooled.numpy(), labels, multi_label, C_GRID, seed=seed, max_iter=max_iter)
+        _check_cv_clips(len(pooled))
+        C, scores = select_C(
+            pooled.numpy(), labels, multi_label, C_GRID, folds=CV_FOLDS, seed=seed, max_iter=max_iter
+        )
         logger.info("C=%g chosen by cross-validation (held-out mAP per C: %s)", C, scores)
     weight, bias = (
         torch.from_numpy(a).double()
