@@ -395,7 +395,16 @@ def test_load_checkpoint_restores_weights_rng_extra_state_and_positions(tmp_path
     accelerator, model = _accelerator_and_model()
     history = [{"step": 3, "acc": 0.75}]
     extra = _Stateful({"w": torch.tensor([1.0, 2.0]), "n": 3})
-    save_checkpoint(accelerator, tmp_path, 3, 2, {"pos": 7}, extra_state={"e": extra}, eval_history=history)
+    save_checkpoint(
+        accelerator,
+        tmp_path,
+        3,
+        2,
+        {"pos": 7},
+        extra_state={"e": extra},
+        eval_history=history,
+        train_loss_totals=(4.5, 6),
+    )
     saved_weight = model.weight.detach().clone()
     expected_draw = torch.rand(4)  # the next draw after the save
 
@@ -406,7 +415,13 @@ def test_load_checkpoint_restores_weights_rng_extra_state_and_positions(tmp_path
     resumed = load_checkpoint(
         accelerator, ckpt.checkpoints_root(tmp_path) / "step_3", extra_state={"e": target}
     )
-    assert resumed == {"global_step": 3, "epoch": 2, "data": {"pos": 7}, "eval_history": history}
+    assert resumed == {
+        "global_step": 3,
+        "epoch": 2,
+        "data": {"pos": 7},
+        "eval_history": history,
+        "train_loss_totals": {"loss_sum": 4.5, "micro_steps": 6},
+    }
     assert torch.equal(model.weight, saved_weight)
     assert torch.equal(torch.rand(4), expected_draw)
     assert torch.equal(target.loaded["w"], torch.tensor([1.0, 2.0])) and target.loaded["n"] == 3
@@ -418,7 +433,9 @@ def test_load_checkpoint_of_an_older_format_without_eval_history(tmp_path):
     state = json.loads((final / "trainer_state.json").read_text())
     del state["eval_history"]
     (final / "trainer_state.json").write_text(json.dumps(state))
-    assert load_checkpoint(accelerator, final)["eval_history"] == []
+    restored = load_checkpoint(accelerator, final)
+    # an older checkpoint has no loss totals either: the resumed part's mean is all there is
+    assert restored["eval_history"] == [] and restored["train_loss_totals"] is None
 
 
 def test_load_checkpoint_refuses_another_world_size_naming_both(tmp_path):
