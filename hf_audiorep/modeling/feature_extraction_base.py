@@ -574,7 +574,7 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
                 for row, clip in enumerate(prepared):
                     waveforms[row, : clip.shape[0]] = clip
             lengths = torch.tensor(sizes, device=device, dtype=torch.int64)
-        self._check_finite(waveforms, several=waveforms.shape[0] > 1)
+        self._check_sample_range(waveforms, several=waveforms.shape[0] > 1)
         return waveforms, lengths
 
     def _check_length(self, num_samples: int, where: str, hint: bool = False) -> None:
@@ -617,7 +617,7 @@ class BaseAudioFeatureExtractor(SequenceFeatureExtractor):
         return self._to_unit_float(clip.to(device))
 
     @staticmethod
-    def _check_finite(waveforms: torch.Tensor, several: bool) -> None:
+    def _check_sample_range(waveforms: torch.Tensor, several: bool) -> None:
         # One reduction over the batch: a row's peak magnitude is NaN when it holds a NaN, inf for an inf,
         # and beyond MAX_SAMPLE_MAGNITUDE for samples whose spectrogram would overflow.
         peaks = waveforms.abs().amax(dim=1)
